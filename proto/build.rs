@@ -1,0 +1,23 @@
+//! Generates Rust code for `kakehashi/v1/*.proto` with protox (pure Rust: no system `protoc`),
+//! and writes the encoded descriptor set that gRPC server reflection serves.
+
+use prost::Message;
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "kakehashi/v1/event.proto",
+    "kakehashi/v1/registry.proto",
+    "kakehashi/v1/publisher.proto",
+    "kakehashi/v1/delivery.proto",
+    "kakehashi/v1/subscriptions.proto",
+    "kakehashi/v1/flows.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=kakehashi");
+    let fds = protox::compile(PROTOS, ["."])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("kakehashi_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

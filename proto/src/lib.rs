@@ -1,0 +1,22 @@
+//! Kakehashi contracts: the protobuf envelope and services (`kakehashi.v1`), plus small helpers
+//! on them — identifier rules, NATS subject names, event ids and header names.
+//!
+//! Layout:
+//! - [`v1`]: generated messages, clients and servers.
+//! - [`subjects`]: the NATS subjects, streams and headers every service agrees on.
+//! - [`ident`]: checks for department ids, event types, My Number and corporate numbers.
+//! - [`ids`]: new event ids (UUIDv7).
+
+pub mod ident;
+pub mod ids;
+pub mod subjects;
+pub mod topology;
+
+/// Generated code for package `kakehashi.v1`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("kakehashi.v1");
+}
+
+/// Encoded `FileDescriptorSet` of all Kakehashi protos, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kakehashi_descriptor.bin"));

@@ -1,0 +1,130 @@
+//! The JetStream streams and KV buckets of the bus, created idempotently by every process at
+//! start, so any service can come up first on an empty server.
+
+use crate::subjects::{
+    AUDIT_ALL, BUCKET_CONFIG, BUCKET_SCHEMAS, DLQ_ALL, EVENTS_ALL, INGRESS_ALL, STREAM_AUDIT, STREAM_DLQ,
+    STREAM_EVENTS, STREAM_INGRESS,
+};
+use async_nats::jetstream::{self, kv, stream};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Sizes and retention of the bus's streams; the same values must be used by every process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// Stream replicas: 1 on a single server, 3 on a cluster.
+    pub replicas: usize,
+    /// How long validated events are kept, so offline departments catch up.
+    pub events_max_age_secs: u64,
+    /// How long dead letters are kept.
+    pub dlq_max_age_secs: u64,
+    /// How long audit records are kept.
+    pub audit_max_age_secs: u64,
+    /// Dedup window of `Nats-Msg-Id`; must exceed the longest ack wait and publish retry span.
+    pub dedup_window_secs: u64,
+    /// Largest message any stream accepts, in bytes (envelope included).
+    pub max_message_bytes: i32,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            events_max_age_secs: 7 * 24 * 3600,
+            dlq_max_age_secs: 30 * 24 * 3600,
+            audit_max_age_secs: 30 * 24 * 3600,
+            dedup_window_secs: 2 * 3600,
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Failure to create or open a stream or bucket.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// A stream could not be created or opened.
+    #[error("stream {name}: {source}")]
+    Stream {
+        /// Stream name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A KV bucket could not be created or opened.
+    #[error("key-value bucket {name}: {source}")]
+    Bucket {
+        /// Bucket name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Handles to the bus's KV buckets.
+#[derive(Clone)]
+pub struct Buckets {
+    /// Schemas.
+    pub schemas: kv::Store,
+    /// Subscriptions and policies.
+    pub config: kv::Store,
+}
+
+/// Creates (or opens) every stream and bucket of the bus.
+pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buckets, TopologyError> {
+    let base = |name: &'static str, subject: &str, max_age: u64| stream::Config {
+        name: name.to_string(),
+        subjects: vec![subject.to_string()],
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        duplicate_window: Duration::from_secs(cfg.dedup_window_secs),
+        max_message_size: cfg.max_message_bytes,
+        max_age: Duration::from_secs(max_age),
+        ..Default::default()
+    };
+    let ingress = stream::Config {
+        retention: stream::RetentionPolicy::WorkQueue,
+        ..base(STREAM_INGRESS, INGRESS_ALL, 0)
+    };
+    let configs = [
+        ingress,
+        base(STREAM_EVENTS, EVENTS_ALL, cfg.events_max_age_secs),
+        base(STREAM_DLQ, DLQ_ALL, cfg.dlq_max_age_secs),
+        base(STREAM_AUDIT, AUDIT_ALL, cfg.audit_max_age_secs),
+    ];
+    let names = [STREAM_INGRESS, STREAM_EVENTS, STREAM_DLQ, STREAM_AUDIT];
+    for (name, config) in names.into_iter().zip(configs) {
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
+    }
+    let schemas = bucket(js, BUCKET_SCHEMAS, cfg.replicas).await?;
+    let config = bucket(js, BUCKET_CONFIG, cfg.replicas).await?;
+    Ok(Buckets { schemas, config })
+}
+
+/// Opens a KV bucket, creating its backing stream first when missing. The stream is created
+/// directly (with the layout `create_key_value` would use) because the client's own
+/// `create_key_value` queries account info in a shape the Debian nats-server 2.9 does not send.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &'static str,
+    replicas: usize,
+) -> Result<kv::Store, TopologyError> {
+    let config = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 5,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await.map_err(|e| TopologyError::Bucket { name, source: Box::new(e) })?;
+    js.get_key_value(name).await.map_err(|e| TopologyError::Bucket { name, source: Box::new(e) })
+}

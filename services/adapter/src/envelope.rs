@@ -1,0 +1,86 @@
+//! Preparing an `Event` for the bus: defaults filled in (id, time, content type), limits
+//! checked, and the NATS message built with `Nats-Msg-Id` = event id and W3C trace headers.
+
+use async_nats::jetstream::message::PublishMessage;
+use kakehashi_proto::v1::Event;
+use kakehashi_proto::{ident, ids, subjects};
+use prost::Message as _;
+
+/// Why an event was refused before reaching the bus.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Type is not lowercase dot-separated tokens.
+    #[error("invalid event type {0:?}")]
+    InvalidType(String),
+    /// Id present but not a UUID/ULID.
+    #[error("invalid event id {0:?}: use a UUID or ULID, or leave it empty")]
+    InvalidId(String),
+    /// Payload over the limit.
+    #[error("payload is {size} bytes, over the limit of {limit}")]
+    PayloadTooLarge {
+        /// Size.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// Payload is not JSON.
+    #[error("payload is not JSON: {0}")]
+    PayloadNotJson(String),
+    /// Unsupported content type.
+    #[error("data_content_type {0:?} is not supported (use application/json)")]
+    ContentType(String),
+}
+
+impl EnvelopeError {
+    /// Stable reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EnvelopeError::InvalidType(_) => "invalid_type",
+            EnvelopeError::InvalidId(_) => "invalid_id",
+            EnvelopeError::PayloadTooLarge { .. } => "payload_too_large",
+            EnvelopeError::PayloadNotJson(_) => "payload_not_json",
+            EnvelopeError::ContentType(_) => "unsupported_content_type",
+        }
+    }
+}
+
+/// Fills defaults and checks the event; `source` is the caller's department.
+pub fn prepare(mut event: Event, source: String, max_payload_bytes: usize) -> Result<Event, EnvelopeError> {
+    event.source = source;
+    if !ident::is_valid_event_type(&event.r#type) {
+        return Err(EnvelopeError::InvalidType(event.r#type));
+    }
+    if event.id.is_empty() {
+        event.id = ids::new_event_id();
+    } else if !ids::is_valid_event_id(&event.id) {
+        return Err(EnvelopeError::InvalidId(event.id));
+    }
+    if event.data.len() > max_payload_bytes {
+        return Err(EnvelopeError::PayloadTooLarge { size: event.data.len(), limit: max_payload_bytes });
+    }
+    match event.data_content_type.as_str() {
+        "" => event.data_content_type = "application/json".into(),
+        "application/json" => {}
+        other => return Err(EnvelopeError::ContentType(other.to_string())),
+    }
+    // Only well-formedness here; the schema is the validator's job.
+    serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
+        .map_err(|e| EnvelopeError::PayloadNotJson(e.to_string()))?;
+    if event.time.is_none() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        event.time =
+            Some(prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 });
+    }
+    Ok(event)
+}
+
+/// The ingress subject and NATS message of a prepared event.
+pub fn to_message(event: &Event) -> (String, PublishMessage) {
+    let mut p = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
+    for h in [subjects::HEADER_TRACEPARENT, subjects::HEADER_TRACESTATE] {
+        if let Some(v) = event.extensions.get(h) {
+            p = p.header(h, v.as_str());
+        }
+    }
+    (subjects::ingress(&event.source, &event.r#type), p)
+}

@@ -1,0 +1,93 @@
+//! Kakehashi adapter: the `Publisher` gRPC service through which departments put events on the
+//! bus, and the building blocks department adapters are made of.
+//!
+//! Layout:
+//! - [`config`]: the typed configuration.
+//! - [`identity`]: which department a caller is.
+//! - [`envelope`]: defaults, limits and the NATS message of an event.
+//! - [`publisher`]: the gRPC service.
+//!
+//! [`run`] is the whole service; `main.rs` only reads configuration and calls it.
+
+pub mod config;
+pub mod envelope;
+pub mod identity;
+pub mod publisher;
+
+use config::AdapterConfig;
+use kakehashi_proto::v1;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Why the adapter could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// NATS unreachable.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// URL tried.
+        url: String,
+        /// Cause.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// Streams could not be set up.
+    #[error(transparent)]
+    Topology(#[from] kakehashi_proto::topology::TopologyError),
+    /// Startup of a component failed.
+    #[error("startup: {0}")]
+    Startup(String),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Connects to NATS with the settings every adapter component uses.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::jetstream::Context, RunError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|source| RunError::Connect { url: url.to_string(), source })?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// Runs the adapter's gRPC service on `listener` until `shutdown` completes.
+pub async fn run(
+    config: AdapterConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let js = connect(&config.nats_url, &config.instance).await?;
+    kakehashi_proto::topology::ensure(&js, &config.topology).await?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<v1::publisher_server::PublisherServer<publisher::PublisherService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kakehashi_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kakehashi_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
+    let service = publisher::PublisherService::new(
+        js,
+        identity::Identities::new(config.credentials.clone()),
+        config.max_payload_bytes,
+        config.stream_window,
+    );
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "adapter serving");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(v1::publisher_server::PublisherServer::new(service))
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! `Subscriptions` and `Policies` over gRPC.
+
+use crate::policy::{Policies, PolicyRecord};
+use crate::store::now_rfc3339;
+use crate::subscriptions::{SubscriptionRecord, Subscriptions};
+use kakehashi_proto::v1::policies_server::Policies as PoliciesApi;
+use kakehashi_proto::v1::subscriptions_server::Subscriptions as SubscriptionsApi;
+use kakehashi_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+/// The Subscriptions service.
+#[derive(Clone)]
+pub struct SubscriptionsService {
+    subs: Subscriptions,
+    default_ack_wait_secs: u64,
+    default_max_deliveries: u32,
+}
+
+impl SubscriptionsService {
+    /// New service with the defaults for unset fields.
+    pub fn new(subs: Subscriptions, default_ack_wait_secs: u64, default_max_deliveries: u32) -> Self {
+        Self { subs, default_ack_wait_secs, default_max_deliveries }
+    }
+}
+
+fn to_proto(r: &SubscriptionRecord) -> Subscription {
+    Subscription {
+        department: r.department.clone(),
+        name: r.name.clone(),
+        type_pattern: r.type_pattern.clone(),
+        ack_wait: Some(prost_types::Duration { seconds: r.ack_wait_secs as i64, nanos: 0 }),
+        max_deliveries: r.max_deliveries,
+        created_at: time::OffsetDateTime::parse(
+            &r.created_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+        .map(|t| prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: 0 }),
+        deliver_all: r.deliver_all,
+    }
+}
+
+#[tonic::async_trait]
+impl SubscriptionsApi for SubscriptionsService {
+    async fn create_subscription(
+        &self,
+        request: Request<CreateSubscriptionRequest>,
+    ) -> Result<Response<Subscription>, Status> {
+        let s = request
+            .into_inner()
+            .subscription
+            .ok_or_else(|| Status::invalid_argument("subscription is required"))?;
+        let ack_wait_secs = match s.ack_wait {
+            Some(d) if d.seconds > 0 => d.seconds as u64,
+            _ => self.default_ack_wait_secs,
+        };
+        let rec = SubscriptionRecord {
+            department: s.department,
+            name: s.name,
+            type_pattern: s.type_pattern,
+            ack_wait_secs,
+            max_deliveries: if s.max_deliveries == 0 {
+                self.default_max_deliveries
+            } else {
+                s.max_deliveries
+            },
+            created_at: now_rfc3339(),
+            deliver_all: s.deliver_all,
+        };
+        Ok(Response::new(to_proto(&self.subs.create(rec).await?)))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<ListSubscriptionsRequest>,
+    ) -> Result<Response<ListSubscriptionsResponse>, Status> {
+        let subscriptions = self.subs.list(&request.into_inner().department).iter().map(to_proto).collect();
+        Ok(Response::new(ListSubscriptionsResponse { subscriptions }))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<DeleteSubscriptionRequest>,
+    ) -> Result<Response<DeleteSubscriptionResponse>, Status> {
+        let r = request.into_inner();
+        self.subs.delete(&r.department, &r.name).await?;
+        Ok(Response::new(DeleteSubscriptionResponse {}))
+    }
+}
+
+/// The Policies service.
+#[derive(Clone)]
+pub struct PoliciesService {
+    policies: Policies,
+}
+
+impl PoliciesService {
+    /// New service.
+    pub fn new(policies: Policies) -> Self {
+        Self { policies }
+    }
+}
+
+fn policy_to_proto(p: PolicyRecord) -> Policy {
+    Policy {
+        type_pattern: p.type_pattern,
+        producers: p.producers,
+        readers: p.readers,
+        raw_pii_readers: p.raw_pii_readers,
+    }
+}
+
+#[tonic::async_trait]
+impl PoliciesApi for PoliciesService {
+    async fn put_policy(&self, request: Request<Policy>) -> Result<Response<Policy>, Status> {
+        let p = request.into_inner();
+        let stored = self
+            .policies
+            .put(PolicyRecord {
+                type_pattern: p.type_pattern,
+                producers: p.producers,
+                readers: p.readers,
+                raw_pii_readers: p.raw_pii_readers,
+            })
+            .await?;
+        Ok(Response::new(policy_to_proto(stored)))
+    }
+
+    async fn list_policies(
+        &self,
+        _: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        Ok(Response::new(ListPoliciesResponse {
+            policies: self.policies.list().into_iter().map(policy_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_policy(
+        &self,
+        request: Request<DeletePolicyRequest>,
+    ) -> Result<Response<DeletePolicyResponse>, Status> {
+        self.policies.delete(&request.into_inner().type_pattern).await?;
+        Ok(Response::new(DeletePolicyResponse {}))
+    }
+}

@@ -1,0 +1,176 @@
+//! Registry configuration: defaults that work locally, a TOML file, then environment overrides.
+
+use kakehashi_proto::topology::TopologyConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Everything the registry service can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// NATS server URL (`KAKEHASHI_NATS_URL`).
+    pub nats_url: String,
+    /// gRPC listen address (`KAKEHASHI_GRPC_ADDR`).
+    pub grpc_addr: SocketAddr,
+    /// Name of this instance in audit records and dead letters (`KAKEHASHI_INSTANCE`).
+    pub instance: String,
+    /// Streams and buckets.
+    pub topology: TopologyConfig,
+    /// Size and count limits.
+    pub limits: Limits,
+    /// The ingress validator.
+    pub validator: ValidatorConfig,
+    /// Delivery to subscribers.
+    pub delivery: DeliveryConfig,
+    /// Compatibility mode for subjects without an override, until one is set through the API.
+    pub default_compatibility: String,
+}
+
+/// Explicit limits on what the registry accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest schema document, in bytes.
+    pub max_schema_bytes: usize,
+    /// Largest event payload (`Event.data`), in bytes; bigger ones are dead-lettered.
+    pub max_payload_bytes: usize,
+    /// Most field violations reported for one payload.
+    pub max_violations: usize,
+    /// Most compiled validators kept in memory.
+    pub max_cached_validators: usize,
+}
+
+/// How the validator pulls from `KH_INGRESS`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidatorConfig {
+    /// Run the validator in this instance.
+    pub enabled: bool,
+    /// Messages pulled per batch.
+    pub batch: usize,
+    /// Ingress messages not acked within this time are redelivered (another instance takes them).
+    pub ack_wait_secs: u64,
+}
+
+/// Defaults and bounds of subscriber delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Ack wait of a subscription that does not set one.
+    pub default_ack_wait_secs: u64,
+    /// Max deliveries of a subscription that does not set one.
+    pub default_max_deliveries: u32,
+    /// In-flight deliveries per stream when the client asks for 0.
+    pub default_in_flight: u32,
+    /// Upper bound on what a client may ask for.
+    pub max_in_flight: u32,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            instance: default_instance("registry"),
+            topology: TopologyConfig::default(),
+            limits: Limits::default(),
+            validator: ValidatorConfig::default(),
+            delivery: DeliveryConfig::default(),
+            default_compatibility: "BACKWARD".into(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_schema_bytes: 256 * 1024,
+            max_payload_bytes: 512 * 1024,
+            max_violations: 100,
+            max_cached_validators: 10_000,
+        }
+    }
+}
+
+impl Default for ValidatorConfig {
+    fn default() -> Self {
+        Self { enabled: true, batch: 256, ack_wait_secs: 30 }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            default_ack_wait_secs: 30,
+            default_max_deliveries: 5,
+            default_in_flight: 64,
+            max_in_flight: 4096,
+        }
+    }
+}
+
+/// Configuration that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// An environment variable has a bad value.
+    #[error("environment variable {name}: {message}")]
+    Env {
+        /// Variable name.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl RegistryConfig {
+    /// Defaults, then the file (if given), then `KAKEHASHI_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg: Self = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
+            }
+            None => Self::default(),
+        };
+        if let Ok(v) = std::env::var("KAKEHASHI_NATS_URL") {
+            cfg.nats_url = v;
+        }
+        if let Ok(v) = std::env::var("KAKEHASHI_GRPC_ADDR") {
+            cfg.grpc_addr = v.parse().map_err(|e| ConfigError::Env {
+                name: "KAKEHASHI_GRPC_ADDR",
+                message: format!("{e}: {v}"),
+            })?;
+        }
+        if let Ok(v) = std::env::var("KAKEHASHI_INSTANCE") {
+            cfg.instance = v;
+        }
+        Ok(cfg)
+    }
+}
+
+/// `<role>@<host>:<pid>`: tells instances apart in audit records.
+pub fn default_instance(role: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    format!("{role}@{host}:{}", std::process::id())
+}

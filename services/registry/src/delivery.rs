@@ -1,0 +1,214 @@
+//! `Delivery.Subscribe`: streams a subscription's events to a department. The server keeps at
+//! most the client's in-flight limit unacked on one stream; acks and nacks map to JetStream
+//! acks and naks; an event delivered more than the subscription's maximum is dead-lettered as
+//! `delivery_exhausted` and terminated. When the client goes away its unacked deliveries are
+//! nacked at once, so a reconnecting subscriber gets them without waiting for the ack wait.
+
+use crate::dead_letter;
+use crate::subscriptions::{SubscriptionRecord, Subscriptions};
+use crate::validator::reason::Reason;
+use async_nats::jetstream::{self, consumer, message::Acker, AckKind};
+use futures::{Stream, StreamExt};
+use kakehashi_proto::subjects;
+use kakehashi_proto::v1::{subscribe_request, EventDelivery, SubscribeRequest};
+use prost::Message as _;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The Delivery service.
+#[derive(Clone)]
+pub struct DeliveryService {
+    js: jetstream::Context,
+    subscriptions: Subscriptions,
+    default_in_flight: u32,
+    max_in_flight: u32,
+    actor: String,
+}
+
+impl DeliveryService {
+    /// New service.
+    pub fn new(
+        js: jetstream::Context,
+        subscriptions: Subscriptions,
+        default_in_flight: u32,
+        max_in_flight: u32,
+        actor: String,
+    ) -> Self {
+        Self { js, subscriptions, default_in_flight, max_in_flight, actor }
+    }
+}
+
+type DeliveryStream = Pin<Box<dyn Stream<Item = Result<EventDelivery, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
+    type SubscribeStream = DeliveryStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut requests = request.into_inner();
+        let open = match requests.message().await? {
+            Some(SubscribeRequest { request: Some(subscribe_request::Request::Open(open)) }) => open,
+            _ => return Err(Status::invalid_argument("the first request must be `open`")),
+        };
+        let sub = self.subscriptions.get(&open.department, &open.subscription).ok_or_else(|| {
+            Status::not_found(format!("subscription {}.{} not found", open.department, open.subscription))
+        })?;
+        let in_flight = match open.max_in_flight {
+            0 => self.default_in_flight,
+            n => n.min(self.max_in_flight),
+        } as usize;
+        let consumer: consumer::PullConsumer = self
+            .js
+            .get_consumer_from_stream(sub.consumer_name(), subjects::STREAM_EVENTS)
+            .await
+            .map_err(|e| Status::unavailable(format!("subscription consumer: {e}")))?;
+        let (tx, rx) = mpsc::channel(in_flight.max(1));
+        let session = Session { js: self.js.clone(), sub, actor: self.actor.clone(), in_flight, tx };
+        tokio::spawn(session.run(consumer, requests));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// One client's Subscribe stream.
+struct Session {
+    js: jetstream::Context,
+    sub: SubscriptionRecord,
+    actor: String,
+    in_flight: usize,
+    tx: mpsc::Sender<Result<EventDelivery, Status>>,
+}
+
+impl Session {
+    async fn run(self, consumer: consumer::PullConsumer, mut requests: Streaming<SubscribeRequest>) {
+        let mut unacked: HashMap<u64, Acker> = HashMap::new();
+        let mut next_id: u64 = 1;
+        'session: loop {
+            let want = self.in_flight.saturating_sub(unacked.len());
+            if want == 0 {
+                // Full: only the client's acks can make room.
+                match requests.message().await {
+                    Ok(Some(r)) => self.handle(r, &mut unacked).await,
+                    _ => break 'session,
+                }
+                continue;
+            }
+            let batch = consumer.fetch().max_messages(want).expires(Duration::from_secs(1)).messages().await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, subscription = %self.sub.name, "fetch failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    m = batch.next() => match m {
+                        Some(Ok(msg)) => {
+                            if !self.deliver(msg, &mut next_id, &mut unacked).await {
+                                break 'session;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "fetch batch ended");
+                            break;
+                        }
+                        None => break,
+                    },
+                    r = requests.message() => match r {
+                        Ok(Some(r)) => self.handle(r, &mut unacked).await,
+                        _ => break 'session,
+                    },
+                }
+            }
+        }
+        // The client is gone: hand its unacked events back for redelivery now.
+        for (_, acker) in unacked.drain() {
+            let _ = acker.ack_with(AckKind::Nak(None)).await;
+        }
+    }
+
+    /// Sends one event to the client; false when the client is gone.
+    async fn deliver(
+        &self,
+        msg: jetstream::Message,
+        next_id: &mut u64,
+        unacked: &mut HashMap<u64, Acker>,
+    ) -> bool {
+        let (attempt, seq) =
+            msg.info().map(|i| (i.delivered.max(1) as u32, i.stream_sequence)).unwrap_or((1, 0));
+        let event = kakehashi_proto::v1::Event::decode(msg.payload.as_ref());
+        let (msg, acker) = msg.split();
+        if attempt > self.sub.max_deliveries || event.is_err() {
+            let (reason, message) = match &event {
+                Err(e) => (Reason::MalformedEnvelope, format!("stored event undecodable: {e}")),
+                Ok(_) => (
+                    Reason::DeliveryExhausted,
+                    format!("not acked after {} deliveries to {}", self.sub.max_deliveries, self.sub.name),
+                ),
+            };
+            let out = dead_letter::build(dead_letter::Details {
+                reason,
+                message,
+                violations: Vec::new(),
+                original_subject: &msg.subject,
+                raw: &msg.payload,
+                event: event.as_ref().ok(),
+                actor: &self.actor,
+                subscription: &self.sub.consumer_name(),
+                schema_version: 0,
+            });
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(out.body.into())
+                .headers(out.headers)
+                .message_id(format!("dlq-{}-{seq}", self.sub.consumer_name()));
+            let confirmed = match self.js.send_publish(out.subject, publish).await {
+                Ok(f) => f.await.is_ok(),
+                Err(_) => false,
+            };
+            // Terminate only once the dead letter is stored; otherwise it comes back later.
+            if confirmed {
+                let _ = acker.ack_with(AckKind::Term).await;
+            }
+            return true;
+        }
+        let Ok(event) = event else { return true };
+        let id = *next_id;
+        *next_id += 1;
+        let delivery = EventDelivery { delivery_id: id, event: Some(event), attempt, stream_sequence: seq };
+        unacked.insert(id, acker);
+        if self.tx.send(Ok(delivery)).await.is_err() {
+            return false;
+        }
+        true
+    }
+
+    async fn handle(&self, request: SubscribeRequest, unacked: &mut HashMap<u64, Acker>) {
+        match request.request {
+            Some(subscribe_request::Request::Ack(a)) => {
+                for id in a.delivery_ids {
+                    if let Some(acker) = unacked.remove(&id) {
+                        if let Err(e) = acker.ack().await {
+                            tracing::warn!(error = %e, "ack failed; the event will be redelivered");
+                        }
+                    }
+                }
+            }
+            Some(subscribe_request::Request::Nack(n)) => {
+                if let Some(acker) = unacked.remove(&n.delivery_id) {
+                    let delay = n.delay.and_then(|d| Duration::try_from(d).ok());
+                    let _ = acker.ack_with(AckKind::Nak(delay)).await;
+                }
+            }
+            Some(subscribe_request::Request::Open(_)) | None => {
+                let _ = self.tx.send(Err(Status::invalid_argument("`open` may only be sent first"))).await;
+            }
+        }
+    }
+}

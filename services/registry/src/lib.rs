@@ -1,0 +1,166 @@
+//! Kakehashi registry: the schema store and `SchemaRegistry` API, the ingress validator, and
+//! delivery of validated events to subscribing departments.
+//!
+//! Layout:
+//! - [`config`]: the typed configuration.
+//! - [`store`]: versioned schemas in `KH_SCHEMAS`, cached, with compiled validators.
+//! - [`compat`]: the JSON Schema compatibility checker.
+//! - [`validator`]: `KH_INGRESS` → `KH_EVENTS` | `KH_DLQ`.
+//! - [`policy`], [`subscriptions`], [`delivery`]: who may do what, and the Subscribe stream.
+//! - [`api`]: the gRPC services.
+//!
+//! [`run`] is the whole service; `main.rs` only reads configuration and calls it, so tests run
+//! the real thing in-process on `127.0.0.1:0`.
+
+pub mod api;
+pub mod compat;
+pub mod config;
+pub mod dead_letter;
+pub mod delivery;
+pub mod policy;
+pub mod store;
+pub mod subscriptions;
+pub mod validation;
+pub mod validator;
+mod watched;
+
+use config::RegistryConfig;
+use kakehashi_proto::v1;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Why the registry could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// NATS unreachable.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// URL tried.
+        url: String,
+        /// Cause.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// Streams or buckets could not be set up.
+    #[error(transparent)]
+    Topology(#[from] kakehashi_proto::topology::TopologyError),
+    /// Bad configuration value.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Startup of a component failed.
+    #[error("startup: {0}")]
+    Startup(String),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the registry on `listener` until `shutdown` completes.
+pub async fn run(
+    config: RegistryConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let default_mode: compat::Mode = config
+        .default_compatibility
+        .parse()
+        .map_err(|e| RunError::Config(format!("default_compatibility: {e}")))?;
+    let client = async_nats::ConnectOptions::new()
+        .name(&config.instance)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| RunError::Connect { url: config.nats_url.clone(), source })?;
+    let js = async_nats::jetstream::new(client);
+    let buckets = kakehashi_proto::topology::ensure(&js, &config.topology).await?;
+    let store = store::SchemaStore::open(
+        buckets.schemas,
+        default_mode,
+        config.limits.max_schema_bytes,
+        config.limits.max_cached_validators,
+    )
+    .await
+    .map_err(|e| RunError::Startup(e.to_string()))?;
+    let policies =
+        policy::Policies::open(buckets.config.clone()).await.map_err(|e| RunError::Startup(e.to_string()))?;
+    let subs = subscriptions::Subscriptions::open(js.clone(), buckets.config, policies.clone())
+        .await
+        .map_err(|e| RunError::Startup(e.to_string()))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let validator_task = if config.validator.enabled {
+        let p = policies.clone();
+        let policy: validator::ProducerPolicy = Arc::new(move |s: &str, t: &str| p.may_publish(s, t));
+        let settings = validator::ValidatorSettings {
+            batch: config.validator.batch.max(1),
+            ack_wait: Duration::from_secs(config.validator.ack_wait_secs.max(1)),
+            limits: validator::CheckLimits {
+                max_payload_bytes: config.limits.max_payload_bytes,
+                max_violations: config.limits.max_violations,
+            },
+            actor: config.instance.clone(),
+        };
+        Some(tokio::spawn(validator::run(js.clone(), store.clone(), policy, settings, stop_rx)))
+    } else {
+        None
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<v1::schema_registry_server::SchemaRegistryServer<api::schema_registry::SchemaRegistryService>>().await;
+    health.set_serving::<v1::delivery_server::DeliveryServer<delivery::DeliveryService>>().await;
+    health.set_serving::<v1::subscriptions_server::SubscriptionsServer<api::subscriptions::SubscriptionsService>>().await;
+    health.set_serving::<v1::policies_server::PoliciesServer<api::subscriptions::PoliciesService>>().await;
+    health.set_serving::<v1::flows_server::FlowsServer<api::flows::FlowsService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kakehashi_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kakehashi_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
+
+    let registry =
+        api::schema_registry::SchemaRegistryService::new(store.clone(), config.limits.max_violations);
+    let delivery = delivery::DeliveryService::new(
+        js.clone(),
+        subs.clone(),
+        config.delivery.default_in_flight,
+        config.delivery.max_in_flight,
+        config.instance.clone(),
+    );
+    let subscriptions = api::subscriptions::SubscriptionsService::new(
+        subs,
+        config.delivery.default_ack_wait_secs,
+        config.delivery.default_max_deliveries,
+    );
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), instance = %config.instance, "registry serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(v1::schema_registry_server::SchemaRegistryServer::new(registry))
+        .add_service(v1::delivery_server::DeliveryServer::new(delivery))
+        .add_service(v1::subscriptions_server::SubscriptionsServer::new(subscriptions))
+        .add_service(v1::policies_server::PoliciesServer::new(api::subscriptions::PoliciesService::new(
+            policies,
+        )))
+        .add_service(v1::flows_server::FlowsServer::new(api::flows::FlowsService))
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    if let Some(task) = validator_task {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "validator stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "validator task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    served?;
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! The schema store: versions of every subject in the `KH_SCHEMAS` KV bucket, with an in-memory
+//! cache kept fresh by a KV watch (so every registry instance answers the same), compiled
+//! validators cached per version, and compare-and-set writes so concurrent registrations on any
+//! number of instances never lose or double a version.
+
+mod compile;
+mod error;
+pub mod record;
+
+pub use compile::DRAFT_2020_12;
+pub use error::StoreError;
+
+use crate::compat::{self, Mode};
+use async_nats::jetstream::kv;
+use compile::VersionIndex;
+use futures::StreamExt;
+use record::{
+    compat_key, external_refs, parse_version_key, schema_uri, version_key, SchemaRecord, GLOBAL_COMPAT_KEY,
+    NEXT_ID_KEY,
+};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// How many times a write is retried when another writer wins the compare-and-set.
+const CAS_ATTEMPTS: usize = 32;
+
+/// Shared handle to the schema store.
+#[derive(Clone)]
+pub struct SchemaStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kv: kv::Store,
+    /// All versions, by (subject, version); also read by the `$ref` retriever.
+    index: VersionIndex,
+    /// Compatibility overrides by subject ("" is the global default).
+    compat: RwLock<HashMap<String, Mode>>,
+    /// Compiled validators; versions are immutable, so entries never go stale.
+    validators: Mutex<HashMap<(String, u32), Arc<jsonschema::Validator>>>,
+    default_mode: Mode,
+    max_schema_bytes: usize,
+    max_cached_validators: usize,
+}
+
+/// Outcome of a registration.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The stored (or already existing) version.
+    pub record: Arc<SchemaRecord>,
+    /// False when an identical schema already existed.
+    pub created: bool,
+}
+
+impl SchemaStore {
+    /// Opens the store: loads every version and starts the watch that keeps the cache fresh.
+    pub async fn open(
+        kv: kv::Store,
+        default_mode: Mode,
+        max_schema_bytes: usize,
+        max_cached_validators: usize,
+    ) -> Result<Self, StoreError> {
+        let inner = Arc::new(Inner {
+            kv,
+            index: Arc::new(RwLock::new(BTreeMap::new())),
+            compat: RwLock::new(HashMap::new()),
+            validators: Mutex::new(HashMap::new()),
+            default_mode,
+            max_schema_bytes,
+            max_cached_validators,
+        });
+        let mut watch =
+            inner.kv.watch_with_history(">").await.map_err(|e| StoreError::Storage(format!("watch: {e}")))?;
+        let pending =
+            inner.kv.status().await.map_err(|e| StoreError::Storage(format!("status: {e}")))?.values();
+        // Catch up with history before serving, so a fresh instance never answers "not found"
+        // for a schema that exists.
+        if pending > 0 {
+            let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(entry) = watch.next().await {
+                    let entry = entry.map_err(|e| StoreError::Storage(format!("watch: {e}")))?;
+                    let done = entry.delta == 0;
+                    inner.apply(&entry);
+                    if done {
+                        break;
+                    }
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await;
+            caught_up.map_err(|_| StoreError::Storage("timed out loading schemas".into()))??;
+        }
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                let Some(inner) = weak.upgrade() else { break };
+                match entry {
+                    Ok(entry) => inner.apply(&entry),
+                    Err(e) => tracing::warn!(error = %e, "schema watch error"),
+                }
+            }
+        });
+        Ok(Self { inner })
+    }
+
+    /// Registers `text` under `subject`; identical content returns the existing version.
+    pub async fn register(&self, subject: &str, text: &str) -> Result<Registered, StoreError> {
+        let inner = &self.inner;
+        if !kakehashi_proto::ident::is_valid_event_type(subject) {
+            return Err(StoreError::InvalidSubject(subject.to_string()));
+        }
+        if text.len() > inner.max_schema_bytes {
+            return Err(StoreError::TooLarge { size: text.len(), limit: inner.max_schema_bytes });
+        }
+        let schema: Value =
+            serde_json::from_str(text).map_err(|e| StoreError::InvalidSchema(format!("not JSON: {e}")))?;
+        if !schema.is_object() {
+            return Err(StoreError::InvalidSchema("a schema must be a JSON object".into()));
+        }
+        let references = self.check_references(&schema)?;
+        compile::compile(&schema, &inner.index).map_err(StoreError::InvalidSchema)?;
+        let canonical =
+            serde_json::to_string(&schema).map_err(|e| StoreError::InvalidSchema(e.to_string()))?;
+
+        for _ in 0..CAS_ATTEMPTS {
+            let versions = self.versions_of(subject);
+            if let Some(existing) = versions.iter().find(|r| !r.deleted && r.schema == canonical) {
+                return Ok(Registered { record: existing.clone(), created: false });
+            }
+            let next_version = versions.last().map_or(1, |r| r.version + 1);
+            if let Some(id) = schema.get("$id") {
+                let expected = schema_uri(subject, next_version);
+                if id.as_str() != Some(expected.as_str()) {
+                    return Err(StoreError::InvalidSchema(format!(
+                        "$id must be {expected} (the id of the version being registered) or absent"
+                    )));
+                }
+            }
+            let live: Vec<(u32, Value)> = versions
+                .iter()
+                .filter(|r| !r.deleted)
+                .filter_map(|r| Some((r.version, serde_json::from_str(&r.schema).ok()?)))
+                .collect();
+            let mode = self.mode_of(subject).0;
+            let problems = self.check_against(mode, &schema, &live);
+            if !problems.is_empty() {
+                return Err(StoreError::Incompatible {
+                    subject: subject.into(),
+                    mode: mode.to_string(),
+                    problems,
+                });
+            }
+            let id = self.next_id().await?;
+            let record = SchemaRecord {
+                subject: subject.to_string(),
+                version: next_version,
+                id,
+                schema: canonical.clone(),
+                deleted: false,
+                registered_at: now_rfc3339(),
+                references: references.clone(),
+            };
+            let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Storage(e.to_string()))?;
+            match inner.kv.create(version_key(subject, next_version), bytes.into()).await {
+                Ok(revision) => {
+                    let record = Arc::new(record);
+                    inner.insert(record.clone(), revision);
+                    return Ok(Registered { record, created: true });
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    // Another writer took this version: wait for the watch to bring it, then retry.
+                    self.refresh_subject(subject).await?;
+                }
+                Err(e) => return Err(StoreError::Storage(format!("create version: {e}"))),
+            }
+        }
+        Err(StoreError::Contention(subject.to_string()))
+    }
+
+    /// Checks a candidate against the subject (all of the mode's versions, or only `version`).
+    pub fn check_compatibility(
+        &self,
+        subject: &str,
+        text: &str,
+        version: u32,
+    ) -> Result<(Mode, Vec<compat::Incompatibility>), StoreError> {
+        let schema: Value =
+            serde_json::from_str(text).map_err(|e| StoreError::InvalidSchema(format!("not JSON: {e}")))?;
+        let versions = self.versions_of(subject);
+        let live: Vec<(u32, Value)> = versions
+            .iter()
+            .filter(|r| !r.deleted && (version == 0 || r.version == version))
+            .filter_map(|r| Some((r.version, serde_json::from_str(&r.schema).ok()?)))
+            .collect();
+        if version != 0 && live.is_empty() {
+            return Err(StoreError::NotFound(format!("{subject} version {version}")));
+        }
+        let mode = self.mode_of(subject).0;
+        // Asked about one version: the mode's direction applies to it alone.
+        let mode = if version == 0 { mode } else { non_transitive(mode) };
+        Ok((mode, self.check_against(mode, &schema, &live)))
+    }
+
+    fn check_against(
+        &self,
+        mode: Mode,
+        schema: &Value,
+        live: &[(u32, Value)],
+    ) -> Vec<compat::Incompatibility> {
+        let previous: Vec<(u32, &Value)> = live.iter().map(|(v, s)| (*v, s)).collect();
+        compat::check(mode, schema, &previous, &IndexResolver { index: self.inner.index.clone() })
+    }
+
+    /// A version (0 = latest live one) of a subject.
+    pub fn get(&self, subject: &str, version: u32) -> Result<Arc<SchemaRecord>, StoreError> {
+        let versions = self.versions_of(subject);
+        let found = if version == 0 {
+            versions.iter().rev().find(|r| !r.deleted)
+        } else {
+            versions.iter().find(|r| r.version == version)
+        };
+        found.cloned().ok_or_else(|| match version {
+            0 => StoreError::NotFound(format!("subject {subject}")),
+            v => StoreError::NotFound(format!("{subject} version {v}")),
+        })
+    }
+
+    /// A version by global id (soft-deleted ones included).
+    pub fn get_by_id(&self, id: u64) -> Result<Arc<SchemaRecord>, StoreError> {
+        let index = self.inner.read_index();
+        index
+            .values()
+            .find(|r| r.id == id)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("schema id {id}")))
+    }
+
+    /// Subjects with at least one (live, unless asked) version.
+    pub fn subjects(&self, include_deleted: bool) -> Vec<String> {
+        let index = self.inner.read_index();
+        let mut out: Vec<String> =
+            index.values().filter(|r| include_deleted || !r.deleted).map(|r| r.subject.clone()).collect();
+        out.dedup();
+        out
+    }
+
+    /// Version numbers of a subject.
+    pub fn versions(&self, subject: &str, include_deleted: bool) -> Result<Vec<u32>, StoreError> {
+        let all = self.versions_of(subject);
+        if all.is_empty() {
+            return Err(StoreError::NotFound(format!("subject {subject}")));
+        }
+        Ok(all.iter().filter(|r| include_deleted || !r.deleted).map(|r| r.version).collect())
+    }
+
+    /// The effective mode of a subject ("" = global) and whether it is inherited.
+    pub fn mode_of(&self, subject: &str) -> (Mode, bool) {
+        let compat = self.inner.compat.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = compat.get(subject).filter(|_| !subject.is_empty()) {
+            return (*m, false);
+        }
+        let global = compat.get("").copied();
+        (global.unwrap_or(self.inner.default_mode), !subject.is_empty() || global.is_none())
+    }
+
+    /// Sets a subject's mode ("" = the global default).
+    pub async fn set_mode(&self, subject: &str, mode: Mode) -> Result<(), StoreError> {
+        let key = if subject.is_empty() { GLOBAL_COMPAT_KEY.to_string() } else { compat_key(subject) };
+        let revision = self
+            .inner
+            .kv
+            .put(key.clone(), mode.to_string().into_bytes().into())
+            .await
+            .map_err(|e| StoreError::Storage(format!("put {key}: {e}")))?;
+        self.inner.set_compat(&key, Some(mode), revision);
+        Ok(())
+    }
+
+    /// Soft-deletes a version, or removes it for good (only after a soft delete).
+    pub async fn delete(&self, subject: &str, version: u32, permanent: bool) -> Result<(), StoreError> {
+        let record = self.get(subject, version)?;
+        let target = format!("{subject}/{version}");
+        let referrers: Vec<String> = self
+            .inner
+            .read_index()
+            .values()
+            .filter(|r| r.references.contains(&target))
+            .map(|r| format!("{}/{}", r.subject, r.version))
+            .collect();
+        if !referrers.is_empty() {
+            return Err(StoreError::Referenced { target, referrers });
+        }
+        let key = version_key(subject, version);
+        if permanent {
+            if !record.deleted {
+                return Err(StoreError::Precondition(format!(
+                    "{target} must be soft-deleted before it is deleted permanently"
+                )));
+            }
+            self.inner.kv.purge(&key).await.map_err(|e| StoreError::Storage(format!("purge {key}: {e}")))?;
+            self.inner.remove(&key);
+            return Ok(());
+        }
+        if record.deleted {
+            return Ok(());
+        }
+        let updated = SchemaRecord { deleted: true, ..(*record).clone() };
+        let bytes = serde_json::to_vec(&updated).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let revision = self
+            .inner
+            .kv
+            .put(&key, bytes.into())
+            .await
+            .map_err(|e| StoreError::Storage(format!("put {key}: {e}")))?;
+        self.inner.insert(Arc::new(updated), revision);
+        Ok(())
+    }
+
+    /// The compiled validator of a version (0 = latest live), compiled once and cached.
+    pub fn validator(
+        &self,
+        subject: &str,
+        version: u32,
+    ) -> Result<(Arc<jsonschema::Validator>, u32), StoreError> {
+        let record = self.get(subject, version)?;
+        if version == 0 && record.deleted {
+            return Err(StoreError::NotFound(format!("subject {subject}")));
+        }
+        let key = (record.subject.clone(), record.version);
+        let mut cache = self.inner.validators.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = cache.get(&key) {
+            return Ok((v.clone(), record.version));
+        }
+        let schema: Value =
+            serde_json::from_str(&record.schema).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let compiled =
+            Arc::new(compile::compile(&schema, &self.inner.index).map_err(StoreError::InvalidSchema)?);
+        if cache.len() >= self.inner.max_cached_validators {
+            // Simple bound: start over rather than track recency; recompiling is cheap and rare.
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+        Ok((compiled, record.version))
+    }
+
+    /// Reloads one subject's versions straight from the bucket (used after losing a race).
+    pub async fn refresh_subject(&self, subject: &str) -> Result<(), StoreError> {
+        let known = self.versions_of(subject).last().map_or(0, |r| r.version);
+        // Probe upwards from what we know; versions are dense, so the first gap ends the scan.
+        let mut version = known + 1;
+        loop {
+            let key = version_key(subject, version);
+            match self.inner.kv.entry(&key).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => self.inner.apply(&entry),
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(StoreError::Storage(format!("get {key}: {e}"))),
+            }
+            version += 1;
+        }
+    }
+
+    fn versions_of(&self, subject: &str) -> Vec<Arc<SchemaRecord>> {
+        let index = self.inner.read_index();
+        index
+            .range((subject.to_string(), 0)..=(subject.to_string(), u32::MAX))
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    fn check_references(&self, schema: &Value) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for (subject, version) in external_refs(schema) {
+            let record = self.get(&subject, version).map_err(|_| {
+                StoreError::InvalidSchema(format!("$ref to {subject}/{version}, which is not registered"))
+            })?;
+            if record.deleted {
+                return Err(StoreError::InvalidSchema(format!(
+                    "$ref to {subject}/{version}, which is deleted"
+                )));
+            }
+            out.push(format!("{subject}/{version}"));
+        }
+        Ok(out)
+    }
+
+    async fn next_id(&self) -> Result<u64, StoreError> {
+        let kv = &self.inner.kv;
+        for _ in 0..CAS_ATTEMPTS {
+            let entry =
+                kv.entry(NEXT_ID_KEY).await.map_err(|e| StoreError::Storage(format!("id counter: {e}")))?;
+            let result = match entry.filter(|e| e.operation == kv::Operation::Put) {
+                None => {
+                    kv.create(NEXT_ID_KEY, b"2".to_vec().into()).await.map(|_| 1).map_err(|e| e.to_string())
+                }
+                Some(e) => {
+                    let current: u64 = std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| StoreError::Storage("id counter is corrupt".into()))?;
+                    kv.update(NEXT_ID_KEY, (current + 1).to_string().into_bytes().into(), e.revision)
+                        .await
+                        .map(|_| current)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            if let Ok(id) = result {
+                return Ok(id);
+            }
+        }
+        Err(StoreError::Contention("schema id counter".into()))
+    }
+}
+
+impl Inner {
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<(String, u32), Arc<SchemaRecord>>> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies one watched KV entry to the cache.
+    fn apply(&self, entry: &kv::Entry) {
+        let deleted = matches!(entry.operation, kv::Operation::Delete | kv::Operation::Purge);
+        if entry.key == GLOBAL_COMPAT_KEY || entry.key.starts_with("compat.") {
+            let mode = std::str::from_utf8(&entry.value).ok().and_then(|s| s.parse::<Mode>().ok());
+            self.set_compat(&entry.key, if deleted { None } else { mode }, entry.revision);
+        } else if parse_version_key(&entry.key).is_some() {
+            if deleted {
+                self.remove(&entry.key);
+            } else {
+                match serde_json::from_slice::<SchemaRecord>(&entry.value) {
+                    Ok(record) => self.insert(Arc::new(record), entry.revision),
+                    Err(e) => {
+                        tracing::warn!(key = %entry.key, error = %e, "unreadable schema record skipped")
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert(&self, record: Arc<SchemaRecord>, _revision: u64) {
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        index.insert((record.subject.clone(), record.version), record);
+    }
+
+    fn remove(&self, key: &str) {
+        if let Some((subject, version)) = parse_version_key(key) {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            index.remove(&(subject.to_string(), version));
+            let mut validators = self.validators.lock().unwrap_or_else(|p| p.into_inner());
+            validators.remove(&(subject.to_string(), version));
+        }
+    }
+
+    fn set_compat(&self, key: &str, mode: Option<Mode>, _revision: u64) {
+        let subject = if key == GLOBAL_COMPAT_KEY { "" } else { key.trim_start_matches("compat.") };
+        let mut compat = self.compat.write().unwrap_or_else(|p| p.into_inner());
+        match mode {
+            Some(m) => compat.insert(subject.to_string(), m),
+            None => compat.remove(subject),
+        };
+    }
+}
+
+/// Resolves references for the compatibility checker from the same index.
+struct IndexResolver {
+    index: VersionIndex,
+}
+
+impl compat::RefResolver for IndexResolver {
+    fn resolve(&self, uri: &str) -> Option<Value> {
+        let (subject, version) = record::parse_schema_uri(uri)?;
+        let index = self.index.read().ok()?;
+        serde_json::from_str(&index.get(&(subject.to_string(), version))?.schema).ok()
+    }
+}
+
+fn non_transitive(mode: Mode) -> Mode {
+    match mode {
+        Mode::BackwardTransitive => Mode::Backward,
+        Mode::ForwardTransitive => Mode::Forward,
+        Mode::FullTransitive => Mode::Full,
+        m => m,
+    }
+}
+
+/// Now as RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
+}

@@ -1,0 +1,132 @@
+//! The validation of one ingress message, as a pure function of its bytes, its subject and the
+//! schema store: either the event is accepted (and passes through byte for byte) or it is
+//! rejected with a reason and details.
+
+use super::reason::Reason;
+use crate::store::{SchemaStore, StoreError};
+use crate::validation;
+use kakehashi_proto::v1::{Event, FieldViolation};
+use kakehashi_proto::{ident, ids, subjects};
+use prost::Message as _;
+
+/// An accepted event: what the validator needs to republish it.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The decoded envelope (for ids, trace context; its bytes are republished, not it).
+    pub event: Event,
+    /// Schema version validated against.
+    pub schema_version: u32,
+}
+
+/// A rejected event.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Reason class.
+    pub reason: Reason,
+    /// One-line explanation (never quotes payload values).
+    pub message: String,
+    /// Per-field failures.
+    pub violations: Vec<FieldViolation>,
+    /// Whatever could be decoded.
+    pub event: Option<Event>,
+    /// Schema version validated against, when one was found.
+    pub schema_version: u32,
+}
+
+fn reject(reason: Reason, message: impl Into<String>, event: Option<Event>) -> Box<Rejected> {
+    Box::new(Rejected { reason, message: message.into(), violations: Vec::new(), event, schema_version: 0 })
+}
+
+/// Limits the check applies.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckLimits {
+    /// Largest `Event.data`.
+    pub max_payload_bytes: usize,
+    /// Most violations reported.
+    pub max_violations: usize,
+}
+
+/// Checks one ingress message. `may_publish` is the producer policy.
+pub fn check(
+    subject: &str,
+    raw: &[u8],
+    store: &SchemaStore,
+    limits: CheckLimits,
+    may_publish: impl Fn(&str, &str) -> bool,
+) -> Result<Accepted, Box<Rejected>> {
+    // Envelope overhead is small; anything far larger than the payload limit is refused unread.
+    if raw.len() > limits.max_payload_bytes + 64 * 1024 {
+        return Err(reject(
+            Reason::PayloadTooLarge,
+            format!("message is {} bytes, over the payload limit of {}", raw.len(), limits.max_payload_bytes),
+            None,
+        ));
+    }
+    let event = Event::decode(raw)
+        .map_err(|e| reject(Reason::MalformedEnvelope, format!("not a kakehashi.v1.Event: {e}"), None))?;
+    let Some((dept, subject_type)) = subjects::parse_ingress(subject) else {
+        return Err(reject(
+            Reason::MalformedEnvelope,
+            format!("subject {subject} is not kh.in.<source>.<type>"),
+            Some(event),
+        ));
+    };
+    if !ids::is_valid_event_id(&event.id) {
+        return Err(reject(Reason::MalformedEnvelope, "event id must be a UUID or ULID", Some(event)));
+    }
+    if !ident::is_valid_event_type(&event.r#type) {
+        return Err(reject(
+            Reason::MalformedEnvelope,
+            "event type is not lowercase dot-separated tokens",
+            Some(event),
+        ));
+    }
+    if event.source != dept {
+        let message = format!("source {:?} does not match the subject's department {dept:?}", event.source);
+        return Err(reject(Reason::SourceMismatch, message, Some(event)));
+    }
+    if event.r#type != subject_type {
+        let message = format!("type {:?} does not match the subject's type {subject_type:?}", event.r#type);
+        return Err(reject(Reason::MalformedEnvelope, message, Some(event)));
+    }
+    if !matches!(event.data_content_type.as_str(), "" | "application/json") {
+        let message = format!("data_content_type {:?} is not application/json", event.data_content_type);
+        return Err(reject(Reason::MalformedEnvelope, message, Some(event)));
+    }
+    if event.data.len() > limits.max_payload_bytes {
+        let message =
+            format!("payload is {} bytes, over the limit of {}", event.data.len(), limits.max_payload_bytes);
+        return Err(reject(Reason::PayloadTooLarge, message, Some(event)));
+    }
+    if !may_publish(&event.source, &event.r#type) {
+        let message = format!("department {} may not publish {}", event.source, event.r#type);
+        return Err(reject(Reason::NotPermitted, message, Some(event)));
+    }
+    let schema_subject = if event.schema.is_empty() { event.r#type.as_str() } else { event.schema.as_str() };
+    let (validator, version) = match store.validator(schema_subject, event.schema_version) {
+        Ok(v) => v,
+        Err(StoreError::NotFound(what)) => {
+            return Err(reject(Reason::UnknownType, format!("no schema: {what}"), Some(event)));
+        }
+        Err(e) => return Err(reject(Reason::UnknownType, format!("schema unusable: {e}"), Some(event))),
+    };
+    let payload: serde_json::Value = match serde_json::from_slice(&event.data) {
+        Ok(v) => v,
+        Err(e) => {
+            let mut r = reject(Reason::SchemaViolation, format!("payload is not JSON: {e}"), Some(event));
+            r.schema_version = version;
+            return Err(r);
+        }
+    };
+    let violations = validation::violations(&validator, &payload, limits.max_violations);
+    if !violations.is_empty() {
+        return Err(Box::new(Rejected {
+            reason: Reason::SchemaViolation,
+            message: validation::summary(&violations),
+            violations,
+            event: Some(event),
+            schema_version: version,
+        }));
+    }
+    Ok(Accepted { event, schema_version: version })
+}

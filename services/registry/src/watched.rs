@@ -1,0 +1,100 @@
+//! A map mirrored from one key prefix of a KV bucket by a watch, so every instance sees changes
+//! (policies, subscriptions) without restart and without a request per lookup.
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// KV entries under `<prefix>.` decoded as JSON `T`, keyed by the rest of the key.
+pub struct WatchedMap<T> {
+    entries: Arc<RwLock<BTreeMap<String, Arc<T>>>>,
+}
+
+impl<T> Clone for WatchedMap<T> {
+    fn clone(&self) -> Self {
+        Self { entries: self.entries.clone() }
+    }
+}
+
+impl<T: DeserializeOwned + Send + Sync + 'static> WatchedMap<T> {
+    /// Loads the prefix's current entries, then follows changes in a background task.
+    pub async fn open(kv: &kv::Store, prefix: &str) -> Result<Self, String> {
+        let entries = Arc::new(RwLock::new(BTreeMap::new()));
+        let filter = format!("{prefix}.>");
+        let mut watch = kv.watch_with_history(&filter).await.map_err(|e| format!("watch {filter}: {e}"))?;
+        // When the prefix holds nothing the watch yields nothing, so only wait for catch-up
+        // when there is something to catch up with.
+        let keys: Vec<String> = kv
+            .keys()
+            .await
+            .map_err(|e| format!("keys: {e}"))?
+            .filter_map(|k| async { k.ok() })
+            .collect()
+            .await;
+        let has_any = keys.iter().any(|k| k.starts_with(&format!("{prefix}.")));
+        let strip = format!("{prefix}.");
+        let apply = {
+            let entries = entries.clone();
+            let strip = strip.clone();
+            move |entry: &kv::Entry| {
+                let Some(key) = entry.key.strip_prefix(&strip) else { return };
+                let mut map = entries.write().unwrap_or_else(|p| p.into_inner());
+                match entry.operation {
+                    kv::Operation::Put => match serde_json::from_slice::<T>(&entry.value) {
+                        Ok(v) => {
+                            map.insert(key.to_string(), Arc::new(v));
+                        }
+                        Err(e) => tracing::warn!(key = %entry.key, error = %e, "unreadable entry skipped"),
+                    },
+                    _ => {
+                        map.remove(key);
+                    }
+                }
+            }
+        };
+        if has_any {
+            let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(Ok(entry)) = watch.next().await {
+                    apply(&entry);
+                    if entry.delta == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+            caught_up.map_err(|_| format!("timed out loading {prefix}"))?;
+        }
+        tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                match entry {
+                    Ok(entry) => apply(&entry),
+                    Err(e) => tracing::warn!(error = %e, "watch error"),
+                }
+            }
+        });
+        Ok(Self { entries })
+    }
+
+    /// One entry.
+    pub fn get(&self, key: &str) -> Option<Arc<T>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    /// Every entry, in key order.
+    pub fn values(&self) -> Vec<Arc<T>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Applies a local write at once (the watch will bring the same value again).
+    pub fn insert(&self, key: &str, value: T) {
+        self.entries.write().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), Arc::new(value));
+    }
+
+    /// Applies a local delete at once.
+    pub fn remove(&self, key: &str) {
+        self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}

@@ -1,0 +1,204 @@
+//! One event end to end: register a schema, allow a flow, subscribe, publish a valid and an
+//! invalid event through the Publisher; the subscriber gets exactly the valid one, the invalid
+//! one is dead-lettered naming the failing field, and garbage bytes are dead-lettered too.
+
+use kakehashi_proto::v1::publisher_client::PublisherClient;
+use kakehashi_proto::v1::schema_registry_client::SchemaRegistryClient;
+use kakehashi_proto::v1::{
+    delivery_client::DeliveryClient, policies_client::PoliciesClient, subscribe_request,
+    subscriptions_client::SubscriptionsClient, AckDeliveries, CreateSubscriptionRequest, DeadLetter, Event,
+    OpenSubscription, Policy, RegisterSchemaRequest, SubscribeRequest, Subscription,
+};
+use kakehashi_tests::services::{adapter_config, registry_config};
+use kakehashi_tests::{wait, Adapter, NatsServer, Registry};
+use prost::Message as _;
+use std::time::Duration;
+use tokio_stream::StreamExt;
+
+const TYPE: &str = "test.dose.recorded";
+
+fn schema() -> String {
+    serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["dose_number", "vaccine"],
+        "properties": {
+            "dose_number": {"type": "integer", "minimum": 1},
+            "vaccine": {"type": "string"}
+        },
+        "additionalProperties": false
+    })
+    .to_string()
+}
+
+fn event(data: serde_json::Value) -> Event {
+    Event {
+        source: "city-shibuya".into(),
+        r#type: TYPE.into(),
+        data: data.to_string().into_bytes(),
+        ..Default::default()
+    }
+}
+
+/// Reads the dead letters of one subject from KH_DLQ.
+async fn dead_letters(js: &async_nats::jetstream::Context, subject: &str) -> Vec<DeadLetter> {
+    let Ok(mut stream) = js.get_stream("KH_DLQ").await else { return vec![] };
+    let Ok(info) = stream.info().await else { return vec![] };
+    let last = info.state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            if m.subject.as_str() == subject {
+                out.push(DeadLetter::decode(m.payload.as_ref()).expect("DeadLetter body"));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn valid_event_is_delivered_and_invalid_one_is_dead_lettered_with_pointer() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(registry_config(&nats.url())).await;
+    let adapter = Adapter::start(adapter_config(&nats.url())).await;
+
+    let mut schemas = SchemaRegistryClient::connect(registry.endpoint()).await.expect("connect registry");
+    let reg = schemas
+        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema() })
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!(reg.version, 1);
+    assert!(reg.created);
+
+    let mut policies = PoliciesClient::connect(registry.endpoint()).await.expect("connect");
+    policies
+        .put_policy(Policy {
+            type_pattern: "test.>".into(),
+            producers: vec!["city-shibuya".into()],
+            readers: vec!["mhlw".into()],
+            raw_pii_readers: vec![],
+        })
+        .await
+        .expect("policy");
+    let mut subs = SubscriptionsClient::connect(registry.endpoint()).await.expect("connect");
+    subs.create_subscription(CreateSubscriptionRequest {
+        subscription: Some(Subscription {
+            department: "mhlw".into(),
+            name: "doses".into(),
+            type_pattern: TYPE.into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("create subscription");
+
+    let (req_tx, req_rx) = tokio::sync::mpsc::channel(16);
+    req_tx
+        .send(SubscribeRequest {
+            request: Some(subscribe_request::Request::Open(OpenSubscription {
+                subscription: "doses".into(),
+                department: "mhlw".into(),
+                max_in_flight: 10,
+            })),
+        })
+        .await
+        .expect("open");
+    let mut delivery = DeliveryClient::connect(registry.endpoint()).await.expect("connect");
+    let mut deliveries = delivery
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+        .await
+        .expect("subscribe")
+        .into_inner();
+
+    let mut publisher = PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
+    let valid = publisher
+        .publish(event(serde_json::json!({"dose_number": 2, "vaccine": "mRNA"})))
+        .await
+        .expect("publish valid")
+        .into_inner();
+    assert!(valid.sequence > 0);
+    assert!(!valid.duplicate);
+    let invalid = publisher
+        .publish(event(serde_json::json!({"dose_number": "two", "vaccine": "mRNA"})))
+        .await
+        .expect("publish invalid")
+        .into_inner();
+    assert_ne!(valid.event_id, invalid.event_id);
+
+    let got = tokio::time::timeout(Duration::from_secs(20), deliveries.next())
+        .await
+        .expect("a delivery within 20s")
+        .expect("stream open")
+        .expect("delivery");
+    let ev = got.event.expect("event");
+    assert_eq!(ev.id, valid.event_id);
+    assert_eq!(ev.source, "city-shibuya");
+    req_tx
+        .send(SubscribeRequest {
+            request: Some(subscribe_request::Request::Ack(AckDeliveries {
+                delivery_ids: vec![got.delivery_id],
+            })),
+        })
+        .await
+        .expect("ack");
+
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let dlq_subject = format!("kh.dlq.city-shibuya.{TYPE}");
+    let letters = wait::until("the invalid event in KH_DLQ", Duration::from_secs(20), || {
+        let js = js.clone();
+        let subject = dlq_subject.clone();
+        async move { Some(dead_letters(&js, &subject).await).filter(|l| !l.is_empty()) }
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.reason, "schema_violation");
+    assert_eq!(letter.event_id, invalid.event_id);
+    assert!(
+        letter.violations.iter().any(|v| v.pointer == "/dose_number"),
+        "violations: {:?}",
+        letter.violations
+    );
+    assert!(letter.message.contains("/dose_number"));
+    let raw = Event::decode(letter.raw.as_ref()).expect("raw bytes are the original envelope");
+    assert_eq!(raw.id, invalid.event_id);
+
+    // The invalid event was validated after the valid one, so nothing else can still arrive;
+    // make sure nothing does.
+    let extra = tokio::time::timeout(Duration::from_millis(1500), deliveries.next()).await;
+    assert!(extra.is_err(), "unexpected second delivery: {extra:?}");
+    drop(registry);
+}
+
+#[tokio::test]
+async fn garbage_bytes_on_ingress_are_dead_lettered_as_malformed_and_registry_keeps_serving() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(registry_config(&nats.url())).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let garbage: &[u8] = &[0xff, 0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef];
+    js.publish("kh.in.city-x.some.type", garbage.to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored in KH_INGRESS");
+
+    let letters = wait::until("garbage in KH_DLQ", Duration::from_secs(20), || {
+        let js = js.clone();
+        async move { Some(dead_letters(&js, "kh.dlq.city-x.some.type").await).filter(|l| !l.is_empty()) }
+    })
+    .await;
+    assert_eq!(letters[0].reason, "malformed_envelope");
+    assert_eq!(letters[0].raw, garbage, "raw bytes kept exactly");
+    assert_eq!(letters[0].original_subject, "kh.in.city-x.some.type");
+
+    // Still serving: health answers and a registration works.
+    kakehashi_tests::services::wait_serving(registry.addr).await;
+    let mut schemas = SchemaRegistryClient::connect(registry.endpoint()).await.expect("connect");
+    schemas
+        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema() })
+        .await
+        .expect("register after garbage");
+}
