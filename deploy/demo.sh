@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The demo command: installs what is missing, builds, and runs the local bus (starting a
+# nats-server when none answers at KAKEHASHI_NATS_URL) with events flowing through it.
+# Extra arguments go to `kakehashi dev` (e.g. --exit-after-demo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/scripts/ensure-tools.sh
+cargo build --locked --release -p kakehashi-ctl
+exec ./target/release/kakehashi dev --demo "$@"

@@ -1,0 +1,277 @@
+//! The command line: global connection options and every subcommand.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// kakehashi — Kakehashi's command line for integrators and operators.
+#[derive(Debug, Parser)]
+#[command(name = "kakehashi", version, about)]
+pub struct Cli {
+    /// Connection options.
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Print JSON instead of text meant for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the bus is.
+#[derive(Debug, Args, Clone)]
+pub struct Conn {
+    /// Registry gRPC endpoint.
+    #[arg(long, global = true, env = "KAKEHASHI_REGISTRY", default_value = "http://127.0.0.1:50051")]
+    pub registry: String,
+    /// Adapter gRPC endpoint.
+    #[arg(long, global = true, env = "KAKEHASHI_ADAPTER", default_value = "http://127.0.0.1:50052")]
+    pub adapter: String,
+    /// NATS URL (dead letters, dev).
+    #[arg(long, global = true, env = "KAKEHASHI_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole bus locally: nats-server (started if none answers), registry, adapter,
+    /// the schema catalogue and the demo policies.
+    Dev(DevArgs),
+    /// Manage schemas.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    /// Manage who may publish and read which types.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Manage subscriptions and watch deliveries.
+    #[command(subcommand)]
+    Sub(SubCommand),
+    /// Inspect dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Publish one event through the adapter.
+    Publish(PublishArgs),
+}
+
+/// `kakehashi dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the dev bus keeps its nats-server store.
+    #[arg(long, default_value = ".kakehashi")]
+    pub data_dir: PathBuf,
+    /// The schema catalogue to load.
+    #[arg(long, default_value = "schemas")]
+    pub schemas: PathBuf,
+    /// The policies to load.
+    #[arg(long, default_value = "deploy/demo/policies.toml")]
+    pub policies: PathBuf,
+    /// Show events flowing: one valid (delivered) and one invalid (dead-lettered, with why).
+    #[arg(long)]
+    pub demo: bool,
+    /// Stop after the demo instead of serving until Ctrl-C.
+    #[arg(long, requires = "demo")]
+    pub exit_after_demo: bool,
+}
+
+/// `kakehashi schema …`.
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Register a schema file under a subject.
+    Register {
+        /// Subject (event type).
+        subject: String,
+        /// JSON Schema file.
+        file: PathBuf,
+    },
+    /// Show a version (latest by default) or a schema by global id.
+    Get {
+        /// Subject.
+        subject: String,
+        /// Version (0 = latest).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+        /// Look up by global id instead.
+        #[arg(long)]
+        id: Option<u64>,
+    },
+    /// List subjects.
+    List {
+        /// Include soft-deleted ones.
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// List a subject's versions.
+    Versions {
+        /// Subject.
+        subject: String,
+        /// Include soft-deleted ones.
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Check a schema file's compatibility with a subject, with the reasons.
+    Check {
+        /// Subject.
+        subject: String,
+        /// Candidate JSON Schema file.
+        file: PathBuf,
+        /// Only against this version (0 = as the mode requires).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Get or set compatibility modes.
+    #[command(subcommand)]
+    Compat(CompatCommand),
+    /// Validate a payload file against a subject (dry run).
+    Validate {
+        /// Subject.
+        subject: String,
+        /// JSON payload file.
+        file: PathBuf,
+        /// Version (0 = latest).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Delete a version (soft unless --permanent).
+    Delete {
+        /// Subject.
+        subject: String,
+        /// Version.
+        version: u32,
+        /// Remove for good (after a soft delete).
+        #[arg(long)]
+        permanent: bool,
+    },
+    /// Load a whole catalogue directory (`<subject>/<version>.json`) in dependency order.
+    Load {
+        /// Catalogue directory.
+        dir: PathBuf,
+    },
+}
+
+/// `kakehashi schema compat …`.
+#[derive(Debug, Subcommand)]
+pub enum CompatCommand {
+    /// Show the effective mode (global when no subject).
+    Get {
+        /// Subject.
+        subject: Option<String>,
+    },
+    /// Set a mode (global when no subject).
+    Set {
+        /// NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE.
+        mode: String,
+        /// Subject.
+        subject: Option<String>,
+    },
+}
+
+/// `kakehashi policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Create or replace the policy of a type pattern.
+    Put {
+        /// Type pattern.
+        pattern: String,
+        /// Departments that may publish (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        producers: Vec<String>,
+        /// Departments that may read (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        readers: Vec<String>,
+        /// Readers that get personal identifiers raw (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        raw_pii_readers: Vec<String>,
+    },
+    /// List policies.
+    List,
+    /// Delete the policy of a pattern.
+    Delete {
+        /// Type pattern.
+        pattern: String,
+    },
+    /// Load policies from a TOML file (`[[policy]]` tables).
+    Load {
+        /// File.
+        file: PathBuf,
+    },
+}
+
+/// `kakehashi sub …`.
+#[derive(Debug, Subcommand)]
+pub enum SubCommand {
+    /// Create a durable subscription.
+    Create {
+        /// Reading department.
+        department: String,
+        /// Name.
+        name: String,
+        /// Event type pattern.
+        pattern: String,
+        /// Start with all retained events, not only new ones.
+        #[arg(long)]
+        from_start: bool,
+    },
+    /// List subscriptions.
+    List {
+        /// Only this department's.
+        department: Option<String>,
+    },
+    /// Delete a subscription.
+    Delete {
+        /// Department.
+        department: String,
+        /// Name.
+        name: String,
+    },
+    /// Print deliveries as they arrive, acking each (Ctrl-C to stop).
+    Tail {
+        /// Department.
+        department: String,
+        /// Name.
+        name: String,
+        /// Stop after this many.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+/// `kakehashi dlq …`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters.
+    List {
+        /// Only this reason.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this source department.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+    },
+    /// Show one dead letter (by KH_DLQ sequence).
+    Show {
+        /// Sequence.
+        seq: u64,
+    },
+}
+
+/// `kakehashi publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Event type.
+    pub event_type: String,
+    /// JSON payload file.
+    pub file: PathBuf,
+    /// Source department (development mode; with tokens, --token decides).
+    #[arg(long)]
+    pub source: String,
+    /// Record key.
+    #[arg(long, default_value = "")]
+    pub subject: String,
+    /// Department token.
+    #[arg(long, env = "KAKEHASHI_TOKEN")]
+    pub token: Option<String>,
+}

@@ -1,0 +1,8 @@
+//! One module per subcommand group.
+
+pub mod dev;
+pub mod dlq;
+pub mod policy;
+pub mod publish;
+pub mod schema;
+pub mod sub;

@@ -1,0 +1,26 @@
+//! The `kakehashi` command line, as a library so tests can drive the same code.
+//!
+//! Layout: [`cli`] (arguments), [`commands`] (one module per subcommand group), [`catalogue`]
+//! (schema folders on disk), [`clients`] (gRPC connections), [`output`] (text or JSON),
+//! [`error`] (one-line errors).
+
+pub mod catalogue;
+pub mod cli;
+pub mod clients;
+pub mod commands;
+pub mod error;
+pub mod nats_server;
+pub mod output;
+
+/// Runs a parsed command line.
+pub async fn run(cli: cli::Cli) -> Result<(), error::CtlError> {
+    use cli::Command;
+    match cli.command {
+        Command::Dev(a) => commands::dev::run(&cli.conn, a).await,
+        Command::Schema(c) => commands::schema::run(&cli.conn, cli.json, c).await,
+        Command::Policy(c) => commands::policy::run(&cli.conn, cli.json, c).await,
+        Command::Sub(c) => commands::sub::run(&cli.conn, cli.json, c).await,
+        Command::Dlq(c) => commands::dlq::run(&cli.conn, cli.json, c).await,
+        Command::Publish(a) => commands::publish::run(&cli.conn, cli.json, a).await,
+    }
+}
