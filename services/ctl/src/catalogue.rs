@@ -35,13 +35,15 @@ pub struct Example {
 /// Reads every schema of the catalogue, in dependency order.
 pub fn read(dir: &Path) -> Result<Vec<Entry>, CtlError> {
     let mut entries = BTreeMap::new();
-    let subjects = std::fs::read_dir(dir).map_err(|source| CtlError::Read { path: dir.to_path_buf(), source })?;
+    let subjects =
+        std::fs::read_dir(dir).map_err(|source| CtlError::Read { path: dir.to_path_buf(), source })?;
     for sub in subjects.flatten() {
         if !sub.path().is_dir() {
             continue;
         }
         let subject = sub.file_name().to_string_lossy().to_string();
-        let files = std::fs::read_dir(sub.path()).map_err(|source| CtlError::Read { path: sub.path(), source })?;
+        let files =
+            std::fs::read_dir(sub.path()).map_err(|source| CtlError::Read { path: sub.path(), source })?;
         for f in files.flatten() {
             let path = f.path();
             let Some(version) = path
@@ -56,7 +58,10 @@ pub fn read(dir: &Path) -> Result<Vec<Entry>, CtlError> {
             let value: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| CtlError::BadFile { path: path.clone(), message: format!("not JSON: {e}") })?;
             let refs = external_refs(&value);
-            entries.insert((subject.clone(), version), Entry { subject: subject.clone(), version, path, text, refs });
+            entries.insert(
+                (subject.clone(), version),
+                Entry { subject: subject.clone(), version, path, text, refs },
+            );
         }
     }
     order(entries)
@@ -93,7 +98,8 @@ fn order(mut entries: BTreeMap<(String, u32), Entry>) -> Result<Vec<Entry>, CtlE
 /// Every example payload under `<dir>/<subject>/examples/`.
 pub fn examples(dir: &Path) -> Result<Vec<Example>, CtlError> {
     let mut out = Vec::new();
-    let subjects = std::fs::read_dir(dir).map_err(|source| CtlError::Read { path: dir.to_path_buf(), source })?;
+    let subjects =
+        std::fs::read_dir(dir).map_err(|source| CtlError::Read { path: dir.to_path_buf(), source })?;
     for sub in subjects.flatten() {
         let ex_dir = sub.path().join("examples");
         let Ok(files) = std::fs::read_dir(&ex_dir) else { continue };

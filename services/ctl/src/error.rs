@@ -53,7 +53,11 @@ impl From<tonic::Status> for CtlError {
         let mut line = format!("{:?}: {}", s.code(), s.message());
         if let Some(bad) = s.get_details_bad_request() {
             for v in bad.field_violations {
-                line.push_str(&format!("\n  {} — {}", if v.field.is_empty() { "/" } else { &v.field }, v.description));
+                line.push_str(&format!(
+                    "\n  {} — {}",
+                    if v.field.is_empty() { "/" } else { &v.field },
+                    v.description
+                ));
             }
         }
         CtlError::Rpc(line)

@@ -20,7 +20,8 @@ fn host_port(url: &str) -> Result<(String, u16), CtlError> {
     let rest = url.strip_prefix("nats://").unwrap_or(url);
     let rest = rest.rsplit('@').next().unwrap_or(rest);
     let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "4222"));
-    let port = port.trim_end_matches('/').parse().map_err(|_| CtlError::Usage(format!("bad NATS URL {url}")))?;
+    let port =
+        port.trim_end_matches('/').parse().map_err(|_| CtlError::Usage(format!("bad NATS URL {url}")))?;
     Ok((host.to_string(), port))
 }
 
@@ -47,7 +48,9 @@ pub fn ensure(url: &str, data_dir: &Path) -> Result<Option<OwnedNats>, CtlError>
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| CtlError::Dev(format!("cannot start nats-server (apt-get install -y nats-server): {e}")))?;
+        .map_err(|e| {
+            CtlError::Dev(format!("cannot start nats-server (apt-get install -y nats-server): {e}"))
+        })?;
     let owned = OwnedNats(child);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !answers(&host, port) {

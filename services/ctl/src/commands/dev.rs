@@ -51,7 +51,8 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let registry = tokio::spawn(kakehashi_registry::run(registry_cfg, registry_listener, stopped(stop_rx.clone())));
+    let registry =
+        tokio::spawn(kakehashi_registry::run(registry_cfg, registry_listener, stopped(stop_rx.clone())));
     let adapter = tokio::spawn(kakehashi_adapter::run(adapter_cfg, adapter_listener, stopped(stop_rx)));
 
     let mut schemas = wait_for_registry(conn).await?;
@@ -61,7 +62,10 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
 
     println!("Kakehashi dev bus is up");
     println!("  NATS      {}  ({nats_note})", conn.nats);
-    println!("  registry  {}  (SchemaRegistry, Delivery, Subscriptions, Policies, Flows; health; reflection)", conn.registry);
+    println!(
+        "  registry  {}  (SchemaRegistry, Delivery, Subscriptions, Policies, Flows; health; reflection)",
+        conn.registry
+    );
     println!("  adapter   {}  (Publisher; health; reflection)", conn.adapter);
     println!("  policies  {n} loaded from {}", args.policies.display());
 
@@ -91,7 +95,9 @@ async fn wait_for_registry(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut c) = clients::registry(conn).await {
-            if c.list_subjects(ListSubjectsRequest::default()).await.is_ok() && clients::publisher(conn).await.is_ok() {
+            if c.list_subjects(ListSubjectsRequest::default()).await.is_ok()
+                && clients::publisher(conn).await.is_ok()
+            {
                 return Ok(c);
             }
         }
@@ -124,10 +130,17 @@ async fn demo(conn: &Conn, catalogue: &std::path::Path) -> Result<(), CtlError> 
     println!("1. mhlw subscribed to {TYPE} (durable subscription mhlw/demo-vaccinations)");
 
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let open = OpenSubscription { subscription: "demo-vaccinations".into(), department: "mhlw".into(), max_in_flight: 8 };
+    let open = OpenSubscription {
+        subscription: "demo-vaccinations".into(),
+        department: "mhlw".into(),
+        max_in_flight: 8,
+    };
     let _ = tx.send(SubscribeRequest { request: Some(subscribe_request::Request::Open(open)) }).await;
-    let mut deliveries =
-        clients::delivery(conn).await?.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut deliveries = clients::delivery(conn)
+        .await?
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
 
     let mut publisher = clients::publisher(conn).await?;
     let mut sent = Vec::new();
@@ -141,7 +154,10 @@ async fn demo(conn: &Conn, catalogue: &std::path::Path) -> Result<(), CtlError> 
             })
             .await?
             .into_inner();
-        println!("2. city-shibuya published {label} record: event {} (KH_INGRESS #{})", ack.event_id, ack.sequence);
+        println!(
+            "2. city-shibuya published {label} record: event {} (KH_INGRESS #{})",
+            ack.event_id, ack.sequence
+        );
         sent.push(ack.event_id);
     }
 
@@ -160,7 +176,9 @@ async fn demo(conn: &Conn, catalogue: &std::path::Path) -> Result<(), CtlError> 
     );
     let _ = tx
         .send(SubscribeRequest {
-            request: Some(subscribe_request::Request::Ack(AckDeliveries { delivery_ids: vec![delivered.delivery_id] })),
+            request: Some(subscribe_request::Request::Ack(AckDeliveries {
+                delivery_ids: vec![delivered.delivery_id],
+            })),
         })
         .await;
     println!("   mhlw acked it.");
@@ -183,7 +201,11 @@ async fn demo(conn: &Conn, catalogue: &std::path::Path) -> Result<(), CtlError> 
     for v in &letter.letter.violations {
         println!("   field:   {} — {}", v.pointer, v.message);
     }
-    println!("   raw:     {} bytes kept for replay (kakehashi dlq show {})", letter.letter.raw.len(), letter.seq);
+    println!(
+        "   raw:     {} bytes kept for replay (kakehashi dlq show {})",
+        letter.letter.raw.len(),
+        letter.seq
+    );
     Ok(())
 }
 

@@ -19,7 +19,8 @@ pub struct Stored {
 }
 
 async fn connect(conn: &Conn) -> Result<jetstream::Context, CtlError> {
-    let client = async_nats::connect(&conn.nats).await.map_err(|e| CtlError::Nats(format!("{}: {e}", conn.nats)))?;
+    let client =
+        async_nats::connect(&conn.nats).await.map_err(|e| CtlError::Nats(format!("{}: {e}", conn.nats)))?;
     Ok(jetstream::new(client))
 }
 
@@ -31,7 +32,10 @@ pub async fn read_all(js: &jetstream::Context, filter: &str) -> Result<Vec<Store
         return Ok(Vec::new());
     }
     let ordered = stream
-        .create_consumer(consumer::pull::OrderedConfig { filter_subject: filter.to_string(), ..Default::default() })
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            ..Default::default()
+        })
         .await
         .map_err(|e| CtlError::Nats(e.to_string()))?;
     let mut messages = ordered.messages().await.map_err(|e| CtlError::Nats(e.to_string()))?;
@@ -95,11 +99,15 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
         }
         DlqCommand::Show { seq } => {
             let stream = js.get_stream(STREAM_DLQ).await.map_err(|e| CtlError::Nats(e.to_string()))?;
-            let m = stream.get_raw_message(seq).await.map_err(|e| CtlError::Nats(format!("KH_DLQ #{seq}: {e}")))?;
+            let m = stream
+                .get_raw_message(seq)
+                .await
+                .map_err(|e| CtlError::Nats(format!("KH_DLQ #{seq}: {e}")))?;
             let letter = DeadLetter::decode(m.payload.as_ref())
                 .map_err(|e| CtlError::Nats(format!("KH_DLQ #{seq} is not a DeadLetter: {e}")))?;
             let event = Event::decode(letter.raw.as_ref()).ok();
-            let payload = event.as_ref().and_then(|e| serde_json::from_slice::<serde_json::Value>(&e.data).ok());
+            let payload =
+                event.as_ref().and_then(|e| serde_json::from_slice::<serde_json::Value>(&e.data).ok());
             let stored = Stored { seq, letter };
             let mut j = summary_json(&stored);
             j["violations"] = json!(stored.letter.violations.iter().map(|v| json!({"pointer": v.pointer, "schema_pointer": v.schema_pointer, "message": v.message})).collect::<Vec<_>>());
@@ -113,10 +121,17 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
                     l.reason, l.message, l.event_id, l.r#type, l.source, l.original_subject, l.actor, l.raw.len()
                 );
                 for v in &l.violations {
-                    s.push_str(&format!("\n  violation {} — {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message));
+                    s.push_str(&format!(
+                        "\n  violation {} — {}",
+                        if v.pointer.is_empty() { "/" } else { &v.pointer },
+                        v.message
+                    ));
                 }
                 match &payload {
-                    Some(p) => s.push_str(&format!("\n  payload:\n{}", serde_json::to_string_pretty(p).unwrap_or_default())),
+                    Some(p) => s.push_str(&format!(
+                        "\n  payload:\n{}",
+                        serde_json::to_string_pretty(p).unwrap_or_default()
+                    )),
                     None => s.push_str("\n  payload:  (not a decodable event)"),
                 }
                 s

@@ -45,8 +45,8 @@ fn to_json(p: &Policy) -> serde_json::Value {
 /// Loads a policies file through the API; returns how many were stored.
 pub async fn load_file(conn: &Conn, file: &Path) -> Result<usize, CtlError> {
     let text = read(file)?;
-    let parsed: PolicyFile =
-        toml::from_str(&text).map_err(|e| CtlError::BadFile { path: file.to_path_buf(), message: e.to_string() })?;
+    let parsed: PolicyFile = toml::from_str(&text)
+        .map_err(|e| CtlError::BadFile { path: file.to_path_buf(), message: e.to_string() })?;
     let mut c = clients::policies(conn).await?;
     for p in &parsed.policy {
         c.put_policy(Policy {

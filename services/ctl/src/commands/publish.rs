@@ -19,18 +19,24 @@ pub async fn run(conn: &Conn, json_mode: bool, a: PublishArgs) -> Result<(), Ctl
         ..Default::default()
     });
     if let Some(t) = a.token {
-        let v = format!("Bearer {t}").parse().map_err(|_| CtlError::Usage("token is not valid metadata".into()))?;
+        let v = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| CtlError::Usage("token is not valid metadata".into()))?;
         req.metadata_mut().insert("authorization", v);
     }
     let ack = c.publish(req).await?.into_inner();
-    emit(json_mode, json!({"event_id": ack.event_id, "stream": ack.stream, "sequence": ack.sequence, "duplicate": ack.duplicate}), || {
-        format!(
-            "published {} as {} #{}{}",
-            ack.event_id,
-            ack.stream,
-            ack.sequence,
-            if ack.duplicate { " (duplicate: already accepted)" } else { "" }
-        )
-    });
+    emit(
+        json_mode,
+        json!({"event_id": ack.event_id, "stream": ack.stream, "sequence": ack.sequence, "duplicate": ack.duplicate}),
+        || {
+            format!(
+                "published {} as {} #{}{}",
+                ack.event_id,
+                ack.stream,
+                ack.sequence,
+                if ack.duplicate { " (duplicate: already accepted)" } else { "" }
+            )
+        },
+    );
     Ok(())
 }

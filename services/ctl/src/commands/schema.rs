@@ -26,21 +26,29 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SchemaCommand) -> Result<(),
     match cmd {
         SchemaCommand::Register { subject, file } => {
             let schema = read(&file)?;
-            let r = c.register_schema(RegisterSchemaRequest { subject: subject.clone(), schema }).await?.into_inner();
-            emit(json_mode, json!({"subject": subject, "version": r.version, "id": r.id, "created": r.created}), || {
-                if r.created {
-                    format!("registered {subject} version {} (id {})", r.version, r.id)
-                } else {
-                    format!("{subject} already has this schema as version {} (id {})", r.version, r.id)
-                }
-            });
+            let r = c
+                .register_schema(RegisterSchemaRequest { subject: subject.clone(), schema })
+                .await?
+                .into_inner();
+            emit(
+                json_mode,
+                json!({"subject": subject, "version": r.version, "id": r.id, "created": r.created}),
+                || {
+                    if r.created {
+                        format!("registered {subject} version {} (id {})", r.version, r.id)
+                    } else {
+                        format!("{subject} already has this schema as version {} (id {})", r.version, r.id)
+                    }
+                },
+            );
         }
         SchemaCommand::Get { subject, version, id } => {
             let r = c
                 .get_schema(GetSchemaRequest { subject, version, id: id.unwrap_or_default() })
                 .await?
                 .into_inner();
-            let schema: serde_json::Value = serde_json::from_str(&r.schema).unwrap_or(serde_json::Value::Null);
+            let schema: serde_json::Value =
+                serde_json::from_str(&r.schema).unwrap_or(serde_json::Value::Null);
             emit(
                 json_mode,
                 json!({"subject": r.subject, "version": r.version, "id": r.id, "deleted": r.deleted,
@@ -69,73 +77,118 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SchemaCommand) -> Result<(),
         }
         SchemaCommand::Check { subject, file, version } => {
             let schema = read(&file)?;
-            let r = c.check_compatibility(CheckCompatibilityRequest { subject, schema, version }).await?.into_inner();
+            let r = c
+                .check_compatibility(CheckCompatibilityRequest { subject, schema, version })
+                .await?
+                .into_inner();
             let problems: Vec<serde_json::Value> = r
                 .incompatibilities
                 .iter()
                 .map(|i| json!({"pointer": i.pointer, "kind": i.kind, "message": i.message, "against_version": i.against_version}))
                 .collect();
-            emit(json_mode, json!({"compatible": r.compatible, "mode": mode_name(r.mode), "incompatibilities": problems}), || {
-                let mut s = format!(
-                    "{} under {}",
-                    if r.compatible { "compatible" } else { "INCOMPATIBLE" },
-                    mode_name(r.mode)
-                );
-                for i in &r.incompatibilities {
-                    s.push_str(&format!(
-                        "\n  {} [{}] {} (against version {})",
-                        if i.pointer.is_empty() { "/" } else { &i.pointer },
-                        i.kind,
-                        i.message,
-                        i.against_version
-                    ));
-                }
-                s
-            });
+            emit(
+                json_mode,
+                json!({"compatible": r.compatible, "mode": mode_name(r.mode), "incompatibilities": problems}),
+                || {
+                    let mut s = format!(
+                        "{} under {}",
+                        if r.compatible { "compatible" } else { "INCOMPATIBLE" },
+                        mode_name(r.mode)
+                    );
+                    for i in &r.incompatibilities {
+                        s.push_str(&format!(
+                            "\n  {} [{}] {} (against version {})",
+                            if i.pointer.is_empty() { "/" } else { &i.pointer },
+                            i.kind,
+                            i.message,
+                            i.against_version
+                        ));
+                    }
+                    s
+                },
+            );
             if !r.compatible {
                 return Err(CtlError::Usage("schema is not compatible".into()));
             }
         }
         SchemaCommand::Compat(CompatCommand::Get { subject }) => {
-            let r = c.get_compatibility(GetCompatibilityRequest { subject: subject.unwrap_or_default() }).await?.into_inner();
-            emit(json_mode, json!({"subject": r.subject, "mode": mode_name(r.mode), "inherited": r.inherited}), || {
-                let whom = if r.subject.is_empty() { "global default".to_string() } else { r.subject.clone() };
-                format!("{whom}: {}{}", mode_name(r.mode), if r.inherited { " (inherited)" } else { "" })
-            });
+            let r = c
+                .get_compatibility(GetCompatibilityRequest { subject: subject.unwrap_or_default() })
+                .await?
+                .into_inner();
+            emit(
+                json_mode,
+                json!({"subject": r.subject, "mode": mode_name(r.mode), "inherited": r.inherited}),
+                || {
+                    let whom =
+                        if r.subject.is_empty() { "global default".to_string() } else { r.subject.clone() };
+                    format!("{whom}: {}{}", mode_name(r.mode), if r.inherited { " (inherited)" } else { "" })
+                },
+            );
         }
         SchemaCommand::Compat(CompatCommand::Set { mode, subject }) => {
             let mode = parse_mode(&mode)?;
             let r = c
-                .set_compatibility(SetCompatibilityRequest { subject: subject.unwrap_or_default(), mode: mode as i32 })
+                .set_compatibility(SetCompatibilityRequest {
+                    subject: subject.unwrap_or_default(),
+                    mode: mode as i32,
+                })
                 .await?
                 .into_inner();
             emit(json_mode, json!({"subject": r.subject, "mode": mode_name(r.mode)}), || {
-                format!("{} set to {}", if r.subject.is_empty() { "global default" } else { &r.subject }, mode_name(r.mode))
+                format!(
+                    "{} set to {}",
+                    if r.subject.is_empty() { "global default" } else { &r.subject },
+                    mode_name(r.mode)
+                )
             });
         }
         SchemaCommand::Validate { subject, file, version } => {
             let payload = read(&file)?.into_bytes();
-            let r = c.validate_payload(ValidatePayloadRequest { subject: subject.clone(), version, payload }).await?.into_inner();
+            let r = c
+                .validate_payload(ValidatePayloadRequest { subject: subject.clone(), version, payload })
+                .await?
+                .into_inner();
             let violations: Vec<serde_json::Value> = r
                 .violations
                 .iter()
                 .map(|v| json!({"pointer": v.pointer, "schema_pointer": v.schema_pointer, "message": v.message}))
                 .collect();
-            emit(json_mode, json!({"valid": r.valid, "version": r.version, "violations": violations}), || {
-                let mut s = format!("{} against {subject} version {}", if r.valid { "valid" } else { "INVALID" }, r.version);
-                for v in &r.violations {
-                    s.push_str(&format!("\n  {} — {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message));
-                }
-                s
-            });
+            emit(
+                json_mode,
+                json!({"valid": r.valid, "version": r.version, "violations": violations}),
+                || {
+                    let mut s = format!(
+                        "{} against {subject} version {}",
+                        if r.valid { "valid" } else { "INVALID" },
+                        r.version
+                    );
+                    for v in &r.violations {
+                        s.push_str(&format!(
+                            "\n  {} — {}",
+                            if v.pointer.is_empty() { "/" } else { &v.pointer },
+                            v.message
+                        ));
+                    }
+                    s
+                },
+            );
             if !r.valid {
                 return Err(CtlError::Usage("payload is not valid".into()));
             }
         }
         SchemaCommand::Delete { subject, version, permanent } => {
-            c.delete_schema_version(DeleteSchemaVersionRequest { subject: subject.clone(), version, permanent }).await?;
+            c.delete_schema_version(DeleteSchemaVersionRequest {
+                subject: subject.clone(),
+                version,
+                permanent,
+            })
+            .await?;
             emit(json_mode, json!({"subject": subject, "version": version, "permanent": permanent}), || {
-                format!("{} {subject} version {version}", if permanent { "permanently deleted" } else { "soft-deleted" })
+                format!(
+                    "{} {subject} version {version}",
+                    if permanent { "permanently deleted" } else { "soft-deleted" }
+                )
             });
         }
         SchemaCommand::Load { dir } => load(&mut c, &dir, json_mode).await?,
@@ -154,7 +207,9 @@ pub async fn load(
     let mut results = Vec::new();
     let mut failed = 0;
     for (i, e) in entries.iter().enumerate() {
-        let outcome = c.register_schema(RegisterSchemaRequest { subject: e.subject.clone(), schema: e.text.clone() }).await;
+        let outcome = c
+            .register_schema(RegisterSchemaRequest { subject: e.subject.clone(), schema: e.text.clone() })
+            .await;
         let line = match &outcome {
             Ok(r) if r.get_ref().created => format!("registered as version {}", r.get_ref().version),
             Ok(r) => format!("unchanged (version {})", r.get_ref().version),

@@ -43,25 +43,42 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SubCommand) -> Result<(), Ct
             emit(json_mode, json!(r.subscriptions.iter().map(to_json).collect::<Vec<_>>()), || {
                 r.subscriptions
                     .iter()
-                    .map(|s| format!("{}/{}\t{}\tmax deliveries {}", s.department, s.name, s.type_pattern, s.max_deliveries))
+                    .map(|s| {
+                        format!(
+                            "{}/{}\t{}\tmax deliveries {}",
+                            s.department, s.name, s.type_pattern, s.max_deliveries
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             });
         }
         SubCommand::Delete { department, name } => {
             let mut c = clients::subscriptions(conn).await?;
-            c.delete_subscription(DeleteSubscriptionRequest { department: department.clone(), name: name.clone() }).await?;
+            c.delete_subscription(DeleteSubscriptionRequest {
+                department: department.clone(),
+                name: name.clone(),
+            })
+            .await?;
             emit(json_mode, json!({"deleted": format!("{department}/{name}")}), || {
                 format!("subscription {department}/{name} deleted")
             });
         }
-        SubCommand::Tail { department, name, count } => tail(conn, json_mode, &department, &name, count).await?,
+        SubCommand::Tail { department, name, count } => {
+            tail(conn, json_mode, &department, &name, count).await?
+        }
     }
     Ok(())
 }
 
 /// Prints deliveries of a subscription, acking each after printing.
-pub async fn tail(conn: &Conn, json_mode: bool, department: &str, name: &str, count: Option<u64>) -> Result<(), CtlError> {
+pub async fn tail(
+    conn: &Conn,
+    json_mode: bool,
+    department: &str,
+    name: &str,
+    count: Option<u64>,
+) -> Result<(), CtlError> {
     let mut c = clients::delivery(conn).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let open = SubscribeRequest {
@@ -96,7 +113,9 @@ pub async fn tail(conn: &Conn, json_mode: bool, department: &str, name: &str, co
             );
         }
         let ack = SubscribeRequest {
-            request: Some(subscribe_request::Request::Ack(AckDeliveries { delivery_ids: vec![d.delivery_id] })),
+            request: Some(subscribe_request::Request::Ack(AckDeliveries {
+                delivery_ids: vec![d.delivery_id],
+            })),
         };
         if tx.send(ack).await.is_err() {
             break;

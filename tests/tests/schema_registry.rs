@@ -1,0 +1,254 @@
+//! The SchemaRegistry API against a real NATS: versions, identical re-registration, bad input
+//! codes, references, soft and permanent deletion, and concurrent registration on two
+//! instances without lost or doubled versions.
+
+use kakehashi_proto::v1::schema_registry_client::SchemaRegistryClient;
+use kakehashi_proto::v1::*;
+use kakehashi_tests::services::registry_config;
+use kakehashi_tests::{wait, NatsServer, Registry};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tonic::Code;
+
+const BASE: &str = "https://kakehashi.invalid/schemas/";
+
+fn object_schema(props: serde_json::Value) -> String {
+    json!({"type": "object", "properties": props}).to_string()
+}
+
+async fn client(r: &Registry) -> SchemaRegistryClient<tonic::transport::Channel> {
+    SchemaRegistryClient::connect(r.endpoint()).await.expect("connect")
+}
+
+async fn register(
+    c: &mut SchemaRegistryClient<tonic::transport::Channel>,
+    subject: &str,
+    schema: String,
+) -> Result<RegisterSchemaResponse, tonic::Status> {
+    c.register_schema(RegisterSchemaRequest { subject: subject.into(), schema }).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn identical_schema_returns_existing_version_and_new_content_gets_next() {
+    let nats = NatsServer::start();
+    let r = Registry::start(registry_config(&nats.url())).await;
+    let mut c = client(&r).await;
+    c.set_compatibility(SetCompatibilityRequest {
+        subject: "a.b".into(),
+        mode: CompatibilityMode::None as i32,
+    })
+    .await
+    .expect("compat none");
+    let v1 = register(&mut c, "a.b", object_schema(json!({"x": {"type": "string"}}))).await.expect("v1");
+    // Same content, different key order and whitespace.
+    let again =
+        register(&mut c, "a.b", r#"{ "properties": {"x": {"type":"string"}}, "type": "object" }"#.into())
+            .await
+            .expect("again");
+    assert_eq!((again.version, again.id, again.created), (v1.version, v1.id, false));
+    let v2 = register(&mut c, "a.b", object_schema(json!({"y": {"type": "string"}}))).await.expect("v2");
+    assert_eq!(v2.version, 2);
+    assert_ne!(v2.id, v1.id);
+    let got =
+        c.get_schema(GetSchemaRequest { id: v1.id, ..Default::default() }).await.expect("by id").into_inner();
+    assert_eq!((got.subject.as_str(), got.version), ("a.b", 1));
+}
+
+#[tokio::test]
+async fn bad_input_gets_precise_codes_and_leaves_nothing_behind() {
+    let nats = NatsServer::start();
+    let mut cfg = registry_config(&nats.url());
+    cfg.limits.max_schema_bytes = 2048;
+    let r = Registry::start(cfg).await;
+    let mut c = client(&r).await;
+    let not_json = register(&mut c, "a.b", "{not json".into()).await.expect_err("not json");
+    assert_eq!(not_json.code(), Code::InvalidArgument);
+    assert!(not_json.message().contains("not JSON"), "{}", not_json.message());
+    let meta = register(&mut c, "a.b", json!({"type": "strnig"}).to_string()).await.expect_err("meta-schema");
+    assert_eq!(meta.code(), Code::InvalidArgument);
+    let big = register(&mut c, "a.b", object_schema(json!({"x": {"description": "x".repeat(4096)}})))
+        .await
+        .expect_err("too large");
+    assert_eq!(big.code(), Code::ResourceExhausted);
+    let bad_subject = register(&mut c, "Not A Subject", object_schema(json!({}))).await.expect_err("subject");
+    assert_eq!(bad_subject.code(), Code::InvalidArgument);
+    let unknown_format = register(&mut c, "a.b", json!({"type": "string", "format": "my-numbr"}).to_string())
+        .await
+        .expect_err("unknown format");
+    assert_eq!(unknown_format.code(), Code::InvalidArgument);
+    let missing = c
+        .get_schema(GetSchemaRequest { subject: "a.b".into(), ..Default::default() })
+        .await
+        .expect_err("nothing");
+    assert_eq!(missing.code(), Code::NotFound);
+    let subjects = c.list_subjects(ListSubjectsRequest::default()).await.expect("list").into_inner().subjects;
+    assert!(subjects.is_empty(), "half-written state left: {subjects:?}");
+    let no_version = c
+        .get_schema(GetSchemaRequest { subject: "a.b".into(), version: 7, ..Default::default() })
+        .await
+        .expect_err("no version");
+    assert_eq!(no_version.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn references_must_exist_and_block_deletion_and_soft_delete_keeps_version_readable() {
+    let nats = NatsServer::start();
+    let r = Registry::start(registry_config(&nats.url())).await;
+    let mut c = client(&r).await;
+    let dangling = json!({"type": "object", "properties": {"p": {"$ref": format!("{BASE}common.person/1")}}});
+    let err = register(&mut c, "x.event", dangling.to_string()).await.expect_err("dangling ref");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("common.person/1"), "{}", err.message());
+
+    register(&mut c, "common.person", json!({"type": "object", "required": ["name"]}).to_string())
+        .await
+        .expect("person");
+    register(&mut c, "x.event", dangling.to_string()).await.expect("now resolvable");
+    let check = c
+        .validate_payload(ValidatePayloadRequest {
+            subject: "x.event".into(),
+            version: 0,
+            payload: br#"{"p": {}}"#.to_vec(),
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(!check.valid, "the referenced schema is enforced");
+    assert_eq!(check.violations[0].pointer, "/p");
+
+    let refused = c
+        .delete_schema_version(DeleteSchemaVersionRequest {
+            subject: "common.person".into(),
+            version: 1,
+            permanent: false,
+        })
+        .await
+        .expect_err("referenced");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+
+    c.delete_schema_version(DeleteSchemaVersionRequest {
+        subject: "x.event".into(),
+        version: 1,
+        permanent: false,
+    })
+    .await
+    .expect("soft delete");
+    let soft = c
+        .get_schema(GetSchemaRequest { subject: "x.event".into(), version: 1, ..Default::default() })
+        .await
+        .expect("still readable")
+        .into_inner();
+    assert!(soft.deleted);
+    let latest = c.get_schema(GetSchemaRequest { subject: "x.event".into(), ..Default::default() }).await;
+    assert_eq!(latest.expect_err("no live version").code(), Code::NotFound);
+    c.delete_schema_version(DeleteSchemaVersionRequest {
+        subject: "x.event".into(),
+        version: 1,
+        permanent: true,
+    })
+    .await
+    .expect("permanent delete");
+    let gone =
+        c.get_schema(GetSchemaRequest { subject: "x.event".into(), version: 1, ..Default::default() }).await;
+    assert_eq!(gone.expect_err("gone").code(), Code::NotFound);
+    // Nothing references common.person any more.
+    c.delete_schema_version(DeleteSchemaVersionRequest {
+        subject: "common.person".into(),
+        version: 1,
+        permanent: false,
+    })
+    .await
+    .expect("now deletable");
+}
+
+#[tokio::test]
+async fn concurrent_registration_on_two_instances_loses_and_doubles_nothing() {
+    let nats = NatsServer::start();
+    let a = Registry::start(registry_config(&nats.url())).await;
+    let b = Registry::start(registry_config(&nats.url())).await;
+    let mut admin = client(&a).await;
+    admin
+        .set_compatibility(SetCompatibilityRequest {
+            subject: String::new(),
+            mode: CompatibilityMode::None as i32,
+        })
+        .await
+        .expect("global none");
+    let mut tasks = Vec::new();
+    for i in 0..24u32 {
+        let endpoint = if i % 2 == 0 { a.endpoint() } else { b.endpoint() };
+        tasks.push(tokio::spawn(async move {
+            let mut c = SchemaRegistryClient::connect(endpoint).await.expect("connect");
+            let schema = object_schema(json!({format!("field{i}"): {"type": "integer"}}));
+            // A caller may be told to retry under heavy contention (ABORTED); it must succeed eventually.
+            loop {
+                match register(&mut c, "race.subject", schema.clone()).await {
+                    Ok(r) => return (i, r.version, r.id),
+                    Err(s) if s.code() == Code::Aborted => continue,
+                    Err(s) => panic!("registration {i} failed: {s}"),
+                }
+            }
+        }));
+    }
+    let mut versions = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for t in tasks {
+        let (_, v, id) = t.await.expect("task");
+        assert!(versions.insert(v), "version {v} handed out twice");
+        assert!(ids.insert(id), "id {id} handed out twice");
+    }
+    assert_eq!(versions, (1..=24).collect::<BTreeSet<u32>>(), "versions are dense: none lost");
+    // Both instances agree on the subject's versions.
+    let mut cb = client(&b).await;
+    let listed = wait::until("instance b sees all 24 versions", Duration::from_secs(5), || {
+        let mut cb = cb.clone();
+        async move {
+            let v = cb
+                .list_versions(ListVersionsRequest { subject: "race.subject".into(), include_deleted: false })
+                .await
+                .ok()?
+                .into_inner()
+                .versions;
+            (v.len() == 24).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(listed, (1..=24).collect::<Vec<u32>>());
+    let via_a = admin
+        .list_versions(ListVersionsRequest { subject: "race.subject".into(), include_deleted: false })
+        .await
+        .expect("a")
+        .into_inner()
+        .versions;
+    assert_eq!(via_a, listed);
+    drop(cb.list_subjects(ListSubjectsRequest::default()).await);
+}
+
+#[tokio::test]
+async fn schema_registered_on_one_instance_validates_on_another_within_a_second() {
+    let nats = NatsServer::start();
+    let a = Registry::start(registry_config(&nats.url())).await;
+    let b = Registry::start(registry_config(&nats.url())).await;
+    let mut ca = client(&a).await;
+    register(&mut ca, "sync.check", json!({"type": "object", "required": ["n"]}).to_string())
+        .await
+        .expect("register");
+    let cb = client(&b).await;
+    wait::until("instance b validates with the new schema", Duration::from_secs(1), || {
+        let mut cb = cb.clone();
+        async move {
+            let r = cb
+                .validate_payload(ValidatePayloadRequest {
+                    subject: "sync.check".into(),
+                    version: 0,
+                    payload: b"{}".to_vec(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (!r.valid).then_some(())
+        }
+    })
+    .await;
+}
