@@ -65,15 +65,10 @@ pub async fn run(
     kakehashi_proto::topology::ensure(&js, &config.topology).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<v1::publisher_server::PublisherServer<publisher::PublisherService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kakehashi_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    const SERVED: &[&str] = &["kakehashi.v1.Publisher"];
+    let reflection = kakehashi_proto::grpc::reflection_v1(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kakehashi_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
+    let reflection_alpha = kakehashi_proto::grpc::reflection_v1alpha(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
     let service = publisher::PublisherService::new(
         js,

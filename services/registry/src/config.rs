@@ -5,6 +5,9 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
 
+/// The development-only pseudonym key (a warning is logged when it is in use).
+pub const DEV_PSEUDONYM_SECRET: &str = "kakehashi-development-only-pseudonym-key";
+
 /// Everything the registry service can be told.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -25,6 +28,10 @@ pub struct RegistryConfig {
     pub delivery: DeliveryConfig,
     /// Compatibility mode for subjects without an override, until one is set through the API.
     pub default_compatibility: String,
+    /// Key of the per-department My Number pseudonyms (`KAKEHASHI_PSEUDONYM_SECRET`). The
+    /// default is for development only: set a long random secret anywhere else, the same on
+    /// every instance (changing it changes every department's tokens).
+    pub pseudonym_secret: String,
 }
 
 /// Explicit limits on what the registry accepts.
@@ -78,6 +85,7 @@ impl Default for RegistryConfig {
             validator: ValidatorConfig::default(),
             delivery: DeliveryConfig::default(),
             default_compatibility: "BACKWARD".into(),
+            pseudonym_secret: DEV_PSEUDONYM_SECRET.into(),
         }
     }
 }
@@ -164,6 +172,15 @@ impl RegistryConfig {
         }
         if let Ok(v) = std::env::var("KAKEHASHI_INSTANCE") {
             cfg.instance = v;
+        }
+        if let Ok(v) = std::env::var("KAKEHASHI_PSEUDONYM_SECRET") {
+            cfg.pseudonym_secret = v;
+        }
+        if cfg.pseudonym_secret.len() < 16 {
+            return Err(ConfigError::Env {
+                name: "KAKEHASHI_PSEUDONYM_SECRET",
+                message: "the pseudonym secret must be at least 16 bytes".into(),
+            });
         }
         Ok(cfg)
     }

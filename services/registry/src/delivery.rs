@@ -5,6 +5,8 @@
 //! nacked at once, so a reconnecting subscriber gets them without waiting for the ack wait.
 
 use crate::dead_letter;
+use crate::policy::Policies;
+use crate::store::SchemaStore;
 use crate::subscriptions::{SubscriptionRecord, Subscriptions};
 use crate::validator::reason::Reason;
 use async_nats::jetstream::{self, consumer, message::Acker, AckKind};
@@ -14,6 +16,7 @@ use kakehashi_proto::v1::{subscribe_request, EventDelivery, SubscribeRequest};
 use prost::Message as _;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -23,9 +26,21 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct DeliveryService {
     js: jetstream::Context,
     subscriptions: Subscriptions,
+    privacy: Privacy,
     default_in_flight: u32,
     max_in_flight: u32,
     actor: String,
+}
+
+/// What delivery needs to keep readers to what they may see.
+#[derive(Clone)]
+pub struct Privacy {
+    /// Schemas, for where personal identifiers are.
+    pub store: SchemaStore,
+    /// Who may read what, and who gets raw identifiers.
+    pub policies: Policies,
+    /// Pseudonym key.
+    pub secret: Arc<[u8]>,
 }
 
 impl DeliveryService {
@@ -33,11 +48,12 @@ impl DeliveryService {
     pub fn new(
         js: jetstream::Context,
         subscriptions: Subscriptions,
+        privacy: Privacy,
         default_in_flight: u32,
         max_in_flight: u32,
         actor: String,
     ) -> Self {
-        Self { js, subscriptions, default_in_flight, max_in_flight, actor }
+        Self { js, subscriptions, privacy, default_in_flight, max_in_flight, actor }
     }
 }
 
@@ -69,9 +85,34 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
             .await
             .map_err(|e| Status::unavailable(format!("subscription consumer: {e}")))?;
         let (tx, rx) = mpsc::channel(in_flight.max(1));
-        let session = Session { js: self.js.clone(), sub, actor: self.actor.clone(), in_flight, tx };
+        let session = Session {
+            js: self.js.clone(),
+            sub,
+            privacy: self.privacy.clone(),
+            actor: self.actor.clone(),
+            in_flight,
+            tx,
+        };
         tokio::spawn(session.run(consumer, requests));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Why an event is not handed to this reader.
+#[derive(Debug)]
+enum Withheld {
+    /// Policy no longer lets the reader read the type.
+    NotPermitted,
+    /// The event cannot be made safe to deliver.
+    Broken(String),
+}
+
+impl std::fmt::Display for Withheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Withheld::NotPermitted => f.write_str("reader not permitted"),
+            Withheld::Broken(m) => f.write_str(m),
+        }
     }
 }
 
@@ -79,6 +120,7 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
 struct Session {
     js: jetstream::Context,
     sub: SubscriptionRecord,
+    privacy: Privacy,
     actor: String,
     in_flight: usize,
     tx: mpsc::Sender<Result<EventDelivery, Status>>,
@@ -143,11 +185,25 @@ impl Session {
     ) -> bool {
         let (attempt, seq) =
             msg.info().map(|i| (i.delivered.max(1) as u32, i.stream_sequence)).unwrap_or((1, 0));
-        let event = kakehashi_proto::v1::Event::decode(msg.payload.as_ref());
+        let schema_version: u32 = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(subjects::HEADER_SCHEMA_VERSION))
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0);
+        let event = kakehashi_proto::v1::Event::decode(msg.payload.as_ref())
+            .map_err(|e| Withheld::Broken(format!("stored event undecodable: {e}")))
+            .and_then(|e| self.for_reader(e, schema_version));
         let (msg, acker) = msg.split();
+        if let Err(Withheld::NotPermitted) = event {
+            // The reader lost its right to this type after subscribing: it must not see it.
+            tracing::warn!(subscription = %self.sub.name, "event withheld: the policy no longer lets the reader read it");
+            let _ = acker.ack_with(AckKind::Term).await;
+            return true;
+        }
         if attempt > self.sub.max_deliveries || event.is_err() {
             let (reason, message) = match &event {
-                Err(e) => (Reason::MalformedEnvelope, format!("stored event undecodable: {e}")),
+                Err(e) => (Reason::MalformedEnvelope, e.to_string()),
                 Ok(_) => (
                     Reason::DeliveryExhausted,
                     format!("not acked after {} deliveries to {}", self.sub.max_deliveries, self.sub.name),
@@ -187,6 +243,36 @@ impl Session {
             return false;
         }
         true
+    }
+
+    /// The event as this reader may see it: read permission checked, personal identifiers
+    /// pseudonymised unless the policy grants them raw. Fails closed.
+    fn for_reader(
+        &self,
+        mut event: kakehashi_proto::v1::Event,
+        schema_version: u32,
+    ) -> Result<kakehashi_proto::v1::Event, Withheld> {
+        let p = &self.privacy;
+        let dept = &self.sub.department;
+        if !p.policies.may_read(dept, &event.r#type) {
+            return Err(Withheld::NotPermitted);
+        }
+        if p.policies.raw_pii(dept, &event.r#type) {
+            return Ok(event);
+        }
+        let subject = if event.schema.is_empty() { event.r#type.clone() } else { event.schema.clone() };
+        let paths = p
+            .store
+            .pii_paths(&subject, schema_version)
+            .map_err(|e| Withheld::Broken(format!("schema of a delivered event: {e}")))?;
+        if paths.is_empty() {
+            return Ok(event);
+        }
+        let mut data: serde_json::Value = serde_json::from_slice(&event.data)
+            .map_err(|e| Withheld::Broken(format!("payload with personal data is not JSON: {e}")))?;
+        crate::pii::apply(&mut data, &paths, &p.secret, dept);
+        event.data = serde_json::to_vec(&data).map_err(|e| Withheld::Broken(e.to_string()))?;
+        Ok(event)
     }
 
     async fn handle(&self, request: SubscribeRequest, unacked: &mut HashMap<u64, Acker>) {

@@ -17,6 +17,7 @@ pub mod compat;
 pub mod config;
 pub mod dead_letter;
 pub mod delivery;
+pub mod pii;
 pub mod policy;
 pub mod store;
 pub mod subscriptions;
@@ -114,22 +115,34 @@ pub async fn run(
     health.set_serving::<v1::subscriptions_server::SubscriptionsServer<api::subscriptions::SubscriptionsService>>().await;
     health.set_serving::<v1::policies_server::PoliciesServer<api::subscriptions::PoliciesService>>().await;
     health.set_serving::<v1::flows_server::FlowsServer<api::flows::FlowsService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kakehashi_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    const SERVED: &[&str] = &[
+        "kakehashi.v1.SchemaRegistry",
+        "kakehashi.v1.Delivery",
+        "kakehashi.v1.Subscriptions",
+        "kakehashi.v1.Policies",
+        "kakehashi.v1.Flows",
+    ];
+    let reflection = kakehashi_proto::grpc::reflection_v1(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kakehashi_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
+    let reflection_alpha = kakehashi_proto::grpc::reflection_v1alpha(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
 
     let registry =
         api::schema_registry::SchemaRegistryService::new(store.clone(), config.limits.max_violations);
+    if config.pseudonym_secret == config::DEV_PSEUDONYM_SECRET {
+        tracing::warn!(
+            "using the development pseudonym secret: set KAKEHASHI_PSEUDONYM_SECRET outside development"
+        );
+    }
+    let privacy = delivery::Privacy {
+        store: store.clone(),
+        policies: policies.clone(),
+        secret: Arc::from(config.pseudonym_secret.as_bytes()),
+    };
     let delivery = delivery::DeliveryService::new(
         js.clone(),
         subs.clone(),
+        privacy,
         config.delivery.default_in_flight,
         config.delivery.max_in_flight,
         config.instance.clone(),

@@ -40,6 +40,8 @@ struct Inner {
     compat: RwLock<HashMap<String, Mode>>,
     /// Compiled validators; versions are immutable, so entries never go stale.
     validators: Mutex<HashMap<(String, u32), Arc<jsonschema::Validator>>>,
+    /// Where each version's payloads hold personal identifiers.
+    pii: Mutex<HashMap<(String, u32), Arc<crate::pii::PiiPaths>>>,
     default_mode: Mode,
     max_schema_bytes: usize,
     max_cached_validators: usize,
@@ -67,6 +69,7 @@ impl SchemaStore {
             index: Arc::new(RwLock::new(BTreeMap::new())),
             compat: RwLock::new(HashMap::new()),
             validators: Mutex::new(HashMap::new()),
+            pii: Mutex::new(HashMap::new()),
             default_mode,
             max_schema_bytes,
             max_cached_validators,
@@ -343,6 +346,21 @@ impl SchemaStore {
         }
         cache.insert(key, compiled.clone());
         Ok((compiled, record.version))
+    }
+
+    /// Where payloads of a version (0 = latest live) carry personal identifiers, cached.
+    pub fn pii_paths(&self, subject: &str, version: u32) -> Result<Arc<crate::pii::PiiPaths>, StoreError> {
+        let record = self.get(subject, version)?;
+        let key = (record.subject.clone(), record.version);
+        if let Some(p) = self.inner.pii.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(p.clone());
+        }
+        let schema: Value =
+            serde_json::from_str(&record.schema).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let resolver = IndexResolver { index: self.inner.index.clone() };
+        let paths = Arc::new(crate::pii::find(&schema, &|uri| compat::RefResolver::resolve(&resolver, uri)));
+        self.inner.pii.lock().unwrap_or_else(|p| p.into_inner()).insert(key, paths.clone());
+        Ok(paths)
     }
 
     /// Reloads one subject's versions straight from the bucket (used after losing a race).
