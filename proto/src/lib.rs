@@ -9,6 +9,7 @@
 
 pub mod grpc;
 pub mod ident;
+pub mod identity;
 pub mod ids;
 pub mod subjects;
 pub mod topology;

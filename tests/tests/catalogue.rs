@@ -16,7 +16,7 @@ fn catalogue_dir() -> PathBuf {
 async fn catalogue_loads_and_every_example_validates_as_its_name_says() {
     let nats = NatsServer::start();
     let registry = Registry::start(registry_config(&nats.url())).await;
-    let conn = Conn { registry: registry.endpoint(), adapter: String::new(), nats: nats.url() };
+    let conn = Conn { registry: registry.endpoint(), adapter: String::new(), nats: nats.url(), token: None };
     let mut client = kakehashi_ctl::clients::registry(&conn).await.expect("connect");
     kakehashi_ctl::commands::schema::load(&mut client, &catalogue_dir(), true)
         .await

@@ -71,6 +71,7 @@ async fn readers_get_per_department_pseudonyms_and_unlisted_departments_cannot_s
         registry: registry.endpoint(),
         adapter: adapter.endpoint(),
         nats: nats.url(),
+        token: None,
     };
     let mut schemas = kakehashi_ctl::clients::registry(&conn).await.expect("connect");
     let catalogue = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas");

@@ -3,7 +3,6 @@
 //!
 //! Layout:
 //! - [`config`]: the typed configuration.
-//! - [`identity`]: which department a caller is.
 //! - [`envelope`]: defaults, limits and the NATS message of an event.
 //! - [`publisher`]: the gRPC service.
 //!
@@ -11,7 +10,7 @@
 
 pub mod config;
 pub mod envelope;
-pub mod identity;
+pub mod legacy;
 pub mod publisher;
 
 use config::AdapterConfig;
@@ -72,7 +71,7 @@ pub async fn run(
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
     let service = publisher::PublisherService::new(
         js,
-        identity::Identities::new(config.credentials.clone()),
+        kakehashi_proto::identity::Identities::new(config.credentials.clone(), Vec::new()),
         config.max_payload_bytes,
         config.stream_window,
     );

@@ -3,10 +3,10 @@
 //! ones (back-pressure) and answers every event in order, errors included, without breaking.
 
 use crate::envelope::{self, EnvelopeError};
-use crate::identity::Identities;
 use async_nats::jetstream;
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
+use kakehashi_proto::identity::Identities;
 use kakehashi_proto::v1::publisher_server::Publisher;
 use kakehashi_proto::v1::{Event, PublishAck, PublishError};
 use std::future::Future;

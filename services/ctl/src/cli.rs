@@ -30,6 +30,9 @@ pub struct Conn {
     /// NATS URL (dead letters, dev).
     #[arg(long, global = true, env = "KAKEHASHI_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
+    /// Department token sent as `authorization: Bearer <token>`.
+    #[arg(long, global = true, env = "KAKEHASHI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Subcommands.
@@ -265,13 +268,10 @@ pub struct PublishArgs {
     pub event_type: String,
     /// JSON payload file.
     pub file: PathBuf,
-    /// Source department (development mode; with tokens, --token decides).
+    /// Source department (with credentials enforced, it must be the token's department).
     #[arg(long)]
     pub source: String,
     /// Record key.
     #[arg(long, default_value = "")]
     pub subject: String,
-    /// Department token.
-    #[arg(long, env = "KAKEHASHI_TOKEN")]
-    pub token: Option<String>,
 }

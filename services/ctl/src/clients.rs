@@ -1,4 +1,4 @@
-//! gRPC clients of the bus, connected on demand.
+//! gRPC clients of the bus, connected on demand, each call carrying the department token.
 
 use crate::cli::Conn;
 use crate::error::CtlError;
@@ -6,35 +6,66 @@ use kakehashi_proto::v1::{
     delivery_client::DeliveryClient, policies_client::PoliciesClient, publisher_client::PublisherClient,
     schema_registry_client::SchemaRegistryClient, subscriptions_client::SubscriptionsClient,
 };
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-async fn channel(what: &'static str, endpoint: &str) -> Result<Channel, CtlError> {
+/// Adds `authorization: Bearer <token>` to every call when a token is configured.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel with the token interceptor.
+pub type Authed = InterceptedService<Channel, Auth>;
+
+async fn channel(what: &'static str, endpoint: &str, c: &Conn) -> Result<Authed, CtlError> {
     let e = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| CtlError::Usage(format!("bad {what} endpoint {endpoint}: {e}")))?;
-    e.connect().await.map_err(|source| CtlError::Connect { what, endpoint: endpoint.to_string(), source })
+    let channel = e.connect().await.map_err(|source| CtlError::Connect {
+        what,
+        endpoint: endpoint.to_string(),
+        source,
+    })?;
+    let token = match &c.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| CtlError::Usage("the token is not valid header text".into()))?,
+        ),
+        None => None,
+    };
+    Ok(InterceptedService::new(channel, Auth(token)))
 }
 
 /// SchemaRegistry client.
-pub async fn registry(c: &Conn) -> Result<SchemaRegistryClient<Channel>, CtlError> {
-    Ok(SchemaRegistryClient::new(channel("the registry", &c.registry).await?))
+pub async fn registry(c: &Conn) -> Result<SchemaRegistryClient<Authed>, CtlError> {
+    Ok(SchemaRegistryClient::new(channel("the registry", &c.registry, c).await?))
 }
 
 /// Policies client.
-pub async fn policies(c: &Conn) -> Result<PoliciesClient<Channel>, CtlError> {
-    Ok(PoliciesClient::new(channel("the registry", &c.registry).await?))
+pub async fn policies(c: &Conn) -> Result<PoliciesClient<Authed>, CtlError> {
+    Ok(PoliciesClient::new(channel("the registry", &c.registry, c).await?))
 }
 
 /// Subscriptions client.
-pub async fn subscriptions(c: &Conn) -> Result<SubscriptionsClient<Channel>, CtlError> {
-    Ok(SubscriptionsClient::new(channel("the registry", &c.registry).await?))
+pub async fn subscriptions(c: &Conn) -> Result<SubscriptionsClient<Authed>, CtlError> {
+    Ok(SubscriptionsClient::new(channel("the registry", &c.registry, c).await?))
 }
 
 /// Delivery client.
-pub async fn delivery(c: &Conn) -> Result<DeliveryClient<Channel>, CtlError> {
-    Ok(DeliveryClient::new(channel("the registry", &c.registry).await?))
+pub async fn delivery(c: &Conn) -> Result<DeliveryClient<Authed>, CtlError> {
+    Ok(DeliveryClient::new(channel("the registry", &c.registry, c).await?))
 }
 
 /// Publisher client.
-pub async fn publisher(c: &Conn) -> Result<PublisherClient<Channel>, CtlError> {
-    Ok(PublisherClient::new(channel("the adapter", &c.adapter).await?))
+pub async fn publisher(c: &Conn) -> Result<PublisherClient<Authed>, CtlError> {
+    Ok(PublisherClient::new(channel("the adapter", &c.adapter, c).await?))
 }

@@ -32,6 +32,12 @@ pub struct RegistryConfig {
     /// default is for development only: set a long random secret anywhere else, the same on
     /// every instance (changing it changes every department's tokens).
     pub pseudonym_secret: String,
+    /// Department credentials: token → department id. Empty = development mode, where callers
+    /// are not authenticated (never use that outside a laptop).
+    pub credentials: std::collections::BTreeMap<String, String>,
+    /// Departments that administer the bus: register schemas, manage policies and any
+    /// department's subscriptions.
+    pub admins: Vec<String>,
 }
 
 /// Explicit limits on what the registry accepts.
@@ -56,8 +62,10 @@ pub struct ValidatorConfig {
     pub enabled: bool,
     /// Messages pulled per batch.
     pub batch: usize,
-    /// Ingress messages not acked within this time are redelivered (another instance takes them).
+    /// Ingress messages not acked within this time are redelivered (to the next lease holder).
     pub ack_wait_secs: u64,
+    /// The active validator's lease; a standby instance takes over this long after a crash.
+    pub lease_secs: u64,
 }
 
 /// Defaults and bounds of subscriber delivery.
@@ -86,6 +94,8 @@ impl Default for RegistryConfig {
             delivery: DeliveryConfig::default(),
             default_compatibility: "BACKWARD".into(),
             pseudonym_secret: DEV_PSEUDONYM_SECRET.into(),
+            credentials: Default::default(),
+            admins: Vec::new(),
         }
     }
 }
@@ -103,7 +113,7 @@ impl Default for Limits {
 
 impl Default for ValidatorConfig {
     fn default() -> Self {
-        Self { enabled: true, batch: 256, ack_wait_secs: 30 }
+        Self { enabled: true, batch: 256, ack_wait_secs: 10, lease_secs: 6 }
     }
 }
 

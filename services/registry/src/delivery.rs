@@ -11,6 +11,7 @@ use crate::subscriptions::{SubscriptionRecord, Subscriptions};
 use crate::validator::reason::Reason;
 use async_nats::jetstream::{self, consumer, message::Acker, AckKind};
 use futures::{Stream, StreamExt};
+use kakehashi_proto::identity::Identities;
 use kakehashi_proto::subjects;
 use kakehashi_proto::v1::{subscribe_request, EventDelivery, SubscribeRequest};
 use prost::Message as _;
@@ -25,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Clone)]
 pub struct DeliveryService {
     js: jetstream::Context,
+    identities: Identities,
     subscriptions: Subscriptions,
     privacy: Privacy,
     default_in_flight: u32,
@@ -47,13 +49,14 @@ impl DeliveryService {
     /// New service.
     pub fn new(
         js: jetstream::Context,
+        identities: Identities,
         subscriptions: Subscriptions,
         privacy: Privacy,
         default_in_flight: u32,
         max_in_flight: u32,
         actor: String,
     ) -> Self {
-        Self { js, subscriptions, privacy, default_in_flight, max_in_flight, actor }
+        Self { js, identities, subscriptions, privacy, default_in_flight, max_in_flight, actor }
     }
 }
 
@@ -67,11 +70,13 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
         &self,
         request: Request<Streaming<SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let mut requests = request.into_inner();
+        let (metadata, _, mut requests) = request.into_parts();
         let open = match requests.message().await? {
             Some(SubscribeRequest { request: Some(subscribe_request::Request::Open(open)) }) => open,
             _ => return Err(Status::invalid_argument("the first request must be `open`")),
         };
+        // The reader is whoever the credentials say, never just the field.
+        self.identities.acting_for(&metadata, &open.department)?;
         let sub = self.subscriptions.get(&open.department, &open.subscription).ok_or_else(|| {
             Status::not_found(format!("subscription {}.{} not found", open.department, open.subscription))
         })?;

@@ -87,7 +87,7 @@ pub async fn run(
     .map_err(|e| RunError::Startup(e.to_string()))?;
     let policies =
         policy::Policies::open(buckets.config.clone()).await.map_err(|e| RunError::Startup(e.to_string()))?;
-    let subs = subscriptions::Subscriptions::open(js.clone(), buckets.config, policies.clone())
+    let subs = subscriptions::Subscriptions::open(js.clone(), buckets.config.clone(), policies.clone())
         .await
         .map_err(|e| RunError::Startup(e.to_string()))?;
 
@@ -103,8 +103,10 @@ pub async fn run(
                 max_violations: config.limits.max_violations,
             },
             actor: config.instance.clone(),
+            lease_ttl: Duration::from_secs(config.validator.lease_secs.max(1)),
         };
-        Some(tokio::spawn(validator::run(js.clone(), store.clone(), policy, settings, stop_rx)))
+        let lease_kv = buckets.config.clone();
+        Some(tokio::spawn(validator::run(js.clone(), lease_kv, store.clone(), policy, settings, stop_rx)))
     } else {
         None
     };
@@ -127,8 +129,16 @@ pub async fn run(
     let reflection_alpha = kakehashi_proto::grpc::reflection_v1alpha(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
 
-    let registry =
-        api::schema_registry::SchemaRegistryService::new(store.clone(), config.limits.max_violations);
+    let identities =
+        kakehashi_proto::identity::Identities::new(config.credentials.clone(), config.admins.clone());
+    if !identities.enforced() {
+        tracing::warn!("no credentials configured: development mode, callers are not authenticated");
+    }
+    let registry = api::schema_registry::SchemaRegistryService::new(
+        store.clone(),
+        identities.clone(),
+        config.limits.max_violations,
+    );
     if config.pseudonym_secret == config::DEV_PSEUDONYM_SECRET {
         tracing::warn!(
             "using the development pseudonym secret: set KAKEHASHI_PSEUDONYM_SECRET outside development"
@@ -141,6 +151,7 @@ pub async fn run(
     };
     let delivery = delivery::DeliveryService::new(
         js.clone(),
+        identities.clone(),
         subs.clone(),
         privacy,
         config.delivery.default_in_flight,
@@ -149,6 +160,7 @@ pub async fn run(
     );
     let subscriptions = api::subscriptions::SubscriptionsService::new(
         subs,
+        identities.clone(),
         config.delivery.default_ack_wait_secs,
         config.delivery.default_max_deliveries,
     );
@@ -161,7 +173,7 @@ pub async fn run(
         .add_service(v1::delivery_server::DeliveryServer::new(delivery))
         .add_service(v1::subscriptions_server::SubscriptionsServer::new(subscriptions))
         .add_service(v1::policies_server::PoliciesServer::new(api::subscriptions::PoliciesService::new(
-            policies,
+            policies, identities,
         )))
         .add_service(v1::flows_server::FlowsServer::new(api::flows::FlowsService))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)

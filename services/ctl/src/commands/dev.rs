@@ -91,7 +91,7 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
 
 async fn wait_for_registry(
     conn: &Conn,
-) -> Result<schema_registry_client::SchemaRegistryClient<tonic::transport::Channel>, CtlError> {
+) -> Result<schema_registry_client::SchemaRegistryClient<clients::Authed>, CtlError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut c) = clients::registry(conn).await {

@@ -11,20 +11,9 @@ use serde_json::json;
 pub async fn run(conn: &Conn, json_mode: bool, a: PublishArgs) -> Result<(), CtlError> {
     let data = read(&a.file)?.into_bytes();
     let mut c = clients::publisher(conn).await?;
-    let mut req = tonic::Request::new(Event {
-        source: a.source,
-        r#type: a.event_type,
-        subject: a.subject,
-        data,
-        ..Default::default()
-    });
-    if let Some(t) = a.token {
-        let v = format!("Bearer {t}")
-            .parse()
-            .map_err(|_| CtlError::Usage("token is not valid metadata".into()))?;
-        req.metadata_mut().insert("authorization", v);
-    }
-    let ack = c.publish(req).await?.into_inner();
+    let event =
+        Event { source: a.source, r#type: a.event_type, subject: a.subject, data, ..Default::default() };
+    let ack = c.publish(event).await?.into_inner();
     emit(
         json_mode,
         json!({"event_id": ack.event_id, "stream": ack.stream, "sequence": ack.sequence, "duplicate": ack.duplicate}),

@@ -198,7 +198,7 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SchemaCommand) -> Result<(),
 
 /// Registers a catalogue in dependency order, with a progress line per schema on stderr.
 pub async fn load(
-    c: &mut schema_registry_client::SchemaRegistryClient<tonic::transport::Channel>,
+    c: &mut schema_registry_client::SchemaRegistryClient<clients::Authed>,
     dir: &std::path::Path,
     json_mode: bool,
 ) -> Result<(), CtlError> {

@@ -3,6 +3,7 @@
 use crate::policy::{Policies, PolicyRecord};
 use crate::store::now_rfc3339;
 use crate::subscriptions::{SubscriptionRecord, Subscriptions};
+use kakehashi_proto::identity::Identities;
 use kakehashi_proto::v1::policies_server::Policies as PoliciesApi;
 use kakehashi_proto::v1::subscriptions_server::Subscriptions as SubscriptionsApi;
 use kakehashi_proto::v1::*;
@@ -12,14 +13,21 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct SubscriptionsService {
     subs: Subscriptions,
+    identities: Identities,
     default_ack_wait_secs: u64,
     default_max_deliveries: u32,
 }
 
 impl SubscriptionsService {
-    /// New service with the defaults for unset fields.
-    pub fn new(subs: Subscriptions, default_ack_wait_secs: u64, default_max_deliveries: u32) -> Self {
-        Self { subs, default_ack_wait_secs, default_max_deliveries }
+    /// New service with the defaults for unset fields; a department manages its own
+    /// subscriptions, an administrator anyone's.
+    pub fn new(
+        subs: Subscriptions,
+        identities: Identities,
+        default_ack_wait_secs: u64,
+        default_max_deliveries: u32,
+    ) -> Self {
+        Self { subs, identities, default_ack_wait_secs, default_max_deliveries }
     }
 }
 
@@ -46,10 +54,9 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<CreateSubscriptionRequest>,
     ) -> Result<Response<Subscription>, Status> {
-        let s = request
-            .into_inner()
-            .subscription
-            .ok_or_else(|| Status::invalid_argument("subscription is required"))?;
+        let (metadata, _, r) = request.into_parts();
+        let s = r.subscription.ok_or_else(|| Status::invalid_argument("subscription is required"))?;
+        self.identities.acting_for(&metadata, &s.department)?;
         let ack_wait_secs = match s.ack_wait {
             Some(d) if d.seconds > 0 => d.seconds as u64,
             _ => self.default_ack_wait_secs,
@@ -74,7 +81,13 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<ListSubscriptionsRequest>,
     ) -> Result<Response<ListSubscriptionsResponse>, Status> {
-        let subscriptions = self.subs.list(&request.into_inner().department).iter().map(to_proto).collect();
+        let department = &request.get_ref().department;
+        if department.is_empty() {
+            self.identities.require_admin(request.metadata())?;
+        } else {
+            self.identities.acting_for(request.metadata(), department)?;
+        }
+        let subscriptions = self.subs.list(department).iter().map(to_proto).collect();
         Ok(Response::new(ListSubscriptionsResponse { subscriptions }))
     }
 
@@ -82,6 +95,7 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<DeleteSubscriptionRequest>,
     ) -> Result<Response<DeleteSubscriptionResponse>, Status> {
+        self.identities.acting_for(request.metadata(), &request.get_ref().department)?;
         let r = request.into_inner();
         self.subs.delete(&r.department, &r.name).await?;
         Ok(Response::new(DeleteSubscriptionResponse {}))
@@ -92,12 +106,13 @@ impl SubscriptionsApi for SubscriptionsService {
 #[derive(Clone)]
 pub struct PoliciesService {
     policies: Policies,
+    identities: Identities,
 }
 
 impl PoliciesService {
-    /// New service.
-    pub fn new(policies: Policies) -> Self {
-        Self { policies }
+    /// New service; only administrators change policies.
+    pub fn new(policies: Policies, identities: Identities) -> Self {
+        Self { policies, identities }
     }
 }
 
@@ -113,6 +128,7 @@ fn policy_to_proto(p: PolicyRecord) -> Policy {
 #[tonic::async_trait]
 impl PoliciesApi for PoliciesService {
     async fn put_policy(&self, request: Request<Policy>) -> Result<Response<Policy>, Status> {
+        self.identities.require_admin(request.metadata())?;
         let p = request.into_inner();
         let stored = self
             .policies
@@ -139,6 +155,7 @@ impl PoliciesApi for PoliciesService {
         &self,
         request: Request<DeletePolicyRequest>,
     ) -> Result<Response<DeletePolicyResponse>, Status> {
+        self.identities.require_admin(request.metadata())?;
         self.policies.delete(&request.into_inner().type_pattern).await?;
         Ok(Response::new(DeletePolicyResponse {}))
     }

@@ -5,13 +5,14 @@
 //! its publish is confirmed, so a crash anywhere loses nothing and duplicates nothing.
 
 mod check;
+mod lease;
 pub mod reason;
 
 pub use check::CheckLimits;
 
 use crate::dead_letter;
 use crate::store::SchemaStore;
-use async_nats::jetstream::{self, consumer, AckKind};
+use async_nats::jetstream::{self, consumer, message::PublishMessage, AckKind};
 use futures::StreamExt;
 use kakehashi_proto::subjects::{self, HEADER_SCHEMA_VERSION, HEADER_TRACEPARENT, HEADER_TRACESTATE};
 use std::sync::Arc;
@@ -38,16 +39,19 @@ pub struct ValidatorSettings {
     pub ack_wait: Duration,
     /// Check limits.
     pub limits: CheckLimits,
-    /// Name in dead letters.
+    /// Name in dead letters and the lease.
     pub actor: String,
+    /// How long the validator lease lasts without renewal (failover time after a crash).
+    pub lease_ttl: Duration,
 }
 
 /// The producer policy the validator consults.
 pub type ProducerPolicy = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
-/// Runs until `shutdown` turns true.
+/// Runs until `shutdown` turns true: waits for the lease, validates while holding it.
 pub async fn run(
     js: jetstream::Context,
+    lease_kv: async_nats::jetstream::kv::Store,
     store: SchemaStore,
     policy: ProducerPolicy,
     settings: ValidatorSettings,
@@ -64,12 +68,45 @@ pub async fn run(
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: settings.ack_wait,
                 max_deliver: -1,
-                max_ack_pending: (settings.batch * 8) as i64,
+                // One batch outstanding at most: after a crash the next owner receives the
+                // unacked batch again before anything newer, so order per key survives.
+                max_ack_pending: settings.batch as i64,
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| ValidatorError::Consumer(e.to_string()))?;
+    let mut lease = lease::Lease::new(lease_kv, settings.actor.clone(), settings.lease_ttl);
+    while !*shutdown.borrow() {
+        if !lease.try_acquire().await {
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(lease.renew_every()) => {}
+            }
+            continue;
+        }
+        tracing::info!(actor = %settings.actor, "validator lease acquired");
+        let held =
+            validate_while_held(&js, &consumer, &mut lease, &store, &policy, &settings, &mut shutdown).await;
+        if let Err(e) = held {
+            tracing::warn!(error = %e, "validator pull failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    lease.release().await;
+    Ok(())
+}
+
+/// Pulls and validates until the lease is lost or shutdown is asked.
+async fn validate_while_held(
+    js: &jetstream::Context,
+    consumer: &consumer::PullConsumer,
+    lease: &mut lease::Lease,
+    store: &SchemaStore,
+    policy: &ProducerPolicy,
+    settings: &ValidatorSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ValidatorError> {
     let messages = consumer
         .stream()
         .max_messages_per_batch(settings.batch)
@@ -79,12 +116,20 @@ pub async fn run(
         .await
         .map_err(|e| ValidatorError::Consumer(e.to_string()))?;
     let mut chunks = messages.ready_chunks(settings.batch);
+    let mut renew = tokio::time::interval(lease.renew_every());
     loop {
         let chunk = tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => return Ok(()),
+            _ = renew.tick() => {
+                if !lease.renew().await {
+                    tracing::warn!("validator lease lost; standing by");
+                    return Ok(());
+                }
+                continue;
+            }
             c = chunks.next() => c,
         };
-        let Some(chunk) = chunk else { break };
+        let Some(chunk) = chunk else { return Ok(()) };
         let mut batch = Vec::with_capacity(chunk.len());
         for m in chunk {
             match m {
@@ -92,55 +137,71 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "ingress pull error"),
             }
         }
-        process_batch(&js, &store, &policy, &settings, batch).await;
+        process_batch(js, store, policy, settings, batch, shutdown).await;
         if *shutdown.borrow() {
-            break;
+            return Ok(());
         }
     }
-    Ok(())
 }
 
-/// Checks a batch, publishes every outcome pipelined, then acks each message whose publish the
-/// server confirmed. A failed publish leaves its message unacked, so it is redelivered.
+/// Checks a batch, then publishes every outcome pipelined and acks each ingress message once
+/// its publish is confirmed. On a failure it publishes again from the first unconfirmed
+/// message, in order (dedup drops what was already stored), so a failure never reorders or
+/// skips anything; unacked messages are kept alive with progress acks meanwhile.
 async fn process_batch(
     js: &jetstream::Context,
     store: &SchemaStore,
     policy: &ProducerPolicy,
     settings: &ValidatorSettings,
     batch: Vec<jetstream::Message>,
+    shutdown: &watch::Receiver<bool>,
 ) {
-    let mut pending = Vec::with_capacity(batch.len());
-    for msg in batch {
-        let span = tracing::info_span!("validate", subject = %msg.subject, event_id = tracing::field::Empty);
-        let _guard = span.enter();
-        let publish = outcome(store, policy, settings, &msg, &span);
-        let future = match publish {
-            Some((subject, p)) => js.send_publish(subject, p).await,
-            None => {
-                pending.push((msg, None));
-                continue;
-            }
-        };
-        match future {
-            Ok(f) => pending.push((msg, Some(f))),
-            Err(e) => {
-                tracing::warn!(error = %e, "publish failed; message will be redelivered");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            }
-        }
-    }
-    for (msg, future) in pending {
-        let Some(future) = future else { continue };
-        match future.await {
-            Ok(_) => {
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
+    let outgoing: Vec<(String, PublishMessage)> = batch
+        .iter()
+        .map(|msg| {
+            let span =
+                tracing::info_span!("validate", subject = %msg.subject, event_id = tracing::field::Empty);
+            let _guard = span.enter();
+            outcome(store, policy, settings, msg, &span)
+        })
+        .collect();
+    let mut done = 0;
+    let mut backoff = Duration::from_millis(100);
+    while done < batch.len() {
+        let mut confirmations = Vec::with_capacity(batch.len() - done);
+        for (subject, publish) in &outgoing[done..] {
+            match js.send_publish(subject.clone(), publish.clone()).await {
+                Ok(f) => confirmations.push(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish failed; retrying in order");
+                    break;
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "publish not confirmed; message will be redelivered");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+        for confirmation in confirmations {
+            match confirmation.await {
+                Ok(_) => {
+                    if let Err(e) = batch[done].ack().await {
+                        tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
+                    }
+                    done += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish not confirmed; retrying in order");
+                    break;
+                }
             }
+        }
+        if done < batch.len() {
+            if *shutdown.borrow() {
+                // Unacked messages are redelivered to whoever holds the lease next.
+                return;
+            }
+            for msg in &batch[done..] {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }
@@ -152,13 +213,13 @@ fn outcome(
     settings: &ValidatorSettings,
     msg: &jetstream::Message,
     span: &tracing::Span,
-) -> Option<(String, jetstream::message::PublishMessage)> {
+) -> (String, PublishMessage) {
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
     match check::check(&msg.subject, &msg.payload, store, settings.limits, |s, t| policy(s, t)) {
         Ok(accepted) => {
             let event = &accepted.event;
             span.record("event_id", event.id.as_str());
-            let mut p = jetstream::message::PublishMessage::build()
+            let mut p = PublishMessage::build()
                 // The envelope passes through untouched: no re-serialisation on the hot path.
                 .payload(msg.payload.clone())
                 .message_id(&event.id)
@@ -169,7 +230,7 @@ fn outcome(
                 }
             }
             tracing::debug!(event_type = %event.r#type, version = accepted.schema_version, "validated");
-            Some((subjects::events(&event.r#type), p))
+            (subjects::events(&event.r#type), p)
         }
         Err(rejected) => {
             if let Some(e) = &rejected.event {
@@ -187,12 +248,12 @@ fn outcome(
                 subscription: "",
                 schema_version: rejected.schema_version,
             });
-            let p = jetstream::message::PublishMessage::build()
+            let p = PublishMessage::build()
                 .payload(out.body.into())
                 .headers(out.headers)
                 // Keyed by ingress sequence: a redelivered message is dead-lettered once.
                 .message_id(format!("dlq-in-{seq}"));
-            Some((out.subject, p))
+            (out.subject, p)
         }
     }
 }
