@@ -7,6 +7,7 @@
 //! - [`ident`]: checks for department ids, event types, My Number and corporate numbers.
 //! - [`ids`]: new event ids (UUIDv7).
 
+pub mod audit;
 pub mod grpc;
 pub mod ident;
 pub mod identity;

@@ -55,6 +55,37 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Publish one event through the adapter.
     Publish(PublishArgs),
+    /// Show where an event went, hop by hop (or find events by source, type and time).
+    Trace(TraceArgs),
+    /// Check the audit trail's hash chains.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `kakehashi trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Event id; omit to search with --source/--type/--since.
+    pub event_id: Option<String>,
+    /// Publishing department.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Event type.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// RFC 3339 time (2026-11-27T10:00:00+09:00) or a span back from now (30s, 15m, 2h, 1d).
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Most events listed when searching.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+/// `kakehashi audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify every actor's hash chain in KH_AUDIT and name the first broken link.
+    Verify,
 }
 
 /// `kakehashi dev`.
@@ -258,6 +289,23 @@ pub enum DlqCommand {
     Show {
         /// Sequence.
         seq: u64,
+    },
+    /// Put dead letters back into ingress (after a schema or policy fix) and report each outcome.
+    Replay {
+        /// KH_DLQ sequences to replay; or use the filters.
+        seqs: Vec<u64>,
+        /// Every letter with this reason.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Every letter from this source department.
+        #[arg(long)]
+        source: Option<String>,
+        /// Every letter of this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Seconds to wait for each replayed event's outcome.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
     },
 }
 

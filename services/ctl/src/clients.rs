@@ -3,8 +3,9 @@
 use crate::cli::Conn;
 use crate::error::CtlError;
 use kakehashi_proto::v1::{
-    delivery_client::DeliveryClient, policies_client::PoliciesClient, publisher_client::PublisherClient,
-    schema_registry_client::SchemaRegistryClient, subscriptions_client::SubscriptionsClient,
+    delivery_client::DeliveryClient, flows_client::FlowsClient, policies_client::PoliciesClient,
+    publisher_client::PublisherClient, schema_registry_client::SchemaRegistryClient,
+    subscriptions_client::SubscriptionsClient,
 };
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -68,4 +69,9 @@ pub async fn delivery(c: &Conn) -> Result<DeliveryClient<Authed>, CtlError> {
 /// Publisher client.
 pub async fn publisher(c: &Conn) -> Result<PublisherClient<Authed>, CtlError> {
     Ok(PublisherClient::new(channel("the adapter", &c.adapter, c).await?))
+}
+
+/// Flows client.
+pub async fn flows(c: &Conn) -> Result<FlowsClient<Authed>, CtlError> {
+    Ok(FlowsClient::new(channel("the registry", &c.registry, c).await?))
 }

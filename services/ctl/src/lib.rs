@@ -22,5 +22,7 @@ pub async fn run(cli: cli::Cli) -> Result<(), error::CtlError> {
         Command::Sub(c) => commands::sub::run(&cli.conn, cli.json, c).await,
         Command::Dlq(c) => commands::dlq::run(&cli.conn, cli.json, c).await,
         Command::Publish(a) => commands::publish::run(&cli.conn, cli.json, a).await,
+        Command::Trace(a) => commands::trace::run(&cli.conn, cli.json, a).await,
+        Command::Audit(cli::AuditCommand::Verify) => commands::audit::verify(&cli.conn, cli.json).await,
     }
 }

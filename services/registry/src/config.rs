@@ -52,6 +52,8 @@ pub struct Limits {
     pub max_violations: usize,
     /// Most compiled validators kept in memory.
     pub max_cached_validators: usize,
+    /// Most audit records one `Flows.FindEvents` scan reads.
+    pub max_audit_scan: usize,
 }
 
 /// How the validator pulls from `KH_INGRESS`.
@@ -107,6 +109,7 @@ impl Default for Limits {
             max_payload_bytes: 512 * 1024,
             max_violations: 100,
             max_cached_validators: 10_000,
+            max_audit_scan: 100_000,
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::subscriptions::{SubscriptionRecord, Subscriptions};
 use crate::validator::reason::Reason;
 use async_nats::jetstream::{self, consumer, message::Acker, AckKind};
 use futures::{Stream, StreamExt};
+use kakehashi_proto::audit::{AuditRecord, AuditWriter};
 use kakehashi_proto::identity::Identities;
 use kakehashi_proto::subjects;
 use kakehashi_proto::v1::{subscribe_request, EventDelivery, SubscribeRequest};
@@ -29,6 +30,7 @@ pub struct DeliveryService {
     identities: Identities,
     subscriptions: Subscriptions,
     privacy: Privacy,
+    audit: AuditWriter,
     default_in_flight: u32,
     max_in_flight: u32,
     actor: String,
@@ -46,17 +48,18 @@ pub struct Privacy {
 }
 
 impl DeliveryService {
-    /// New service.
+    /// New service; the audit writer's actor also signs dead letters.
     pub fn new(
         js: jetstream::Context,
         identities: Identities,
         subscriptions: Subscriptions,
         privacy: Privacy,
+        audit: AuditWriter,
         default_in_flight: u32,
         max_in_flight: u32,
-        actor: String,
     ) -> Self {
-        Self { js, identities, subscriptions, privacy, default_in_flight, max_in_flight, actor }
+        let actor = audit.actor().to_string();
+        Self { js, identities, subscriptions, privacy, audit, default_in_flight, max_in_flight, actor }
     }
 }
 
@@ -94,12 +97,32 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
             js: self.js.clone(),
             sub,
             privacy: self.privacy.clone(),
+            audit: self.audit.clone(),
             actor: self.actor.clone(),
             in_flight,
             tx,
         };
         tokio::spawn(session.run(consumer, requests));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// A delivery the client has not acked yet.
+struct InFlight {
+    acker: Acker,
+    /// The `delivered` audit record, the base of the ack/nack records.
+    record: AuditRecord,
+}
+
+impl InFlight {
+    fn record(&self, hop: &str, outcome: &str, detail: &str) -> AuditRecord {
+        AuditRecord {
+            hop: hop.to_string(),
+            outcome: outcome.to_string(),
+            detail: detail.to_string(),
+            time_us: 0,
+            ..self.record.clone()
+        }
     }
 }
 
@@ -126,6 +149,7 @@ struct Session {
     js: jetstream::Context,
     sub: SubscriptionRecord,
     privacy: Privacy,
+    audit: AuditWriter,
     actor: String,
     in_flight: usize,
     tx: mpsc::Sender<Result<EventDelivery, Status>>,
@@ -133,7 +157,7 @@ struct Session {
 
 impl Session {
     async fn run(self, consumer: consumer::PullConsumer, mut requests: Streaming<SubscribeRequest>) {
-        let mut unacked: HashMap<u64, Acker> = HashMap::new();
+        let mut unacked: HashMap<u64, InFlight> = HashMap::new();
         let mut next_id: u64 = 1;
         'session: loop {
             let want = self.in_flight.saturating_sub(unacked.len());
@@ -176,8 +200,9 @@ impl Session {
             }
         }
         // The client is gone: hand its unacked events back for redelivery now.
-        for (_, acker) in unacked.drain() {
-            let _ = acker.ack_with(AckKind::Nak(None)).await;
+        for (_, f) in unacked.drain() {
+            let _ = f.acker.ack_with(AckKind::Nak(None)).await;
+            self.audit.record(f.record("nacked", "error", "subscriber disconnected")).await;
         }
     }
 
@@ -186,7 +211,7 @@ impl Session {
         &self,
         msg: jetstream::Message,
         next_id: &mut u64,
-        unacked: &mut HashMap<u64, Acker>,
+        unacked: &mut HashMap<u64, InFlight>,
     ) -> bool {
         let (attempt, seq) =
             msg.info().map(|i| (i.delivered.max(1) as u32, i.stream_sequence)).unwrap_or((1, 0));
@@ -204,6 +229,13 @@ impl Session {
             // The reader lost its right to this type after subscribing: it must not see it.
             tracing::warn!(subscription = %self.sub.name, "event withheld: the policy no longer lets the reader read it");
             let _ = acker.ack_with(AckKind::Term).await;
+            if let Ok(e) = kakehashi_proto::v1::Event::decode(msg.payload.as_ref()) {
+                let mut r = AuditRecord::hop(&e, "withheld", "rejected");
+                r.detail = "reader no longer permitted".into();
+                r.department = self.sub.department.clone();
+                r.subscription = self.sub.consumer_name();
+                self.audit.record(r).await;
+            }
             return true;
         }
         if attempt > self.sub.max_deliveries || event.is_err() {
@@ -236,17 +268,31 @@ impl Session {
             // Terminate only once the dead letter is stored; otherwise it comes back later.
             if confirmed {
                 let _ = acker.ack_with(AckKind::Term).await;
+                if let Ok(e) = &event {
+                    let mut r = AuditRecord::hop(e, "delivery_exhausted", "rejected");
+                    r.detail = format!("not acked after {} deliveries", self.sub.max_deliveries);
+                    r.department = self.sub.department.clone();
+                    r.subscription = self.sub.consumer_name();
+                    self.audit.record(r).await;
+                }
             }
             return true;
         }
         let Ok(event) = event else { return true };
         let id = *next_id;
         *next_id += 1;
+        let mut record = AuditRecord::hop(&event, "delivered", "ok");
+        record.department = self.sub.department.clone();
+        record.subscription = self.sub.consumer_name();
+        record.schema_version = schema_version;
+        record.detail = format!("attempt {attempt}");
         let delivery = EventDelivery { delivery_id: id, event: Some(event), attempt, stream_sequence: seq };
-        unacked.insert(id, acker);
         if self.tx.send(Ok(delivery)).await.is_err() {
+            let _ = acker.ack_with(AckKind::Nak(None)).await;
             return false;
         }
+        self.audit.record(record.clone()).await;
+        unacked.insert(id, InFlight { acker, record });
         true
     }
 
@@ -280,21 +326,26 @@ impl Session {
         Ok(event)
     }
 
-    async fn handle(&self, request: SubscribeRequest, unacked: &mut HashMap<u64, Acker>) {
+    async fn handle(&self, request: SubscribeRequest, unacked: &mut HashMap<u64, InFlight>) {
         match request.request {
             Some(subscribe_request::Request::Ack(a)) => {
                 for id in a.delivery_ids {
-                    if let Some(acker) = unacked.remove(&id) {
-                        if let Err(e) = acker.ack().await {
-                            tracing::warn!(error = %e, "ack failed; the event will be redelivered");
+                    if let Some(f) = unacked.remove(&id) {
+                        // Plain (pipelined) ack: a lost ack means a redelivery, which the
+                        // audit trail then shows as another "delivered" hop.
+                        match f.acker.ack().await {
+                            Ok(()) => self.audit.record(f.record("acked", "ok", "")).await,
+                            Err(e) => tracing::warn!(error = %e, "ack failed; the event will be redelivered"),
                         }
                     }
                 }
             }
             Some(subscribe_request::Request::Nack(n)) => {
-                if let Some(acker) = unacked.remove(&n.delivery_id) {
+                if let Some(f) = unacked.remove(&n.delivery_id) {
                     let delay = n.delay.and_then(|d| Duration::try_from(d).ok());
-                    let _ = acker.ack_with(AckKind::Nak(delay)).await;
+                    let _ = f.acker.ack_with(AckKind::Nak(delay)).await;
+                    let detail = delay.map(|d| format!("redeliver after {d:?}")).unwrap_or_default();
+                    self.audit.record(f.record("nacked", "error", &detail)).await;
                 }
             }
             Some(subscribe_request::Request::Open(_)) | None => {

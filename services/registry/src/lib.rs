@@ -91,6 +91,7 @@ pub async fn run(
         .await
         .map_err(|e| RunError::Startup(e.to_string()))?;
 
+    let audit = kakehashi_proto::audit::AuditWriter::start(js.clone(), config.instance.clone(), 4096);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let validator_task = if config.validator.enabled {
         let p = policies.clone();
@@ -104,6 +105,7 @@ pub async fn run(
             },
             actor: config.instance.clone(),
             lease_ttl: Duration::from_secs(config.validator.lease_secs.max(1)),
+            audit: audit.clone(),
         };
         let lease_kv = buckets.config.clone();
         Some(tokio::spawn(validator::run(js.clone(), lease_kv, store.clone(), policy, settings, stop_rx)))
@@ -149,14 +151,15 @@ pub async fn run(
         policies: policies.clone(),
         secret: Arc::from(config.pseudonym_secret.as_bytes()),
     };
+    let flows = api::flows::FlowsService::new(js.clone(), identities.clone(), config.limits.max_audit_scan);
     let delivery = delivery::DeliveryService::new(
         js.clone(),
         identities.clone(),
         subs.clone(),
         privacy,
+        audit,
         config.delivery.default_in_flight,
         config.delivery.max_in_flight,
-        config.instance.clone(),
     );
     let subscriptions = api::subscriptions::SubscriptionsService::new(
         subs,
@@ -175,7 +178,7 @@ pub async fn run(
         .add_service(v1::policies_server::PoliciesServer::new(api::subscriptions::PoliciesService::new(
             policies, identities,
         )))
-        .add_service(v1::flows_server::FlowsServer::new(api::flows::FlowsService))
+        .add_service(v1::flows_server::FlowsServer::new(flows))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await;
     let _ = stop_tx.send(true);

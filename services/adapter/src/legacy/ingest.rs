@@ -447,7 +447,7 @@ where
                 flush(&mut run, sink, line.unwrap_or(after.line)).await?;
             }
         }
-        if rows_read % job.limits.progress_every.max(1) == 0 {
+        if rows_read.is_multiple_of(job.limits.progress_every.max(1)) {
             progress(run.progress(bytes_total));
         }
     }

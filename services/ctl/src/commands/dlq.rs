@@ -97,6 +97,38 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
                     .join("\n")
             });
         }
+        DlqCommand::Replay { seqs, reason, source, event_type, wait } => {
+            let letters = if !seqs.is_empty() {
+                let stream = js.get_stream(STREAM_DLQ).await.map_err(|e| CtlError::Nats(e.to_string()))?;
+                let mut out = Vec::new();
+                for seq in seqs {
+                    let m = stream
+                        .get_raw_message(seq)
+                        .await
+                        .map_err(|e| CtlError::Nats(format!("KH_DLQ #{seq}: {e}")))?;
+                    let letter = DeadLetter::decode(m.payload.as_ref())
+                        .map_err(|e| CtlError::Nats(format!("KH_DLQ #{seq} is not a DeadLetter: {e}")))?;
+                    out.push(Stored { seq, letter });
+                }
+                out
+            } else if reason.is_some() || source.is_some() || event_type.is_some() {
+                let filter = format!(
+                    "kh.dlq.{}.{}",
+                    source.as_deref().unwrap_or("*"),
+                    event_type.as_deref().unwrap_or(">")
+                );
+                read_all(&js, &filter)
+                    .await?
+                    .into_iter()
+                    .filter(|s| reason.as_deref().is_none_or(|r| s.letter.reason == r))
+                    .collect()
+            } else {
+                return Err(CtlError::Usage(
+                    "name KH_DLQ sequences, or filter with --reason/--source/--type".into(),
+                ));
+            };
+            replay(&js, letters, std::time::Duration::from_secs(wait), json_mode).await?;
+        }
         DlqCommand::Show { seq } => {
             let stream = js.get_stream(STREAM_DLQ).await.map_err(|e| CtlError::Nats(e.to_string()))?;
             let m = stream
@@ -139,4 +171,86 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
         }
     }
     Ok(())
+}
+
+/// Publishes each letter's raw bytes back to its ingress subject and reports what became of it.
+async fn replay(
+    js: &jetstream::Context,
+    letters: Vec<Stored>,
+    wait: std::time::Duration,
+    json_mode: bool,
+) -> Result<(), CtlError> {
+    let started_us = kakehashi_proto::audit::now_us();
+    let mut results = Vec::new();
+    for s in &letters {
+        let l = &s.letter;
+        if !l.original_subject.starts_with("kh.in.") {
+            results.push((s.seq, l.event_id.clone(), "skipped: only ingress rejections are replayed (this one was already validated and delivered to others)".to_string()));
+            continue;
+        }
+        // A replay id per dead letter: replaying the same letter twice is deduplicated, while
+        // the event's own id (already seen by ingress) would be.
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(l.raw.clone().into())
+            .message_id(format!("replay-dlq-{}", s.seq));
+        let ack = js
+            .send_publish(l.original_subject.clone(), publish)
+            .await
+            .map_err(|e| CtlError::Nats(e.to_string()))?
+            .await
+            .map_err(|e| CtlError::Nats(e.to_string()))?;
+        let outcome = if ack.duplicate {
+            "already replayed (deduplicated)".to_string()
+        } else if l.event_id.is_empty() {
+            "replayed (no event id to follow)".to_string()
+        } else {
+            follow(js, &l.event_id, started_us, wait).await
+        };
+        results.push((s.seq, l.event_id.clone(), outcome));
+    }
+    emit(
+        json_mode,
+        json!(results
+            .iter()
+            .map(|(seq, id, o)| json!({"seq": seq, "event_id": id, "outcome": o}))
+            .collect::<Vec<_>>()),
+        || {
+            if results.is_empty() {
+                return "nothing to replay".to_string();
+            }
+            results.iter().map(|(seq, id, o)| format!("#{seq:<6} {id}  → {o}")).collect::<Vec<_>>().join("\n")
+        },
+    );
+    Ok(())
+}
+
+/// Waits for the validator's verdict on a replayed event, from the audit trail.
+async fn follow(js: &jetstream::Context, event_id: &str, since_us: i64, wait: std::time::Duration) -> String {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let found = kakehashi_registry::api::flows::read_audit(
+            js,
+            &kakehashi_proto::subjects::audit(event_id),
+            consumer::DeliverPolicy::All,
+            10_000,
+        )
+        .await;
+        if let Ok((records, _)) = found {
+            let verdict = records
+                .iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.time_us >= since_us && matches!(r.hop.as_str(), "validated" | "dead_lettered"))
+                .last();
+            if let Some(r) = verdict {
+                return match r.hop.as_str() {
+                    "validated" => format!("validated against schema version {}", r.schema_version),
+                    _ => format!("dead-lettered again: {}", r.detail),
+                };
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return format!("replayed; no verdict within {wait:?} (check `kakehashi trace {event_id}`)");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -1,8 +1,10 @@
 //! One module per subcommand group.
 
+pub mod audit;
 pub mod dev;
 pub mod dlq;
 pub mod policy;
 pub mod publish;
 pub mod schema;
 pub mod sub;
+pub mod trace;

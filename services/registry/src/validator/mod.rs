@@ -14,6 +14,7 @@ use crate::dead_letter;
 use crate::store::SchemaStore;
 use async_nats::jetstream::{self, consumer, message::PublishMessage, AckKind};
 use futures::StreamExt;
+use kakehashi_proto::audit::AuditRecord;
 use kakehashi_proto::subjects::{self, HEADER_SCHEMA_VERSION, HEADER_TRACEPARENT, HEADER_TRACESTATE};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub struct ValidatorSettings {
     pub actor: String,
     /// How long the validator lease lasts without renewal (failover time after a crash).
     pub lease_ttl: Duration,
+    /// Where the validator's hops are recorded.
+    pub audit: kakehashi_proto::audit::AuditWriter,
 }
 
 /// The producer policy the validator consults.
@@ -156,7 +159,7 @@ async fn process_batch(
     batch: Vec<jetstream::Message>,
     shutdown: &watch::Receiver<bool>,
 ) {
-    let outgoing: Vec<(String, PublishMessage)> = batch
+    let outgoing: Vec<(String, PublishMessage, Option<AuditRecord>)> = batch
         .iter()
         .map(|msg| {
             let span =
@@ -169,7 +172,7 @@ async fn process_batch(
     let mut backoff = Duration::from_millis(100);
     while done < batch.len() {
         let mut confirmations = Vec::with_capacity(batch.len() - done);
-        for (subject, publish) in &outgoing[done..] {
+        for (subject, publish, _) in &outgoing[done..] {
             match js.send_publish(subject.clone(), publish.clone()).await {
                 Ok(f) => confirmations.push(f),
                 Err(e) => {
@@ -183,6 +186,9 @@ async fn process_batch(
                 Ok(_) => {
                     if let Err(e) = batch[done].ack().await {
                         tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
+                    }
+                    if let Some(record) = &outgoing[done].2 {
+                        settings.audit.record(record.clone()).await;
                     }
                     done += 1;
                 }
@@ -213,7 +219,7 @@ fn outcome(
     settings: &ValidatorSettings,
     msg: &jetstream::Message,
     span: &tracing::Span,
-) -> (String, PublishMessage) {
+) -> (String, PublishMessage, Option<AuditRecord>) {
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
     match check::check(&msg.subject, &msg.payload, store, settings.limits, |s, t| policy(s, t)) {
         Ok(accepted) => {
@@ -230,7 +236,9 @@ fn outcome(
                 }
             }
             tracing::debug!(event_type = %event.r#type, version = accepted.schema_version, "validated");
-            (subjects::events(&event.r#type), p)
+            let mut record = AuditRecord::hop(event, "validated", "ok");
+            record.schema_version = accepted.schema_version;
+            (subjects::events(&event.r#type), p, Some(record))
         }
         Err(rejected) => {
             if let Some(e) = &rejected.event {
@@ -253,7 +261,14 @@ fn outcome(
                 .headers(out.headers)
                 // Keyed by ingress sequence: a redelivered message is dead-lettered once.
                 .message_id(format!("dlq-in-{seq}"));
-            (out.subject, p)
+            let record =
+                rejected.event.as_ref().filter(|e| kakehashi_proto::ids::is_valid_event_id(&e.id)).map(|e| {
+                    let mut r = AuditRecord::hop(e, "dead_lettered", "rejected");
+                    r.detail = rejected.reason.code().to_string();
+                    r.schema_version = rejected.schema_version;
+                    r
+                });
+            (out.subject, p, record)
         }
     }
 }

@@ -1,0 +1,277 @@
+//! The audit trail: every hop of every event appends a flow record to `KH_AUDIT` under
+//! `kh.audit.<event id>`. The records of one actor (one process) form a hash chain — each
+//! carries its sequence number within the actor and the hash of its predecessor — so a deleted
+//! or altered record is detectable ([`verify`]).
+//!
+//! Writing never blocks the hot path: records go through a bounded channel to one task per
+//! process, which chains and publishes them pipelined. Records never hold payload data.
+
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use tokio::sync::mpsc;
+
+/// One hop of one event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct AuditRecord {
+    /// Event id.
+    pub event_id: String,
+    /// published, validated, dead_lettered, delivered, acked, nacked, delivery_exhausted, withheld.
+    pub hop: String,
+    /// The process that did it.
+    pub actor: String,
+    /// Position in the actor's chain, from 1.
+    pub seq: u64,
+    /// Unix time in microseconds.
+    pub time_us: i64,
+    /// ok | rejected | error.
+    pub outcome: String,
+    /// Reason code or short detail (never payload values).
+    pub detail: String,
+    /// W3C trace id, when the event carries trace context.
+    pub trace_id: String,
+    /// Department concerned: the publisher, or the reader for delivery hops.
+    pub department: String,
+    /// Event type.
+    pub event_type: String,
+    /// Subscription, for delivery hops.
+    pub subscription: String,
+    /// Schema version validated against.
+    pub schema_version: u32,
+    /// Hash of the actor's previous record (`genesis` for the first).
+    pub prev_hash: String,
+    /// SHA-256 over this record with `hash` empty, hex.
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// The hash this record should carry.
+    pub fn compute_hash(&self) -> String {
+        let mut unhashed = self.clone();
+        unhashed.hash.clear();
+        // serde_json writes struct fields in declaration order: a stable encoding.
+        let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+}
+
+/// The trace id (32 hex digits) of a W3C `traceparent`, or "" when it is not one.
+pub fn trace_id_of(traceparent: Option<&String>) -> String {
+    traceparent
+        .and_then(|tp| tp.split('-').nth(1))
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .unwrap_or_default()
+}
+
+impl AuditRecord {
+    /// A record of `hop` for `event` with `outcome`; the caller adds what else applies.
+    pub fn hop(event: &crate::v1::Event, hop: &str, outcome: &str) -> Self {
+        Self {
+            event_id: event.id.clone(),
+            hop: hop.to_string(),
+            outcome: outcome.to_string(),
+            trace_id: trace_id_of(event.extensions.get("traceparent")),
+            department: event.source.clone(),
+            event_type: event.r#type.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The first `prev_hash` of every chain.
+pub const GENESIS: &str = "genesis";
+
+/// Hands records to the audit task.
+#[derive(Clone, Debug)]
+pub struct AuditWriter {
+    tx: mpsc::Sender<AuditRecord>,
+    actor: String,
+}
+
+impl AuditWriter {
+    /// Starts the audit task for `actor`; `capacity` bounds the records waiting to be written.
+    pub fn start(js: jetstream::Context, actor: String, capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        tokio::spawn(write_loop(js, rx));
+        Self { tx, actor }
+    }
+
+    /// The actor this writer records as.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// Appends a record (actor, time, chain fields are filled in). When the queue is full the
+    /// record waits: an audit trail with holes would defeat its purpose.
+    pub async fn record(&self, mut r: AuditRecord) {
+        r.actor = self.actor.clone();
+        if r.time_us == 0 {
+            r.time_us = now_us();
+        }
+        if self.tx.send(r).await.is_err() {
+            tracing::warn!("audit task stopped; record dropped");
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn write_loop(js: jetstream::Context, mut rx: mpsc::Receiver<AuditRecord>) {
+    let mut prev = GENESIS.to_string();
+    let mut seq = 0u64;
+    let (ack_tx, mut ack_rx) = mpsc::channel::<jetstream::context::PublishAckFuture>(1024);
+    // Confirmations are awaited apart from publishing, so publishes stay pipelined.
+    tokio::spawn(async move {
+        while let Some(f) = ack_rx.recv().await {
+            if let Err(e) = f.await {
+                tracing::warn!(error = %e, "audit record not confirmed");
+            }
+        }
+    });
+    while let Some(mut r) = rx.recv().await {
+        seq += 1;
+        r.seq = seq;
+        r.prev_hash = std::mem::take(&mut prev);
+        r.hash = r.compute_hash();
+        prev = r.hash.clone();
+        let Ok(body) = serde_json::to_vec(&r) else { continue };
+        let subject = crate::subjects::audit(&r.event_id);
+        // Nats-Msg-Id makes a retried publish of the same chain link a no-op.
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(body.into())
+            .message_id(format!("{}#{}", r.actor, r.seq));
+        let mut attempts = 0;
+        loop {
+            match js.send_publish(subject.clone(), publish.clone()).await {
+                Ok(f) => {
+                    let _ = ack_tx.send(f).await;
+                    break;
+                }
+                Err(e) if attempts < 50 => {
+                    attempts += 1;
+                    tracing::warn!(error = %e, "audit publish failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempts)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, actor = %r.actor, seq = r.seq, "audit record lost");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A broken link found by [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenLink {
+    /// Actor whose chain is broken.
+    pub actor: String,
+    /// Sequence number of the first record that does not check out.
+    pub seq: u64,
+    /// Stream sequence of that record in `KH_AUDIT`, when it exists.
+    pub stream_seq: Option<u64>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Checks every actor's chain; returns the first broken link of each broken chain.
+/// `records` are (KH_AUDIT stream sequence, record).
+pub fn verify(records: &[(u64, AuditRecord)]) -> Vec<BrokenLink> {
+    let mut by_actor: BTreeMap<&str, Vec<&(u64, AuditRecord)>> = BTreeMap::new();
+    for r in records {
+        by_actor.entry(r.1.actor.as_str()).or_default().push(r);
+    }
+    let mut broken = Vec::new();
+    for (actor, mut chain) in by_actor {
+        chain.sort_by_key(|(_, r)| r.seq);
+        let mut prev_hash = GENESIS.to_string();
+        for (expected_seq, (stream_seq, r)) in (1u64..).zip(chain) {
+            let problem = if r.seq != expected_seq {
+                Some(format!("record {expected_seq} is missing (next present is {})", r.seq))
+            } else if r.hash != r.compute_hash() {
+                Some("content does not match its hash (altered)".to_string())
+            } else if r.prev_hash != prev_hash {
+                Some("does not link to its predecessor's hash".to_string())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                let at_missing = r.seq != expected_seq;
+                broken.push(BrokenLink {
+                    actor: actor.to_string(),
+                    seq: expected_seq,
+                    stream_seq: (!at_missing).then_some(*stream_seq),
+                    problem,
+                });
+                break;
+            }
+            prev_hash = r.hash.clone();
+        }
+    }
+    broken
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<(u64, AuditRecord)> {
+        let mut prev = GENESIS.to_string();
+        (1..=n)
+            .map(|seq| {
+                let mut r = AuditRecord {
+                    event_id: format!("e{seq}"),
+                    hop: "validated".into(),
+                    actor: "a".into(),
+                    seq,
+                    prev_hash: prev.clone(),
+                    ..Default::default()
+                };
+                r.hash = r.compute_hash();
+                prev = r.hash.clone();
+                (seq + 100, r)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        assert!(verify(&chain(5)).is_empty());
+    }
+
+    #[test]
+    fn altered_record_is_named() {
+        let mut c = chain(5);
+        c[2].1.outcome = "ok-but-forged".into();
+        let b = verify(&c);
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].seq, b[0].stream_seq), (3, Some(103)));
+        assert!(b[0].problem.contains("altered"));
+    }
+
+    #[test]
+    fn deleted_record_is_named() {
+        let mut c = chain(5);
+        c.remove(1);
+        let b = verify(&c);
+        assert_eq!((b[0].seq, b[0].stream_seq), (2, None));
+        assert!(b[0].problem.contains("missing"));
+    }
+
+    #[test]
+    fn rehashed_forgery_breaks_the_next_link() {
+        let mut c = chain(5);
+        c[1].1.outcome = "forged".into();
+        c[1].1.hash = c[1].1.compute_hash();
+        let b = verify(&c);
+        assert_eq!(b[0].seq, 3, "the successor no longer links to the forged record");
+    }
+}
