@@ -12,7 +12,9 @@ pub mod grpc;
 pub mod ident;
 pub mod identity;
 pub mod ids;
+pub mod metrics;
 pub mod subjects;
+pub mod telemetry;
 pub mod topology;
 
 /// Generated code for package `kakehashi.v1`.

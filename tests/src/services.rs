@@ -58,6 +58,25 @@ impl Registry {
         format!("http://{}", self.addr)
     }
 
+    /// Starts a registry that also serves Prometheus metrics on a port the OS picks.
+    pub async fn start_with_metrics(config: RegistryConfig) -> (Self, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
+        let metrics_addr = metrics.local_addr().expect("metrics addr");
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            if let Err(e) = kakehashi_registry::run_with(config, listener, Some(metrics), shutdown).await {
+                panic!("registry failed: {e}");
+            }
+        });
+        wait_serving(addr).await;
+        (Self { addr, stop: Some(stop), task: Some(task) }, metrics_addr)
+    }
+
     /// Stops it gracefully and waits.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {

@@ -16,6 +16,8 @@ pub struct RegistryConfig {
     pub nats_url: String,
     /// gRPC listen address (`KAKEHASHI_GRPC_ADDR`).
     pub grpc_addr: SocketAddr,
+    /// Prometheus metrics address (`KAKEHASHI_METRICS_ADDR`); none = no metrics endpoint.
+    pub metrics_addr: Option<SocketAddr>,
     /// Name of this instance in audit records and dead letters (`KAKEHASHI_INSTANCE`).
     pub instance: String,
     /// Streams and buckets.
@@ -89,6 +91,7 @@ impl Default for RegistryConfig {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_addr: None,
             instance: default_instance("registry"),
             topology: TopologyConfig::default(),
             limits: Limits::default(),
@@ -185,6 +188,12 @@ impl RegistryConfig {
         }
         if let Ok(v) = std::env::var("KAKEHASHI_INSTANCE") {
             cfg.instance = v;
+        }
+        if let Ok(v) = std::env::var("KAKEHASHI_METRICS_ADDR") {
+            cfg.metrics_addr = Some(v.parse().map_err(|e| ConfigError::Env {
+                name: "KAKEHASHI_METRICS_ADDR",
+                message: format!("{e}: {v}"),
+            })?);
         }
         if let Ok(v) = std::env::var("KAKEHASHI_PSEUDONYM_SECRET") {
             cfg.pseudonym_secret = v;

@@ -5,6 +5,7 @@
 //! nacked at once, so a reconnecting subscriber gets them without waiting for the ack wait.
 
 use crate::dead_letter;
+use crate::metrics::RegistryMetrics;
 use crate::policy::Policies;
 use crate::store::SchemaStore;
 use crate::subscriptions::{SubscriptionRecord, Subscriptions};
@@ -13,7 +14,9 @@ use async_nats::jetstream::{self, consumer, message::Acker, AckKind};
 use futures::{Stream, StreamExt};
 use kakehashi_proto::audit::{AuditRecord, AuditWriter};
 use kakehashi_proto::identity::Identities;
+use kakehashi_proto::metrics::{Counter, Histogram};
 use kakehashi_proto::subjects;
+use kakehashi_proto::telemetry;
 use kakehashi_proto::v1::{subscribe_request, EventDelivery, SubscribeRequest};
 use prost::Message as _;
 use std::collections::HashMap;
@@ -22,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 /// The Delivery service.
 #[derive(Clone)]
@@ -31,6 +35,7 @@ pub struct DeliveryService {
     subscriptions: Subscriptions,
     privacy: Privacy,
     audit: AuditWriter,
+    metrics: RegistryMetrics,
     default_in_flight: u32,
     max_in_flight: u32,
     actor: String,
@@ -55,11 +60,22 @@ impl DeliveryService {
         subscriptions: Subscriptions,
         privacy: Privacy,
         audit: AuditWriter,
-        default_in_flight: u32,
-        max_in_flight: u32,
+        metrics: RegistryMetrics,
+        in_flight: (u32, u32),
     ) -> Self {
         let actor = audit.actor().to_string();
-        Self { js, identities, subscriptions, privacy, audit, default_in_flight, max_in_flight, actor }
+        let (default_in_flight, max_in_flight) = in_flight;
+        Self {
+            js,
+            identities,
+            subscriptions,
+            privacy,
+            audit,
+            metrics,
+            default_in_flight,
+            max_in_flight,
+            actor,
+        }
     }
 }
 
@@ -93,11 +109,15 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
             .await
             .map_err(|e| Status::unavailable(format!("subscription consumer: {e}")))?;
         let (tx, rx) = mpsc::channel(in_flight.max(1));
+        let consumer_name = sub.consumer_name();
         let session = Session {
             js: self.js.clone(),
             sub,
             privacy: self.privacy.clone(),
             audit: self.audit.clone(),
+            delivered: self.metrics.delivered.with(&[&consumer_name]),
+            acked: self.metrics.acked.with(&[&consumer_name]),
+            latency: self.metrics.validated_to_acked.with(&[&consumer_name]),
             actor: self.actor.clone(),
             in_flight,
             tx,
@@ -112,6 +132,10 @@ struct InFlight {
     acker: Acker,
     /// The `delivered` audit record, the base of the ack/nack records.
     record: AuditRecord,
+    /// The delivery's span: the subscriber's ack or nack is its child.
+    span: tracing::Span,
+    /// When the validator stored the event (KH_EVENTS server time).
+    validated_at: Option<time::OffsetDateTime>,
 }
 
 impl InFlight {
@@ -150,6 +174,10 @@ struct Session {
     sub: SubscriptionRecord,
     privacy: Privacy,
     audit: AuditWriter,
+    /// This subscription's counters, looked up once per stream.
+    delivered: Counter,
+    acked: Counter,
+    latency: Histogram,
     actor: String,
     in_flight: usize,
     tx: mpsc::Sender<Result<EventDelivery, Status>>,
@@ -224,6 +252,7 @@ impl Session {
         let event = kakehashi_proto::v1::Event::decode(msg.payload.as_ref())
             .map_err(|e| Withheld::Broken(format!("stored event undecodable: {e}")))
             .and_then(|e| self.for_reader(e, schema_version));
+        let validated_at = msg.info().map(|i| i.published).ok();
         let (msg, acker) = msg.split();
         if let Err(Withheld::NotPermitted) = event {
             // The reader lost its right to this type after subscribing: it must not see it.
@@ -278,9 +307,24 @@ impl Session {
             }
             return true;
         }
-        let Ok(event) = event else { return true };
+        let Ok(mut event) = event else { return true };
         let id = *next_id;
         *next_id += 1;
+        let span = tracing::info_span!(
+            "kakehashi.deliver",
+            otel.name = "deliver",
+            event_id = %event.id,
+            subscription = %self.sub.consumer_name(),
+            attempt,
+            trace_id = tracing::field::Empty
+        );
+        telemetry::adopt(&span, telemetry::context_from(msg.headers.as_ref(), Some(&event.extensions)));
+        span.record(
+            "trace_id",
+            telemetry::trace_id(&span, event.extensions.get(subjects::HEADER_TRACEPARENT)).as_str(),
+        );
+        // The subscriber's own work can join the trace as a child of this delivery.
+        event.extensions.extend(telemetry::traceparent_of(&span));
         let mut record = AuditRecord::hop(&event, "delivered", "ok");
         record.department = self.sub.department.clone();
         record.subscription = self.sub.consumer_name();
@@ -291,8 +335,9 @@ impl Session {
             let _ = acker.ack_with(AckKind::Nak(None)).await;
             return false;
         }
+        self.delivered.inc();
         self.audit.record(record.clone()).await;
-        unacked.insert(id, InFlight { acker, record });
+        unacked.insert(id, InFlight { acker, record, span, validated_at });
         true
     }
 
@@ -331,10 +376,18 @@ impl Session {
             Some(subscribe_request::Request::Ack(a)) => {
                 for id in a.delivery_ids {
                     if let Some(f) = unacked.remove(&id) {
+                        let ack_span =
+                            tracing::info_span!(parent: &f.span, "kakehashi.ack", otel.name = "ack");
                         // Plain (pipelined) ack: a lost ack means a redelivery, which the
                         // audit trail then shows as another "delivered" hop.
-                        match f.acker.ack().await {
-                            Ok(()) => self.audit.record(f.record("acked", "ok", "")).await,
+                        match f.acker.ack().instrument(ack_span).await {
+                            Ok(()) => {
+                                self.acked.inc();
+                                if let Some(t) = f.validated_at {
+                                    self.latency.observe(crate::metrics::since(t));
+                                }
+                                self.audit.record(f.record("acked", "ok", "")).await
+                            }
                             Err(e) => tracing::warn!(error = %e, "ack failed; the event will be redelivered"),
                         }
                     }
@@ -342,8 +395,10 @@ impl Session {
             }
             Some(subscribe_request::Request::Nack(n)) => {
                 if let Some(f) = unacked.remove(&n.delivery_id) {
+                    let nack_span =
+                        tracing::info_span!(parent: &f.span, "kakehashi.nack", otel.name = "nack");
                     let delay = n.delay.and_then(|d| Duration::try_from(d).ok());
-                    let _ = f.acker.ack_with(AckKind::Nak(delay)).await;
+                    let _ = f.acker.ack_with(AckKind::Nak(delay)).instrument(nack_span).await;
                     let detail = delay.map(|d| format!("redeliver after {d:?}")).unwrap_or_default();
                     self.audit.record(f.record("nacked", "error", &detail)).await;
                 }

@@ -17,6 +17,7 @@ pub mod compat;
 pub mod config;
 pub mod dead_letter;
 pub mod delivery;
+pub mod metrics;
 pub mod pii;
 pub mod policy;
 pub mod store;
@@ -64,6 +65,24 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| RunError::Startup(format!("metrics listener {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    run_with(config, listener, metrics_listener, shutdown).await
+}
+
+/// [`run`] with the metrics listener already bound (or none), e.g. on `127.0.0.1:0` in tests.
+pub async fn run_with(
+    config: RegistryConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let default_mode: compat::Mode = config
         .default_compatibility
         .parse()
@@ -92,7 +111,10 @@ pub async fn run(
         .map_err(|e| RunError::Startup(e.to_string()))?;
 
     let audit = kakehashi_proto::audit::AuditWriter::start(js.clone(), config.instance.clone(), 4096);
+    let metrics = metrics::RegistryMetrics::new(store.clone());
+    metrics.watch_lag(js.clone(), subs.clone(), Duration::from_secs(5));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_metrics = stop_rx.clone();
     let validator_task = if config.validator.enabled {
         let p = policies.clone();
         let policy: validator::ProducerPolicy = Arc::new(move |s: &str, t: &str| p.may_publish(s, t));
@@ -106,6 +128,7 @@ pub async fn run(
             actor: config.instance.clone(),
             lease_ttl: Duration::from_secs(config.validator.lease_secs.max(1)),
             audit: audit.clone(),
+            metrics: metrics.clone(),
         };
         let lease_kv = buckets.config.clone();
         Some(tokio::spawn(validator::run(js.clone(), lease_kv, store.clone(), policy, settings, stop_rx)))
@@ -158,8 +181,8 @@ pub async fn run(
         subs.clone(),
         privacy,
         audit,
-        config.delivery.default_in_flight,
-        config.delivery.max_in_flight,
+        metrics.clone(),
+        (config.delivery.default_in_flight, config.delivery.max_in_flight),
     );
     let subscriptions = api::subscriptions::SubscriptionsService::new(
         subs,
@@ -167,6 +190,18 @@ pub async fn run(
         config.delivery.default_ack_wait_secs,
         config.delivery.default_max_deliveries,
     );
+    if let Some(metrics_listener) = metrics_listener {
+        let addr = metrics_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut stop = stop_rx_metrics;
+        tokio::spawn(kakehashi_proto::metrics::serve(
+            metrics.registry.clone(),
+            metrics_listener,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), instance = %config.instance, "registry serving");
     let served = tonic::transport::Server::builder()
         .add_service(health_service)

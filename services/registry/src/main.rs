@@ -7,11 +7,13 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let _telemetry = match kakehashi_proto::telemetry::init("kakehashi-registry", "info") {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("kakehashi-registry: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let file = config_path();
     let config = match RegistryConfig::load(file.as_deref()) {
         Ok(c) => c,

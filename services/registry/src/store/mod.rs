@@ -38,10 +38,17 @@ struct Inner {
     index: VersionIndex,
     /// Compatibility overrides by subject ("" is the global default).
     compat: RwLock<HashMap<String, Mode>>,
-    /// Compiled validators; versions are immutable, so entries never go stale.
-    validators: Mutex<HashMap<(String, u32), Arc<jsonschema::Validator>>>,
+    /// Latest live version per subject, kept by `insert`/`remove` so the hot path looks it up
+    /// without allocating.
+    latest: RwLock<HashMap<String, u32>>,
+    /// Compiled validators by subject then version; versions are immutable, so entries never
+    /// go stale (a permanent delete drops its entry).
+    validators: Mutex<PerVersion<jsonschema::Validator>>,
     /// Where each version's payloads hold personal identifiers.
-    pii: Mutex<HashMap<(String, u32), Arc<crate::pii::PiiPaths>>>,
+    pii: Mutex<PerVersion<crate::pii::PiiPaths>>,
+    /// Validator cache hits and misses, for metrics.
+    cache_hits: std::sync::atomic::AtomicU64,
+    cache_misses: std::sync::atomic::AtomicU64,
     default_mode: Mode,
     max_schema_bytes: usize,
     max_cached_validators: usize,
@@ -68,8 +75,11 @@ impl SchemaStore {
             kv,
             index: Arc::new(RwLock::new(BTreeMap::new())),
             compat: RwLock::new(HashMap::new()),
+            latest: RwLock::new(HashMap::new()),
             validators: Mutex::new(HashMap::new()),
             pii: Mutex::new(HashMap::new()),
+            cache_hits: Default::default(),
+            cache_misses: Default::default(),
             default_mode,
             max_schema_bytes,
             max_cached_validators,
@@ -321,45 +331,56 @@ impl SchemaStore {
         Ok(())
     }
 
-    /// The compiled validator of a version (0 = latest live), compiled once and cached.
+    /// The version `version` stands for (0 = latest live), without allocating.
+    fn resolve_version(&self, subject: &str, version: u32) -> Result<u32, StoreError> {
+        if version != 0 {
+            return Ok(version);
+        }
+        let latest = self.inner.latest.read().unwrap_or_else(|p| p.into_inner());
+        latest.get(subject).copied().ok_or_else(|| StoreError::NotFound(format!("subject {subject}")))
+    }
+
+    /// The compiled validator of a version (0 = latest live), compiled once and cached. The
+    /// cached case is two map lookups under short locks: no allocation per event.
     pub fn validator(
         &self,
         subject: &str,
         version: u32,
     ) -> Result<(Arc<jsonschema::Validator>, u32), StoreError> {
-        let record = self.get(subject, version)?;
-        if version == 0 && record.deleted {
-            return Err(StoreError::NotFound(format!("subject {subject}")));
+        use std::sync::atomic::Ordering::Relaxed;
+        let v = self.resolve_version(subject, version)?;
+        if let Some(found) = cached(&self.inner.validators, subject, v) {
+            self.inner.cache_hits.fetch_add(1, Relaxed);
+            return Ok((found, v));
         }
-        let key = (record.subject.clone(), record.version);
-        let mut cache = self.inner.validators.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = cache.get(&key) {
-            return Ok((v.clone(), record.version));
-        }
+        self.inner.cache_misses.fetch_add(1, Relaxed);
+        let record = self.get(subject, v)?;
         let schema: Value =
             serde_json::from_str(&record.schema).map_err(|e| StoreError::Storage(e.to_string()))?;
         let compiled =
             Arc::new(compile::compile(&schema, &self.inner.index).map_err(StoreError::InvalidSchema)?);
-        if cache.len() >= self.inner.max_cached_validators {
-            // Simple bound: start over rather than track recency; recompiling is cheap and rare.
-            cache.clear();
-        }
-        cache.insert(key, compiled.clone());
-        Ok((compiled, record.version))
+        remember(&self.inner.validators, subject, v, compiled.clone(), self.inner.max_cached_validators);
+        Ok((compiled, v))
+    }
+
+    /// Validator cache (hits, misses) since start.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.inner.cache_hits.load(Relaxed), self.inner.cache_misses.load(Relaxed))
     }
 
     /// Where payloads of a version (0 = latest live) carry personal identifiers, cached.
     pub fn pii_paths(&self, subject: &str, version: u32) -> Result<Arc<crate::pii::PiiPaths>, StoreError> {
-        let record = self.get(subject, version)?;
-        let key = (record.subject.clone(), record.version);
-        if let Some(p) = self.inner.pii.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(p.clone());
+        let v = self.resolve_version(subject, version)?;
+        if let Some(found) = cached(&self.inner.pii, subject, v) {
+            return Ok(found);
         }
+        let record = self.get(subject, v)?;
         let schema: Value =
             serde_json::from_str(&record.schema).map_err(|e| StoreError::Storage(e.to_string()))?;
         let resolver = IndexResolver { index: self.inner.index.clone() };
         let paths = Arc::new(crate::pii::find(&schema, &|uri| compat::RefResolver::resolve(&resolver, uri)));
-        self.inner.pii.lock().unwrap_or_else(|p| p.into_inner()).insert(key, paths.clone());
+        remember(&self.inner.pii, subject, v, paths.clone(), self.inner.max_cached_validators);
         Ok(paths)
     }
 
@@ -457,17 +478,38 @@ impl Inner {
     }
 
     fn insert(&self, record: Arc<SchemaRecord>, _revision: u64) {
+        let subject = record.subject.clone();
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        index.insert((record.subject.clone(), record.version), record);
+        index.insert((subject.clone(), record.version), record);
+        self.refresh_latest(&index, &subject);
     }
 
     fn remove(&self, key: &str) {
         if let Some((subject, version)) = parse_version_key(key) {
             let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
             index.remove(&(subject.to_string(), version));
-            let mut validators = self.validators.lock().unwrap_or_else(|p| p.into_inner());
-            validators.remove(&(subject.to_string(), version));
+            self.refresh_latest(&index, subject);
+            if let Some(m) = self.validators.lock().unwrap_or_else(|p| p.into_inner()).get_mut(subject) {
+                m.remove(&version);
+            }
+            if let Some(m) = self.pii.lock().unwrap_or_else(|p| p.into_inner()).get_mut(subject) {
+                m.remove(&version);
+            }
         }
+    }
+
+    /// Recomputes a subject's latest live version (called with the index write-locked).
+    fn refresh_latest(&self, index: &BTreeMap<(String, u32), Arc<SchemaRecord>>, subject: &str) {
+        let latest = index
+            .range((subject.to_string(), 0)..=(subject.to_string(), u32::MAX))
+            .rev()
+            .find(|(_, r)| !r.deleted)
+            .map(|(_, r)| r.version);
+        let mut map = self.latest.write().unwrap_or_else(|p| p.into_inner());
+        match latest {
+            Some(v) => map.insert(subject.to_string(), v),
+            None => map.remove(subject),
+        };
     }
 
     fn set_compat(&self, key: &str, mode: Option<Mode>, _revision: u64) {
@@ -478,6 +520,22 @@ impl Inner {
             None => compat.remove(subject),
         };
     }
+}
+
+/// A cache of per-version values by subject, looked up with a borrowed subject.
+type PerVersion<T> = HashMap<String, HashMap<u32, Arc<T>>>;
+
+fn cached<T>(cache: &Mutex<PerVersion<T>>, subject: &str, version: u32) -> Option<Arc<T>> {
+    cache.lock().unwrap_or_else(|p| p.into_inner()).get(subject).and_then(|m| m.get(&version)).cloned()
+}
+
+fn remember<T>(cache: &Mutex<PerVersion<T>>, subject: &str, version: u32, value: Arc<T>, bound: usize) {
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.values().map(HashMap::len).sum::<usize>() >= bound {
+        // Simple bound: start over rather than track recency; recompiling is cheap and rare.
+        c.clear();
+    }
+    c.entry(subject.to_string()).or_default().insert(version, value);
 }
 
 /// Resolves references for the compatibility checker from the same index.

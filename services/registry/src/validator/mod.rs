@@ -16,6 +16,7 @@ use async_nats::jetstream::{self, consumer, message::PublishMessage, AckKind};
 use futures::StreamExt;
 use kakehashi_proto::audit::AuditRecord;
 use kakehashi_proto::subjects::{self, HEADER_SCHEMA_VERSION, HEADER_TRACEPARENT, HEADER_TRACESTATE};
+use kakehashi_proto::telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -32,7 +33,7 @@ pub enum ValidatorError {
 }
 
 /// Settings of the validator loop.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ValidatorSettings {
     /// Messages per pull batch.
     pub batch: usize,
@@ -46,6 +47,8 @@ pub struct ValidatorSettings {
     pub lease_ttl: Duration,
     /// Where the validator's hops are recorded.
     pub audit: kakehashi_proto::audit::AuditWriter,
+    /// Counters and latencies.
+    pub metrics: crate::metrics::RegistryMetrics,
 }
 
 /// The producer policy the validator consults.
@@ -159,7 +162,7 @@ async fn process_batch(
     batch: Vec<jetstream::Message>,
     shutdown: &watch::Receiver<bool>,
 ) {
-    let outgoing: Vec<(String, PublishMessage, Option<AuditRecord>)> = batch
+    let outgoing: Vec<(String, PublishMessage, Option<AuditRecord>, Verdict)> = batch
         .iter()
         .map(|msg| {
             let span =
@@ -172,7 +175,7 @@ async fn process_batch(
     let mut backoff = Duration::from_millis(100);
     while done < batch.len() {
         let mut confirmations = Vec::with_capacity(batch.len() - done);
-        for (subject, publish, _) in &outgoing[done..] {
+        for (subject, publish, _, _) in &outgoing[done..] {
             match js.send_publish(subject.clone(), publish.clone()).await {
                 Ok(f) => confirmations.push(f),
                 Err(e) => {
@@ -187,6 +190,7 @@ async fn process_batch(
                     if let Err(e) = batch[done].ack().await {
                         tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
                     }
+                    count(settings, &batch[done], &outgoing[done].3);
                     if let Some(record) = &outgoing[done].2 {
                         settings.audit.record(record.clone()).await;
                     }
@@ -212,6 +216,27 @@ async fn process_batch(
     }
 }
 
+/// What became of an ingress message, for the metrics.
+enum Verdict {
+    /// Valid, of this type.
+    Validated(String),
+    /// Dead-lettered for this reason.
+    DeadLettered(&'static str),
+}
+
+fn count(settings: &ValidatorSettings, msg: &jetstream::Message, verdict: &Verdict) {
+    let m = &settings.metrics;
+    match verdict {
+        Verdict::Validated(t) => {
+            m.validated.with(&[t]).inc();
+            if let Ok(info) = msg.info() {
+                m.publish_to_validated.with(&[]).observe(crate::metrics::since(info.published));
+            }
+        }
+        Verdict::DeadLettered(reason) => m.dead_lettered.with(&[reason]).inc(),
+    }
+}
+
 /// What to publish for one ingress message.
 fn outcome(
     store: &SchemaStore,
@@ -219,26 +244,37 @@ fn outcome(
     settings: &ValidatorSettings,
     msg: &jetstream::Message,
     span: &tracing::Span,
-) -> (String, PublishMessage, Option<AuditRecord>) {
+) -> (String, PublishMessage, Option<AuditRecord>, Verdict) {
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
     match check::check(&msg.subject, &msg.payload, store, settings.limits, |s, t| policy(s, t)) {
         Ok(accepted) => {
             let event = &accepted.event;
             span.record("event_id", event.id.as_str());
+            if msg.headers.as_ref().and_then(|h| h.get(HEADER_TRACEPARENT)).is_none() {
+                // Published without headers (straight to NATS): the envelope's context applies.
+                telemetry::adopt(span, telemetry::context_from(None, Some(&event.extensions)));
+            }
+            span.record(
+                "trace_id",
+                telemetry::trace_id(span, event.extensions.get(HEADER_TRACEPARENT)).as_str(),
+            );
             let mut p = PublishMessage::build()
                 // The envelope passes through untouched: no re-serialisation on the hot path.
                 .payload(msg.payload.clone())
                 .message_id(&event.id)
                 .header(HEADER_SCHEMA_VERSION, accepted.schema_version.to_string().as_str());
+            // Downstream hops become children of this one; without export, pass context on.
+            let ours = telemetry::traceparent_of(span);
             for h in [HEADER_TRACEPARENT, HEADER_TRACESTATE] {
-                if let Some(v) = event.extensions.get(h) {
+                if let Some(v) = ours.get(h).or_else(|| event.extensions.get(h)) {
                     p = p.header(h, v.as_str());
                 }
             }
             tracing::debug!(event_type = %event.r#type, version = accepted.schema_version, "validated");
             let mut record = AuditRecord::hop(event, "validated", "ok");
             record.schema_version = accepted.schema_version;
-            (subjects::events(&event.r#type), p, Some(record))
+            let verdict = Verdict::Validated(event.r#type.clone());
+            (subjects::events(&event.r#type), p, Some(record), verdict)
         }
         Err(rejected) => {
             if let Some(e) = &rejected.event {
@@ -268,7 +304,7 @@ fn outcome(
                     r.schema_version = rejected.schema_version;
                     r
                 });
-            (out.subject, p, record)
+            (out.subject, p, record, Verdict::DeadLettered(rejected.reason.code()))
         }
     }
 }
