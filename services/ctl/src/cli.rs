@@ -106,6 +106,9 @@ pub struct DevArgs {
     /// Stop after the demo instead of serving until Ctrl-C.
     #[arg(long, requires = "demo")]
     pub exit_after_demo: bool,
+    /// Where the registry serves Prometheus metrics.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics: std::net::SocketAddr,
 }
 
 /// `kakehashi schema …`.

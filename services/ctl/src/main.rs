@@ -5,12 +5,14 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Quiet by default (the CLI prints its own results); the dev bus's services log warnings.
+    let _telemetry = match kakehashi_proto::telemetry::init("kakehashi", "warn") {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("kakehashi: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cli = kakehashi_ctl::cli::Cli::parse();
     match kakehashi_ctl::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,7 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
     let registry_cfg = RegistryConfig {
         nats_url: conn.nats.clone(),
         grpc_addr: registry_addr,
+        metrics_addr: Some(args.metrics),
         ..RegistryConfig::load(None).map_err(|e| CtlError::Dev(e.to_string()))?
     };
     let adapter_cfg = AdapterConfig {
@@ -67,6 +68,7 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
         conn.registry
     );
     println!("  adapter   {}  (Publisher; health; reflection)", conn.adapter);
+    println!("  metrics   http://{}/metrics", args.metrics);
     println!("  policies  {n} loaded from {}", args.policies.display());
 
     let outcome = if args.demo { demo(conn, &args.schemas).await } else { Ok(()) };
