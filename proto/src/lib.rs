@@ -13,6 +13,7 @@ pub mod ident;
 pub mod identity;
 pub mod ids;
 pub mod metrics;
+pub mod settings;
 pub mod subjects;
 pub mod telemetry;
 pub mod topology;

@@ -252,3 +252,170 @@ async fn schema_registered_on_one_instance_validates_on_another_within_a_second(
     })
     .await;
 }
+
+#[tokio::test]
+async fn compatibility_modes_apply_per_subject_and_report_every_problem_with_pointers() {
+    let nats = NatsServer::start();
+    let r = Registry::start(registry_config(&nats.url())).await;
+    let mut c = client(&r).await;
+    let closed = |props: serde_json::Value, required: serde_json::Value| {
+        json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
+            .to_string()
+    };
+    // v1: a closed model with one required field.
+    register(&mut c, "compat.case", closed(json!({"a": {"type": "string"}}), json!(["a"])))
+        .await
+        .expect("v1");
+    let mode = c
+        .get_compatibility(GetCompatibilityRequest { subject: "compat.case".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        (mode.mode, mode.inherited),
+        (CompatibilityMode::Backward as i32, true),
+        "BACKWARD by default"
+    );
+
+    // Adding a required field and narrowing a type breaks BACKWARD: both problems reported.
+    let breaking = closed(json!({"a": {"type": "integer"}, "b": {"type": "string"}}), json!(["a", "b"]));
+    let check = c
+        .check_compatibility(CheckCompatibilityRequest {
+            subject: "compat.case".into(),
+            schema: breaking.clone(),
+            version: 0,
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!check.compatible);
+    let pointers: Vec<&str> = check.incompatibilities.iter().map(|i| i.pointer.as_str()).collect();
+    assert!(pointers.iter().any(|p| p.starts_with("/properties/a")), "{pointers:?}");
+    assert!(check.incompatibilities.len() >= 2, "{:?}", check.incompatibilities);
+    assert!(check.incompatibilities.iter().all(|i| i.against_version == 1 && !i.message.is_empty()));
+    let refused =
+        register(&mut c, "compat.case", breaking.clone()).await.expect_err("refused under BACKWARD");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+
+    // An optional field added to a closed model is backward compatible...
+    let v2 = closed(json!({"a": {"type": "string"}, "c": {"type": "string"}}), json!(["a"]));
+    register(&mut c, "compat.case", v2).await.expect("v2 under BACKWARD");
+    // ...but not forward compatible: switch the subject to FORWARD and the same kind of change is refused.
+    c.set_compatibility(SetCompatibilityRequest {
+        subject: "compat.case".into(),
+        mode: CompatibilityMode::Forward as i32,
+    })
+    .await
+    .expect("set FORWARD");
+    let v3 = closed(
+        json!({"a": {"type": "string"}, "c": {"type": "string"}, "d": {"type": "string"}}),
+        json!(["a"]),
+    );
+    let err = register(&mut c, "compat.case", v3).await.expect_err("refused under FORWARD");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Transitive modes check every live version, not only the latest.
+    c.set_compatibility(SetCompatibilityRequest {
+        subject: "compat.t".into(),
+        mode: CompatibilityMode::None as i32,
+    })
+    .await
+    .expect("NONE");
+    register(
+        &mut c,
+        "compat.t",
+        json!({"type": "object", "properties": {"x": {"type": "integer"}}}).to_string(),
+    )
+    .await
+    .expect("t1");
+    register(
+        &mut c,
+        "compat.t",
+        json!({"type": "object", "properties": {"x": {"type": "string"}}}).to_string(),
+    )
+    .await
+    .expect("t2");
+    let candidate =
+        json!({"type": "object", "properties": {"x": {"type": "string", "maxLength": 100}}}).to_string();
+    c.set_compatibility(SetCompatibilityRequest {
+        subject: "compat.t".into(),
+        mode: CompatibilityMode::Forward as i32,
+    })
+    .await
+    .expect("FORWARD");
+    let plain = c
+        .check_compatibility(CheckCompatibilityRequest {
+            subject: "compat.t".into(),
+            schema: candidate.clone(),
+            version: 0,
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(plain.compatible, "against the latest only: {:?}", plain.incompatibilities);
+    c.set_compatibility(SetCompatibilityRequest {
+        subject: "compat.t".into(),
+        mode: CompatibilityMode::ForwardTransitive as i32,
+    })
+    .await
+    .expect("FORWARD_TRANSITIVE");
+    let transitive = c
+        .check_compatibility(CheckCompatibilityRequest {
+            subject: "compat.t".into(),
+            schema: candidate,
+            version: 0,
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!transitive.compatible, "version 1 (integer) is checked too");
+    assert!(transitive.incompatibilities.iter().any(|i| i.against_version == 1));
+}
+
+#[tokio::test]
+async fn formats_are_asserted_including_japanese_identifiers() {
+    let nats = NatsServer::start();
+    let r = Registry::start(registry_config(&nats.url())).await;
+    let mut c = client(&r).await;
+    let schema = json!({"type": "object", "properties": {
+        "d": {"type": "string", "format": "date"}, "t": {"type": "string", "format": "date-time"},
+        "e": {"type": "string", "format": "email"}, "u": {"type": "string", "format": "uri"},
+        "m": {"type": "string", "format": "my-number"}, "c": {"type": "string", "format": "corporate-number"}}});
+    register(&mut c, "formats.check", schema.to_string()).await.expect("register");
+    let validate = |payload: serde_json::Value| {
+        let mut c = c.clone();
+        async move {
+            c.validate_payload(ValidatePayloadRequest {
+                subject: "formats.check".into(),
+                version: 0,
+                payload: payload.to_string().into_bytes(),
+            })
+            .await
+            .expect("validate")
+            .into_inner()
+        }
+    };
+    let good = validate(
+        json!({"d": "2024-02-29", "t": "2026-11-27T10:02:00+09:00", "e": "kakari@city.shibuya.tokyo.jp",
+        "u": "https://www.digital.go.jp/", "m": "123456789018", "c": "7000012050002"}),
+    )
+    .await;
+    assert!(good.valid, "{:?}", good.violations);
+    for (field, bad) in [
+        ("d", "2023-02-29"),
+        ("t", "2026-11-27 10:02"),
+        ("e", "not-an-email"),
+        ("u", "no scheme"),
+        ("m", "123456789012"),
+        ("c", "8000012050002"),
+    ] {
+        let r = validate(json!({ field: bad })).await;
+        assert!(!r.valid, "{field}={bad} should fail");
+        assert_eq!(r.violations[0].pointer, format!("/{field}"));
+        assert!(
+            !r.violations[0].message.contains(bad),
+            "the value is never quoted: {}",
+            r.violations[0].message
+        );
+    }
+}

@@ -1,5 +1,7 @@
 //! Registry configuration: defaults that work locally, a TOML file, then environment overrides.
 
+pub use kakehashi_proto::settings::ConfigError;
+use kakehashi_proto::settings::{self, default_instance};
 use kakehashi_proto::topology::TopologyConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -134,70 +136,19 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// Configuration that could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// File path.
-        path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this struct.
-    #[error("invalid config file {path}: {source}")]
-    Parse {
-        /// File path.
-        path: String,
-        /// Cause.
-        #[source]
-        source: toml::de::Error,
-    },
-    /// An environment variable has a bad value.
-    #[error("environment variable {name}: {message}")]
-    Env {
-        /// Variable name.
-        name: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 impl RegistryConfig {
     /// Defaults, then the file (if given), then `KAKEHASHI_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut cfg: Self = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-                toml::from_str(&text)
-                    .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
-            }
-            None => Self::default(),
-        };
-        if let Ok(v) = std::env::var("KAKEHASHI_NATS_URL") {
-            cfg.nats_url = v;
+        let mut cfg: Self = settings::from_file(file)?;
+        settings::env_string("KAKEHASHI_NATS_URL", &mut cfg.nats_url);
+        settings::env_parse("KAKEHASHI_GRPC_ADDR", &mut cfg.grpc_addr)?;
+        settings::env_string("KAKEHASHI_INSTANCE", &mut cfg.instance);
+        if std::env::var("KAKEHASHI_METRICS_ADDR").is_ok() {
+            let mut addr = SocketAddr::from(([127, 0, 0, 1], 9464));
+            settings::env_parse("KAKEHASHI_METRICS_ADDR", &mut addr)?;
+            cfg.metrics_addr = Some(addr);
         }
-        if let Ok(v) = std::env::var("KAKEHASHI_GRPC_ADDR") {
-            cfg.grpc_addr = v.parse().map_err(|e| ConfigError::Env {
-                name: "KAKEHASHI_GRPC_ADDR",
-                message: format!("{e}: {v}"),
-            })?;
-        }
-        if let Ok(v) = std::env::var("KAKEHASHI_INSTANCE") {
-            cfg.instance = v;
-        }
-        if let Ok(v) = std::env::var("KAKEHASHI_METRICS_ADDR") {
-            cfg.metrics_addr = Some(v.parse().map_err(|e| ConfigError::Env {
-                name: "KAKEHASHI_METRICS_ADDR",
-                message: format!("{e}: {v}"),
-            })?);
-        }
-        if let Ok(v) = std::env::var("KAKEHASHI_PSEUDONYM_SECRET") {
-            cfg.pseudonym_secret = v;
-        }
+        settings::env_string("KAKEHASHI_PSEUDONYM_SECRET", &mut cfg.pseudonym_secret);
         if cfg.pseudonym_secret.len() < 16 {
             return Err(ConfigError::Env {
                 name: "KAKEHASHI_PSEUDONYM_SECRET",
@@ -206,10 +157,4 @@ impl RegistryConfig {
         }
         Ok(cfg)
     }
-}
-
-/// `<role>@<host>:<pid>`: tells instances apart in audit records.
-pub fn default_instance(role: &str) -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    format!("{role}@{host}:{}", std::process::id())
 }

@@ -513,7 +513,7 @@ impl Inner {
     }
 
     fn set_compat(&self, key: &str, mode: Option<Mode>, _revision: u64) {
-        let subject = if key == GLOBAL_COMPAT_KEY { "" } else { key.trim_start_matches("compat.") };
+        let subject = if key == GLOBAL_COMPAT_KEY { "" } else { key.strip_prefix("compat.").unwrap_or(key) };
         let mut compat = self.compat.write().unwrap_or_else(|p| p.into_inner());
         match mode {
             Some(m) => compat.insert(subject.to_string(), m),

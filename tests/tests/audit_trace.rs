@@ -1,0 +1,231 @@
+//! The audit trail and tracing: a delivered event's hops, a dead-lettered event's reason, the
+//! hash chains detecting a tampered record, and a dead letter replayed after a schema fix.
+
+use async_nats::jetstream;
+use kakehashi_ctl::cli::Conn;
+use kakehashi_proto::audit::AuditRecord;
+use kakehashi_proto::v1::*;
+use kakehashi_tests::services::{adapter_config, registry_config};
+use kakehashi_tests::{wait, Adapter, NatsServer, Registry};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+const TYPE: &str = "trace.dose.recorded";
+
+fn schema(minimum: u32) -> String {
+    serde_json::json!({"type": "object", "required": ["dose"],
+        "properties": {"dose": {"type": "integer", "minimum": minimum}}})
+    .to_string()
+}
+
+struct Bus {
+    nats: NatsServer,
+    registry: Registry,
+    _adapter: Adapter,
+    channel: Channel,
+    publisher: publisher_client::PublisherClient<Channel>,
+}
+
+async fn bus() -> Bus {
+    let nats = NatsServer::start();
+    let registry = Registry::start(registry_config(&nats.url())).await;
+    let adapter = Adapter::start(adapter_config(&nats.url())).await;
+    let channel = Channel::from_shared(registry.endpoint()).expect("url").connect().await.expect("connect");
+    let mut schemas = schema_registry_client::SchemaRegistryClient::new(channel.clone());
+    schemas
+        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema(1) })
+        .await
+        .expect("schema");
+    policies_client::PoliciesClient::new(channel.clone())
+        .put_policy(Policy {
+            type_pattern: "trace.>".into(),
+            producers: vec!["city-x".into()],
+            readers: vec!["mhlw".into()],
+            raw_pii_readers: vec![],
+        })
+        .await
+        .expect("policy");
+    subscriptions_client::SubscriptionsClient::new(channel.clone())
+        .create_subscription(CreateSubscriptionRequest {
+            subscription: Some(Subscription {
+                department: "mhlw".into(),
+                name: "doses".into(),
+                type_pattern: TYPE.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("subscription");
+    let publisher = publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("adapter");
+    Bus { nats, registry, _adapter: adapter, channel, publisher }
+}
+
+async fn publish(bus: &mut Bus, dose: i64) -> String {
+    let data = serde_json::json!({"dose": dose}).to_string().into_bytes();
+    let mut event = Event { source: "city-x".into(), r#type: TYPE.into(), data, ..Default::default() };
+    event
+        .extensions
+        .insert("traceparent".into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    bus.publisher.publish(event).await.expect("publish").into_inner().event_id
+}
+
+async fn trace_until(bus: &Bus, id: &str, last_hop: &str) -> Vec<Hop> {
+    let mut flows = flows_client::FlowsClient::new(bus.channel.clone());
+    wait::until(&format!("{id} to reach {last_hop}"), Duration::from_secs(20), || {
+        let mut flows = flows.clone();
+        let id = id.to_string();
+        let last_hop = last_hop.to_string();
+        async move {
+            let r = flows.trace_event(TraceEventRequest { event_id: id }).await.ok()?.into_inner();
+            r.hops.iter().any(|h| h.hop == last_hop).then_some(r.hops)
+        }
+    })
+    .await;
+    flows.trace_event(TraceEventRequest { event_id: id.into() }).await.expect("trace").into_inner().hops
+}
+
+async fn subscribe(
+    bus: &Bus,
+) -> (tokio::sync::mpsc::Sender<SubscribeRequest>, tonic::Streaming<EventDelivery>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let open = OpenSubscription { subscription: "doses".into(), department: "mhlw".into(), max_in_flight: 8 };
+    tx.send(SubscribeRequest { request: Some(subscribe_request::Request::Open(open)) }).await.expect("open");
+    let stream = delivery_client::DeliveryClient::new(bus.channel.clone())
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    (tx, stream)
+}
+
+async fn receive_and_ack(
+    tx: &tokio::sync::mpsc::Sender<SubscribeRequest>,
+    stream: &mut tonic::Streaming<EventDelivery>,
+) -> String {
+    let d = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("delivery in time")
+        .expect("open")
+        .expect("delivery");
+    let ack = AckDeliveries { delivery_ids: vec![d.delivery_id] };
+    tx.send(SubscribeRequest { request: Some(subscribe_request::Request::Ack(ack)) }).await.expect("ack");
+    d.event.expect("event").id
+}
+
+#[tokio::test]
+async fn delivered_event_trace_shows_validation_delivery_and_ack_in_order() {
+    let mut bus = bus().await;
+    let (tx, mut stream) = subscribe(&bus).await;
+    let id = publish(&mut bus, 2).await;
+    assert_eq!(receive_and_ack(&tx, &mut stream).await, id);
+    let hops = trace_until(&bus, &id, "acked").await;
+    let names: Vec<&str> = hops.iter().map(|h| h.hop.as_str()).collect();
+    let pos =
+        |n: &str| names.iter().position(|h| *h == n).unwrap_or_else(|| panic!("{n} missing in {names:?}"));
+    assert!(pos("validated") < pos("delivered") && pos("delivered") < pos("acked"), "{names:?}");
+    let validated = &hops[pos("validated")];
+    assert_eq!(validated.schema_version, 1);
+    assert_eq!(validated.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    let acked = &hops[pos("acked")];
+    assert_eq!(acked.department, "mhlw");
+    assert_eq!(acked.subscription, "sub_mhlw_doses");
+    for w in hops.windows(2) {
+        assert!(
+            w[0].time.as_ref().map(|t| (t.seconds, t.nanos))
+                <= w[1].time.as_ref().map(|t| (t.seconds, t.nanos))
+        );
+    }
+}
+
+#[tokio::test]
+async fn dead_lettered_event_trace_names_the_reason_and_replay_after_fix_delivers_it() {
+    let mut bus = bus().await;
+    let (tx, mut stream) = subscribe(&bus).await;
+    let id = publish(&mut bus, 0).await;
+    let hops = trace_until(&bus, &id, "dead_lettered").await;
+    let dl = hops.iter().find(|h| h.hop == "dead_lettered").expect("dead_lettered hop");
+    assert_eq!((dl.outcome.as_str(), dl.detail.as_str()), ("rejected", "schema_violation"));
+    assert!(!hops.iter().any(|h| h.hop == "delivered"));
+
+    // Fix: a compatible v2 that accepts dose 0 (a wider minimum is backward compatible).
+    let mut schemas = schema_registry_client::SchemaRegistryClient::new(bus.channel.clone());
+    let v2 = schemas
+        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema(0) })
+        .await
+        .expect("compatible fix registers")
+        .into_inner();
+    assert_eq!(v2.version, 2);
+
+    let client = async_nats::connect(bus.nats.url()).await.expect("nats");
+    let js = jetstream::new(client);
+    let letters =
+        kakehashi_ctl::commands::dlq::read_all(&js, &format!("kh.dlq.city-x.{TYPE}")).await.expect("dlq");
+    let seq = letters.iter().find(|l| l.letter.event_id == id).expect("letter").seq;
+    let conn =
+        Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
+    kakehashi_ctl::commands::dlq::run(
+        &conn,
+        true,
+        kakehashi_ctl::cli::DlqCommand::Replay {
+            seqs: vec![seq],
+            reason: None,
+            source: None,
+            event_type: None,
+            wait: 10,
+        },
+    )
+    .await
+    .expect("replay");
+    assert_eq!(receive_and_ack(&tx, &mut stream).await, id, "the replayed event is delivered");
+    let hops = trace_until(&bus, &id, "acked").await;
+    let validated = hops.iter().find(|h| h.hop == "validated").expect("validated after replay");
+    assert_eq!(validated.schema_version, 2);
+}
+
+#[tokio::test]
+async fn audit_verify_names_a_tampered_record() {
+    let mut bus = bus().await;
+    let (tx, mut stream) = subscribe(&bus).await;
+    for dose in 1..=3 {
+        publish(&mut bus, dose).await;
+        receive_and_ack(&tx, &mut stream).await;
+    }
+    let client = async_nats::connect(bus.nats.url()).await.expect("nats");
+    let js = jetstream::new(client);
+    let records = wait::until("audit records of three acked events", Duration::from_secs(20), || {
+        let js = js.clone();
+        async move {
+            let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
+            (r.iter().filter(|(_, r)| r.hop == "acked").count() == 3).then_some(r)
+        }
+    })
+    .await;
+    assert!(kakehashi_proto::audit::verify(&records).is_empty(), "intact before tampering");
+    let conn =
+        Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
+    kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
+
+    // Rewrite history: remove a "delivered" record and put back a forged copy.
+    let (victim_seq, victim) =
+        records.iter().find(|(_, r)| r.hop == "delivered" && r.seq > 1).cloned().expect("victim");
+    let stream_handle = js.get_stream("KH_AUDIT").await.expect("stream");
+    stream_handle.delete_message(victim_seq).await.expect("delete");
+    let forged = AuditRecord { outcome: "forged".into(), ..victim.clone() };
+    js.publish(
+        kakehashi_proto::subjects::audit(&forged.event_id),
+        serde_json::to_vec(&forged).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+
+    let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
+    let broken = kakehashi_proto::audit::verify(&after);
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert_eq!((broken[0].actor.as_str(), broken[0].seq), (victim.actor.as_str(), victim.seq));
+    assert!(broken[0].problem.contains("altered"), "{}", broken[0].problem);
+    let err = kakehashi_ctl::commands::audit::verify(&conn, true).await.expect_err("verify fails");
+    assert!(err.to_string().contains("broken"), "{err}");
+}
