@@ -127,15 +127,11 @@ pub fn now_us() -> i64 {
 async fn write_loop(js: jetstream::Context, mut rx: mpsc::Receiver<AuditRecord>) {
     let mut prev = GENESIS.to_string();
     let mut seq = 0u64;
-    let (ack_tx, mut ack_rx) = mpsc::channel::<jetstream::context::PublishAckFuture>(1024);
-    // Confirmations are awaited apart from publishing, so publishes stay pipelined.
-    tokio::spawn(async move {
-        while let Some(f) = ack_rx.recv().await {
-            if let Err(e) = f.await {
-                tracing::warn!(error = %e, "audit record not confirmed");
-            }
-        }
-    });
+    // Confirmations are awaited concurrently, apart from publishing: after an outage many time
+    // out at once rather than one after another, so the queue (and the hot path) never stalls
+    // on them. An unconfirmed record is published again under the same id (deduplicated).
+    let (confirm_tx, confirm_rx) = mpsc::channel::<Pending>(MAX_UNCONFIRMED);
+    tokio::spawn(confirm_loop(js.clone(), confirm_rx));
     while let Some(mut r) = rx.recv().await {
         seq += 1;
         r.seq = seq;
@@ -143,30 +139,64 @@ async fn write_loop(js: jetstream::Context, mut rx: mpsc::Receiver<AuditRecord>)
         r.hash = r.compute_hash();
         prev = r.hash.clone();
         let Ok(body) = serde_json::to_vec(&r) else { continue };
-        let subject = crate::subjects::audit(&r.event_id);
-        // Nats-Msg-Id makes a retried publish of the same chain link a no-op.
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(body.into())
-            .message_id(format!("{}#{}", r.actor, r.seq));
-        let mut attempts = 0;
+        let pending = Pending {
+            subject: crate::subjects::audit(&r.event_id),
+            msg_id: format!("{}#{}", r.actor, r.seq),
+            body: body.into(),
+            confirmation: None,
+        };
+        let confirmation = publish(&js, &pending).await;
+        let _ = confirm_tx.send(Pending { confirmation, ..pending }).await;
+    }
+}
+
+/// Records published but not yet confirmed at once.
+const MAX_UNCONFIRMED: usize = 4096;
+
+/// A record on its way to `KH_AUDIT`.
+struct Pending {
+    subject: String,
+    msg_id: String,
+    body: bytes::Bytes,
+    confirmation: Option<jetstream::context::PublishAckFuture>,
+}
+
+async fn publish(js: &jetstream::Context, p: &Pending) -> Option<jetstream::context::PublishAckFuture> {
+    let msg = jetstream::message::PublishMessage::build().payload(p.body.clone()).message_id(&p.msg_id);
+    js.send_publish(p.subject.clone(), msg).await.ok()
+}
+
+/// Awaits confirmations concurrently and republishes what was not confirmed, with backoff,
+/// until it is (the same message id keeps a retried link from being stored twice).
+async fn confirm_loop(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>) {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut waiting = FuturesUnordered::new();
+    let settle = |js: jetstream::Context, mut p: Pending| async move {
+        let mut delay = std::time::Duration::from_millis(100);
         loop {
-            match js.send_publish(subject.clone(), publish.clone()).await {
-                Ok(f) => {
-                    let _ = ack_tx.send(f).await;
-                    break;
-                }
-                Err(e) if attempts < 50 => {
-                    attempts += 1;
-                    tracing::warn!(error = %e, "audit publish failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempts)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, actor = %r.actor, seq = r.seq, "audit record lost");
-                    break;
-                }
+            let confirmed = match p.confirmation.take() {
+                Some(f) => f.await.is_ok(),
+                None => false,
+            };
+            if confirmed {
+                return;
             }
+            tracing::warn!(msg_id = %p.msg_id, "audit record not confirmed; publishing it again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            p.confirmation = publish(&js, &p).await;
+        }
+    };
+    loop {
+        tokio::select! {
+            next = rx.recv(), if waiting.len() < MAX_UNCONFIRMED => match next {
+                Some(p) => waiting.push(settle(js.clone(), p)),
+                None => break,
+            },
+            Some(()) = waiting.next(), if !waiting.is_empty() => {}
         }
     }
+    while waiting.next().await.is_some() {}
 }
 
 /// A broken link found by [`verify`].

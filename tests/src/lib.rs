@@ -1,10 +1,25 @@
 //! Test harness: a real `nats-server` with JetStream per test (port chosen by the server, store in
-//! a temp dir, killable and restartable), and the Kakehashi services started in-process on
-//! `127.0.0.1:0`, over real sockets.
+//! a temp dir, killable and restartable), the Kakehashi services started in-process on
+//! `127.0.0.1:0` over real sockets, or the registry as a child process that can be SIGKILLed.
+//!
+//! Layout:
+//! - [`nats`]: the nats-server child.
+//! - [`services`]: registry and adapter in-process.
+//! - [`process`]: the registry as an OS process (`kh-registry` binary of this crate).
+//! - [`bus`]: what a department or operator does: schemas, policies, subscriptions, publishing,
+//!   dead letters, stream contents.
+//! - [`collect`]: a reconnecting subscriber that counts deliveries by event id.
+//! - [`otlp`]: an OTLP/gRPC trace receiver that keeps the spans it is sent.
+//! - [`wait`]: polling for a condition under a timeout.
 
+pub mod bus;
+pub mod collect;
 pub mod nats;
+pub mod otlp;
+pub mod process;
 pub mod services;
 pub mod wait;
 
 pub use nats::NatsServer;
+pub use process::RegistryProcess;
 pub use services::{Adapter, Registry};

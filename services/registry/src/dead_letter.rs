@@ -39,19 +39,19 @@ pub struct Details<'a> {
     pub schema_version: u32,
 }
 
-/// Builds the dead letter. Its subject falls back to tokens from the original subject when the
-/// envelope could not be decoded, and to `unknown` when even those are unusable.
+/// Builds the dead letter. Its subject takes the department and type from the ingress subject,
+/// else (delivery failures) from the envelope, and `unknown` when neither is usable.
 pub fn build(d: Details<'_>) -> Outgoing {
-    let (source, event_type) = match d.event {
-        Some(e)
-            if kakehashi_proto::ident::is_valid_department_id(&e.source)
-                && kakehashi_proto::ident::is_valid_event_type(&e.r#type) =>
-        {
-            (e.source.clone(), e.r#type.clone())
-        }
-        _ => match subjects::parse_ingress(d.original_subject) {
-            Some((s, t)) if kakehashi_proto::ident::is_valid_department_id(s) => {
-                (s.to_string(), t.to_string())
+    // The ingress subject names the department NATS let publish there, so it wins over what
+    // the envelope claims (a source_mismatch is filed under the real sender).
+    let (source, event_type) = match subjects::parse_ingress(d.original_subject) {
+        Some((s, t)) if kakehashi_proto::ident::is_valid_department_id(s) => (s.to_string(), t.to_string()),
+        _ => match d.event {
+            Some(e)
+                if kakehashi_proto::ident::is_valid_department_id(&e.source)
+                    && kakehashi_proto::ident::is_valid_event_type(&e.r#type) =>
+            {
+                (e.source.clone(), e.r#type.clone())
             }
             _ => ("unknown".to_string(), "unknown".to_string()),
         },

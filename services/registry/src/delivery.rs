@@ -27,6 +27,9 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+/// Lifetime of one pull request of a Subscribe stream.
+const PULL_EXPIRY: Duration = Duration::from_millis(9_730);
+
 /// The Delivery service.
 #[derive(Clone)]
 pub struct DeliveryService {
@@ -136,6 +139,55 @@ struct InFlight {
     span: tracing::Span,
     /// When the validator stored the event (KH_EVENTS server time).
     validated_at: Option<time::OffsetDateTime>,
+    /// Every delivery id this event was handed out under on this stream (redeliveries add one).
+    delivery_ids: Vec<u64>,
+}
+
+/// The deliveries a client holds, by stream sequence. A redelivery of an event the client
+/// still holds replaces the earlier delivery in the window (so it occupies one slot), and an
+/// ack or nack of any of its delivery ids settles it.
+#[derive(Default)]
+struct Window {
+    by_seq: HashMap<u64, InFlight>,
+    ids: HashMap<u64, u64>,
+}
+
+impl Window {
+    fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    fn insert(&mut self, delivery_id: u64, seq: u64, mut f: InFlight) {
+        if let Some(old) = self.by_seq.remove(&seq) {
+            f.delivery_ids = old.delivery_ids;
+        }
+        f.delivery_ids.push(delivery_id);
+        self.ids.insert(delivery_id, seq);
+        self.by_seq.insert(seq, f);
+    }
+
+    fn take(&mut self, delivery_id: u64) -> Option<InFlight> {
+        let seq = self.ids.remove(&delivery_id)?;
+        let f = self.by_seq.remove(&seq)?;
+        for id in &f.delivery_ids {
+            self.ids.remove(id);
+        }
+        Some(f)
+    }
+
+    /// Drops an event the server will not deliver again (terminated here).
+    fn forget(&mut self, seq: u64) {
+        if let Some(f) = self.by_seq.remove(&seq) {
+            for id in &f.delivery_ids {
+                self.ids.remove(id);
+            }
+        }
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = InFlight> + '_ {
+        self.ids.clear();
+        self.by_seq.drain().map(|(_, f)| f)
+    }
 }
 
 impl InFlight {
@@ -185,7 +237,7 @@ struct Session {
 
 impl Session {
     async fn run(self, consumer: consumer::PullConsumer, mut requests: Streaming<SubscribeRequest>) {
-        let mut unacked: HashMap<u64, InFlight> = HashMap::new();
+        let mut unacked = Window::default();
         let mut next_id: u64 = 1;
         'session: loop {
             let want = self.in_flight.saturating_sub(unacked.len());
@@ -197,7 +249,10 @@ impl Session {
                 }
                 continue;
             }
-            let batch = consumer.fetch().max_messages(want).expires(Duration::from_secs(1)).messages().await;
+            // Pull requests live long (acks are handled meanwhile) and not on whole seconds: on
+            // nats-server 2.9 a redelivery due exactly as a pull request expires can be lost
+            // until the next ack wait, and ack waits are whole seconds.
+            let batch = consumer.fetch().max_messages(want).expires(PULL_EXPIRY).messages().await;
             let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
@@ -228,19 +283,14 @@ impl Session {
             }
         }
         // The client is gone: hand its unacked events back for redelivery now.
-        for (_, f) in unacked.drain() {
+        for f in unacked.drain() {
             let _ = f.acker.ack_with(AckKind::Nak(None)).await;
             self.audit.record(f.record("nacked", "error", "subscriber disconnected")).await;
         }
     }
 
     /// Sends one event to the client; false when the client is gone.
-    async fn deliver(
-        &self,
-        msg: jetstream::Message,
-        next_id: &mut u64,
-        unacked: &mut HashMap<u64, InFlight>,
-    ) -> bool {
+    async fn deliver(&self, msg: jetstream::Message, next_id: &mut u64, unacked: &mut Window) -> bool {
         let (attempt, seq) =
             msg.info().map(|i| (i.delivered.max(1) as u32, i.stream_sequence)).unwrap_or((1, 0));
         let schema_version: u32 = msg
@@ -257,6 +307,7 @@ impl Session {
         if let Err(Withheld::NotPermitted) = event {
             // The reader lost its right to this type after subscribing: it must not see it.
             tracing::warn!(subscription = %self.sub.name, "event withheld: the policy no longer lets the reader read it");
+            unacked.forget(seq);
             let _ = acker.ack_with(AckKind::Term).await;
             if let Ok(e) = kakehashi_proto::v1::Event::decode(msg.payload.as_ref()) {
                 let mut r = AuditRecord::hop(&e, "withheld", "rejected");
@@ -296,6 +347,7 @@ impl Session {
             };
             // Terminate only once the dead letter is stored; otherwise it comes back later.
             if confirmed {
+                unacked.forget(seq);
                 let _ = acker.ack_with(AckKind::Term).await;
                 if let Ok(e) = &event {
                     let mut r = AuditRecord::hop(e, "delivery_exhausted", "rejected");
@@ -337,7 +389,7 @@ impl Session {
         }
         self.delivered.inc();
         self.audit.record(record.clone()).await;
-        unacked.insert(id, InFlight { acker, record, span, validated_at });
+        unacked.insert(id, seq, InFlight { acker, record, span, validated_at, delivery_ids: Vec::new() });
         true
     }
 
@@ -371,11 +423,11 @@ impl Session {
         Ok(event)
     }
 
-    async fn handle(&self, request: SubscribeRequest, unacked: &mut HashMap<u64, InFlight>) {
+    async fn handle(&self, request: SubscribeRequest, unacked: &mut Window) {
         match request.request {
             Some(subscribe_request::Request::Ack(a)) => {
                 for id in a.delivery_ids {
-                    if let Some(f) = unacked.remove(&id) {
+                    if let Some(f) = unacked.take(id) {
                         let ack_span =
                             tracing::info_span!(parent: &f.span, "kakehashi.ack", otel.name = "ack");
                         // Plain (pipelined) ack: a lost ack means a redelivery, which the
@@ -394,7 +446,7 @@ impl Session {
                 }
             }
             Some(subscribe_request::Request::Nack(n)) => {
-                if let Some(f) = unacked.remove(&n.delivery_id) {
+                if let Some(f) = unacked.take(n.delivery_id) {
                     let nack_span =
                         tracing::info_span!(parent: &f.span, "kakehashi.nack", otel.name = "nack");
                     let delay = n.delay.and_then(|d| Duration::try_from(d).ok());

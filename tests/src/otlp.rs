@@ -1,0 +1,101 @@
+//! A real OTLP/gRPC trace receiver (the `TraceService` of the published OpenTelemetry protos,
+//! served by tonic on `127.0.0.1:0`) that keeps every span it receives, for trace tests.
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// A received span, reduced to what trace tests check.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// `service.name` of the exporting process.
+    pub service: String,
+    /// Span name.
+    pub name: String,
+    /// Trace id, hex.
+    pub trace_id: String,
+    /// Span id, hex.
+    pub span_id: String,
+    /// Parent span id, hex ("" for a root).
+    pub parent_span_id: String,
+}
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<ReceivedSpan>>>);
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| v.value.as_ref())
+                .map(|v| match v {
+                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    spans.push(ReceivedSpan {
+                        service: service.clone(),
+                        name: s.name,
+                        trace_id: hex(&s.trace_id),
+                        span_id: hex(&s.span_id),
+                        parent_span_id: hex(&s.parent_span_id),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The receiver; stops when dropped.
+pub struct OtlpReceiver {
+    /// Where it listens (use `http://<addr>` as OTEL_EXPORTER_OTLP_ENDPOINT).
+    pub addr: SocketAddr,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl OtlpReceiver {
+    /// Starts it on a free loopback port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let sink = Sink::default();
+        let spans = sink.0.clone();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(sink))
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+                    let _ = rx.await;
+                }),
+        );
+        Self { addr, spans, _stop: stop }
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
