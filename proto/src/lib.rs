@@ -14,6 +14,7 @@ pub mod identity;
 pub mod ids;
 pub mod metrics;
 pub mod settings;
+pub mod streams;
 pub mod subjects;
 pub mod telemetry;
 pub mod topology;

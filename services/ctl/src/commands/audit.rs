@@ -4,7 +4,6 @@ use crate::cli::Conn;
 use crate::error::CtlError;
 use crate::output::emit;
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
 use kakehashi_proto::audit::{verify as verify_chains, AuditRecord};
 use kakehashi_proto::subjects::{AUDIT_ALL, STREAM_AUDIT};
 use serde_json::json;
@@ -12,38 +11,29 @@ use std::time::Duration;
 
 /// Every audit record with its stream sequence.
 pub async fn read_all(js: &jetstream::Context) -> Result<Vec<(u64, AuditRecord)>, CtlError> {
-    let mut stream = js.get_stream(STREAM_AUDIT).await.map_err(|e| CtlError::Nats(e.to_string()))?;
-    let info = stream.info().await.map_err(|e| CtlError::Nats(e.to_string()))?;
-    if info.state.messages == 0 {
-        return Ok(Vec::new());
-    }
-    let ordered = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: AUDIT_ALL.into(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| CtlError::Nats(e.to_string()))?;
-    let mut messages = ordered.messages().await.map_err(|e| CtlError::Nats(e.to_string()))?;
-    let mut out = Vec::new();
-    loop {
-        let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await else {
-            break;
-        };
-        let (seq, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).unwrap_or((0, 0));
-        match serde_json::from_slice::<AuditRecord>(&m.payload) {
-            Ok(r) => out.push((seq, r)),
+    let (raw, _) = kakehashi_proto::streams::read(
+        js,
+        STREAM_AUDIT,
+        AUDIT_ALL,
+        consumer::DeliverPolicy::All,
+        usize::MAX,
+        Duration::from_secs(2),
+    )
+    .await
+    .map_err(CtlError::Nats)?;
+    Ok(raw
+        .into_iter()
+        .map(|(seq, payload)| {
             // An unreadable record is itself tampering evidence: keep it as a record whose
             // hash cannot match, so the chain breaks there.
-            Err(_) => {
-                out.push((seq, AuditRecord { actor: "(unreadable)".into(), seq: 1, ..Default::default() }))
-            }
-        }
-        if pending == 0 {
-            break;
-        }
-    }
-    Ok(out)
+            let r = serde_json::from_slice::<AuditRecord>(&payload).unwrap_or_else(|_| AuditRecord {
+                actor: "(unreadable)".into(),
+                seq: 1,
+                ..Default::default()
+            });
+            (seq, r)
+        })
+        .collect())
 }
 
 /// Runs the verification; an error when a chain is broken.

@@ -4,7 +4,6 @@ use crate::cli::{Conn, DlqCommand};
 use crate::error::CtlError;
 use crate::output::emit;
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
 use kakehashi_proto::subjects::STREAM_DLQ;
 use kakehashi_proto::v1::{DeadLetter, Event};
 use prost::Message as _;
@@ -26,32 +25,22 @@ async fn connect(conn: &Conn) -> Result<jetstream::Context, CtlError> {
 
 /// Every dead letter on `filter` (a `kh.dlq.…` subject pattern), oldest first.
 pub async fn read_all(js: &jetstream::Context, filter: &str) -> Result<Vec<Stored>, CtlError> {
-    let mut stream = js.get_stream(STREAM_DLQ).await.map_err(|e| CtlError::Nats(e.to_string()))?;
-    let info = stream.info().await.map_err(|e| CtlError::Nats(e.to_string()))?;
-    if info.state.messages == 0 {
-        return Ok(Vec::new());
-    }
-    let ordered = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter.to_string(),
-            ..Default::default()
+    let (raw, _) = kakehashi_proto::streams::read(
+        js,
+        STREAM_DLQ,
+        filter,
+        consumer::DeliverPolicy::All,
+        usize::MAX,
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .map_err(CtlError::Nats)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(seq, payload)| {
+            DeadLetter::decode(payload.as_ref()).ok().map(|letter| Stored { seq, letter })
         })
-        .await
-        .map_err(|e| CtlError::Nats(e.to_string()))?;
-    let mut messages = ordered.messages().await.map_err(|e| CtlError::Nats(e.to_string()))?;
-    let mut out = Vec::new();
-    loop {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(2), messages.next()).await;
-        let Ok(Some(Ok(m))) = next else { break };
-        let (seq, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).unwrap_or((0, 0));
-        if let Ok(letter) = DeadLetter::decode(m.payload.as_ref()) {
-            out.push(Stored { seq, letter });
-        }
-        if pending == 0 {
-            break;
-        }
-    }
-    Ok(out)
+        .collect())
 }
 
 fn summary_json(s: &Stored) -> serde_json::Value {

@@ -1,7 +1,6 @@
 //! `Flows`: where did an event go? Answered from the audit trail in `KH_AUDIT`.
 
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
 use kakehashi_proto::audit::AuditRecord;
 use kakehashi_proto::identity::Identities;
 use kakehashi_proto::subjects;
@@ -41,42 +40,24 @@ pub async fn read_audit(
     start: consumer::DeliverPolicy,
     max: usize,
 ) -> Result<(Vec<(u64, AuditRecord)>, bool), Status> {
-    let mut stream = js
-        .get_stream(subjects::STREAM_AUDIT)
-        .await
-        .map_err(|e| Status::unavailable(format!("audit stream: {e}")))?;
-    let info = stream.info().await.map_err(|e| Status::unavailable(format!("audit stream: {e}")))?;
-    if info.state.messages == 0 {
-        return Ok((Vec::new(), false));
-    }
-    let ordered = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter.to_string(),
-            deliver_policy: start,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Status::unavailable(format!("audit consumer: {e}")))?;
-    let mut messages =
-        ordered.messages().await.map_err(|e| Status::unavailable(format!("audit read: {e}")))?;
-    let mut out = Vec::new();
-    loop {
-        if out.len() >= max {
-            return Ok((out, true));
-        }
-        // An empty filter yields nothing at all: stop when nothing comes for a moment.
-        let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
-        let Ok(Some(Ok(m))) = next else { break };
-        let (seq, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).unwrap_or((0, 0));
-        match serde_json::from_slice::<AuditRecord>(&m.payload) {
+    let (raw, truncated) = kakehashi_proto::streams::read(
+        js,
+        subjects::STREAM_AUDIT,
+        filter,
+        start,
+        max,
+        Duration::from_millis(500),
+    )
+    .await
+    .map_err(Status::unavailable)?;
+    let mut out = Vec::with_capacity(raw.len());
+    for (seq, payload) in raw {
+        match serde_json::from_slice::<AuditRecord>(&payload) {
             Ok(r) => out.push((seq, r)),
             Err(e) => tracing::warn!(seq, error = %e, "unreadable audit record"),
         }
-        if pending == 0 {
-            break;
-        }
     }
-    Ok((out, false))
+    Ok((out, truncated))
 }
 
 fn to_hop(r: AuditRecord) -> Hop {
