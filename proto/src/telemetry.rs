@@ -23,6 +23,16 @@ pub struct TelemetryGuard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
+impl TelemetryGuard {
+    /// Exports what is buffered now (tests, and before a planned exit).
+    pub fn flush(&self) -> Result<(), String> {
+        match &self.provider {
+            Some(p) => p.force_flush().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(p) = self.provider.take() {
@@ -52,13 +62,24 @@ pub fn otlp_requested() -> bool {
 pub fn otlp_provider(
     service: &'static str,
 ) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, TelemetryError> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    use opentelemetry_otlp::WithExportConfig;
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let exporter = builder.build().map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+    // The batch processor runs on the Tokio runtime: the tonic exporter needs its reactor, which
+    // the SDK's default processor thread does not have.
+    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+        exporter,
+        opentelemetry_sdk::runtime::Tokio,
+    )
+    .build();
     Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(processor)
         .with_resource(resource)
         .build())
 }

@@ -1,5 +1,7 @@
 //! Adapter configuration: defaults that work locally, a TOML file, then environment overrides.
 
+use kakehashi_proto::settings;
+pub use kakehashi_proto::settings::ConfigError;
 use kakehashi_proto::topology::TopologyConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -16,6 +18,8 @@ pub struct AdapterConfig {
     pub grpc_addr: SocketAddr,
     /// Name of this instance (`KAKEHASHI_INSTANCE`).
     pub instance: String,
+    /// Prometheus metrics address (`KAKEHASHI_METRICS_ADDR`); none = no metrics endpoint.
+    pub metrics_addr: Option<SocketAddr>,
     /// Streams and buckets (must match the registry's).
     pub topology: TopologyConfig,
     /// Largest `Event.data` accepted, in bytes.
@@ -32,7 +36,8 @@ impl Default for AdapterConfig {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
-            instance: format!("adapter@{}", std::process::id()),
+            instance: kakehashi_proto::settings::default_instance("adapter"),
+            metrics_addr: None,
             topology: TopologyConfig::default(),
             max_payload_bytes: 512 * 1024,
             stream_window: 256,
@@ -41,62 +46,19 @@ impl Default for AdapterConfig {
     }
 }
 
-/// Configuration that could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// File path.
-        path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this struct.
-    #[error("invalid config file {path}: {source}")]
-    Parse {
-        /// File path.
-        path: String,
-        /// Cause.
-        #[source]
-        source: toml::de::Error,
-    },
-    /// An environment variable has a bad value.
-    #[error("environment variable {name}: {message}")]
-    Env {
-        /// Variable name.
-        name: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 impl AdapterConfig {
     /// Defaults, then the file (if given), then `KAKEHASHI_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut cfg: Self = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-                toml::from_str(&text)
-                    .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
-            }
-            None => Self::default(),
-        };
-        if let Ok(v) = std::env::var("KAKEHASHI_NATS_URL") {
-            cfg.nats_url = v;
-        }
-        if let Ok(v) =
-            std::env::var("KAKEHASHI_ADAPTER_GRPC_ADDR").or_else(|_| std::env::var("KAKEHASHI_GRPC_ADDR"))
-        {
-            cfg.grpc_addr = v.parse().map_err(|e| ConfigError::Env {
-                name: "KAKEHASHI_GRPC_ADDR",
-                message: format!("{e}: {v}"),
-            })?;
-        }
-        if let Ok(v) = std::env::var("KAKEHASHI_INSTANCE") {
-            cfg.instance = v;
+        let mut cfg: Self = settings::from_file(file)?;
+        settings::env_string("KAKEHASHI_NATS_URL", &mut cfg.nats_url);
+        settings::env_parse("KAKEHASHI_GRPC_ADDR", &mut cfg.grpc_addr)?;
+        // The adapter's own variable wins, so one environment can configure both services.
+        settings::env_parse("KAKEHASHI_ADAPTER_GRPC_ADDR", &mut cfg.grpc_addr)?;
+        settings::env_string("KAKEHASHI_INSTANCE", &mut cfg.instance);
+        if std::env::var("KAKEHASHI_METRICS_ADDR").is_ok() {
+            let mut addr = SocketAddr::from(([127, 0, 0, 1], 9465));
+            settings::env_parse("KAKEHASHI_METRICS_ADDR", &mut addr)?;
+            cfg.metrics_addr = Some(addr);
         }
         Ok(cfg)
     }

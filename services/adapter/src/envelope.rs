@@ -76,9 +76,18 @@ pub fn prepare(mut event: Event, source: String, max_payload_bytes: usize) -> Re
 
 /// The ingress subject and NATS message of a prepared event.
 pub fn to_message(event: &Event) -> (String, PublishMessage) {
+    to_message_traced(event, &std::collections::HashMap::new())
+}
+
+/// Like [`to_message`], with the W3C headers of the publishing span (`trace`), when there is
+/// one, instead of the envelope's own context: the next hop becomes that span's child.
+pub fn to_message_traced(
+    event: &Event,
+    trace: &std::collections::HashMap<String, String>,
+) -> (String, PublishMessage) {
     let mut p = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
     for h in [subjects::HEADER_TRACEPARENT, subjects::HEADER_TRACESTATE] {
-        if let Some(v) = event.extensions.get(h) {
+        if let Some(v) = trace.get(h).or_else(|| event.extensions.get(h)) {
             p = p.header(h, v.as_str());
         }
     }

@@ -5,13 +5,23 @@
 //! - [`config`]: the typed configuration.
 //! - [`envelope`]: defaults, limits and the NATS message of an event.
 //! - [`publisher`]: the gRPC service.
+//! - [`schemas`]: the adapter's mirror of the registered schema subjects (`KH_SCHEMAS`).
+//! - [`sdk`]: the adapter SDK — connect as a department, turn records into events, publish
+//!   with retries, pipelined (`docs/adapters.md`).
+//! - [`legacy`]: legacy file ingestion — era dates, width folding, CP932, record readers,
+//!   mappings, deterministic ids, checkpoints and the import driver (`docs/legacy-mapping.md`).
+//! - [`import`]: the `ingest` command — the driver over a NATS sink, progress and summary.
 //!
-//! [`run`] is the whole service; `main.rs` only reads configuration and calls it.
+//! [`run`] is the whole service; `main.rs` only parses arguments and calls it (or
+//! [`import::run`] for `ingest`).
 
 pub mod config;
 pub mod envelope;
+pub mod import;
 pub mod legacy;
 pub mod publisher;
+pub mod schemas;
+pub mod sdk;
 
 use config::AdapterConfig;
 use kakehashi_proto::v1;
@@ -62,6 +72,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let js = connect(&config.nats_url, &config.instance).await?;
     kakehashi_proto::topology::ensure(&js, &config.topology).await?;
+    let schemas = schemas::SchemaIndex::open(&js).await.map_err(RunError::Startup)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<v1::publisher_server::PublisherServer<publisher::PublisherService>>().await;
     const SERVED: &[&str] = &["kakehashi.v1.Publisher"];
@@ -69,12 +80,25 @@ pub async fn run(
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
     let reflection_alpha = kakehashi_proto::grpc::reflection_v1alpha(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
+    let audit = kakehashi_proto::audit::AuditWriter::start(js.clone(), config.instance.clone(), 4096);
+    let metrics = kakehashi_proto::metrics::Registry::new();
     let service = publisher::PublisherService::new(
         js,
         kakehashi_proto::identity::Identities::new(config.credentials.clone(), Vec::new()),
-        config.max_payload_bytes,
-        config.stream_window,
+        schemas,
+        (audit, &metrics),
+        (config.max_payload_bytes, config.stream_window),
     );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = config.metrics_addr {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| RunError::Startup(format!("metrics listener {addr}: {e}")))?;
+        let mut stop = stop_rx;
+        tokio::spawn(kakehashi_proto::metrics::serve(metrics, l, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "adapter serving");
     tonic::transport::Server::builder()
         .add_service(health_service)
@@ -83,5 +107,6 @@ pub async fn run(
         .add_service(v1::publisher_server::PublisherServer::new(service))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await?;
+    let _ = stop_tx.send(true);
     Ok(())
 }

@@ -1,26 +1,93 @@
 //! The `Publisher` gRPC service: `Publish` answers with the stream sequence (or the original's,
 //! for a duplicate); `PublishStream` pipelines publishes with a bounded window of unconfirmed
 //! ones (back-pressure) and answers every event in order, errors included, without breaking.
+//!
+//! Every event is checked before it reaches the bus, and a refusal names a stable reason:
+//! the caller's identity (`unauthenticated`, `permission_denied`, `invalid_source`), the
+//! envelope (`invalid_type`, `invalid_id`, `unsupported_content_type`), the payload
+//! (`payload_not_json`, `payload_too_large`) and the type (`unknown_type`: no schema is
+//! registered for it, learnt from the `KH_SCHEMAS` bucket). `Publish` returns the refusal as a
+//! gRPC status with an `ErrorInfo` detail carrying the reason; `PublishStream` puts it in that
+//! event's ack and goes on with the next event.
 
 use crate::envelope::{self, EnvelopeError};
+use crate::schemas::SchemaIndex;
 use async_nats::jetstream;
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
+use kakehashi_proto::audit::{AuditRecord, AuditWriter};
 use kakehashi_proto::identity::Identities;
+use kakehashi_proto::metrics::{CounterVec, Registry};
+use kakehashi_proto::telemetry;
 use kakehashi_proto::v1::publisher_server::Publisher;
 use kakehashi_proto::v1::{Event, PublishAck, PublishError};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_types::{ErrorDetails, StatusExt};
+use tracing::Instrument;
+
+/// Domain of the `ErrorInfo` details of refusals.
+const ERROR_DOMAIN: &str = "kakehashi.v1.Publisher";
 
 /// The Publisher service.
 #[derive(Clone)]
 pub struct PublisherService {
     js: jetstream::Context,
     identities: Identities,
+    /// Where `published` hops are recorded.
+    audit: AuditWriter,
+    /// Accepted events by source and type; duplicates.
+    published: CounterVec,
+    duplicates: CounterVec,
+    /// Registered schema subjects, to refuse events of unknown types at once.
+    schemas: SchemaIndex,
     max_payload_bytes: usize,
     window: usize,
+}
+
+/// Why one event was not published: a gRPC code, a stable reason and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// gRPC status code.
+    pub code: Code,
+    /// Stable reason code.
+    pub reason: &'static str,
+    /// Human-readable explanation; never a payload value.
+    pub message: String,
+}
+
+impl Refusal {
+    fn from_identity(status: &Status) -> Self {
+        let reason = match status.code() {
+            Code::Unauthenticated => "unauthenticated",
+            Code::PermissionDenied => "permission_denied",
+            _ => "invalid_source",
+        };
+        Self { code: status.code(), reason, message: status.message().to_string() }
+    }
+
+    fn from_envelope(e: &EnvelopeError) -> Self {
+        let code = match e {
+            EnvelopeError::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            _ => Code::InvalidArgument,
+        };
+        Self { code, reason: e.reason(), message: e.to_string() }
+    }
+
+    /// As a gRPC status with an `ErrorInfo` detail naming the reason.
+    pub fn to_status(&self) -> Status {
+        let details =
+            ErrorDetails::with_error_info(self.reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+        Status::with_error_details(self.code, self.message.clone(), details)
+    }
+
+    /// As the error ack of one streamed event.
+    pub fn to_ack(&self, event_id: String) -> PublishAck {
+        error_ack(event_id, self.code, self.reason, self.message.clone())
+    }
 }
 
 impl PublisherService {
@@ -28,39 +95,100 @@ impl PublisherService {
     pub fn new(
         js: jetstream::Context,
         identities: Identities,
-        max_payload_bytes: usize,
-        window: usize,
+        schemas: SchemaIndex,
+        observe: (AuditWriter, &Registry),
+        limits: (usize, usize),
     ) -> Self {
-        Self { js, identities, max_payload_bytes, window: window.max(1) }
+        let (audit, metrics) = observe;
+        let (max_payload_bytes, window) = limits;
+        Self {
+            js,
+            identities,
+            audit,
+            published: metrics.counter(
+                "kakehashi_events_published_total",
+                "Events accepted into KH_INGRESS, by source and type.",
+                &["source", "type"],
+            ),
+            duplicates: metrics.counter(
+                "kakehashi_events_duplicate_total",
+                "Publishes of an id already accepted (dropped by the bus), by source.",
+                &["source"],
+            ),
+            schemas,
+            max_payload_bytes,
+            window: window.max(1),
+        }
     }
-}
 
-impl PublisherService {
-    /// Checks one streamed event and starts its publish; refusals become error acks.
-    async fn accept(&self, metadata: &tonic::metadata::MetadataMap, mut event: Event) -> AckFuture {
-        let source = match self.identities.department(metadata, &event.source) {
-            Ok(s) => s,
-            Err(status) => {
-                let ack = error_ack(event.id, status.code(), "unauthenticated", status.message().to_string());
-                return Box::pin(async move { ack });
+    /// Starts one publish inside a `publish` span (child of the caller's trace context); once
+    /// confirmed, the event is counted and its `published` hop recorded.
+    async fn start(&self, event: Event) -> AckFuture {
+        let span = tracing::info_span!(
+            "kakehashi.publish",
+            otel.name = "publish",
+            event_id = %event.id,
+            source = %event.source,
+            trace_id = tracing::field::Empty
+        );
+        telemetry::adopt(&span, telemetry::context_from(None, Some(&event.extensions)));
+        span.record("trace_id", telemetry::trace_id(&span, event.extensions.get("traceparent")).as_str());
+        let trace = telemetry::traceparent_of(&span);
+        let mut record = AuditRecord::hop(&event, "published", "ok");
+        record.trace_id = telemetry::trace_id(&span, event.extensions.get("traceparent"));
+        let confirm = start(&self.js, &event, &trace).instrument(span.clone()).await;
+        let (audit, published, duplicates) =
+            (self.audit.clone(), self.published.clone(), self.duplicates.clone());
+        Box::pin(
+            async move {
+                let ack = confirm.await;
+                if ack.error.is_none() {
+                    if ack.duplicate {
+                        duplicates.with(&[&record.department]).inc();
+                    } else {
+                        published.with(&[&record.department, &record.event_type]).inc();
+                        record.detail = format!("KH_INGRESS #{}", ack.sequence);
+                        audit.record(record).await;
+                    }
+                }
+                ack
             }
-        };
+            .instrument(span),
+        )
+    }
+
+    /// Everything checked before publishing: identity, envelope, payload, type.
+    async fn check(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        mut event: Event,
+    ) -> Result<Event, Refusal> {
+        let source =
+            self.identities.department(metadata, &event.source).map_err(|s| Refusal::from_identity(&s))?;
         adopt_trace_context(metadata, &mut event);
+        let event = envelope::prepare(event, source, self.max_payload_bytes)
+            .map_err(|e| Refusal::from_envelope(&e))?;
+        let subject = if event.schema.is_empty() { &event.r#type } else { &event.schema };
+        if let Err(e) = self.schemas.resolve(subject, event.schema_version).await {
+            return Err(Refusal {
+                code: Code::FailedPrecondition,
+                reason: e.reason(),
+                message: e.to_string(),
+            });
+        }
+        Ok(event)
+    }
+
+    /// Checks one streamed event and starts its publish; refusals become error acks.
+    async fn accept(&self, metadata: &tonic::metadata::MetadataMap, event: Event) -> AckFuture {
         let id = event.id.clone();
-        match envelope::prepare(event, source, self.max_payload_bytes) {
-            Ok(event) => start(&self.js, event).await,
-            Err(e) => {
-                let ack = error_ack(id, envelope_status(e.clone()).code(), e.reason(), e.to_string());
+        match self.check(metadata, event).await {
+            Ok(event) => self.start(event).await,
+            Err(refusal) => {
+                let ack = refusal.to_ack(id);
                 Box::pin(async move { ack })
             }
         }
-    }
-}
-
-fn envelope_status(e: EnvelopeError) -> Status {
-    match e {
-        EnvelopeError::PayloadTooLarge { .. } => Status::resource_exhausted(e.to_string()),
-        _ => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -76,9 +204,13 @@ fn adopt_trace_context(metadata: &tonic::metadata::MetadataMap, event: &mut Even
 type AckFuture = Pin<Box<dyn Future<Output = PublishAck> + Send>>;
 
 /// Starts one publish; the returned future resolves to its ack (errors as error acks).
-async fn start(js: &jetstream::Context, event: Event) -> AckFuture {
+async fn start(
+    js: &jetstream::Context,
+    event: &Event,
+    trace: &std::collections::HashMap<String, String>,
+) -> AckFuture {
     let id = event.id.clone();
-    let (subject, msg) = envelope::to_message(&event);
+    let (subject, msg) = envelope::to_message_traced(event, trace);
     match js.send_publish(subject, msg).await {
         Ok(confirm) => Box::pin(async move {
             match confirm.await {
@@ -110,11 +242,9 @@ fn error_ack(event_id: String, code: Code, reason: &str, message: String) -> Pub
 #[tonic::async_trait]
 impl Publisher for PublisherService {
     async fn publish(&self, request: Request<Event>) -> Result<Response<PublishAck>, Status> {
-        let (metadata, _, mut event) = request.into_parts();
-        let source = self.identities.department(&metadata, &event.source)?;
-        adopt_trace_context(&metadata, &mut event);
-        let event = envelope::prepare(event, source, self.max_payload_bytes).map_err(envelope_status)?;
-        let ack = start(&self.js, event).await.await;
+        let (metadata, _, event) = request.into_parts();
+        let event = self.check(&metadata, event).await.map_err(|r| r.to_status())?;
+        let ack = self.start(event).await.await;
         match ack.error {
             Some(e) => Err(Status::unavailable(e.message)),
             None => Ok(Response::new(ack)),

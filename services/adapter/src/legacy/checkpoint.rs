@@ -9,6 +9,8 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
@@ -131,9 +133,146 @@ impl Checkpoint {
     }
 }
 
+/// Writes checkpoints on a background thread, so the fsyncs of periodic checkpoints do not
+/// stall the import (on some disks an fsync takes tens of milliseconds).
+///
+/// At most one write runs and one waits; a newer checkpoint replaces a waiting one, since it
+/// covers more rows. Every checkpoint handed over is valid on its own, so skipping one only
+/// means a crash would resume a little earlier (and re-publish rows the bus then drops as
+/// duplicates). A failed background write is reported by the next call. Dropping the writer
+/// finishes the waiting write first.
+pub struct CheckpointWriter {
+    path: PathBuf,
+    shared: Arc<(Mutex<WriterState>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct WriterState {
+    waiting: Option<Checkpoint>,
+    busy: bool,
+    closed: bool,
+    error: Option<CheckpointError>,
+}
+
+impl CheckpointWriter {
+    /// A writer of checkpoints to `path`.
+    pub fn new(path: &Path) -> Self {
+        let shared = Arc::new((Mutex::new(WriterState::default()), Condvar::new()));
+        let thread = {
+            let shared = shared.clone();
+            let path = path.to_path_buf();
+            std::thread::Builder::new()
+                .name("kh-checkpoint".into())
+                .spawn(move || write_loop(&path, &shared))
+                .ok()
+        };
+        Self { path: path.to_path_buf(), shared, thread }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WriterState> {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a checkpoint to the background thread and returns at once (written at once when
+    /// no thread could be started).
+    pub fn submit(&self, checkpoint: Checkpoint) -> Result<(), CheckpointError> {
+        if self.thread.is_none() {
+            return checkpoint.save(&self.path);
+        }
+        let mut state = self.lock();
+        if let Some(e) = state.error.take() {
+            return Err(e);
+        }
+        state.waiting = Some(checkpoint);
+        self.shared.1.notify_all();
+        Ok(())
+    }
+
+    /// Writes a checkpoint now, after any background write in progress; a waiting one is
+    /// dropped (this one supersedes it).
+    pub fn save_now(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let mut state = self.lock();
+        state.waiting = None;
+        while state.busy {
+            state = self.shared.1.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        let earlier = state.error.take();
+        // Written while holding the lock, so no background write can overtake it.
+        checkpoint.save(&self.path)?;
+        earlier.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        self.lock().closed = true;
+        self.shared.1.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_loop(path: &Path, shared: &(Mutex<WriterState>, Condvar)) {
+    let (lock, changed) = shared;
+    loop {
+        let checkpoint = {
+            let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+            while state.waiting.is_none() && !state.closed {
+                state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            let Some(checkpoint) = state.waiting.take() else { return };
+            state.busy = true;
+            checkpoint
+        };
+        let result = checkpoint.save(path);
+        let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+        state.busy = false;
+        if let Err(e) = result {
+            state.error.get_or_insert(e);
+        }
+        changed.notify_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn background_writes_end_with_the_latest_checkpoint() {
+        let path = temp_path("writer.json");
+        let file = FileIdentity { size: 10, mtime_unix_nanos: None, head_sha256: "ab".into() };
+        let at = |line| {
+            Checkpoint::new(
+                "/in.csv".into(),
+                "t.x".into(),
+                file.clone(),
+                Position { byte_offset: line * 10, line },
+            )
+        };
+        let writer = CheckpointWriter::new(&path);
+        for line in 1..50 {
+            assert!(writer.submit(at(line)).is_ok());
+        }
+        drop(writer);
+        assert_eq!(
+            Checkpoint::load(&path).ok().flatten().map(|c| c.resume.line),
+            Some(49),
+            "the last one wins"
+        );
+        let writer = CheckpointWriter::new(&path);
+        assert!(writer.submit(at(60)).is_ok());
+        assert!(writer.save_now(&at(61)).is_ok());
+        drop(writer);
+        assert_eq!(
+            Checkpoint::load(&path).ok().flatten().map(|c| c.resume.line),
+            Some(61),
+            "save_now is last"
+        );
+        let _ = std::fs::remove_file(path);
+    }
 
     fn temp_path(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("kh-ckpt-{}-{name}", std::process::id()))

@@ -32,7 +32,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::checkpoint::{Checkpoint, CheckpointError, FileIdentity};
+use super::checkpoint::{Checkpoint, CheckpointError, CheckpointWriter, FileIdentity};
 use super::ids::event_id;
 use super::mapping::{Mapping, MappingError};
 use super::records::{Position, ReaderOptions, RecordReader, RowError};
@@ -127,7 +127,7 @@ pub struct IngestLimits {
     pub max_row_bytes: usize,
     /// Most fields in one row; more makes the row a reject.
     pub max_fields: usize,
-    /// Rows between checkpoints; each costs an fsync.
+    /// Rows between checkpoints; each costs an fsync (on a background thread).
     pub checkpoint_every: u64,
     /// Rows between progress reports.
     pub progress_every: u64,
@@ -222,6 +222,8 @@ struct Run<'a> {
     job: &'a IngestJob,
     rejects: Rejects,
     checkpoint: Checkpoint,
+    /// Periodic checkpoints are written in the background; the last one synchronously.
+    writer: CheckpointWriter,
     queue: VecDeque<Unsettled>,
     /// The position after the last settled row (every row before it is settled).
     done: Position,
@@ -236,13 +238,18 @@ impl Run<'_> {
     }
 
     /// Saves a checkpoint at `done`, after flushing the reject file so it covers every row the
-    /// checkpoint says was processed.
-    fn save(&mut self, complete: bool) -> Result<(), IngestError> {
+    /// checkpoint says was processed. `last` checkpoints (the end, a stop) are on disk when
+    /// this returns; periodic ones are written in the background.
+    fn save(&mut self, last: bool, complete: bool) -> Result<(), IngestError> {
         self.rejects.flush().map_err(|e| self.io(e))?;
         self.checkpoint.resume = self.done;
         self.checkpoint.complete = complete;
         self.checkpoint.rejects_len = Some(self.rejects.len());
-        self.checkpoint.save(&self.job.checkpoint)?;
+        if last {
+            self.writer.save_now(&self.checkpoint)?;
+        } else {
+            self.writer.submit(self.checkpoint.clone())?;
+        }
         self.unsaved = 0;
         Ok(())
     }
@@ -252,7 +259,7 @@ impl Run<'_> {
         self.summary.rows_total += 1;
         self.unsaved += 1;
         if self.unsaved >= self.job.limits.checkpoint_every.max(1) {
-            self.save(false)?;
+            self.save(false, false)?;
         }
         Ok(())
     }
@@ -311,7 +318,7 @@ impl Run<'_> {
     /// Stops after a sink failure: checkpoint just before the failed event.
     fn sink_failed(&mut self, source: SinkError, fallback_line: u64) -> IngestError {
         let line = self.first_unsettled_line(fallback_line);
-        if let Err(e) = self.save(false) {
+        if let Err(e) = self.save(true, false) {
             return e;
         }
         IngestError::Sink { line, published: self.summary.published + self.summary.duplicates, source }
@@ -398,12 +405,15 @@ where
         job,
         rejects,
         checkpoint: Checkpoint::new(input, mapping.event_type.clone(), identity, start),
+        writer: CheckpointWriter::new(&job.checkpoint),
         queue: VecDeque::new(),
         done: start,
         unsaved: 0,
         summary,
     };
 
+    // A first report before any row: where this run starts (a resume starts part-way).
+    progress(run.progress(bytes_total));
     let mut settled = Vec::new();
     let mut rows_read = 0u64;
     while let Some(item) = reader.next() {
@@ -435,7 +445,7 @@ where
                 // Settle what is in flight so the checkpoint ends right before the bad row.
                 let line = e.line().unwrap_or(after.line);
                 flush(&mut run, sink, line).await?;
-                run.save(false)?;
+                run.save(true, false)?;
                 return Err(read_err(e));
             }
             Err(e) => Some((e.line(), String::new(), e.to_string())),
@@ -452,7 +462,7 @@ where
         }
     }
     flush(&mut run, sink, reader.position().line).await?;
-    run.save(true)?;
+    run.save(true, true)?;
     progress(run.progress(bytes_total));
     run.summary.elapsed = started.elapsed();
     Ok(run.summary)

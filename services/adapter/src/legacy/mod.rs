@@ -34,7 +34,8 @@ pub use decode::Encoding;
 pub use era::{parse_date, Date, EraError};
 pub use ids::event_id;
 pub use ingest::{
-    ingest, EventSink, IngestError, IngestJob, IngestLimits, MappedEvent, Progress, SinkError, Summary,
+    ingest, EventSink, IngestError, IngestJob, IngestLimits, MappedEvent, Outcome, Progress, SinkError,
+    Summary,
 };
 pub use mapping::{BoundMapping, FieldError, Mapped, Mapping, MappingError};
 pub use records::{Layout, Position, ReaderOptions, Record, RecordReader, RowError};

@@ -228,8 +228,7 @@ async fn follow(js: &jetstream::Context, event_id: &str, since_us: i64, wait: st
             let verdict = records
                 .iter()
                 .map(|(_, r)| r)
-                .filter(|r| r.time_us >= since_us && matches!(r.hop.as_str(), "validated" | "dead_lettered"))
-                .last();
+                .rfind(|r| r.time_us >= since_us && matches!(r.hop.as_str(), "validated" | "dead_lettered"));
             if let Some(r) = verdict {
                 return match r.hop.as_str() {
                     "validated" => format!("validated against schema version {}", r.schema_version),

@@ -341,7 +341,8 @@ fn progress_is_reported_and_ends_at_the_file_size() {
     let mut reports = Vec::new();
     let result = block_on(ingest(&job, &mapping(), &mut VecSink::default(), |p| reports.push(p)));
     assert!(result.is_ok());
-    assert_eq!(reports.len(), 4, "every 3 rows of 10, plus the final report");
+    assert_eq!(reports.len(), 5, "the start, every 3 rows of 10, and the end");
+    assert_eq!((reports[0].rows_ok, reports[0].rows_rejected), (0, 0), "the start, after the header");
     assert!(reports.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
     let last = reports.last().copied();
     let total = bytes.len() as u64;
