@@ -118,6 +118,10 @@ impl Flows for FlowsService {
             self.max_scan,
         )
         .await?;
+        // Writers append independently (the adapter may record "published" after the validator
+        // recorded its verdict), so time, not stream order, says which hop came last.
+        let mut records = records;
+        records.sort_by_key(|(seq, r)| (r.time_us, *seq));
         // Group by event, in order of first appearance; the publisher's department is the
         // department of the first hop (published or validated).
         let mut order: Vec<String> = Vec::new();
