@@ -75,6 +75,9 @@ impl AuditRecord {
             trace_id: trace_id_of(event.extensions.get("traceparent")),
             department: event.source.clone(),
             event_type: event.r#type.clone(),
+            // The moment of the act, not of the (later, queued) write: a validated record is
+            // written after its event is stored, when delivery may already have recorded a hop.
+            time_us: now_us(),
             ..Default::default()
         }
     }

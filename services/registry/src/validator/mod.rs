@@ -165,9 +165,13 @@ async fn process_batch(
     let outgoing: Vec<(String, PublishMessage, Option<AuditRecord>, Verdict)> = batch
         .iter()
         .map(|msg| {
-            let span =
-                tracing::info_span!("validate", subject = %msg.subject, event_id = tracing::field::Empty);
-            let _guard = span.enter();
+            let span = tracing::info_span!(
+                "kakehashi.validate",
+                otel.name = "validate",
+                subject = %msg.subject,
+                event_id = tracing::field::Empty,
+                trace_id = tracing::field::Empty
+            );
             outcome(store, policy, settings, msg, &span)
         })
         .collect();
@@ -250,14 +254,13 @@ fn outcome(
         Ok(accepted) => {
             let event = &accepted.event;
             span.record("event_id", event.id.as_str());
-            if msg.headers.as_ref().and_then(|h| h.get(HEADER_TRACEPARENT)).is_none() {
-                // Published without headers (straight to NATS): the envelope's context applies.
-                telemetry::adopt(span, telemetry::context_from(None, Some(&event.extensions)));
-            }
-            span.record(
-                "trace_id",
-                telemetry::trace_id(span, event.extensions.get(HEADER_TRACEPARENT)).as_str(),
-            );
+            // The publisher's context from the NATS headers, or for an event published without
+            // them (straight to NATS) the envelope's own; set before the span is entered, as a
+            // started span can no longer change its parent.
+            telemetry::adopt(span, telemetry::context_from(msg.headers.as_ref(), Some(&event.extensions)));
+            let _guard = span.enter();
+            let trace_id = telemetry::trace_id(span, event.extensions.get(HEADER_TRACEPARENT));
+            span.record("trace_id", trace_id.as_str());
             let mut p = PublishMessage::build()
                 // The envelope passes through untouched: no re-serialisation on the hot path.
                 .payload(msg.payload.clone())
@@ -273,6 +276,7 @@ fn outcome(
             tracing::debug!(event_type = %event.r#type, version = accepted.schema_version, "validated");
             let mut record = AuditRecord::hop(event, "validated", "ok");
             record.schema_version = accepted.schema_version;
+            record.trace_id = trace_id;
             let verdict = Verdict::Validated(event.r#type.clone());
             (subjects::events(&event.r#type), p, Some(record), verdict)
         }
@@ -280,6 +284,17 @@ fn outcome(
             if let Some(e) = &rejected.event {
                 span.record("event_id", e.id.as_str());
             }
+            // A dead-lettered event's trace still shows where it stopped.
+            telemetry::adopt(
+                span,
+                telemetry::context_from(msg.headers.as_ref(), rejected.event.as_ref().map(|e| &e.extensions)),
+            );
+            let _guard = span.enter();
+            let trace_id = telemetry::trace_id(
+                span,
+                rejected.event.as_ref().and_then(|e| e.extensions.get(HEADER_TRACEPARENT)),
+            );
+            span.record("trace_id", trace_id.as_str());
             tracing::info!(reason = rejected.reason.code(), message = %rejected.message, "dead-lettered");
             let out = dead_letter::build(dead_letter::Details {
                 reason: rejected.reason,
@@ -302,6 +317,7 @@ fn outcome(
                     let mut r = AuditRecord::hop(e, "dead_lettered", "rejected");
                     r.detail = rejected.reason.code().to_string();
                     r.schema_version = rejected.schema_version;
+                    r.trace_id = trace_id;
                     r
                 });
             (out.subject, p, record, Verdict::DeadLettered(rejected.reason.code()))

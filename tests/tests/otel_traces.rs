@@ -1,0 +1,172 @@
+//! One trace per event across every hop, exported over OTLP/gRPC to a real receiver: a client
+//! sends its own W3C trace context with `Publish`, and the spans of the adapter (publish), the
+//! validator (validate), delivery (deliver) and the subscriber's ack all arrive in that trace,
+//! each the child of the hop before. A dead-lettered event's trace ends at its validate span.
+
+use kakehashi_proto::v1::*;
+use kakehashi_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use kakehashi_tests::services::{adapter_config, registry_config};
+use kakehashi_tests::{wait, Adapter, NatsServer, Registry};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const CLIENT_SPAN: &str = "b7ad6b7169203331";
+const REJECTED_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const REJECTED_SPAN: &str = "00f067aa0ba902b7";
+const TYPE: &str = "otel.check.done";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
+    let receiver = OtlpReceiver::start().await;
+    // Only this test runs in this process (one test per file), so the global telemetry and
+    // the standard OTEL_* variables are ours to set; they are read once, by `init`.
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", receiver.addr));
+    std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let telemetry = kakehashi_proto::telemetry::init("kakehashi-test", "info").expect("telemetry");
+
+    let nats = NatsServer::start();
+    let registry = Registry::start(registry_config(&nats.url())).await;
+    let adapter = Adapter::start(adapter_config(&nats.url())).await;
+    let channel = Channel::from_shared(registry.endpoint()).expect("url").connect().await.expect("connect");
+    schema_registry_client::SchemaRegistryClient::new(channel.clone())
+        .register_schema(RegisterSchemaRequest {
+            subject: TYPE.into(),
+            schema: r#"{"type":"object","required":["n"]}"#.into(),
+        })
+        .await
+        .expect("schema");
+    policies_client::PoliciesClient::new(channel.clone())
+        .put_policy(Policy {
+            type_pattern: TYPE.into(),
+            producers: vec!["city-x".into()],
+            readers: vec!["mhlw".into()],
+            raw_pii_readers: vec![],
+        })
+        .await
+        .expect("policy");
+    subscriptions_client::SubscriptionsClient::new(channel.clone())
+        .create_subscription(CreateSubscriptionRequest {
+            subscription: Some(Subscription {
+                department: "mhlw".into(),
+                name: "otel".into(),
+                type_pattern: TYPE.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("subscription");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let open = OpenSubscription { subscription: "otel".into(), department: "mhlw".into(), max_in_flight: 4 };
+    tx.send(SubscribeRequest { request: Some(subscribe_request::Request::Open(open)) }).await.expect("open");
+    let flows = flows_client::FlowsClient::new(channel.clone());
+    let mut deliveries = delivery_client::DeliveryClient::new(channel)
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("subscribe")
+        .into_inner();
+
+    let mut publisher =
+        publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("adapter");
+    let publish_untraced = |data: &'static [u8]| Event {
+        source: "city-x".into(),
+        r#type: TYPE.into(),
+        data: data.to_vec(),
+        ..Default::default()
+    };
+    let publish = |data: &'static [u8], trace: &str, span: &str| {
+        let mut request = tonic::Request::new(publish_untraced(data));
+        request
+            .metadata_mut()
+            .insert("traceparent", format!("00-{trace}-{span}-01").parse().expect("header"));
+        request
+    };
+    let ack = publisher.publish(publish(br#"{"n":1}"#, CLIENT_TRACE, CLIENT_SPAN)).await.expect("publish");
+    let ack = ack.into_inner();
+    assert!(ack.error.is_none(), "accepted: {ack:?}");
+    let rejected = publisher.publish(publish(b"{}", REJECTED_TRACE, REJECTED_SPAN)).await.expect("publish");
+    assert!(rejected.into_inner().error.is_none(), "the adapter accepts it; the validator rejects it");
+
+    let mut receive_and_ack = async |expected: &str| {
+        let d = tokio::time::timeout(Duration::from_secs(20), deliveries.next())
+            .await
+            .expect("delivery")
+            .expect("open")
+            .expect("ok");
+        let event = d.event.expect("event");
+        assert_eq!(event.id, expected);
+        tx.send(SubscribeRequest {
+            request: Some(subscribe_request::Request::Ack(AckDeliveries {
+                delivery_ids: vec![d.delivery_id],
+            })),
+        })
+        .await
+        .expect("ack");
+        event.extensions.get("traceparent").expect("delivered event carries trace context").clone()
+    };
+    let tp = receive_and_ack(&ack.event_id).await;
+    // Without a client context the bus starts the trace at its publish span.
+    let own = publisher.publish(publish_untraced(br#"{"n":2}"#)).await.expect("publish").into_inner();
+    let own_tp = receive_and_ack(&own.event_id).await;
+    let own_trace = own_tp.split('-').nth(1).expect("traceparent has a trace id").to_string();
+
+    let spans = wait::until("every hop's span at the receiver", Duration::from_secs(20), || {
+        let (spans, own_trace) = (receiver.spans(), own_trace.clone());
+        async move {
+            let has = |t: &str, n: &str| spans.iter().any(|s| s.trace_id == t && s.name == n);
+            let delivered = ["publish", "validate", "deliver", "ack"].iter().all(|n| has(CLIENT_TRACE, n));
+            let rejected = ["publish", "validate"].iter().all(|n| has(REJECTED_TRACE, n));
+            let own = ["publish", "validate", "deliver", "ack"].iter().all(|n| has(&own_trace, n));
+            (delivered && rejected && own).then_some(spans)
+        }
+    })
+    .await;
+    let span = |t: &str, n: &str| -> &ReceivedSpan {
+        spans
+            .iter()
+            .find(|s| s.trace_id == t && s.name == n)
+            .unwrap_or_else(|| panic!("{n} of {t} missing: {spans:#?}"))
+    };
+    let (publish, validate, deliver, acked) = (
+        span(CLIENT_TRACE, "publish"),
+        span(CLIENT_TRACE, "validate"),
+        span(CLIENT_TRACE, "deliver"),
+        span(CLIENT_TRACE, "ack"),
+    );
+    assert_eq!(publish.parent_span_id, CLIENT_SPAN, "the bus joins the client's trace");
+    assert_eq!(validate.parent_span_id, publish.span_id, "validate is a child of publish");
+    assert_eq!(deliver.parent_span_id, validate.span_id, "deliver is a child of validate");
+    assert_eq!(acked.parent_span_id, deliver.span_id, "the ack is a child of deliver");
+    assert_eq!(publish.service, "kakehashi-test", "spans carry the service name given to init");
+    assert!(tp.contains(CLIENT_TRACE), "subscriber can join the trace: {tp}");
+    assert!(tp.contains(&deliver.span_id), "the delivered context names the deliver span: {tp}");
+
+    let (r_publish, r_validate) = (span(REJECTED_TRACE, "publish"), span(REJECTED_TRACE, "validate"));
+    assert_eq!(r_publish.parent_span_id, REJECTED_SPAN);
+    assert_eq!(r_validate.parent_span_id, r_publish.span_id, "the dead-lettering validate joins its trace");
+    assert!(
+        !spans.iter().any(|s| s.trace_id == REJECTED_TRACE && s.name == "deliver"),
+        "a dead-lettered event is not delivered"
+    );
+    assert_eq!(span(&own_trace, "publish").parent_span_id, "", "the bus's publish span is the root");
+
+    // The audit trail names the same trace as the exported spans, hop by hop.
+    for (event_id, trace) in [(&ack.event_id, CLIENT_TRACE), (&own.event_id, own_trace.as_str())] {
+        let hops = wait::until("the four audited hops", Duration::from_secs(10), || {
+            let (mut flows, id) = (flows.clone(), event_id.clone());
+            async move {
+                let hops =
+                    flows.trace_event(TraceEventRequest { event_id: id }).await.ok()?.into_inner().hops;
+                (hops.len() >= 4).then_some(hops)
+            }
+        })
+        .await;
+        let names: Vec<_> = hops.iter().map(|h| h.hop.as_str()).collect();
+        assert_eq!(names, ["published", "validated", "delivered", "acked"]);
+        for h in &hops {
+            assert_eq!(h.trace_id, trace, "audit record {} names the exported trace", h.hop);
+        }
+    }
+    drop(telemetry);
+}
