@@ -1,8 +1,9 @@
 //! Helpers for talking to a running bus the way a department or an operator would: register a
-//! schema, put a policy, create and open a subscription, publish events (through NATS directly,
-//! with `Nats-Msg-Id`, optionally retrying while the server is away), read dead letters, and look
-//! inside the streams.
+//! schema, put a policy, create and open a subscription (or all three at once for a [`Flow`]),
+//! publish events (through NATS directly, with `Nats-Msg-Id`, optionally retrying while the
+//! server is away), read dead letters, and look inside the streams.
 
+use crate::{NatsServer, Registry};
 use async_nats::jetstream::{self, consumer, publish::PublishAck};
 use async_nats::HeaderMap;
 use futures::StreamExt;
@@ -10,10 +11,11 @@ use kakehashi_proto::v1::{
     delivery_client::DeliveryClient, policies_client::PoliciesClient,
     schema_registry_client::SchemaRegistryClient, subscribe_request,
     subscriptions_client::SubscriptionsClient, AckDeliveries, CreateSubscriptionRequest, DeadLetter, Event,
-    EventDelivery, NackDelivery, OpenSubscription, Policy, RegisterSchemaRequest, SubscribeRequest,
-    Subscription,
+    EventDelivery, NackDelivery, OpenSubscription, Policy, RegisterSchemaRequest, RegisterSchemaResponse,
+    SubscribeRequest, Subscription,
 };
 use prost::Message as _;
+use std::fmt::Display;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -35,14 +37,26 @@ pub fn counter_schema() -> serde_json::Value {
     })
 }
 
-/// Registers `schema` under `subject`; returns the version.
-pub async fn register_schema(endpoint: &str, subject: &str, schema: &serde_json::Value) -> u32 {
+/// Accepts any object whose `n`, if present, is an integer: for tests where validation is not the point.
+pub const LENIENT_SCHEMA: &str = r#"{"type":"object","properties":{"n":{"type":"integer"}}}"#;
+
+/// Registers `schema` (JSON text, or a `serde_json::Value`) under `subject`; returns the answer.
+pub async fn register_schema(endpoint: &str, subject: &str, schema: impl Display) -> RegisterSchemaResponse {
     let mut c = SchemaRegistryClient::connect(endpoint.to_string()).await.expect("connect registry");
     c.register_schema(RegisterSchemaRequest { subject: subject.into(), schema: schema.to_string() })
         .await
         .unwrap_or_else(|e| panic!("register {subject}: {e}"))
         .into_inner()
-        .version
+}
+
+/// NATS, a registry with the validator off (so events stay in `KH_INGRESS`) and `event_type` registered.
+pub async fn start_ingress_only(event_type: &str) -> (NatsServer, Registry) {
+    let nats = NatsServer::start();
+    let mut config = crate::services::registry_config(&nats.url());
+    config.validator.enabled = false;
+    let registry = Registry::start(config).await;
+    register_schema(&registry.endpoint(), event_type, LENIENT_SCHEMA).await;
+    (nats, registry)
 }
 
 /// Creates or replaces the policy of `pattern`.
@@ -81,6 +95,48 @@ pub async fn create_subscription(endpoint: &str, sub: Subscription) -> Subscript
         .await
         .unwrap_or_else(|e| panic!("create subscription {name}: {e}"))
         .into_inner()
+}
+
+/// One event type from its producers to a reader's subscription: the setup delivery tests share.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow<'a> {
+    /// The event type: subject of the schema and type pattern of the subscription.
+    pub event_type: &'a str,
+    /// Type pattern of the policy: the type itself or a wildcard over it such as `test.>`.
+    pub policy: &'a str,
+    /// Departments the policy lets publish.
+    pub producers: &'a [&'a str],
+    /// The department the policy lets read, and that owns the subscription.
+    pub reader: &'a str,
+    /// Name of the reader's subscription.
+    pub subscription: &'a str,
+}
+
+impl Flow<'_> {
+    /// Registers `schema`, puts the policy, creates the subscription; returns the registration to check.
+    pub async fn prepare(&self, endpoint: &str, schema: impl Display) -> RegisterSchemaResponse {
+        self.prepare_with(endpoint, schema, |_| {}).await
+    }
+
+    /// [`Flow::prepare`] with `tune` applied to the subscription first (ack wait, max deliveries…).
+    pub async fn prepare_with(
+        &self,
+        endpoint: &str,
+        schema: impl Display,
+        tune: impl FnOnce(&mut Subscription),
+    ) -> RegisterSchemaResponse {
+        let registered = register_schema(endpoint, self.event_type, schema).await;
+        put_policy(endpoint, self.policy, self.producers, &[self.reader]).await;
+        let mut sub = subscription(self.reader, self.subscription, self.event_type);
+        tune(&mut sub);
+        create_subscription(endpoint, sub).await;
+        registered
+    }
+
+    /// Opens the reader's subscription (must succeed).
+    pub async fn open(&self, endpoint: &str, max_in_flight: u32) -> Subscriber {
+        Subscriber::expect_open(endpoint, self.reader, self.subscription, max_in_flight).await
+    }
 }
 
 /// Why a Subscribe stream could not be opened.
@@ -165,6 +221,19 @@ impl Subscriber {
     /// Acks deliveries.
     pub async fn ack(&self, delivery_ids: Vec<u64>) {
         self.send(subscribe_request::Request::Ack(AckDeliveries { delivery_ids })).await;
+    }
+
+    /// Acks deliveries, panicking if the request stream has closed (for tests that rely on the ack).
+    pub async fn expect_ack(&self, delivery_ids: Vec<u64>) {
+        let ack = subscribe_request::Request::Ack(AckDeliveries { delivery_ids });
+        self.tx.send(SubscribeRequest { request: Some(ack) }).await.expect("Subscribe request stream open");
+    }
+
+    /// The next delivery, which must come within `limit`, acked at once with [`Self::expect_ack`].
+    pub async fn expect_and_ack(&mut self, what: &str, limit: Duration) -> EventDelivery {
+        let d = self.expect_next(what, limit).await;
+        self.expect_ack(vec![d.delivery_id]).await;
+        d
     }
 
     /// Nacks one delivery, to be redelivered no sooner than `delay` (at once when `None`).

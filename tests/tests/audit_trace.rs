@@ -4,14 +4,17 @@
 use async_nats::jetstream;
 use kakehashi_ctl::cli::Conn;
 use kakehashi_proto::audit::AuditRecord;
-use kakehashi_proto::v1::*;
+use kakehashi_proto::v1::{flows_client, publisher_client, Event, Hop, TraceEventRequest};
+use kakehashi_tests::bus::{self, Flow, Subscriber};
 use kakehashi_tests::services::{adapter_config, registry_config};
 use kakehashi_tests::{wait, Adapter, NatsServer, Registry};
 use std::time::Duration;
-use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 const TYPE: &str = "trace.dose.recorded";
+const SOURCE: &str = "city-x";
+const FLOW: Flow =
+    Flow { event_type: TYPE, policy: "trace.>", producers: &[SOURCE], reader: "mhlw", subscription: "doses" };
 
 fn schema(minimum: u32) -> String {
     serde_json::json!({"type": "object", "required": ["dose"],
@@ -32,38 +35,14 @@ async fn bus() -> Bus {
     let registry = Registry::start(registry_config(&nats.url())).await;
     let adapter = Adapter::start(adapter_config(&nats.url())).await;
     let channel = Channel::from_shared(registry.endpoint()).expect("url").connect().await.expect("connect");
-    let mut schemas = schema_registry_client::SchemaRegistryClient::new(channel.clone());
-    schemas
-        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema(1) })
-        .await
-        .expect("schema");
-    policies_client::PoliciesClient::new(channel.clone())
-        .put_policy(Policy {
-            type_pattern: "trace.>".into(),
-            producers: vec!["city-x".into()],
-            readers: vec!["mhlw".into()],
-            raw_pii_readers: vec![],
-        })
-        .await
-        .expect("policy");
-    subscriptions_client::SubscriptionsClient::new(channel.clone())
-        .create_subscription(CreateSubscriptionRequest {
-            subscription: Some(Subscription {
-                department: "mhlw".into(),
-                name: "doses".into(),
-                type_pattern: TYPE.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("subscription");
+    FLOW.prepare(&registry.endpoint(), schema(1)).await;
     let publisher = publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("adapter");
     Bus { nats, registry, _adapter: adapter, channel, publisher }
 }
 
 async fn publish(bus: &mut Bus, dose: i64) -> String {
     let data = serde_json::json!({"dose": dose}).to_string().into_bytes();
-    let mut event = Event { source: "city-x".into(), r#type: TYPE.into(), data, ..Default::default() };
+    let mut event = Event { source: SOURCE.into(), r#type: TYPE.into(), data, ..Default::default() };
     event
         .extensions
         .insert("traceparent".into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
@@ -85,40 +64,21 @@ async fn trace_until(bus: &Bus, id: &str, last_hop: &str) -> Vec<Hop> {
     flows.trace_event(TraceEventRequest { event_id: id.into() }).await.expect("trace").into_inner().hops
 }
 
-async fn subscribe(
-    bus: &Bus,
-) -> (tokio::sync::mpsc::Sender<SubscribeRequest>, tonic::Streaming<EventDelivery>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let open = OpenSubscription { subscription: "doses".into(), department: "mhlw".into(), max_in_flight: 8 };
-    tx.send(SubscribeRequest { request: Some(subscribe_request::Request::Open(open)) }).await.expect("open");
-    let stream = delivery_client::DeliveryClient::new(bus.channel.clone())
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("subscribe")
-        .into_inner();
-    (tx, stream)
+async fn subscribe(bus: &Bus) -> Subscriber {
+    FLOW.open(&bus.registry.endpoint(), 8).await
 }
 
-async fn receive_and_ack(
-    tx: &tokio::sync::mpsc::Sender<SubscribeRequest>,
-    stream: &mut tonic::Streaming<EventDelivery>,
-) -> String {
-    let d = tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .expect("delivery in time")
-        .expect("open")
-        .expect("delivery");
-    let ack = AckDeliveries { delivery_ids: vec![d.delivery_id] };
-    tx.send(SubscribeRequest { request: Some(subscribe_request::Request::Ack(ack)) }).await.expect("ack");
-    d.event.expect("event").id
+/// Receives the next delivery, acks it and returns its event id.
+async fn receive_and_ack(subscriber: &mut Subscriber) -> String {
+    subscriber.expect_and_ack("a delivery", Duration::from_secs(20)).await.event.expect("event").id
 }
 
 #[tokio::test]
 async fn delivered_event_trace_shows_validation_delivery_and_ack_in_order() {
     let mut bus = bus().await;
-    let (tx, mut stream) = subscribe(&bus).await;
+    let mut subscriber = subscribe(&bus).await;
     let id = publish(&mut bus, 2).await;
-    assert_eq!(receive_and_ack(&tx, &mut stream).await, id);
+    assert_eq!(receive_and_ack(&mut subscriber).await, id);
     let hops = trace_until(&bus, &id, "acked").await;
     let names: Vec<&str> = hops.iter().map(|h| h.hop.as_str()).collect();
     let pos =
@@ -141,7 +101,7 @@ async fn delivered_event_trace_shows_validation_delivery_and_ack_in_order() {
 #[tokio::test]
 async fn dead_lettered_event_trace_names_the_reason_and_replay_after_fix_delivers_it() {
     let mut bus = bus().await;
-    let (tx, mut stream) = subscribe(&bus).await;
+    let mut subscriber = subscribe(&bus).await;
     let id = publish(&mut bus, 0).await;
     let hops = trace_until(&bus, &id, "dead_lettered").await;
     let dl = hops.iter().find(|h| h.hop == "dead_lettered").expect("dead_lettered hop");
@@ -149,18 +109,13 @@ async fn dead_lettered_event_trace_names_the_reason_and_replay_after_fix_deliver
     assert!(!hops.iter().any(|h| h.hop == "delivered"));
 
     // Fix: a compatible v2 that accepts dose 0 (a wider minimum is backward compatible).
-    let mut schemas = schema_registry_client::SchemaRegistryClient::new(bus.channel.clone());
-    let v2 = schemas
-        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema(0) })
-        .await
-        .expect("compatible fix registers")
-        .into_inner();
+    let v2 = bus::register_schema(&bus.registry.endpoint(), TYPE, schema(0)).await;
     assert_eq!(v2.version, 2);
 
     let client = async_nats::connect(bus.nats.url()).await.expect("nats");
     let js = jetstream::new(client);
     let letters =
-        kakehashi_ctl::commands::dlq::read_all(&js, &format!("kh.dlq.city-x.{TYPE}")).await.expect("dlq");
+        kakehashi_ctl::commands::dlq::read_all(&js, &format!("kh.dlq.{SOURCE}.{TYPE}")).await.expect("dlq");
     let seq = letters.iter().find(|l| l.letter.event_id == id).expect("letter").seq;
     let conn =
         Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
@@ -177,7 +132,7 @@ async fn dead_lettered_event_trace_names_the_reason_and_replay_after_fix_deliver
     )
     .await
     .expect("replay");
-    assert_eq!(receive_and_ack(&tx, &mut stream).await, id, "the replayed event is delivered");
+    assert_eq!(receive_and_ack(&mut subscriber).await, id, "the replayed event is delivered");
     let hops = trace_until(&bus, &id, "acked").await;
     let validated = hops.iter().find(|h| h.hop == "validated").expect("validated after replay");
     assert_eq!(validated.schema_version, 2);
@@ -186,10 +141,10 @@ async fn dead_lettered_event_trace_names_the_reason_and_replay_after_fix_deliver
 #[tokio::test]
 async fn audit_verify_names_a_tampered_record() {
     let mut bus = bus().await;
-    let (tx, mut stream) = subscribe(&bus).await;
+    let mut subscriber = subscribe(&bus).await;
     for dose in 1..=3 {
         publish(&mut bus, dose).await;
-        receive_and_ack(&tx, &mut stream).await;
+        receive_and_ack(&mut subscriber).await;
     }
     let client = async_nats::connect(bus.nats.url()).await.expect("nats");
     let js = jetstream::new(client);

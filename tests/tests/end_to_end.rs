@@ -3,19 +3,17 @@
 //! one is dead-lettered naming the failing field, and garbage bytes are dead-lettered too.
 
 use kakehashi_proto::v1::publisher_client::PublisherClient;
-use kakehashi_proto::v1::schema_registry_client::SchemaRegistryClient;
-use kakehashi_proto::v1::{
-    delivery_client::DeliveryClient, policies_client::PoliciesClient, subscribe_request,
-    subscriptions_client::SubscriptionsClient, AckDeliveries, CreateSubscriptionRequest, DeadLetter, Event,
-    OpenSubscription, Policy, RegisterSchemaRequest, SubscribeRequest, Subscription,
-};
+use kakehashi_proto::v1::{DeadLetter, Event};
+use kakehashi_tests::bus::{self, Flow};
 use kakehashi_tests::services::{adapter_config, registry_config};
 use kakehashi_tests::{wait, Adapter, NatsServer, Registry};
 use prost::Message as _;
 use std::time::Duration;
-use tokio_stream::StreamExt;
 
 const TYPE: &str = "test.dose.recorded";
+const SOURCE: &str = "city-shibuya";
+const FLOW: Flow =
+    Flow { event_type: TYPE, policy: "test.>", producers: &[SOURCE], reader: "mhlw", subscription: "doses" };
 
 fn schema() -> String {
     serde_json::json!({
@@ -33,7 +31,7 @@ fn schema() -> String {
 
 fn event(data: serde_json::Value) -> Event {
     Event {
-        source: "city-shibuya".into(),
+        source: SOURCE.into(),
         r#type: TYPE.into(),
         data: data.to_string().into_bytes(),
         ..Default::default()
@@ -62,54 +60,10 @@ async fn valid_event_is_delivered_and_invalid_one_is_dead_lettered_with_pointer(
     let registry = Registry::start(registry_config(&nats.url())).await;
     let adapter = Adapter::start(adapter_config(&nats.url())).await;
 
-    let mut schemas = SchemaRegistryClient::connect(registry.endpoint()).await.expect("connect registry");
-    let reg = schemas
-        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema() })
-        .await
-        .expect("register")
-        .into_inner();
+    let reg = FLOW.prepare(&registry.endpoint(), schema()).await;
     assert_eq!(reg.version, 1);
     assert!(reg.created);
-
-    let mut policies = PoliciesClient::connect(registry.endpoint()).await.expect("connect");
-    policies
-        .put_policy(Policy {
-            type_pattern: "test.>".into(),
-            producers: vec!["city-shibuya".into()],
-            readers: vec!["mhlw".into()],
-            raw_pii_readers: vec![],
-        })
-        .await
-        .expect("policy");
-    let mut subs = SubscriptionsClient::connect(registry.endpoint()).await.expect("connect");
-    subs.create_subscription(CreateSubscriptionRequest {
-        subscription: Some(Subscription {
-            department: "mhlw".into(),
-            name: "doses".into(),
-            type_pattern: TYPE.into(),
-            ..Default::default()
-        }),
-    })
-    .await
-    .expect("create subscription");
-
-    let (req_tx, req_rx) = tokio::sync::mpsc::channel(16);
-    req_tx
-        .send(SubscribeRequest {
-            request: Some(subscribe_request::Request::Open(OpenSubscription {
-                subscription: "doses".into(),
-                department: "mhlw".into(),
-                max_in_flight: 10,
-            })),
-        })
-        .await
-        .expect("open");
-    let mut delivery = DeliveryClient::connect(registry.endpoint()).await.expect("connect");
-    let mut deliveries = delivery
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(req_rx))
-        .await
-        .expect("subscribe")
-        .into_inner();
+    let mut deliveries = FLOW.open(&registry.endpoint(), 10).await;
 
     let mut publisher = PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
     let valid = publisher
@@ -126,26 +80,14 @@ async fn valid_event_is_delivered_and_invalid_one_is_dead_lettered_with_pointer(
         .into_inner();
     assert_ne!(valid.event_id, invalid.event_id);
 
-    let got = tokio::time::timeout(Duration::from_secs(20), deliveries.next())
-        .await
-        .expect("a delivery within 20s")
-        .expect("stream open")
-        .expect("delivery");
+    let got = deliveries.expect_and_ack("the valid event", Duration::from_secs(20)).await;
     let ev = got.event.expect("event");
     assert_eq!(ev.id, valid.event_id);
-    assert_eq!(ev.source, "city-shibuya");
-    req_tx
-        .send(SubscribeRequest {
-            request: Some(subscribe_request::Request::Ack(AckDeliveries {
-                delivery_ids: vec![got.delivery_id],
-            })),
-        })
-        .await
-        .expect("ack");
+    assert_eq!(ev.source, SOURCE);
 
     let client = async_nats::connect(nats.url()).await.expect("nats");
     let js = async_nats::jetstream::new(client);
-    let dlq_subject = format!("kh.dlq.city-shibuya.{TYPE}");
+    let dlq_subject = format!("kh.dlq.{SOURCE}.{TYPE}");
     let letters = wait::until("the invalid event in KH_DLQ", Duration::from_secs(20), || {
         let js = js.clone();
         let subject = dlq_subject.clone();
@@ -167,8 +109,7 @@ async fn valid_event_is_delivered_and_invalid_one_is_dead_lettered_with_pointer(
 
     // The invalid event was validated after the valid one, so nothing else can still arrive;
     // make sure nothing does.
-    let extra = tokio::time::timeout(Duration::from_millis(1500), deliveries.next()).await;
-    assert!(extra.is_err(), "unexpected second delivery: {extra:?}");
+    deliveries.expect_nothing_for(Duration::from_millis(1500), "only the valid event is delivered").await;
     drop(registry);
 }
 
@@ -196,9 +137,5 @@ async fn garbage_bytes_on_ingress_are_dead_lettered_as_malformed_and_registry_ke
 
     // Still serving: health answers and a registration works.
     kakehashi_tests::services::wait_serving(registry.addr).await;
-    let mut schemas = SchemaRegistryClient::connect(registry.endpoint()).await.expect("connect");
-    schemas
-        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema() })
-        .await
-        .expect("register after garbage");
+    bus::register_schema(&registry.endpoint(), TYPE, schema()).await;
 }

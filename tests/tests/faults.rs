@@ -5,7 +5,7 @@
 //! dedup covers — the copy in `KH_EVENTS` — must hold each event exactly once.
 
 use kakehashi_proto::v1::Event;
-use kakehashi_tests::bus::{self, delivered_id, proto_duration, PublishProgress, Subscriber};
+use kakehashi_tests::bus::{self, delivered_id, proto_duration, Flow, PublishProgress, Subscriber};
 use kakehashi_tests::collect::{Collector, Tally};
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{NatsServer, Registry, RegistryProcess};
@@ -18,20 +18,19 @@ const TYPE: &str = "test.fault.counted";
 const SOURCE: &str = "city-shibuya";
 const READER: &str = "mhlw";
 const SUB: &str = "faults";
+const FLOW: Flow =
+    Flow { event_type: TYPE, policy: "test.>", producers: &[SOURCE], reader: READER, subscription: SUB };
 /// Time allowed for all events to arrive after the fault has healed.
 const ALL_ARRIVE: Duration = Duration::from_secs(60);
 
-/// Schema, policy and the subscription (short ack wait, so deliveries lost with a dead registry
-/// come back quickly; many deliveries allowed, so nothing is exhausted by the faults).
-async fn prepare(endpoint: &str) {
-    bus::register_schema(endpoint, TYPE, &bus::counter_schema()).await;
-    bus::put_policy(endpoint, "test.>", &[SOURCE], &[READER]).await;
-    let sub = kakehashi_proto::v1::Subscription {
-        ack_wait: proto_duration(Duration::from_secs(2)),
-        max_deliveries: 100,
-        ..bus::subscription(READER, SUB, TYPE)
-    };
-    bus::create_subscription(endpoint, sub).await;
+/// Schema, policy and the subscription with `ack_wait`; many deliveries allowed, so nothing is
+/// exhausted by the faults.
+async fn prepare(endpoint: &str, ack_wait: Duration) {
+    FLOW.prepare_with(endpoint, bus::counter_schema(), |sub| {
+        sub.ack_wait = proto_duration(ack_wait);
+        sub.max_deliveries = 100;
+    })
+    .await;
 }
 
 fn ids(events: &[Event]) -> Vec<String> {
@@ -106,6 +105,42 @@ async fn mid_stream(progress: &PublishProgress, collector: &Collector) {
     assert!(progress.confirmed() < 2500, "publishing nearly finished before the fault: pace it slower");
 }
 
+/// 3,000 events flowing through the bus to a collecting subscriber, while a test breaks things.
+struct Flowing {
+    js: async_nats::jetstream::Context,
+    collector: Collector,
+    expected: Vec<String>,
+    progress: Arc<PublishProgress>,
+    publisher: tokio::task::JoinHandle<()>,
+}
+
+impl Flowing {
+    /// Prepares the flow through `endpoint` (short ack wait, so deliveries lost with a dead
+    /// registry come back quickly), starts a collector there and the paced publisher, and returns
+    /// once the flow is well under way: the moment to inject a fault.
+    async fn start_mid_stream(nats_url: &str, endpoint: &str) -> Self {
+        prepare(endpoint, Duration::from_secs(2)).await;
+        let js = bus::jetstream(nats_url).await;
+        let collector = Collector::start(endpoint, READER, SUB, 256);
+
+        let events = bus::events(SOURCE, TYPE, 3000);
+        let expected = ids(&events);
+        let (progress, publisher) = publish_in_background(js.clone(), events, PACE);
+
+        mid_stream(&progress, &collector).await;
+        Self { js, collector, expected, progress, publisher }
+    }
+
+    /// After the fault: waits for the publisher, then for every event at the subscriber, and
+    /// checks that exactly the published events arrived.
+    async fn finish(&mut self, test: &str) -> Tally {
+        (&mut self.publisher).await.expect("publisher");
+        let tally = all_arrive(&self.collector, &self.expected, &self.js).await;
+        report(test, &tally, &self.expected);
+        tally
+    }
+}
+
 /// Waits until the work queue is drained: every ingress message was validated and acked.
 async fn assert_ingress_drained(js: &async_nats::jetstream::Context) {
     bus::wait_stream_len(js, bus::INGRESS, 0, Duration::from_secs(30)).await;
@@ -151,16 +186,9 @@ async fn assert_ingress_drained_or_already_processed(js: &async_nats::jetstream:
 async fn registry_sigkilled_mid_stream_and_restarted_loses_nothing() {
     let nats = NatsServer::start();
     let mut registry = RegistryProcess::start(&nats.url()).await;
-    prepare(&registry.endpoint()).await;
-    let js = bus::jetstream(&nats.url()).await;
-    let collector = Collector::start(&registry.endpoint(), READER, SUB, 256);
-
-    let events = bus::events(SOURCE, TYPE, 3000);
-    let expected = ids(&events);
-    let (progress, publisher) = publish_in_background(js.clone(), events, PACE);
-
-    mid_stream(&progress, &collector).await;
+    let mut flow = Flowing::start_mid_stream(&nats.url(), &registry.endpoint()).await;
     registry.kill();
+    let progress = &flow.progress;
     let at_kill = progress.confirmed();
     // Events keep arriving at ingress while no registry runs.
     kakehashi_tests::wait::until("publishes while the registry is down", ALL_ARRIVE, || async {
@@ -169,15 +197,13 @@ async fn registry_sigkilled_mid_stream_and_restarted_loses_nothing() {
     .await;
     registry.restart().await;
     let at_restart = progress.confirmed();
-    collector.reconnect_to(&registry.endpoint());
+    flow.collector.reconnect_to(&registry.endpoint());
     println!("registry SIGKILL: killed after {at_kill} publishes, restarted after {at_restart}");
 
-    publisher.await.expect("publisher");
-    let tally = all_arrive(&collector, &expected, &js).await;
-    report("registry SIGKILL", &tally, &expected);
+    let tally = flow.finish("registry SIGKILL").await;
     assert!(tally.sessions >= 2, "the subscriber reconnected to the new process");
-    assert_events_stream_exact(&js, &expected).await;
-    assert_ingress_drained(&js).await;
+    assert_events_stream_exact(&flow.js, &flow.expected).await;
+    assert_ingress_drained(&flow.js).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,14 +211,7 @@ async fn subscriber_dropped_with_unacked_deliveries_gets_them_again_and_everythi
     let nats = NatsServer::start();
     let registry = Registry::start(registry_config(&nats.url())).await;
     // Long ack wait: only the dropped stream may cause a redelivery here.
-    bus::register_schema(&registry.endpoint(), TYPE, &bus::counter_schema()).await;
-    bus::put_policy(&registry.endpoint(), "test.>", &[SOURCE], &[READER]).await;
-    let sub = kakehashi_proto::v1::Subscription {
-        ack_wait: proto_duration(Duration::from_secs(60)),
-        max_deliveries: 100,
-        ..bus::subscription(READER, SUB, TYPE)
-    };
-    bus::create_subscription(&registry.endpoint(), sub).await;
+    prepare(&registry.endpoint(), Duration::from_secs(60)).await;
     let js = bus::jetstream(&nats.url()).await;
 
     let events = bus::events(SOURCE, TYPE, 3000);
@@ -266,32 +285,22 @@ async fn nats_server_restarted_mid_stream_loses_nothing_and_stores_each_event_on
     let mut nats = NatsServer::start();
     // A child process only so that its logs are shown if the test fails.
     let registry = RegistryProcess::start(&nats.url()).await;
-    prepare(&registry.endpoint()).await;
-    let js = bus::jetstream(&nats.url()).await;
-    let collector = Collector::start(&registry.endpoint(), READER, SUB, 256);
-
-    let events = bus::events(SOURCE, TYPE, 3000);
-    let expected = ids(&events);
-    let (progress, publisher) = publish_in_background(js.clone(), events, PACE);
-
-    mid_stream(&progress, &collector).await;
+    let mut flow = Flowing::start_mid_stream(&nats.url(), &registry.endpoint()).await;
     tokio::task::block_in_place(|| nats.kill());
     kakehashi_tests::wait::until("a publish to fail while NATS is down", ALL_ARRIVE, || async {
-        (progress.failed_attempts() > 0).then_some(())
+        (flow.progress.failed_attempts() > 0).then_some(())
     })
     .await;
     tokio::task::block_in_place(|| nats.restart());
 
-    publisher.await.expect("publisher");
-    let tally = all_arrive(&collector, &expected, &js).await;
-    report("nats restart", &tally, &expected);
+    flow.finish("nats restart").await;
     println!(
         "nats restart: {} publish attempts failed and were retried; {} retries were already stored (duplicate acks)",
-        progress.failed_attempts(),
-        progress.duplicates.load(std::sync::atomic::Ordering::SeqCst)
+        flow.progress.failed_attempts(),
+        flow.progress.duplicates.load(std::sync::atomic::Ordering::SeqCst)
     );
-    assert_events_stream_exact(&js, &expected).await;
-    assert_ingress_drained_or_already_processed(&js).await;
+    assert_events_stream_exact(&flow.js, &flow.expected).await;
+    assert_ingress_drained_or_already_processed(&flow.js).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,24 +312,14 @@ async fn one_of_two_registries_killed_mid_stream_the_other_carries_on() {
     let survivor =
         RegistryProcess::start_with(&nats.url(), "survivor", kakehashi_tests::process::FAST_RECOVERY_TOML)
             .await;
-    prepare(&victim.endpoint()).await;
-    let js = bus::jetstream(&nats.url()).await;
     // The subscriber starts on the instance that will die.
-    let collector = Collector::start(&victim.endpoint(), READER, SUB, 256);
-
-    let events = bus::events(SOURCE, TYPE, 3000);
-    let expected = ids(&events);
-    let (progress, publisher) = publish_in_background(js.clone(), events, PACE);
-
-    mid_stream(&progress, &collector).await;
-    collector.reconnect_to(&survivor.endpoint());
+    let mut flow = Flowing::start_mid_stream(&nats.url(), &victim.endpoint()).await;
+    flow.collector.reconnect_to(&survivor.endpoint());
     victim.kill();
-    println!("one of two registries killed: killed after {} publishes", progress.confirmed());
+    println!("one of two registries killed: killed after {} publishes", flow.progress.confirmed());
 
-    publisher.await.expect("publisher");
-    let tally = all_arrive(&collector, &expected, &js).await;
-    report("one of two registries killed", &tally, &expected);
+    let tally = flow.finish("one of two registries killed").await;
     assert!(tally.sessions >= 2, "the subscriber moved to the survivor");
-    assert_events_stream_exact(&js, &expected).await;
-    assert_ingress_drained(&js).await;
+    assert_events_stream_exact(&flow.js, &flow.expected).await;
+    assert_ingress_drained(&flow.js).await;
 }

@@ -1,17 +1,18 @@
 //! The registry's Prometheus endpoint over a real socket: counts of validated, dead-lettered,
 //! delivered and acked events, latency histograms, schema cache hits and subscription lag.
 
-use kakehashi_proto::v1::*;
+use kakehashi_proto::v1::Event;
+use kakehashi_tests::bus::Flow;
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{wait, NatsServer, Registry};
 use prost::Message as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 const TYPE: &str = "metrics.check.done";
+const FLOW: Flow =
+    Flow { event_type: TYPE, policy: TYPE, producers: &["city-x"], reader: "mhlw", subscription: "m" };
 
 async fn scrape(addr: SocketAddr) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
@@ -30,32 +31,8 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 async fn metrics_count_every_outcome_and_report_lag() {
     let nats = NatsServer::start();
     let (registry, metrics) = Registry::start_with_metrics(registry_config(&nats.url())).await;
-    let channel = Channel::from_shared(registry.endpoint()).expect("url").connect().await.expect("connect");
     let schema = r#"{"type":"object","required":["n"],"properties":{"n":{"type":"integer"}}}"#;
-    schema_registry_client::SchemaRegistryClient::new(channel.clone())
-        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema.into() })
-        .await
-        .expect("schema");
-    policies_client::PoliciesClient::new(channel.clone())
-        .put_policy(Policy {
-            type_pattern: TYPE.into(),
-            producers: vec!["city-x".into()],
-            readers: vec!["mhlw".into()],
-            raw_pii_readers: vec![],
-        })
-        .await
-        .expect("policy");
-    subscriptions_client::SubscriptionsClient::new(channel.clone())
-        .create_subscription(CreateSubscriptionRequest {
-            subscription: Some(Subscription {
-                department: "mhlw".into(),
-                name: "m".into(),
-                type_pattern: TYPE.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("subscription");
+    FLOW.prepare(&registry.endpoint(), schema).await;
 
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
     for data in [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":"x"}"#, r#"{"n":3}"#, r#"{"n":4}"#] {
@@ -74,28 +51,13 @@ async fn metrics_count_every_outcome_and_report_lag() {
     }
 
     // Ack three of the four valid events; one stays unacked (lag).
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let open = OpenSubscription { subscription: "m".into(), department: "mhlw".into(), max_in_flight: 8 };
-    tx.send(SubscribeRequest { request: Some(subscribe_request::Request::Open(open)) }).await.expect("open");
-    let mut stream = delivery_client::DeliveryClient::new(channel)
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("subscribe")
-        .into_inner();
+    let mut subscriber = FLOW.open(&registry.endpoint(), 8).await;
     let mut ids = Vec::new();
-    for _ in 0..4 {
-        let d = tokio::time::timeout(Duration::from_secs(20), stream.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("ok");
+    for i in 0..4 {
+        let d = subscriber.expect_next(&format!("valid event {i}"), Duration::from_secs(20)).await;
         ids.push(d.delivery_id);
     }
-    tx.send(SubscribeRequest {
-        request: Some(subscribe_request::Request::Ack(AckDeliveries { delivery_ids: ids[..3].to_vec() })),
-    })
-    .await
-    .expect("ack");
+    subscriber.expect_ack(ids[..3].to_vec()).await;
 
     let sub = "sub_mhlw_m";
     let text = wait::until("metrics to show acks and lag", Duration::from_secs(20), || async move {

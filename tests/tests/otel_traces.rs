@@ -3,19 +3,20 @@
 //! validator (validate), delivery (deliver) and the subscriber's ack all arrive in that trace,
 //! each the child of the hop before. A dead-lettered event's trace ends at its validate span.
 
-use kakehashi_proto::v1::*;
+use kakehashi_proto::v1::{flows_client, publisher_client, Event, TraceEventRequest};
+use kakehashi_tests::bus::Flow;
 use kakehashi_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use kakehashi_tests::services::{adapter_config, registry_config};
 use kakehashi_tests::{wait, Adapter, NatsServer, Registry};
 use std::time::Duration;
-use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN: &str = "b7ad6b7169203331";
 const REJECTED_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const REJECTED_SPAN: &str = "00f067aa0ba902b7";
 const TYPE: &str = "otel.check.done";
+const FLOW: Flow =
+    Flow { event_type: TYPE, policy: TYPE, producers: &["city-x"], reader: "mhlw", subscription: "otel" };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
@@ -29,43 +30,9 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     let nats = NatsServer::start();
     let registry = Registry::start(registry_config(&nats.url())).await;
     let adapter = Adapter::start(adapter_config(&nats.url())).await;
-    let channel = Channel::from_shared(registry.endpoint()).expect("url").connect().await.expect("connect");
-    schema_registry_client::SchemaRegistryClient::new(channel.clone())
-        .register_schema(RegisterSchemaRequest {
-            subject: TYPE.into(),
-            schema: r#"{"type":"object","required":["n"]}"#.into(),
-        })
-        .await
-        .expect("schema");
-    policies_client::PoliciesClient::new(channel.clone())
-        .put_policy(Policy {
-            type_pattern: TYPE.into(),
-            producers: vec!["city-x".into()],
-            readers: vec!["mhlw".into()],
-            raw_pii_readers: vec![],
-        })
-        .await
-        .expect("policy");
-    subscriptions_client::SubscriptionsClient::new(channel.clone())
-        .create_subscription(CreateSubscriptionRequest {
-            subscription: Some(Subscription {
-                department: "mhlw".into(),
-                name: "otel".into(),
-                type_pattern: TYPE.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("subscription");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let open = OpenSubscription { subscription: "otel".into(), department: "mhlw".into(), max_in_flight: 4 };
-    tx.send(SubscribeRequest { request: Some(subscribe_request::Request::Open(open)) }).await.expect("open");
-    let flows = flows_client::FlowsClient::new(channel.clone());
-    let mut deliveries = delivery_client::DeliveryClient::new(channel)
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("subscribe")
-        .into_inner();
+    FLOW.prepare(&registry.endpoint(), r#"{"type":"object","required":["n"]}"#).await;
+    let mut deliveries = FLOW.open(&registry.endpoint(), 4).await;
+    let flows = flows_client::FlowsClient::connect(registry.endpoint()).await.expect("connect registry");
 
     let mut publisher =
         publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("adapter");
@@ -89,20 +56,9 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     assert!(rejected.into_inner().error.is_none(), "the adapter accepts it; the validator rejects it");
 
     let mut receive_and_ack = async |expected: &str| {
-        let d = tokio::time::timeout(Duration::from_secs(20), deliveries.next())
-            .await
-            .expect("delivery")
-            .expect("open")
-            .expect("ok");
+        let d = deliveries.expect_and_ack(&format!("event {expected}"), Duration::from_secs(20)).await;
         let event = d.event.expect("event");
         assert_eq!(event.id, expected);
-        tx.send(SubscribeRequest {
-            request: Some(subscribe_request::Request::Ack(AckDeliveries {
-                delivery_ids: vec![d.delivery_id],
-            })),
-        })
-        .await
-        .expect("ack");
         event.extensions.get("traceparent").expect("delivered event carries trace context").clone()
     };
     let tp = receive_and_ack(&ack.event_id).await;

@@ -8,9 +8,9 @@
 //! tests can read them back; it is only there to register schemas the way operators do.
 
 use kakehashi_proto::v1::publisher_client::PublisherClient;
-use kakehashi_proto::v1::schema_registry_client::SchemaRegistryClient;
-use kakehashi_proto::v1::{Event, PublishAck, RegisterSchemaRequest};
-use kakehashi_tests::services::{adapter_config, registry_config};
+use kakehashi_proto::v1::{Event, PublishAck};
+use kakehashi_tests::bus::{register_schema, start_ingress_only, LENIENT_SCHEMA};
+use kakehashi_tests::services::adapter_config;
 use kakehashi_tests::{Adapter, NatsServer, Registry};
 use prost::Message as _;
 use tokio_stream::StreamExt;
@@ -22,25 +22,10 @@ const SOURCE: &str = "city-shibuya";
 /// A bus with the test type registered; the validator is off so `KH_INGRESS` keeps what is
 /// published.
 async fn bus(adapter: kakehashi_adapter::config::AdapterConfig) -> (NatsServer, Registry, Adapter) {
-    let nats = NatsServer::start();
-    let mut cfg = registry_config(&nats.url());
-    cfg.validator.enabled = false;
-    let registry = Registry::start(cfg).await;
-    register(&registry, TYPE).await;
+    let (nats, registry) = start_ingress_only(TYPE).await;
     let adapter =
         Adapter::start(kakehashi_adapter::config::AdapterConfig { nats_url: nats.url(), ..adapter }).await;
     (nats, registry, adapter)
-}
-
-async fn register(registry: &Registry, subject: &str) {
-    let mut schemas = SchemaRegistryClient::connect(registry.endpoint()).await.expect("connect registry");
-    schemas
-        .register_schema(RegisterSchemaRequest {
-            subject: subject.into(),
-            schema: r#"{"type":"object","properties":{"n":{"type":"integer"}}}"#.into(),
-        })
-        .await
-        .expect("register");
 }
 
 fn event(n: usize) -> Event {
@@ -116,7 +101,7 @@ async fn publish_refuses_unknown_type_bad_json_and_oversized_payloads_with_reaso
 
     // Registered after the adapter started: accepted at once (the adapter catches up with
     // the schema bucket before refusing).
-    register(&registry, "test.publisher.unregistered").await;
+    register_schema(&registry.endpoint(), "test.publisher.unregistered", LENIENT_SCHEMA).await;
     let ack = publisher.publish(unknown).await.expect("registered now").into_inner();
     assert!(ack.sequence > 0);
 }

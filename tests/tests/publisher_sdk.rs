@@ -4,10 +4,7 @@
 //! confirmed once it is back (re-sent with the same id if its confirmation timed out).
 
 use kakehashi_adapter::sdk::{Bus, PublishError, Retry, ToEvent};
-use kakehashi_proto::v1::schema_registry_client::SchemaRegistryClient;
-use kakehashi_proto::v1::RegisterSchemaRequest;
-use kakehashi_tests::services::registry_config;
-use kakehashi_tests::{NatsServer, Registry};
+use kakehashi_tests::bus::start_ingress_only;
 use std::time::Duration;
 
 const TYPE: &str = "test.sdk.recorded";
@@ -38,26 +35,9 @@ fn record(number: u32) -> Record {
     Record { event_type: TYPE, number, updated: "2024-11-01T09:00:00+09:00" }
 }
 
-/// NATS and a registry (validator off: events stay in `KH_INGRESS`) with the test type.
-async fn bus() -> (NatsServer, Registry) {
-    let nats = NatsServer::start();
-    let mut cfg = registry_config(&nats.url());
-    cfg.validator.enabled = false;
-    let registry = Registry::start(cfg).await;
-    let mut schemas = SchemaRegistryClient::connect(registry.endpoint()).await.expect("connect registry");
-    schemas
-        .register_schema(RegisterSchemaRequest {
-            subject: TYPE.into(),
-            schema: r#"{"type":"object","properties":{"n":{"type":"integer"}}}"#.into(),
-        })
-        .await
-        .expect("register");
-    (nats, registry)
-}
-
 #[tokio::test]
 async fn record_published_twice_is_stored_once_and_then_reported_as_duplicate() {
-    let (nats, _registry) = bus().await;
+    let (nats, _registry) = start_ingress_only(TYPE).await;
     let sdk = Bus::builder(nats.url(), SOURCE).connect().await.expect("connect");
 
     let first = sdk.publish_record(&record(1)).await.expect("publish");
@@ -76,7 +56,7 @@ async fn record_published_twice_is_stored_once_and_then_reported_as_duplicate() 
 
 #[tokio::test]
 async fn unregistered_type_is_refused_before_sending() {
-    let (nats, _registry) = bus().await;
+    let (nats, _registry) = start_ingress_only(TYPE).await;
     let sdk = Bus::builder(nats.url(), SOURCE).connect().await.expect("connect");
     let unknown = Record { event_type: "test.sdk.unregistered", ..record(1) };
     match sdk.publish_record(&unknown).await {
@@ -89,7 +69,7 @@ async fn unregistered_type_is_refused_before_sending() {
 
 #[tokio::test]
 async fn pipeline_answers_in_the_order_sent_with_refusals_in_place() {
-    let (nats, _registry) = bus().await;
+    let (nats, _registry) = start_ingress_only(TYPE).await;
     let sdk = Bus::builder(nats.url(), SOURCE).connect().await.expect("connect");
     let mut pipeline = sdk.pipeline(64);
     let mut sent = Vec::new();
@@ -123,7 +103,7 @@ async fn pipeline_answers_in_the_order_sent_with_refusals_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_made_while_the_server_restarts_is_confirmed_once_it_is_back() {
-    let (mut nats, _registry) = bus().await;
+    let (mut nats, _registry) = start_ingress_only(TYPE).await;
     let sdk = Bus::builder(nats.url(), SOURCE)
         .ack_timeout(Duration::from_millis(500))
         .retry(Retry { give_up_after: Duration::from_secs(30), ..Retry::default() })
