@@ -49,10 +49,26 @@ impl AuditRecord {
     /// The hash this record should carry.
     pub fn compute_hash(&self) -> String {
         let mut unhashed = self.clone();
-        unhashed.hash.clear();
+        unhashed.seal().map(|_| unhashed.hash).unwrap_or_default()
+    }
+
+    /// Sets `hash` (SHA-256 of the record's JSON with `hash` empty) and returns the JSON of the
+    /// hashed record, serialising it once: this runs for every record on the hot path.
+    pub fn seal(&mut self) -> Result<Vec<u8>, serde_json::Error> {
+        self.hash.clear();
         // serde_json writes struct fields in declaration order: a stable encoding.
-        let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
-        hex::encode(Sha256::digest(&bytes))
+        let mut body = serde_json::to_vec(&*self)?;
+        self.hash = hex::encode(Sha256::digest(&body));
+        // `hash` is the last field, so `…,"hash":""}` becomes `…,"hash":"<hex>"}`: the very
+        // bytes serialising the hashed record would give (hex needs no escaping).
+        if body.ends_with(br#""hash":""}"#) {
+            body.truncate(body.len() - 2);
+            body.extend_from_slice(self.hash.as_bytes());
+            body.extend_from_slice(br#""}"#);
+            Ok(body)
+        } else {
+            serde_json::to_vec(&*self)
+        }
     }
 }
 
@@ -139,9 +155,8 @@ async fn write_loop(js: jetstream::Context, mut rx: mpsc::Receiver<AuditRecord>)
         seq += 1;
         r.seq = seq;
         r.prev_hash = std::mem::take(&mut prev);
-        r.hash = r.compute_hash();
+        let Ok(body) = r.seal() else { continue };
         prev = r.hash.clone();
-        let Ok(body) = serde_json::to_vec(&r) else { continue };
         let pending = Pending {
             subject: crate::subjects::audit(&r.event_id),
             msg_id: format!("{}#{}", r.actor, r.seq),
@@ -273,6 +288,24 @@ mod tests {
                 (seq + 100, r)
             })
             .collect()
+    }
+
+    #[test]
+    fn sealed_body_is_the_hashed_records_json_and_the_hash_covers_it_with_hash_empty() {
+        let mut r = AuditRecord {
+            event_id: "e1".into(),
+            hop: "dead_lettered".into(),
+            detail: "say \"健康\"\n".into(),
+            prev_hash: GENESIS.into(),
+            hash: "stale".into(),
+            ..Default::default()
+        };
+        let body = r.seal().expect("serialises");
+        assert_eq!(body, serde_json::to_vec(&r).expect("serialises"));
+        let unhashed = AuditRecord { hash: String::new(), ..r.clone() };
+        let expected = hex::encode(Sha256::digest(serde_json::to_vec(&unhashed).expect("serialises")));
+        assert_eq!(r.hash, expected);
+        assert_eq!(r.compute_hash(), expected);
     }
 
     #[test]

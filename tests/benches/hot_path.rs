@@ -321,8 +321,9 @@ async fn run() {
     // ---- 5. What an audit record costs nats-server ---------------------------------------
     // Records shaped like KH_AUDIT's (same JSON, Nats-Msg-Id, file stream, 30-day limit),
     // published pipelined: once to one subject per event as KH_AUDIT does, once to one subject.
-    let audit_unique = audit_like(&publisher, nats_pid, n, true).await;
-    let audit_single = audit_like(&publisher, nats_pid, n, false).await;
+    let audit_unique = audit_like(&publisher, nats_pid, n, true, true).await;
+    let audit_single = audit_like(&publisher, nats_pid, n, false, true).await;
+    let audit_no_id = audit_like(&publisher, nats_pid, n, true, false).await;
 
     println!();
     println!(
@@ -379,8 +380,11 @@ async fn run() {
         "idle CPU (% of one core) with one Subscribe stream open: bench {:.1}%, nats-server {:.1}%; after it closed: bench {:.1}%, nats-server {:.1}%",
         idle_open.self_pct, idle_open.nats_pct, idle_closed.self_pct, idle_closed.nats_pct
     );
-    for (what, a) in [("one subject per event (as KH_AUDIT)", &audit_unique), ("one subject", &audit_single)]
-    {
+    for (what, a) in [
+        ("one subject per event, Nats-Msg-Id", &audit_unique),
+        ("one subject, Nats-Msg-Id", &audit_single),
+        ("one subject per event, no Nats-Msg-Id", &audit_no_id),
+    ] {
         println!(
             "audit-shaped records ({} bytes), {what}: {:.0} records/s, nats-server CPU {:.1} us/record, bench CPU {:.1} us/record, nats-server RSS {:+.1} MB",
             a.bytes, a.rate, a.nats_us, a.self_us, a.nats_rss_delta_mb
@@ -479,13 +483,13 @@ async fn raw_consumer(js: &jetstream::Context) -> consumer::PullConsumer {
 
 /// Publishes everything with at most [`PUBLISH_WINDOW`] unconfirmed; panics on any failure.
 async fn publish_pipelined(js: &jetstream::Context, events: impl Iterator<Item = (String, Event)>) {
-    publish_bytes_pipelined(js, events.map(|(subject, e)| (subject, e.encode_to_vec(), e.id))).await
+    publish_bytes_pipelined(js, events.map(|(subject, e)| (subject, e.encode_to_vec(), Some(e.id)))).await
 }
 
 /// Publishes (subject, body, Nats-Msg-Id) with at most [`PUBLISH_WINDOW`] unconfirmed.
 async fn publish_bytes_pipelined(
     js: &jetstream::Context,
-    messages: impl Iterator<Item = (String, Vec<u8>, String)>,
+    messages: impl Iterator<Item = (String, Vec<u8>, Option<String>)>,
 ) {
     type Confirmation = <jetstream::context::PublishAckFuture as IntoFuture>::IntoFuture;
     let mut pending: FuturesUnordered<Confirmation> = FuturesUnordered::new();
@@ -495,7 +499,10 @@ async fn publish_bytes_pipelined(
                 r.expect("publish confirmed");
             }
         }
-        let m = PublishMessage::build().payload(body.into()).message_id(id);
+        let mut m = PublishMessage::build().payload(body.into());
+        if let Some(id) = id {
+            m = m.message_id(id);
+        }
         let f = js.send_publish(subject, m).await.expect("publish sent");
         pending.push(f.into_future());
     }
@@ -769,13 +776,20 @@ struct AuditCost {
     nats_rss_delta_mb: f64,
 }
 
-/// Publishes `n` records like the registry's audit writer does (serialised `AuditRecord`,
-/// `Nats-Msg-Id` = actor#seq) to a fresh stream configured as `KH_AUDIT`.
-async fn audit_like(js: &jetstream::Context, nats: Option<u32>, n: usize, per_event: bool) -> AuditCost {
-    let name = if per_event { "RAW_AUDIT_PER_EVENT" } else { "RAW_AUDIT_ONE" };
-    let prefix = if per_event { "raw.audit1" } else { "raw.audit2" };
+/// Publishes `n` records like the registry's audit writer does (serialised `AuditRecord`) to a
+/// fresh stream configured as `KH_AUDIT`, to one subject per event or to one subject, with or
+/// without `Nats-Msg-Id` = actor#seq.
+async fn audit_like(
+    js: &jetstream::Context,
+    nats: Option<u32>,
+    n: usize,
+    per_event: bool,
+    with_id: bool,
+) -> AuditCost {
+    let name = format!("RAW_AUDIT_{}_{}", if per_event { "PER_EVENT" } else { "ONE" }, with_id);
+    let prefix = format!("raw.audit.{}.{}", if per_event { "per" } else { "one" }, with_id);
     js.create_stream(stream::Config {
-        name: name.to_string(),
+        name,
         subjects: vec![format!("{prefix}.>")],
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(2 * 3600),
@@ -797,7 +811,7 @@ async fn audit_like(js: &jetstream::Context, nats: Option<u32>, n: usize, per_ev
         r
     };
     let bytes = serde_json::to_vec(&template).map(|b| b.len()).unwrap_or(0);
-    let records: Vec<(String, Vec<u8>, String)> = (1..=n as u64)
+    let records: Vec<(String, Vec<u8>, Option<String>)> = (1..=n as u64)
         .map(|seq| {
             let mut r = template.clone();
             r.event_id = kakehashi_proto::ids::new_event_id();
@@ -805,7 +819,7 @@ async fn audit_like(js: &jetstream::Context, nats: Option<u32>, n: usize, per_ev
             let subject =
                 if per_event { format!("{prefix}.{}", r.event_id) } else { format!("{prefix}.all") };
             let body = serde_json::to_vec(&r).expect("record serialises");
-            (subject, body, format!("{}#{}", r.actor, r.seq))
+            (subject, body, with_id.then(|| format!("{}#{}", r.actor, r.seq)))
         })
         .collect();
     let rss0 = nats.map_or(0, |p| status_kb(Some(p), "VmRSS:"));

@@ -106,15 +106,16 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
             0 => self.default_in_flight,
             n => n.min(self.max_in_flight),
         } as usize;
+        let consumer_name = sub.consumer_name();
         let consumer: consumer::PullConsumer = self
             .js
-            .get_consumer_from_stream(sub.consumer_name(), subjects::STREAM_EVENTS)
+            .get_consumer_from_stream(&consumer_name, subjects::STREAM_EVENTS)
             .await
             .map_err(|e| Status::unavailable(format!("subscription consumer: {e}")))?;
         let (tx, rx) = mpsc::channel(in_flight.max(1));
-        let consumer_name = sub.consumer_name();
         let session = Session {
             js: self.js.clone(),
+            consumer_name: consumer_name.clone(),
             sub,
             privacy: self.privacy.clone(),
             audit: self.audit.clone(),
@@ -191,13 +192,14 @@ impl Window {
 }
 
 impl InFlight {
-    fn record(&self, hop: &str, outcome: &str, detail: &str) -> AuditRecord {
+    /// The ack/nack record of this delivery (the delivered record, moved, not copied).
+    fn into_record(self, hop: &str, outcome: &str, detail: &str) -> AuditRecord {
         AuditRecord {
             hop: hop.to_string(),
             outcome: outcome.to_string(),
             detail: detail.to_string(),
             time_us: 0,
-            ..self.record.clone()
+            ..self.record
         }
     }
 }
@@ -224,6 +226,8 @@ impl std::fmt::Display for Withheld {
 struct Session {
     js: jetstream::Context,
     sub: SubscriptionRecord,
+    /// `sub`'s consumer name, formatted once per stream.
+    consumer_name: String,
     privacy: Privacy,
     audit: AuditWriter,
     /// This subscription's counters, looked up once per stream.
@@ -285,7 +289,7 @@ impl Session {
         // The client is gone: hand its unacked events back for redelivery now.
         for f in unacked.drain() {
             let _ = f.acker.ack_with(AckKind::Nak(None)).await;
-            self.audit.record(f.record("nacked", "error", "subscriber disconnected")).await;
+            self.audit.record(f.into_record("nacked", "error", "subscriber disconnected")).await;
         }
     }
 
@@ -313,7 +317,7 @@ impl Session {
                 let mut r = AuditRecord::hop(&e, "withheld", "rejected");
                 r.detail = "reader no longer permitted".into();
                 r.department = self.sub.department.clone();
-                r.subscription = self.sub.consumer_name();
+                r.subscription = self.consumer_name.clone();
                 self.audit.record(r).await;
             }
             return true;
@@ -334,13 +338,13 @@ impl Session {
                 raw: &msg.payload,
                 event: event.as_ref().ok(),
                 actor: &self.actor,
-                subscription: &self.sub.consumer_name(),
+                subscription: &self.consumer_name,
                 schema_version: 0,
             });
             let publish = jetstream::message::PublishMessage::build()
                 .payload(out.body.into())
                 .headers(out.headers)
-                .message_id(format!("dlq-{}-{seq}", self.sub.consumer_name()));
+                .message_id(format!("dlq-{}-{seq}", self.consumer_name));
             let confirmed = match self.js.send_publish(out.subject, publish).await {
                 Ok(f) => f.await.is_ok(),
                 Err(_) => false,
@@ -353,7 +357,7 @@ impl Session {
                     let mut r = AuditRecord::hop(e, "delivery_exhausted", "rejected");
                     r.detail = format!("not acked after {} deliveries", self.sub.max_deliveries);
                     r.department = self.sub.department.clone();
-                    r.subscription = self.sub.consumer_name();
+                    r.subscription = self.consumer_name.clone();
                     self.audit.record(r).await;
                 }
             }
@@ -366,7 +370,7 @@ impl Session {
             "kakehashi.deliver",
             otel.name = "deliver",
             event_id = %event.id,
-            subscription = %self.sub.consumer_name(),
+            subscription = %self.consumer_name,
             attempt,
             trace_id = tracing::field::Empty
         );
@@ -379,7 +383,7 @@ impl Session {
         event.extensions.extend(telemetry::traceparent_of(&span));
         let mut record = AuditRecord::hop(&event, "delivered", "ok");
         record.department = self.sub.department.clone();
-        record.subscription = self.sub.consumer_name();
+        record.subscription = self.consumer_name.clone();
         record.schema_version = schema_version;
         record.detail = format!("attempt {attempt}");
         let delivery = EventDelivery { delivery_id: id, event: Some(event), attempt, stream_sequence: seq };
@@ -438,7 +442,7 @@ impl Session {
                                 if let Some(t) = f.validated_at {
                                     self.latency.observe(crate::metrics::since(t));
                                 }
-                                self.audit.record(f.record("acked", "ok", "")).await
+                                self.audit.record(f.into_record("acked", "ok", "")).await
                             }
                             Err(e) => tracing::warn!(error = %e, "ack failed; the event will be redelivered"),
                         }
@@ -452,7 +456,7 @@ impl Session {
                     let delay = n.delay.and_then(|d| Duration::try_from(d).ok());
                     let _ = f.acker.ack_with(AckKind::Nak(delay)).instrument(nack_span).await;
                     let detail = delay.map(|d| format!("redeliver after {d:?}")).unwrap_or_default();
-                    self.audit.record(f.record("nacked", "error", &detail)).await;
+                    self.audit.record(f.into_record("nacked", "error", &detail)).await;
                 }
             }
             Some(subscribe_request::Request::Open(_)) | None => {

@@ -58,28 +58,28 @@ impl Policies {
 
     /// Whether `dept` may publish `event_type`.
     pub fn may_publish(&self, dept: &str, event_type: &str) -> bool {
-        self.matching(event_type).any(|p| lists(&p.producers, dept))
+        self.any_matching(event_type, |p| lists(&p.producers, dept))
     }
 
     /// Whether `dept` may read `event_type`.
     pub fn may_read(&self, dept: &str, event_type: &str) -> bool {
-        self.matching(event_type).any(|p| lists(&p.readers, dept))
+        self.any_matching(event_type, |p| lists(&p.readers, dept))
     }
 
     /// Whether `dept` may read every type a subscription pattern can match: some policy whose
     /// pattern covers the whole subscription pattern lists it as a reader.
     pub fn may_read_pattern(&self, dept: &str, pattern: &str) -> bool {
-        self.map.values().iter().any(|p| covers(&p.type_pattern, pattern) && lists(&p.readers, dept))
+        self.map.any(|p| covers(&p.type_pattern, pattern) && lists(&p.readers, dept))
     }
 
     /// Whether `dept` receives personal identifiers of `event_type` raw.
     pub fn raw_pii(&self, dept: &str, event_type: &str) -> bool {
-        self.matching(event_type).any(|p| p.raw_pii_readers.iter().any(|d| d == dept))
+        self.any_matching(event_type, |p| p.raw_pii_readers.iter().any(|d| d == dept))
     }
 
-    fn matching(&self, event_type: &str) -> impl Iterator<Item = std::sync::Arc<PolicyRecord>> {
-        let event_type = event_type.to_string();
-        self.map.values().into_iter().filter(move |p| pattern_matches(&p.type_pattern, &event_type))
+    /// Whether a policy whose pattern matches `event_type` satisfies `pred` (per event: no copies).
+    fn any_matching(&self, event_type: &str, pred: impl Fn(&PolicyRecord) -> bool) -> bool {
+        self.map.any(|p| pattern_matches(&p.type_pattern, event_type) && pred(p))
     }
 
     /// Every policy.

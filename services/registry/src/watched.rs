@@ -88,6 +88,12 @@ impl<T: DeserializeOwned + Send + Sync + 'static> WatchedMap<T> {
         self.entries.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
+    /// Whether some entry satisfies `pred`, checked under the read lock: no copy of the map
+    /// on paths that ask per event.
+    pub fn any(&self, mut pred: impl FnMut(&T) -> bool) -> bool {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).values().any(|v| pred(v))
+    }
+
     /// Applies a local write at once (the watch will bring the same value again).
     pub fn insert(&self, key: &str, value: T) {
         self.entries.write().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), Arc::new(value));

@@ -162,7 +162,7 @@ async fn process_batch(
     batch: Vec<jetstream::Message>,
     shutdown: &watch::Receiver<bool>,
 ) {
-    let outgoing: Vec<(String, PublishMessage, Option<AuditRecord>, Verdict)> = batch
+    let mut outgoing: Vec<(String, PublishMessage, Option<AuditRecord>, Verdict)> = batch
         .iter()
         .map(|msg| {
             let span = tracing::info_span!(
@@ -195,8 +195,8 @@ async fn process_batch(
                         tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
                     }
                     count(settings, &batch[done], &outgoing[done].3);
-                    if let Some(record) = &outgoing[done].2 {
-                        settings.audit.record(record.clone()).await;
+                    if let Some(record) = outgoing[done].2.take() {
+                        settings.audit.record(record).await;
                     }
                     done += 1;
                 }
