@@ -57,6 +57,7 @@ pub async fn read_audit(
             Err(e) => tracing::warn!(seq, error = %e, "unreadable audit record"),
         }
     }
+    kakehashi_proto::audit::drop_repeats(&mut out);
     Ok((out, truncated))
 }
 
