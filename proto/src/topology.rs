@@ -21,6 +21,9 @@ pub struct TopologyConfig {
     pub dlq_max_age_secs: u64,
     /// How long audit records are kept.
     pub audit_max_age_secs: u64,
+    /// How often each process anchors its audit chain head in `KH_CONFIG`, in milliseconds:
+    /// records newer than the last anchoring can be deleted undetected.
+    pub audit_anchor_ms: u64,
     /// Dedup window of `Nats-Msg-Id`; must exceed the longest ack wait and publish retry span.
     pub dedup_window_secs: u64,
     /// Largest message any stream accepts, in bytes (envelope included).
@@ -34,6 +37,7 @@ impl Default for TopologyConfig {
             events_max_age_secs: 7 * 24 * 3600,
             dlq_max_age_secs: 30 * 24 * 3600,
             audit_max_age_secs: 30 * 24 * 3600,
+            audit_anchor_ms: 1000,
             dedup_window_secs: 2 * 3600,
             max_message_bytes: 1024 * 1024,
         }

@@ -1,5 +1,6 @@
 //! The audit trail and tracing: a delivered event's hops, a dead-lettered event's reason, the
-//! hash chains detecting a tampered record, and a dead letter replayed after a schema fix.
+//! hash chains detecting a tampered record and deleted newest records (against the anchored
+//! chain heads), and a dead letter replayed after a schema fix.
 
 use async_nats::jetstream;
 use kakehashi_ctl::cli::Conn;
@@ -156,7 +157,7 @@ async fn audit_verify_names_a_tampered_record() {
         }
     })
     .await;
-    assert!(kakehashi_proto::audit::verify(&records).is_empty(), "intact before tampering");
+    assert!(kakehashi_proto::audit::verify(&records, &[]).is_empty(), "intact before tampering");
     let conn =
         Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
     kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
@@ -177,10 +178,59 @@ async fn audit_verify_names_a_tampered_record() {
     .expect("stored");
 
     let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
-    let broken = kakehashi_proto::audit::verify(&after);
+    let broken = kakehashi_proto::audit::verify(&after, &[]);
     assert_eq!(broken.len(), 1, "{broken:?}");
     assert_eq!((broken[0].actor.as_str(), broken[0].seq), (victim.actor.as_str(), victim.seq));
     assert!(broken[0].problem.contains("altered"), "{}", broken[0].problem);
+    let err = kakehashi_ctl::commands::audit::verify(&conn, true).await.expect_err("verify fails");
+    assert!(err.to_string().contains("broken"), "{err}");
+}
+
+#[tokio::test]
+async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
+    let mut bus = bus().await;
+    let mut subscriber = subscribe(&bus).await;
+    for dose in 1..=2 {
+        publish(&mut bus, dose).await;
+        receive_and_ack(&mut subscriber).await;
+    }
+    let client = async_nats::connect(bus.nats.url()).await.expect("nats");
+    let js = jetstream::new(client);
+    let bucket = js.get_key_value(kakehashi_proto::subjects::BUCKET_CONFIG).await.expect("bucket");
+    // Every actor's head anchored up to its newest record (anchoring runs every second).
+    let records =
+        wait::until("chain heads anchored up to the newest records", Duration::from_secs(20), || {
+            let (js, bucket) = (js.clone(), bucket.clone());
+            async move {
+                let heads = kakehashi_proto::audit::read_heads(&bucket).await.ok()?;
+                let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
+                let acked = r.iter().filter(|(_, r)| r.hop == "acked").count() == 2;
+                let covered =
+                    r.iter().all(|(_, rec)| heads.iter().any(|h| h.actor == rec.actor && h.seq >= rec.seq));
+                (acked && covered).then_some(r)
+            }
+        })
+        .await;
+    let conn =
+        Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
+    kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
+
+    // Delete the newest record of the registry's chain: the chain alone still links up.
+    let registry_actor = records.iter().find(|(_, r)| r.hop == "acked").map(|(_, r)| r.actor.clone());
+    let (newest_seq, newest) = records
+        .iter()
+        .filter(|(_, r)| Some(&r.actor) == registry_actor.as_ref())
+        .max_by_key(|(_, r)| r.seq)
+        .cloned()
+        .expect("registry records");
+    js.get_stream("KH_AUDIT").await.expect("stream").delete_message(newest_seq).await.expect("delete");
+    let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
+    assert!(kakehashi_proto::audit::verify(&after, &[]).is_empty(), "undetectable without the head");
+    let heads = kakehashi_proto::audit::read_heads(&bucket).await.expect("heads");
+    let broken = kakehashi_proto::audit::verify(&after, &heads);
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert_eq!((broken[0].actor.as_str(), broken[0].seq), (newest.actor.as_str(), newest.seq));
+    assert!(broken[0].problem.contains("missing at the end"), "{}", broken[0].problem);
     let err = kakehashi_ctl::commands::audit::verify(&conn, true).await.expect_err("verify fails");
     assert!(err.to_string().contains("broken"), "{err}");
 }

@@ -71,7 +71,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let js = connect(&config.nats_url, &config.instance).await?;
-    kakehashi_proto::topology::ensure(&js, &config.topology).await?;
+    let buckets = kakehashi_proto::topology::ensure(&js, &config.topology).await?;
     let schemas = schemas::SchemaIndex::open(&js).await.map_err(RunError::Startup)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<v1::publisher_server::PublisherServer<publisher::PublisherService>>().await;
@@ -80,7 +80,13 @@ pub async fn run(
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
     let reflection_alpha = kakehashi_proto::grpc::reflection_v1alpha(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
-    let audit = kakehashi_proto::audit::AuditWriter::start(js.clone(), config.instance.clone(), 4096);
+    let audit = kakehashi_proto::audit::AuditWriter::start(
+        js.clone(),
+        buckets.config.clone(),
+        config.instance.clone(),
+        4096,
+        Duration::from_millis(config.topology.audit_anchor_ms),
+    );
     let metrics = kakehashi_proto::metrics::Registry::new();
     let service = publisher::PublisherService::new(
         js,

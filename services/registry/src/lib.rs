@@ -110,7 +110,13 @@ pub async fn run_with(
         .await
         .map_err(|e| RunError::Startup(e.to_string()))?;
 
-    let audit = kakehashi_proto::audit::AuditWriter::start(js.clone(), config.instance.clone(), 4096);
+    let audit = kakehashi_proto::audit::AuditWriter::start(
+        js.clone(),
+        buckets.config.clone(),
+        config.instance.clone(),
+        4096,
+        Duration::from_millis(config.topology.audit_anchor_ms),
+    );
     let metrics = metrics::RegistryMetrics::new(store.clone());
     metrics.watch_lag(js.clone(), subs.clone(), Duration::from_secs(5));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

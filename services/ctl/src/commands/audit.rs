@@ -1,11 +1,12 @@
-//! `kakehashi audit verify`: reads all of KH_AUDIT and checks every actor's hash chain.
+//! `kakehashi audit verify`: reads every actor's anchored chain head, then all of KH_AUDIT, and
+//! checks each hash chain against itself and its head.
 
 use crate::cli::Conn;
 use crate::error::CtlError;
 use crate::output::emit;
 use async_nats::jetstream::{self, consumer};
-use kakehashi_proto::audit::{verify as verify_chains, AuditRecord};
-use kakehashi_proto::subjects::{AUDIT_ALL, STREAM_AUDIT};
+use kakehashi_proto::audit::{read_heads, verify as verify_chains, AuditRecord};
+use kakehashi_proto::subjects::{AUDIT_ALL, BUCKET_CONFIG, STREAM_AUDIT};
 use serde_json::json;
 use std::time::Duration;
 
@@ -41,9 +42,14 @@ pub async fn verify(conn: &Conn, json_mode: bool) -> Result<(), CtlError> {
     let client =
         async_nats::connect(&conn.nats).await.map_err(|e| CtlError::Nats(format!("{}: {e}", conn.nats)))?;
     let js = jetstream::new(client);
+    let bucket =
+        js.get_key_value(BUCKET_CONFIG).await.map_err(|e| CtlError::Nats(format!("{BUCKET_CONFIG}: {e}")))?;
+    // Heads first: a head read after the records could name records stored in between.
+    let heads = read_heads(&bucket).await.map_err(CtlError::Nats)?;
     let records = read_all(&js).await?;
-    let actors: std::collections::BTreeSet<&str> = records.iter().map(|(_, r)| r.actor.as_str()).collect();
-    let broken = verify_chains(&records);
+    let actors: std::collections::BTreeSet<&str> =
+        records.iter().map(|(_, r)| r.actor.as_str()).chain(heads.iter().map(|h| h.actor.as_str())).collect();
+    let broken = verify_chains(&records, &heads);
     let items: Vec<serde_json::Value> = broken
         .iter()
         .map(|b| json!({"actor": b.actor, "chain_seq": b.seq, "stream_seq": b.stream_seq, "problem": b.problem}))

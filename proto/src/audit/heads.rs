@@ -1,0 +1,48 @@
+//! Chain heads anchored outside `KH_AUDIT`: each actor puts the sequence and hash of its last
+//! *stored* record into the `KH_CONFIG` bucket, so [`super::verify`] can tell when the newest
+//! records of a chain were deleted (the chain alone cannot) or the chain was rewritten.
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Key prefix of the anchored heads in `KH_CONFIG`.
+pub const HEAD_PREFIX: &str = "audit_head.";
+
+/// The last stored record of one actor's chain, as anchored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// The actor whose chain this is.
+    pub actor: String,
+    /// Sequence of its last stored record.
+    pub seq: u64,
+    /// Hash of that record.
+    pub hash: String,
+    /// When it was anchored (Unix microseconds).
+    pub time_us: i64,
+}
+
+/// The bucket key of `actor`'s head (hex: actor names hold characters keys may not).
+pub fn head_key(actor: &str) -> String {
+    format!("{HEAD_PREFIX}{}", hex::encode(actor))
+}
+
+/// Every anchored head. Read them *before* the records: a head read later could name records
+/// stored after the records were read.
+pub async fn read_heads(bucket: &kv::Store) -> Result<Vec<ChainHead>, String> {
+    let mut keys = bucket.keys().await.map_err(|e| format!("chain heads: {e}"))?;
+    let mut heads = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| format!("chain heads: {e}"))?;
+        if !key.starts_with(HEAD_PREFIX) {
+            continue;
+        }
+        let Some(bytes) = bucket.get(&key).await.map_err(|e| format!("chain head {key}: {e}"))? else {
+            continue;
+        };
+        let head = serde_json::from_slice::<ChainHead>(&bytes)
+            .map_err(|e| format!("chain head {key} is unreadable (altered?): {e}"))?;
+        heads.push(head);
+    }
+    Ok(heads)
+}

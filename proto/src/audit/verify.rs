@@ -1,0 +1,225 @@
+//! Checking the actors' hash chains, and reading records back without repeats.
+
+use super::{AuditRecord, ChainHead, GENESIS};
+use std::collections::BTreeMap;
+
+/// A broken link found by [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenLink {
+    /// Actor whose chain is broken.
+    pub actor: String,
+    /// Sequence number of the first record that does not check out.
+    pub seq: u64,
+    /// Stream sequence of that record in `KH_AUDIT`, when it exists.
+    pub stream_seq: Option<u64>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Checks every actor's chain against itself and against its anchored head; returns the first
+/// broken link of each broken chain. `records` are (KH_AUDIT stream sequence, record); `heads`
+/// must have been read before them.
+pub fn verify(records: &[(u64, AuditRecord)], heads: &[ChainHead]) -> Vec<BrokenLink> {
+    let mut by_actor: BTreeMap<&str, Vec<&(u64, AuditRecord)>> = BTreeMap::new();
+    for r in records {
+        by_actor.entry(r.1.actor.as_str()).or_default().push(r);
+    }
+    for h in heads {
+        by_actor.entry(h.actor.as_str()).or_default();
+    }
+    let mut broken = Vec::new();
+    for (actor, mut chain) in by_actor {
+        chain.sort_by_key(|(_, r)| r.seq);
+        let head = heads.iter().find(|h| h.actor == actor);
+        if let Some(b) = check_chain(actor, &chain, head) {
+            broken.push(b);
+        }
+    }
+    broken
+}
+
+/// The first broken link of one actor's chain (sorted by sequence), if any.
+fn check_chain(actor: &str, chain: &[&(u64, AuditRecord)], head: Option<&ChainHead>) -> Option<BrokenLink> {
+    let link = |seq, stream_seq, problem| BrokenLink { actor: actor.to_string(), seq, stream_seq, problem };
+    let mut prev: Option<&AuditRecord> = None;
+    for (stream_seq, r) in chain.iter().map(|x| (&x.0, &x.1)) {
+        let expected_seq = prev.map_or(1, |p| p.seq + 1);
+        // A record published again after a lost confirmation is stored twice, byte for byte.
+        if prev == Some(r) {
+            continue;
+        }
+        if prev.is_some_and(|p| p.seq == r.seq) {
+            return Some(link(
+                r.seq,
+                Some(*stream_seq),
+                format!("a second, different record {} (forged)", r.seq),
+            ));
+        }
+        if r.seq != expected_seq {
+            let problem = format!("record {expected_seq} is missing (next present is {})", r.seq);
+            return Some(link(expected_seq, None, problem));
+        }
+        let problem = if r.hash != r.compute_hash() {
+            Some("content does not match its hash (altered)")
+        } else if r.prev_hash != prev.map_or(GENESIS, |p| p.hash.as_str()) {
+            Some("does not link to its predecessor's hash")
+        } else if head.is_some_and(|h| h.seq == r.seq && h.hash != r.hash) {
+            Some("differs from the anchored chain head (chain rewritten)")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Some(link(r.seq, Some(*stream_seq), problem.to_string()));
+        }
+        prev = Some(r);
+    }
+    let last = prev.map_or(0, |p| p.seq);
+    match head {
+        Some(h) if h.seq > last => Some(link(
+            last + 1,
+            None,
+            format!(
+                "records {}..{} are missing at the end (the anchored head is record {})",
+                last + 1,
+                h.seq,
+                h.seq
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// Drops repeated copies of a record (same actor, sequence and content) from records read
+/// back: the writer publishes a record again when its confirmation is lost, without a
+/// `Nats-Msg-Id`, so a record may be stored twice. Differing records are all kept.
+pub fn drop_repeats(records: &mut Vec<(u64, AuditRecord)>) {
+    let mut seen = std::collections::HashSet::new();
+    records.retain(|(_, r)| seen.insert(r.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditRecord, ChainHead, GENESIS};
+
+    fn chain(n: u64) -> Vec<(u64, AuditRecord)> {
+        let mut prev = GENESIS.to_string();
+        (1..=n)
+            .map(|seq| {
+                let mut r = AuditRecord {
+                    event_id: format!("e{seq}"),
+                    hop: "validated".into(),
+                    actor: "a".into(),
+                    seq,
+                    prev_hash: prev.clone(),
+                    ..Default::default()
+                };
+                r.hash = r.compute_hash();
+                prev = r.hash.clone();
+                (seq + 100, r)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        assert!(verify(&chain(5), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_record_stored_twice_is_one_link_and_is_read_back_once() {
+        let mut c = chain(5);
+        let again = (200, c[2].1.clone());
+        c.push(again);
+        assert!(verify(&c, &[]).is_empty(), "{:?}", verify(&c, &[]));
+        drop_repeats(&mut c);
+        assert_eq!(c.len(), 5);
+    }
+
+    #[test]
+    fn a_second_different_record_under_one_sequence_is_named() {
+        let mut c = chain(5);
+        let mut forged = c[2].1.clone();
+        forged.outcome = "error".into();
+        forged.hash = forged.compute_hash();
+        c.push((200, forged));
+        let b = verify(&c, &[]);
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!((b[0].seq, b[0].stream_seq), (3, Some(200)));
+        assert!(b[0].problem.contains("second, different"), "{}", b[0].problem);
+        drop_repeats(&mut c);
+        assert_eq!(c.len(), 6, "differing records are all kept");
+    }
+
+    #[test]
+    fn altered_record_is_named() {
+        let mut c = chain(5);
+        c[2].1.outcome = "ok-but-forged".into();
+        let b = verify(&c, &[]);
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].seq, b[0].stream_seq), (3, Some(103)));
+        assert!(b[0].problem.contains("altered"));
+    }
+
+    #[test]
+    fn deleted_record_is_named() {
+        let mut c = chain(5);
+        c.remove(1);
+        let b = verify(&c, &[]);
+        assert_eq!((b[0].seq, b[0].stream_seq), (2, None));
+        assert!(b[0].problem.contains("missing"));
+    }
+
+    #[test]
+    fn rehashed_forgery_breaks_the_next_link() {
+        let mut c = chain(5);
+        c[1].1.outcome = "forged".into();
+        c[1].1.hash = c[1].1.compute_hash();
+        let b = verify(&c, &[]);
+        assert_eq!(b[0].seq, 3, "the successor no longer links to the forged record");
+    }
+
+    fn head_of(c: &[(u64, AuditRecord)], seq: u64) -> ChainHead {
+        let r = &c[(seq - 1) as usize].1;
+        ChainHead { actor: r.actor.clone(), seq, hash: r.hash.clone(), time_us: 0 }
+    }
+
+    #[test]
+    fn a_chain_at_or_beyond_its_anchored_head_verifies() {
+        let c = chain(5);
+        assert!(verify(&c, &[head_of(&c, 5)]).is_empty());
+        assert!(verify(&c, &[head_of(&c, 3)]).is_empty(), "records after the last anchoring are fine");
+    }
+
+    #[test]
+    fn deleting_the_newest_records_is_named_against_the_anchored_head() {
+        let mut c = chain(5);
+        let head = head_of(&c, 5);
+        c.truncate(3);
+        assert!(verify(&c, &[]).is_empty(), "the chain alone cannot tell");
+        let b = verify(&c, std::slice::from_ref(&head));
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!((b[0].seq, b[0].stream_seq), (4, None));
+        assert!(b[0].problem.contains("records 4..5 are missing at the end"), "{}", b[0].problem);
+        let b = verify(&[], &[head]);
+        assert_eq!((b[0].actor.as_str(), b[0].seq), ("a", 1), "a chain deleted whole: {b:?}");
+    }
+
+    #[test]
+    fn a_rewritten_chain_is_named_at_its_anchored_head() {
+        let head = head_of(&chain(5), 4);
+        // The whole chain re-forged consistently: every link checks out on its own.
+        let mut c = chain(5);
+        let mut prev = GENESIS.to_string();
+        for (_, r) in c.iter_mut() {
+            r.outcome = "rewritten".into();
+            r.prev_hash = prev.clone();
+            r.hash = r.compute_hash();
+            prev = r.hash.clone();
+        }
+        assert!(verify(&c, &[]).is_empty(), "the chain alone cannot tell");
+        let b = verify(&c, &[head]);
+        assert_eq!((b[0].seq, b[0].stream_seq), (4, Some(104)), "{b:?}");
+        assert!(b[0].problem.contains("anchored chain head"), "{}", b[0].problem);
+    }
+}
