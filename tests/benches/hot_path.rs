@@ -33,8 +33,9 @@
 //! - **4 Idle**: CPU of this process and of nats-server while nothing is published, with the
 //!   Subscribe stream open and then closed.
 //! - **5 Audit records**: N records shaped like `KH_AUDIT`'s published pipelined to a stream
-//!   configured like it, to one subject per event (as the registry does) and to one subject:
-//!   what each record costs nats-server.
+//!   configured like it, to one subject per event (as the registry does) and to one subject,
+//!   with `Nats-Msg-Id`, and to one subject per event without it: what each record costs
+//!   nats-server.
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use futures::stream::FuturesUnordered;
@@ -319,8 +320,9 @@ async fn run() {
     let nats_hwm = nats_pid.map(|p| run_peak_kb(Some(p)));
 
     // ---- 5. What an audit record costs nats-server ---------------------------------------
-    // Records shaped like KH_AUDIT's (same JSON, Nats-Msg-Id, file stream, 30-day limit),
-    // published pipelined: once to one subject per event as KH_AUDIT does, once to one subject.
+    // Records shaped like KH_AUDIT's (same JSON, file stream, 30-day limit), published
+    // pipelined: to one subject per event as KH_AUDIT does, to one subject, each with
+    // Nats-Msg-Id, and to one subject per event without it (as the writer now publishes).
     let audit_unique = audit_like(&publisher, nats_pid, n, true, true).await;
     let audit_single = audit_like(&publisher, nats_pid, n, false, true).await;
     let audit_no_id = audit_like(&publisher, nats_pid, n, true, false).await;

@@ -42,9 +42,8 @@ pub(super) async fn write_loop(
 const MAX_UNCONFIRMED: usize = 4096;
 
 /// A record on its way to `KH_AUDIT`. Published without `Nats-Msg-Id`: deduplication would
-/// cost nats-server an id per record kept for the whole duplicate window (and ~30 % more CPU per
-/// record, measured in the hot-path bench), while a record stored twice is harmless — readers
-/// and `verify` drop identical repeats.
+/// cost nats-server an id per record kept for the whole duplicate window, while a record stored
+/// twice is harmless — readers and `verify` drop identical repeats.
 struct Pending {
     subject: String,
     /// Position in the actor's chain.
