@@ -75,16 +75,19 @@ fn check_chain(actor: &str, chain: &[&(u64, AuditRecord)], head: Option<&ChainHe
     }
     let last = prev.map_or(0, |p| p.seq);
     match head {
-        Some(h) if h.seq > last => Some(link(
-            last + 1,
-            None,
-            format!(
-                "records {}..{} are missing at the end (the anchored head is record {})",
-                last + 1,
-                h.seq,
-                h.seq
-            ),
-        )),
+        Some(h) if h.seq > last => {
+            let problem = if h.seq == last + 1 {
+                format!("record {} is missing at the end (it is the anchored head)", h.seq)
+            } else {
+                format!(
+                    "records {}..{} are missing at the end (the anchored head is record {})",
+                    last + 1,
+                    h.seq,
+                    h.seq
+                )
+            };
+            Some(link(last + 1, None, problem))
+        }
         _ => None,
     }
 }

@@ -74,7 +74,8 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
     let outcome = if args.demo { demo(conn, &args.schemas).await } else { Ok(()) };
     if outcome.is_ok() && !args.exit_after_demo {
         println!("\nServing until Ctrl-C.");
-        let _ = tokio::signal::ctrl_c().await;
+        // SIGTERM too (`kill`, `timeout`, a container stop): the nats-server we started goes with us.
+        kakehashi_proto::settings::shutdown_signal().await;
     }
     let _ = stop_tx.send(true);
     match registry.await {
