@@ -83,7 +83,11 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
         subjects: vec![subject.to_string()],
         storage: stream::StorageType::File,
         num_replicas: cfg.replicas,
-        duplicate_window: Duration::from_secs(cfg.dedup_window_secs),
+        // nats-server refuses a dedup window longer than the retention.
+        duplicate_window: Duration::from_secs(match max_age {
+            0 => cfg.dedup_window_secs,
+            age => cfg.dedup_window_secs.min(age),
+        }),
         max_message_size: cfg.max_message_bytes,
         max_age: Duration::from_secs(max_age),
         ..Default::default()

@@ -3,9 +3,12 @@
 //! chain heads), and a dead letter replayed after a schema fix.
 
 use async_nats::jetstream;
+use kakehashi_adapter::config::AdapterConfig;
 use kakehashi_ctl::cli::Conn;
 use kakehashi_proto::audit::AuditRecord;
+use kakehashi_proto::topology::TopologyConfig;
 use kakehashi_proto::v1::{flows_client, publisher_client, Event, Hop, TraceEventRequest};
+use kakehashi_registry::config::RegistryConfig;
 use kakehashi_tests::bus::{self, Flow, Subscriber};
 use kakehashi_tests::services::{adapter_config, registry_config};
 use kakehashi_tests::{wait, Adapter, NatsServer, Registry};
@@ -32,9 +35,15 @@ struct Bus {
 }
 
 async fn bus() -> Bus {
+    bus_with(TopologyConfig::default()).await
+}
+
+/// A bus whose two services share `topology` (retention, windows).
+async fn bus_with(topology: TopologyConfig) -> Bus {
     let nats = NatsServer::start();
-    let registry = Registry::start(registry_config(&nats.url())).await;
-    let adapter = Adapter::start(adapter_config(&nats.url())).await;
+    let registry =
+        Registry::start(RegistryConfig { topology: topology.clone(), ..registry_config(&nats.url()) }).await;
+    let adapter = Adapter::start(AdapterConfig { topology, ..adapter_config(&nats.url()) }).await;
     let channel = Channel::from_shared(registry.endpoint()).expect("url").connect().await.expect("connect");
     FLOW.prepare(&registry.endpoint(), schema(1)).await;
     let publisher = publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("adapter");
@@ -157,7 +166,7 @@ async fn audit_verify_names_a_tampered_record() {
         }
     })
     .await;
-    assert!(kakehashi_proto::audit::verify(&records, &[]).is_empty(), "intact before tampering");
+    assert!(kakehashi_proto::audit::verify(&records, &[], 0).is_empty(), "intact before tampering");
     let conn =
         Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
     kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
@@ -178,7 +187,7 @@ async fn audit_verify_names_a_tampered_record() {
     .expect("stored");
 
     let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
-    let broken = kakehashi_proto::audit::verify(&after, &[]);
+    let broken = kakehashi_proto::audit::verify(&after, &[], 0);
     assert_eq!(broken.len(), 1, "{broken:?}");
     assert_eq!((broken[0].actor.as_str(), broken[0].seq), (victim.actor.as_str(), victim.seq));
     assert!(broken[0].problem.contains("altered"), "{}", broken[0].problem);
@@ -225,12 +234,58 @@ async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
         .expect("registry records");
     js.get_stream("KH_AUDIT").await.expect("stream").delete_message(newest_seq).await.expect("delete");
     let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
-    assert!(kakehashi_proto::audit::verify(&after, &[]).is_empty(), "undetectable without the head");
+    assert!(kakehashi_proto::audit::verify(&after, &[], 0).is_empty(), "undetectable without the head");
     let heads = kakehashi_proto::audit::read_heads(&bucket).await.expect("heads");
-    let broken = kakehashi_proto::audit::verify(&after, &heads);
+    let broken = kakehashi_proto::audit::verify(&after, &heads, 0);
     assert_eq!(broken.len(), 1, "{broken:?}");
     assert_eq!((broken[0].actor.as_str(), broken[0].seq), (newest.actor.as_str(), newest.seq));
     assert!(broken[0].problem.contains("missing at the end"), "{}", broken[0].problem);
     let err = kakehashi_ctl::commands::audit::verify(&conn, true).await.expect_err("verify fails");
     assert!(err.to_string().contains("broken"), "{err}");
+}
+
+#[tokio::test]
+async fn audit_verify_tells_records_expired_by_retention_from_deleted_ones() {
+    // Audit records kept 2 s.
+    let topology = TopologyConfig { audit_max_age_secs: 2, ..Default::default() };
+    let mut bus = bus_with(topology).await;
+    let mut subscriber = subscribe(&bus).await;
+    for dose in 1..=2 {
+        publish(&mut bus, dose).await;
+        receive_and_ack(&mut subscriber).await;
+    }
+    let client = async_nats::connect(bus.nats.url()).await.expect("nats");
+    let js = jetstream::new(client);
+    wait::until("the first records to expire", Duration::from_secs(30), || {
+        let js = js.clone();
+        async move {
+            let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
+            (!r.iter().any(|(_, r)| r.hop == "acked")).then_some(())
+        }
+    })
+    .await;
+    // The chains go on after the gap that expiry left.
+    publish(&mut bus, 3).await;
+    receive_and_ack(&mut subscriber).await;
+    let bucket = js.get_key_value(kakehashi_proto::subjects::BUCKET_CONFIG).await.expect("bucket");
+    let records = wait::until("the new records stored and anchored", Duration::from_secs(20), || {
+        let (js, bucket) = (js.clone(), bucket.clone());
+        async move {
+            let heads = kakehashi_proto::audit::read_heads(&bucket).await.ok()?;
+            let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
+            let acked = r.iter().any(|(_, r)| r.hop == "acked");
+            let covered =
+                r.iter().all(|(_, rec)| heads.iter().any(|h| h.actor == rec.actor && h.seq >= rec.seq));
+            (acked && covered).then_some(r)
+        }
+    })
+    .await;
+    assert!(records.iter().all(|(_, r)| r.seq > 1), "every chain's beginning expired: {records:?}");
+    assert!(
+        !kakehashi_proto::audit::verify(&records, &[], 0).is_empty(),
+        "without the retention horizon the expired beginning looks deleted"
+    );
+    let conn =
+        Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
+    kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("expiry is not tampering");
 }

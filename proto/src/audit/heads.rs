@@ -18,6 +18,9 @@ pub struct ChainHead {
     pub seq: u64,
     /// Hash of that record.
     pub hash: String,
+    /// Time of that record (Unix microseconds): once older than the retention, it may be gone.
+    #[serde(default)]
+    pub record_time_us: i64,
     /// When it was anchored (Unix microseconds).
     pub time_us: i64,
 }

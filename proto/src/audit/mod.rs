@@ -45,6 +45,10 @@ pub struct AuditRecord {
     pub subscription: String,
     /// Schema version validated against.
     pub schema_version: u32,
+    /// Time of the actor's previous record (absent for the first): when it is older than the
+    /// audit retention, a chain that starts here lost its beginning to expiry, not to deletion.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prev_time_us: i64,
     /// Hash of the actor's previous record (`genesis` for the first).
     pub prev_hash: String,
     /// SHA-256 over this record with `hash` empty, hex.
@@ -103,6 +107,10 @@ impl AuditRecord {
             ..Default::default()
         }
     }
+}
+
+fn is_zero(t: &i64) -> bool {
+    *t == 0
 }
 
 /// The first `prev_hash` of every chain.

@@ -18,8 +18,14 @@ pub struct BrokenLink {
 
 /// Checks every actor's chain against itself and against its anchored head; returns the first
 /// broken link of each broken chain. `records` are (KH_AUDIT stream sequence, record); `heads`
-/// must have been read before them.
-pub fn verify(records: &[(u64, AuditRecord)], heads: &[ChainHead]) -> Vec<BrokenLink> {
+/// must have been read before them. Records older than `expiry_horizon_us` (now minus the
+/// stream's retention; 0 when nothing expires) may be gone by expiry: a chain may begin after
+/// them, and a head naming one may have no records left.
+pub fn verify(
+    records: &[(u64, AuditRecord)],
+    heads: &[ChainHead],
+    expiry_horizon_us: i64,
+) -> Vec<BrokenLink> {
     let mut by_actor: BTreeMap<&str, Vec<&(u64, AuditRecord)>> = BTreeMap::new();
     for r in records {
         by_actor.entry(r.1.actor.as_str()).or_default().push(r);
@@ -31,7 +37,7 @@ pub fn verify(records: &[(u64, AuditRecord)], heads: &[ChainHead]) -> Vec<Broken
     for (actor, mut chain) in by_actor {
         chain.sort_by_key(|(_, r)| r.seq);
         let head = heads.iter().find(|h| h.actor == actor);
-        if let Some(b) = check_chain(actor, &chain, head) {
+        if let Some(b) = check_chain(actor, &chain, head, expiry_horizon_us) {
             broken.push(b);
         }
     }
@@ -39,11 +45,19 @@ pub fn verify(records: &[(u64, AuditRecord)], heads: &[ChainHead]) -> Vec<Broken
 }
 
 /// The first broken link of one actor's chain (sorted by sequence), if any.
-fn check_chain(actor: &str, chain: &[&(u64, AuditRecord)], head: Option<&ChainHead>) -> Option<BrokenLink> {
+fn check_chain(
+    actor: &str,
+    chain: &[&(u64, AuditRecord)],
+    head: Option<&ChainHead>,
+    expiry_horizon_us: i64,
+) -> Option<BrokenLink> {
+    let expired = |t: i64| t != 0 && t < expiry_horizon_us;
     let link = |seq, stream_seq, problem| BrokenLink { actor: actor.to_string(), seq, stream_seq, problem };
     let mut prev: Option<&AuditRecord> = None;
     for (stream_seq, r) in chain.iter().map(|x| (&x.0, &x.1)) {
-        let expected_seq = prev.map_or(1, |p| p.seq + 1);
+        // The chain's first record present may follow records removed by retention.
+        let starts_after_expiry = prev.is_none() && r.seq > 1 && expired(r.prev_time_us);
+        let expected_seq = prev.map_or(if starts_after_expiry { r.seq } else { 1 }, |p| p.seq + 1);
         // A record published again after a lost confirmation is stored twice, byte for byte.
         if prev == Some(r) {
             continue;
@@ -61,7 +75,7 @@ fn check_chain(actor: &str, chain: &[&(u64, AuditRecord)], head: Option<&ChainHe
         }
         let problem = if r.hash != r.compute_hash() {
             Some("content does not match its hash (altered)")
-        } else if r.prev_hash != prev.map_or(GENESIS, |p| p.hash.as_str()) {
+        } else if !starts_after_expiry && r.prev_hash != prev.map_or(GENESIS, |p| p.hash.as_str()) {
             Some("does not link to its predecessor's hash")
         } else if head.is_some_and(|h| h.seq == r.seq && h.hash != r.hash) {
             Some("differs from the anchored chain head (chain rewritten)")
@@ -75,6 +89,8 @@ fn check_chain(actor: &str, chain: &[&(u64, AuditRecord)], head: Option<&ChainHe
     }
     let last = prev.map_or(0, |p| p.seq);
     match head {
+        // Every record of an idle actor can have expired, its head's included.
+        Some(h) if prev.is_none() && expired(h.record_time_us) => None,
         Some(h) if h.seq > last => {
             let problem = if h.seq == last + 1 {
                 format!("record {} is missing at the end (it is the anchored head)", h.seq)
@@ -126,7 +142,7 @@ mod tests {
 
     #[test]
     fn intact_chain_verifies() {
-        assert!(verify(&chain(5), &[]).is_empty());
+        assert!(verify(&chain(5), &[], 0).is_empty());
     }
 
     #[test]
@@ -134,7 +150,7 @@ mod tests {
         let mut c = chain(5);
         let again = (200, c[2].1.clone());
         c.push(again);
-        assert!(verify(&c, &[]).is_empty(), "{:?}", verify(&c, &[]));
+        assert!(verify(&c, &[], 0).is_empty(), "{:?}", verify(&c, &[], 0));
         drop_repeats(&mut c);
         assert_eq!(c.len(), 5);
     }
@@ -146,7 +162,7 @@ mod tests {
         forged.outcome = "error".into();
         forged.hash = forged.compute_hash();
         c.push((200, forged));
-        let b = verify(&c, &[]);
+        let b = verify(&c, &[], 0);
         assert_eq!(b.len(), 1, "{b:?}");
         assert_eq!((b[0].seq, b[0].stream_seq), (3, Some(200)));
         assert!(b[0].problem.contains("second, different"), "{}", b[0].problem);
@@ -158,7 +174,7 @@ mod tests {
     fn altered_record_is_named() {
         let mut c = chain(5);
         c[2].1.outcome = "ok-but-forged".into();
-        let b = verify(&c, &[]);
+        let b = verify(&c, &[], 0);
         assert_eq!(b.len(), 1);
         assert_eq!((b[0].seq, b[0].stream_seq), (3, Some(103)));
         assert!(b[0].problem.contains("altered"));
@@ -168,7 +184,7 @@ mod tests {
     fn deleted_record_is_named() {
         let mut c = chain(5);
         c.remove(1);
-        let b = verify(&c, &[]);
+        let b = verify(&c, &[], 0);
         assert_eq!((b[0].seq, b[0].stream_seq), (2, None));
         assert!(b[0].problem.contains("missing"));
     }
@@ -178,20 +194,20 @@ mod tests {
         let mut c = chain(5);
         c[1].1.outcome = "forged".into();
         c[1].1.hash = c[1].1.compute_hash();
-        let b = verify(&c, &[]);
+        let b = verify(&c, &[], 0);
         assert_eq!(b[0].seq, 3, "the successor no longer links to the forged record");
     }
 
     fn head_of(c: &[(u64, AuditRecord)], seq: u64) -> ChainHead {
         let r = &c[(seq - 1) as usize].1;
-        ChainHead { actor: r.actor.clone(), seq, hash: r.hash.clone(), time_us: 0 }
+        ChainHead { actor: r.actor.clone(), seq, hash: r.hash.clone(), record_time_us: r.time_us, time_us: 0 }
     }
 
     #[test]
     fn a_chain_at_or_beyond_its_anchored_head_verifies() {
         let c = chain(5);
-        assert!(verify(&c, &[head_of(&c, 5)]).is_empty());
-        assert!(verify(&c, &[head_of(&c, 3)]).is_empty(), "records after the last anchoring are fine");
+        assert!(verify(&c, &[head_of(&c, 5)], 0).is_empty());
+        assert!(verify(&c, &[head_of(&c, 3)], 0).is_empty(), "records after the last anchoring are fine");
     }
 
     #[test]
@@ -199,12 +215,12 @@ mod tests {
         let mut c = chain(5);
         let head = head_of(&c, 5);
         c.truncate(3);
-        assert!(verify(&c, &[]).is_empty(), "the chain alone cannot tell");
-        let b = verify(&c, std::slice::from_ref(&head));
+        assert!(verify(&c, &[], 0).is_empty(), "the chain alone cannot tell");
+        let b = verify(&c, std::slice::from_ref(&head), 0);
         assert_eq!(b.len(), 1, "{b:?}");
         assert_eq!((b[0].seq, b[0].stream_seq), (4, None));
         assert!(b[0].problem.contains("records 4..5 are missing at the end"), "{}", b[0].problem);
-        let b = verify(&[], &[head]);
+        let b = verify(&[], &[head], 0);
         assert_eq!((b[0].actor.as_str(), b[0].seq), ("a", 1), "a chain deleted whole: {b:?}");
     }
 
@@ -220,9 +236,42 @@ mod tests {
             r.hash = r.compute_hash();
             prev = r.hash.clone();
         }
-        assert!(verify(&c, &[]).is_empty(), "the chain alone cannot tell");
-        let b = verify(&c, &[head]);
+        assert!(verify(&c, &[], 0).is_empty(), "the chain alone cannot tell");
+        let b = verify(&c, &[head], 0);
         assert_eq!((b[0].seq, b[0].stream_seq), (4, Some(104)), "{b:?}");
         assert!(b[0].problem.contains("anchored chain head"), "{}", b[0].problem);
+    }
+
+    /// A chain whose record `seq` was written at `seq * 1000` µs.
+    fn timed_chain(n: u64) -> Vec<(u64, AuditRecord)> {
+        let mut c = chain(n);
+        let mut prev = (GENESIS.to_string(), 0);
+        for (_, r) in c.iter_mut() {
+            r.time_us = r.seq as i64 * 1000;
+            r.prev_hash = prev.0.clone();
+            r.prev_time_us = prev.1;
+            r.hash = r.compute_hash();
+            prev = (r.hash.clone(), r.time_us);
+        }
+        c
+    }
+
+    #[test]
+    fn a_chain_whose_beginning_expired_verifies_and_an_early_deletion_does_not() {
+        let mut c = timed_chain(5);
+        c.drain(..2);
+        assert!(verify(&c, &[], 2500).is_empty(), "records 1 and 2 are older than the horizon");
+        let b = verify(&c, &[], 1500);
+        assert_eq!((b[0].seq, b[0].stream_seq), (1, None), "record 2 cannot have expired yet: {b:?}");
+        assert!(verify(&c, &[], 0)[0].problem.contains("record 1 is missing"));
+    }
+
+    #[test]
+    fn a_head_whose_records_all_expired_is_not_a_deletion() {
+        let c = timed_chain(5);
+        let head = head_of(&c, 5);
+        let head = ChainHead { record_time_us: 5000, ..head };
+        assert!(verify(&[], std::slice::from_ref(&head), 6000).is_empty());
+        assert_eq!(verify(&[], std::slice::from_ref(&head), 4000)[0].seq, 1, "not yet expired: deleted");
     }
 }

@@ -14,6 +14,7 @@ pub(super) async fn write_loop(
     mut rx: mpsc::Receiver<AuditRecord>,
 ) {
     let mut prev = GENESIS.to_string();
+    let mut prev_time = 0i64;
     let mut seq = 0u64;
     // Confirmations are awaited concurrently, apart from publishing: after an outage many time
     // out at once rather than one after another, so the queue (and the hot path) never stalls
@@ -24,12 +25,15 @@ pub(super) async fn write_loop(
         seq += 1;
         r.seq = seq;
         r.prev_hash = std::mem::take(&mut prev);
+        r.prev_time_us = prev_time;
         let Ok(body) = r.seal() else { continue };
         prev = r.hash.clone();
+        prev_time = r.time_us;
         let pending = Pending {
             subject: crate::subjects::audit(&r.event_id),
             seq,
             hash: r.hash.clone(),
+            time_us: r.time_us,
             body: body.into(),
             confirmation: None,
         };
@@ -48,8 +52,9 @@ struct Pending {
     subject: String,
     /// Position in the actor's chain.
     seq: u64,
-    /// The record's hash (for the anchored head).
+    /// The record's hash and time (for the anchored head).
     hash: String,
+    time_us: i64,
     body: bytes::Bytes,
     confirmation: Option<jetstream::context::PublishAckFuture>,
 }
@@ -72,7 +77,7 @@ async fn confirm_loop(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, m
                 None => false,
             };
             if confirmed {
-                return (p.seq, p.hash);
+                return (p.seq, p.hash, p.time_us);
             }
             tracing::warn!(seq = p.seq, "audit record not confirmed; publishing it again");
             tokio::time::sleep(delay).await;
@@ -88,12 +93,12 @@ async fn confirm_loop(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, m
                 Some(p) => waiting.push(settle(js.clone(), p)),
                 None => break,
             },
-            Some((seq, hash)) = waiting.next(), if !waiting.is_empty() => anchor.stored(seq, hash),
+            Some(done) = waiting.next(), if !waiting.is_empty() => anchor.stored(done),
             _ = tick.tick() => anchor.put().await,
         }
     }
-    while let Some((seq, hash)) = waiting.next().await {
-        anchor.stored(seq, hash);
+    while let Some(done) = waiting.next().await {
+        anchor.stored(done);
     }
     anchor.put().await;
 }
@@ -106,11 +111,12 @@ struct Anchor {
     key: String,
     actor: String,
     every: std::time::Duration,
-    /// Last record of the contiguous stored prefix (0: none yet).
+    /// Last record of the contiguous stored prefix (0: none yet), its hash and time.
     seq: u64,
     hash: String,
+    time_us: i64,
     /// Stored records beyond the prefix, waiting for the gap before them to fill.
-    ahead: std::collections::BTreeMap<u64, String>,
+    ahead: std::collections::BTreeMap<u64, (String, i64)>,
     /// The sequence last anchored.
     anchored: u64,
 }
@@ -120,15 +126,16 @@ impl Anchor {
         let key = head_key(&actor);
         let hash = GENESIS.to_string();
         let every = every.max(std::time::Duration::from_millis(10));
-        Self { heads, key, actor, every, seq: 0, hash, ahead: Default::default(), anchored: 0 }
+        Self { heads, key, actor, every, seq: 0, hash, time_us: 0, ahead: Default::default(), anchored: 0 }
     }
 
-    /// Notes that record `seq` is stored.
-    fn stored(&mut self, seq: u64, hash: String) {
-        self.ahead.insert(seq, hash);
-        while let Some(hash) = self.ahead.remove(&(self.seq + 1)) {
+    /// Notes that record `seq` (with its hash and time) is stored.
+    fn stored(&mut self, (seq, hash, time_us): (u64, String, i64)) {
+        self.ahead.insert(seq, (hash, time_us));
+        while let Some((hash, time_us)) = self.ahead.remove(&(self.seq + 1)) {
             self.seq += 1;
             self.hash = hash;
+            self.time_us = time_us;
         }
     }
 
@@ -141,6 +148,7 @@ impl Anchor {
             actor: self.actor.clone(),
             seq: self.seq,
             hash: self.hash.clone(),
+            record_time_us: self.time_us,
             time_us: now_us(),
         };
         let Ok(bytes) = serde_json::to_vec(&head) else { return };

@@ -47,9 +47,20 @@ pub async fn verify(conn: &Conn, json_mode: bool) -> Result<(), CtlError> {
     // Heads first: a head read after the records could name records stored in between.
     let heads = read_heads(&bucket).await.map_err(CtlError::Nats)?;
     let records = read_all(&js).await?;
+    // Records older than the stream's retention may be gone by expiry, not by tampering.
+    let mut stream =
+        js.get_stream(STREAM_AUDIT).await.map_err(|e| CtlError::Nats(format!("{STREAM_AUDIT}: {e}")))?;
+    let max_age =
+        stream.info().await.map_err(|e| CtlError::Nats(format!("{STREAM_AUDIT}: {e}")))?.config.max_age;
+    let horizon = if max_age.is_zero() {
+        0
+    } else {
+        kakehashi_proto::audit::now_us()
+            .saturating_sub(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX))
+    };
     let actors: std::collections::BTreeSet<&str> =
         records.iter().map(|(_, r)| r.actor.as_str()).chain(heads.iter().map(|h| h.actor.as_str())).collect();
-    let broken = verify_chains(&records, &heads);
+    let broken = verify_chains(&records, &heads, horizon);
     let items: Vec<serde_json::Value> = broken
         .iter()
         .map(|b| json!({"actor": b.actor, "chain_seq": b.seq, "stream_seq": b.stream_seq, "problem": b.problem}))
