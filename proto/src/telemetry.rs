@@ -5,6 +5,8 @@
 //! - Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set,
 //!   `tracing` spans are exported over OTLP/gRPC through `tracing-opentelemetry`; the standard
 //!   `OTEL_*` variables (service name, resource attributes, timeouts) are honoured by the SDK.
+//!   Which spans are exported is `KAKEHASHI_TRACE_FILTER` (default `info`: every hop span),
+//!   apart from the log filter, so quiet logs do not switch tracing off.
 //! - Context: W3C `traceparent`/`tracestate` are read from and written to NATS headers, gRPC
 //!   metadata and `Event.extensions` with the helpers below, so one event is one trace.
 
@@ -104,9 +106,13 @@ pub fn init(service: &'static str, default_filter: &str) -> Result<TelemetryGuar
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(p.tracer(service))
     });
+    // Not the log filter: `RUST_LOG=warn` must not stop the hop spans (all `info`) from being
+    // exported, and the exporter's own gRPC spans (debug/trace) must never be.
+    let trace_filter =
+        EnvFilter::try_from_env("KAKEHASHI_TRACE_FILTER").unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
         .with(fmt.with_filter(filter()))
-        .with(otel.with_filter(filter()))
+        .with(otel.with_filter(trace_filter))
         .try_init();
     Ok(TelemetryGuard { provider })
 }

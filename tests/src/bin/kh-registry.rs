@@ -3,7 +3,8 @@
 //! Configuration comes the way the real binary reads it (`KAKEHASHI_CONFIG` TOML file, then
 //! `KAKEHASHI_*` variables), except the listen address: it binds `127.0.0.1:0` itself and prints
 //! `LISTENING <addr>` on stdout, so the test harness learns the port without probing for a free
-//! one. Logs go to stderr (`RUST_LOG`, default `warn`).
+//! one. Logs and traces are set up as in the real binary (`RUST_LOG`, default `warn`; OTLP export
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
 
 use kakehashi_registry::config::RegistryConfig;
 use std::io::Write as _;
@@ -12,12 +13,13 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    let _telemetry = match kakehashi_proto::telemetry::init("kakehashi-registry", "warn") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kh-registry: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let file = std::env::var_os("KAKEHASHI_CONFIG").map(PathBuf::from);
     let config = match RegistryConfig::load(file.as_deref()) {
         Ok(c) => c,
