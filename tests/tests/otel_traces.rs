@@ -14,6 +14,7 @@ const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN: &str = "b7ad6b7169203331";
 const REJECTED_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const REJECTED_SPAN: &str = "00f067aa0ba902b7";
+const CLIENT_STATE: &str = "congo=t61rcWkgMzE";
 const TYPE: &str = "otel.check.done";
 const FLOW: Flow =
     Flow { event_type: TYPE, policy: TYPE, producers: &["city-x"], reader: "mhlw", subscription: "otel" };
@@ -47,6 +48,7 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
         request
             .metadata_mut()
             .insert("traceparent", format!("00-{trace}-{span}-01").parse().expect("header"));
+        request.metadata_mut().insert("tracestate", CLIENT_STATE.parse().expect("header"));
         request
     };
     let ack = publisher.publish(publish(br#"{"n":1}"#, CLIENT_TRACE, CLIENT_SPAN)).await.expect("publish");
@@ -59,12 +61,16 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
         let d = deliveries.expect_and_ack(&format!("event {expected}"), Duration::from_secs(20)).await;
         let event = d.event.expect("event");
         assert_eq!(event.id, expected);
-        event.extensions.get("traceparent").expect("delivered event carries trace context").clone()
+        (
+            event.extensions.get("traceparent").expect("delivered event carries trace context").clone(),
+            event.extensions.get("tracestate").cloned(),
+        )
     };
-    let tp = receive_and_ack(&ack.event_id).await;
+    let (tp, state) = receive_and_ack(&ack.event_id).await;
+    assert_eq!(state.as_deref(), Some(CLIENT_STATE), "the client's tracestate travels to the subscriber");
     // Without a client context the bus starts the trace at its publish span.
     let own = publisher.publish(publish_untraced(br#"{"n":2}"#)).await.expect("publish").into_inner();
-    let own_tp = receive_and_ack(&own.event_id).await;
+    let (own_tp, _) = receive_and_ack(&own.event_id).await;
     let own_trace = own_tp.split('-').nth(1).expect("traceparent has a trace id").to_string();
 
     let spans = wait::until("every hop's span at the receiver", Duration::from_secs(20), || {
