@@ -295,7 +295,7 @@ fn outcome(
                 rejected.event.as_ref().and_then(|e| e.extensions.get(HEADER_TRACEPARENT)),
             );
             span.record("trace_id", trace_id.as_str());
-            tracing::info!(reason = rejected.reason.code(), message = %rejected.message, "dead-lettered");
+            tracing::info!(reason = rejected.reason.code(), detail = %rejected.message, "dead-lettered");
             let out = dead_letter::build(dead_letter::Details {
                 reason: rejected.reason,
                 message: rejected.message,
