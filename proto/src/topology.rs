@@ -24,6 +24,9 @@ pub struct TopologyConfig {
     /// How often each process anchors its audit chain head in `KH_CONFIG`, in milliseconds:
     /// records newer than the last anchoring can be deleted undetected.
     pub audit_anchor_ms: u64,
+    /// Audit records a process holds waiting to be written; when full, hops wait (no record
+    /// is dropped).
+    pub audit_queue: usize,
     /// Dedup window of `Nats-Msg-Id`; must exceed the longest ack wait and publish retry span.
     pub dedup_window_secs: u64,
     /// Largest message any stream accepts, in bytes (envelope included).
@@ -38,6 +41,7 @@ impl Default for TopologyConfig {
             dlq_max_age_secs: 30 * 24 * 3600,
             audit_max_age_secs: 30 * 24 * 3600,
             audit_anchor_ms: 1000,
+            audit_queue: 4096,
             dedup_window_secs: 2 * 3600,
             max_message_bytes: 1024 * 1024,
         }

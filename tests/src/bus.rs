@@ -503,3 +503,23 @@ pub async fn diagnose(js: &jetstream::Context) -> String {
     }
     out.join("\n")
 }
+
+/// A `Publish` request of `data` as `event_type` from `source`, sent with the caller's own W3C
+/// trace context (`traceparent` = `00-<trace>-<span>-01`) in gRPC metadata.
+pub fn traced_publish(
+    source: &str,
+    event_type: &str,
+    data: &[u8],
+    trace: &str,
+    span: &str,
+) -> tonic::Request<Event> {
+    let mut request = tonic::Request::new(Event {
+        source: source.into(),
+        r#type: event_type.into(),
+        data: data.to_vec(),
+        ..Default::default()
+    });
+    let traceparent = format!("00-{trace}-{span}-01");
+    request.metadata_mut().insert("traceparent", traceparent.parse().expect("a valid traceparent"));
+    request
+}

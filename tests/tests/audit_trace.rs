@@ -2,7 +2,7 @@
 //! hash chains detecting a tampered record and deleted newest records (against the anchored
 //! chain heads), and a dead letter replayed after a schema fix.
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use kakehashi_adapter::config::AdapterConfig;
 use kakehashi_ctl::cli::Conn;
 use kakehashi_proto::audit::AuditRecord;
@@ -148,27 +148,56 @@ async fn dead_lettered_event_trace_names_the_reason_and_replay_after_fix_deliver
     assert_eq!(validated.schema_version, 2);
 }
 
+/// Publishes, receives and acks one event per dose.
+async fn deliver_doses(bus: &mut Bus, subscriber: &mut Subscriber, doses: std::ops::RangeInclusive<i64>) {
+    for dose in doses {
+        publish(bus, dose).await;
+        receive_and_ack(subscriber).await;
+    }
+}
+
+/// JetStream and the `KH_CONFIG` bucket (anchored chain heads) of the bus, for reading the trail.
+async fn audit_store(bus: &Bus) -> (jetstream::Context, kv::Store) {
+    let js = jetstream::new(async_nats::connect(bus.nats.url()).await.expect("nats"));
+    let bucket = js.get_key_value(kakehashi_proto::subjects::BUCKET_CONFIG).await.expect("bucket");
+    (js, bucket)
+}
+
+/// Every audit record, once `acked` records are stored and every chain's head is anchored up
+/// to its newest record (anchoring runs every second).
+async fn anchored_records(
+    js: &jetstream::Context,
+    bucket: &kv::Store,
+    acked: usize,
+) -> Vec<(u64, AuditRecord)> {
+    wait::until("the records stored and their chain heads anchored", Duration::from_secs(20), || {
+        let (js, bucket) = (js.clone(), bucket.clone());
+        async move {
+            let heads = kakehashi_proto::audit::read_heads(&bucket).await.ok()?;
+            let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
+            let all_acked = r.iter().filter(|(_, r)| r.hop == "acked").count() == acked;
+            let covered =
+                r.iter().all(|(_, rec)| heads.iter().any(|h| h.actor == rec.actor && h.seq >= rec.seq));
+            (all_acked && covered).then_some(r)
+        }
+    })
+    .await
+}
+
+/// What `kakehashi` needs to reach this bus.
+fn conn(bus: &Bus) -> Conn {
+    Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None }
+}
+
 #[tokio::test]
 async fn audit_verify_names_a_tampered_record() {
     let mut bus = bus().await;
     let mut subscriber = subscribe(&bus).await;
-    for dose in 1..=3 {
-        publish(&mut bus, dose).await;
-        receive_and_ack(&mut subscriber).await;
-    }
-    let client = async_nats::connect(bus.nats.url()).await.expect("nats");
-    let js = jetstream::new(client);
-    let records = wait::until("audit records of three acked events", Duration::from_secs(20), || {
-        let js = js.clone();
-        async move {
-            let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
-            (r.iter().filter(|(_, r)| r.hop == "acked").count() == 3).then_some(r)
-        }
-    })
-    .await;
+    deliver_doses(&mut bus, &mut subscriber, 1..=3).await;
+    let (js, bucket) = audit_store(&bus).await;
+    let records = anchored_records(&js, &bucket, 3).await;
     assert!(kakehashi_proto::audit::verify(&records, &[], 0).is_empty(), "intact before tampering");
-    let conn =
-        Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
+    let conn = conn(&bus);
     kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
 
     // Rewrite history: remove a "delivered" record and put back a forged copy.
@@ -199,29 +228,10 @@ async fn audit_verify_names_a_tampered_record() {
 async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
     let mut bus = bus().await;
     let mut subscriber = subscribe(&bus).await;
-    for dose in 1..=2 {
-        publish(&mut bus, dose).await;
-        receive_and_ack(&mut subscriber).await;
-    }
-    let client = async_nats::connect(bus.nats.url()).await.expect("nats");
-    let js = jetstream::new(client);
-    let bucket = js.get_key_value(kakehashi_proto::subjects::BUCKET_CONFIG).await.expect("bucket");
-    // Every actor's head anchored up to its newest record (anchoring runs every second).
-    let records =
-        wait::until("chain heads anchored up to the newest records", Duration::from_secs(20), || {
-            let (js, bucket) = (js.clone(), bucket.clone());
-            async move {
-                let heads = kakehashi_proto::audit::read_heads(&bucket).await.ok()?;
-                let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
-                let acked = r.iter().filter(|(_, r)| r.hop == "acked").count() == 2;
-                let covered =
-                    r.iter().all(|(_, rec)| heads.iter().any(|h| h.actor == rec.actor && h.seq >= rec.seq));
-                (acked && covered).then_some(r)
-            }
-        })
-        .await;
-    let conn =
-        Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
+    deliver_doses(&mut bus, &mut subscriber, 1..=2).await;
+    let (js, bucket) = audit_store(&bus).await;
+    let records = anchored_records(&js, &bucket, 2).await;
+    let conn = conn(&bus);
     kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
 
     // Delete the newest record of the registry's chain: the chain alone still links up.
@@ -250,12 +260,8 @@ async fn audit_verify_tells_records_expired_by_retention_from_deleted_ones() {
     let topology = TopologyConfig { audit_max_age_secs: 2, ..Default::default() };
     let mut bus = bus_with(topology).await;
     let mut subscriber = subscribe(&bus).await;
-    for dose in 1..=2 {
-        publish(&mut bus, dose).await;
-        receive_and_ack(&mut subscriber).await;
-    }
-    let client = async_nats::connect(bus.nats.url()).await.expect("nats");
-    let js = jetstream::new(client);
+    deliver_doses(&mut bus, &mut subscriber, 1..=2).await;
+    let (js, bucket) = audit_store(&bus).await;
     wait::until("the first records to expire", Duration::from_secs(30), || {
         let js = js.clone();
         async move {
@@ -265,27 +271,12 @@ async fn audit_verify_tells_records_expired_by_retention_from_deleted_ones() {
     })
     .await;
     // The chains go on after the gap that expiry left.
-    publish(&mut bus, 3).await;
-    receive_and_ack(&mut subscriber).await;
-    let bucket = js.get_key_value(kakehashi_proto::subjects::BUCKET_CONFIG).await.expect("bucket");
-    let records = wait::until("the new records stored and anchored", Duration::from_secs(20), || {
-        let (js, bucket) = (js.clone(), bucket.clone());
-        async move {
-            let heads = kakehashi_proto::audit::read_heads(&bucket).await.ok()?;
-            let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
-            let acked = r.iter().any(|(_, r)| r.hop == "acked");
-            let covered =
-                r.iter().all(|(_, rec)| heads.iter().any(|h| h.actor == rec.actor && h.seq >= rec.seq));
-            (acked && covered).then_some(r)
-        }
-    })
-    .await;
+    deliver_doses(&mut bus, &mut subscriber, 3..=3).await;
+    let records = anchored_records(&js, &bucket, 1).await;
     assert!(records.iter().all(|(_, r)| r.seq > 1), "every chain's beginning expired: {records:?}");
     assert!(
         !kakehashi_proto::audit::verify(&records, &[], 0).is_empty(),
         "without the retention horizon the expired beginning looks deleted"
     );
-    let conn =
-        Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
-    kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("expiry is not tampering");
+    kakehashi_ctl::commands::audit::verify(&conn(&bus), true).await.expect("expiry is not tampering");
 }

@@ -2,8 +2,8 @@
 //! lines, and a line logged inside a hop span carries that span's `event_id` and `trace_id` —
 //! here the dead-lettering of an event whose publisher sent its own W3C trace context.
 
-use kakehashi_proto::v1::{publisher_client, Event};
-use kakehashi_tests::bus::Flow;
+use kakehashi_proto::v1::publisher_client;
+use kakehashi_tests::bus::{self, Flow};
 use kakehashi_tests::process::RegistryProcess;
 use kakehashi_tests::services::adapter_config;
 use kakehashi_tests::{wait, Adapter, NatsServer};
@@ -26,15 +26,7 @@ async fn json_log_lines_of_a_hop_carry_its_event_and_trace_ids() {
 
     let mut publisher =
         publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("adapter");
-    let mut request = tonic::Request::new(Event {
-        source: "city-x".into(),
-        r#type: TYPE.into(),
-        data: b"{}".to_vec(),
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("traceparent", format!("00-{CLIENT_TRACE}-b7ad6b7169203331-01").parse().expect("header"));
+    let request = bus::traced_publish("city-x", TYPE, b"{}", CLIENT_TRACE, "b7ad6b7169203331");
     let ack = publisher.publish(request).await.expect("publish").into_inner();
     assert!(ack.error.is_none(), "the adapter accepts it; the validator rejects it: {ack:?}");
 

@@ -4,7 +4,7 @@
 //! each the child of the hop before. A dead-lettered event's trace ends at its validate span.
 
 use kakehashi_proto::v1::{flows_client, publisher_client, Event, TraceEventRequest};
-use kakehashi_tests::bus::Flow;
+use kakehashi_tests::bus::{self, Flow};
 use kakehashi_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use kakehashi_tests::services::{adapter_config, registry_config};
 use kakehashi_tests::{wait, Adapter, NatsServer, Registry};
@@ -44,10 +44,7 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
         ..Default::default()
     };
     let publish = |data: &'static [u8], trace: &str, span: &str| {
-        let mut request = tonic::Request::new(publish_untraced(data));
-        request
-            .metadata_mut()
-            .insert("traceparent", format!("00-{trace}-{span}-01").parse().expect("header"));
+        let mut request = bus::traced_publish("city-x", TYPE, data, trace, span);
         request.metadata_mut().insert("tracestate", CLIENT_STATE.parse().expect("header"));
         request
     };

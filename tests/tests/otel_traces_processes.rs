@@ -3,8 +3,8 @@
 //! receiver. The registry's spans join the trace the client started through the adapter: the
 //! context crosses NATS headers between the processes and gRPC metadata to the subscriber.
 
-use kakehashi_proto::v1::{publisher_client, Event};
-use kakehashi_tests::bus::Flow;
+use kakehashi_proto::v1::publisher_client;
+use kakehashi_tests::bus::{self, Flow};
 use kakehashi_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use kakehashi_tests::process::RegistryProcess;
 use kakehashi_tests::services::adapter_config;
@@ -34,15 +34,7 @@ async fn the_registry_process_spans_join_the_trace_started_in_the_adapter_proces
 
     let mut publisher =
         publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("adapter");
-    let mut request = tonic::Request::new(Event {
-        source: "city-x".into(),
-        r#type: TYPE.into(),
-        data: b"{}".to_vec(),
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01").parse().expect("header"));
+    let request = bus::traced_publish("city-x", TYPE, b"{}", CLIENT_TRACE, CLIENT_SPAN);
     let ack = publisher.publish(request).await.expect("publish").into_inner();
     assert!(ack.error.is_none(), "accepted: {ack:?}");
     let d = subscriber.expect_and_ack("the event", Duration::from_secs(20)).await;

@@ -13,6 +13,7 @@ mod writer;
 pub use heads::{head_key, read_heads, ChainHead, HEAD_PREFIX};
 pub use verify::{drop_repeats, verify, BrokenLink};
 
+use crate::topology::TopologyConfig;
 use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -124,17 +125,13 @@ pub struct AuditWriter {
 }
 
 impl AuditWriter {
-    /// Starts the audit task for `actor`; `capacity` bounds the records waiting to be written.
-    /// The chain's head (last stored record) is anchored in `heads` (the `KH_CONFIG` bucket)
-    /// every `anchor_every`, so deleting the newest records is detectable too.
-    pub fn start(
-        js: jetstream::Context,
-        heads: kv::Store,
-        actor: String,
-        capacity: usize,
-        anchor_every: std::time::Duration,
-    ) -> Self {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    /// Starts the audit task for `actor`, holding at most `topology.audit_queue` records
+    /// waiting to be written. The chain's head (last stored record) is anchored in `heads` (the
+    /// `KH_CONFIG` bucket) every `topology.audit_anchor_ms`, so deleting the newest records is
+    /// detectable too.
+    pub fn start(js: jetstream::Context, heads: kv::Store, actor: String, topology: &TopologyConfig) -> Self {
+        let (tx, rx) = mpsc::channel(topology.audit_queue.max(1));
+        let anchor_every = std::time::Duration::from_millis(topology.audit_anchor_ms);
         tokio::spawn(writer::write_loop(js, heads, actor.clone(), anchor_every, rx));
         Self { tx, actor }
     }

@@ -84,8 +84,7 @@ pub async fn run(
         js.clone(),
         buckets.config.clone(),
         config.instance.clone(),
-        4096,
-        Duration::from_millis(config.topology.audit_anchor_ms),
+        &config.topology,
     );
     let metrics = kakehashi_proto::metrics::Registry::new();
     let service = publisher::PublisherService::new(

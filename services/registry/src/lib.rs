@@ -114,8 +114,7 @@ pub async fn run_with(
         js.clone(),
         buckets.config.clone(),
         config.instance.clone(),
-        4096,
-        Duration::from_millis(config.topology.audit_anchor_ms),
+        &config.topology,
     );
     let metrics = metrics::RegistryMetrics::new(store.clone());
     metrics.watch_lag(js.clone(), subs.clone(), Duration::from_secs(5));
