@@ -218,7 +218,8 @@ async fn audit_verify_names_a_tampered_record() {
     let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
     let broken = kakehashi_proto::audit::verify(&after, &[], 0);
     assert_eq!(broken.len(), 1, "{broken:?}");
-    assert_eq!((broken[0].actor.as_str(), broken[0].seq), (victim.actor.as_str(), victim.seq));
+    let chain = kakehashi_proto::audit::chain_name(&victim.actor, &victim.chain);
+    assert_eq!((broken[0].actor.as_str(), broken[0].seq), (chain.as_str(), victim.seq));
     assert!(broken[0].problem.contains("altered"), "{}", broken[0].problem);
     let err = kakehashi_ctl::commands::audit::verify(&conn, true).await.expect_err("verify fails");
     assert!(err.to_string().contains("broken"), "{err}");
@@ -248,7 +249,8 @@ async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
     let heads = kakehashi_proto::audit::read_heads(&bucket).await.expect("heads");
     let broken = kakehashi_proto::audit::verify(&after, &heads, 0);
     assert_eq!(broken.len(), 1, "{broken:?}");
-    assert_eq!((broken[0].actor.as_str(), broken[0].seq), (newest.actor.as_str(), newest.seq));
+    let chain = kakehashi_proto::audit::chain_name(&newest.actor, &newest.chain);
+    assert_eq!((broken[0].actor.as_str(), broken[0].seq), (chain.as_str(), newest.seq));
     assert!(broken[0].problem.contains("missing at the end"), "{}", broken[0].problem);
     let err = kakehashi_ctl::commands::audit::verify(&conn, true).await.expect_err("verify fails");
     assert!(err.to_string().contains("broken"), "{err}");
@@ -279,4 +281,34 @@ async fn audit_verify_tells_records_expired_by_retention_from_deleted_ones() {
         "without the retention horizon the expired beginning looks deleted"
     );
     kakehashi_ctl::commands::audit::verify(&conn(&bus), true).await.expect("expiry is not tampering");
+}
+
+#[tokio::test]
+async fn a_registry_restarted_under_the_same_name_starts_a_new_chain_not_a_forgery() {
+    let mut bus = bus().await;
+    let mut subscriber = subscribe(&bus).await;
+    deliver_doses(&mut bus, &mut subscriber, 1..=1).await;
+    let (js, bucket) = audit_store(&bus).await;
+    anchored_records(&js, &bucket, 1).await;
+    // The same instance name again: in this process the default name (host and pid) repeats,
+    // as a configured `instance` or pid 1 in a container would.
+    drop(subscriber);
+    let Bus { nats, registry, _adapter, publisher, .. } = bus;
+    registry.stop().await;
+    let registry = Registry::start(registry_config(&nats.url())).await;
+    let channel = Channel::from_shared(registry.endpoint()).expect("url").connect().await.expect("connect");
+    let mut bus = Bus { nats, registry, _adapter, channel, publisher };
+    let mut subscriber = subscribe(&bus).await;
+    deliver_doses(&mut bus, &mut subscriber, 2..=2).await;
+    let records = anchored_records(&js, &bucket, 2).await;
+    let instance =
+        records.iter().find(|(_, r)| r.hop == "acked").map(|(_, r)| r.actor.clone()).expect("acked");
+    let chains: std::collections::BTreeSet<_> =
+        records.iter().filter(|(_, r)| r.actor == instance).map(|(_, r)| r.chain.clone()).collect();
+    assert_eq!(chains.len(), 2, "two chains of {instance}: {records:?}");
+    assert!(
+        records.iter().filter(|(_, r)| r.actor == instance && r.seq == 1).count() == 2,
+        "both chains begin at record 1"
+    );
+    kakehashi_ctl::commands::audit::verify(&conn(&bus), true).await.expect("a restart is not tampering");
 }

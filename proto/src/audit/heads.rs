@@ -14,6 +14,9 @@ pub const HEAD_PREFIX: &str = "audit_head.";
 pub struct ChainHead {
     /// The actor whose chain this is.
     pub actor: String,
+    /// Which of its chains (see [`super::AuditRecord::chain`]).
+    #[serde(default)]
+    pub chain: String,
     /// Sequence of its last stored record.
     pub seq: u64,
     /// Hash of that record.
@@ -25,9 +28,10 @@ pub struct ChainHead {
     pub time_us: i64,
 }
 
-/// The bucket key of `actor`'s head (hex: actor names hold characters keys may not).
-pub fn head_key(actor: &str) -> String {
-    format!("{HEAD_PREFIX}{}", hex::encode(actor))
+/// The bucket key of a chain's head, by [`super::chain_name`] (hex: names hold characters keys
+/// may not).
+pub fn head_key(chain_name: &str) -> String {
+    format!("{HEAD_PREFIX}{}", hex::encode(chain_name))
 }
 
 /// Every anchored head. Read them *before* the records: a head read later could name records

@@ -28,6 +28,10 @@ pub struct AuditRecord {
     pub hop: String,
     /// The process that did it.
     pub actor: String,
+    /// Which of the actor's chains (the writer's start, Unix µs): a process restarted under the
+    /// same name starts a new chain instead of appearing to forge the old one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chain: String,
     /// Position in the actor's chain, from 1.
     pub seq: u64,
     /// Unix time in microseconds.
@@ -110,6 +114,15 @@ impl AuditRecord {
     }
 }
 
+/// How a chain is named to people and keyed: the actor, and which of its chains.
+pub fn chain_name(actor: &str, chain: &str) -> String {
+    if chain.is_empty() {
+        actor.to_string()
+    } else {
+        format!("{actor} [{chain}]")
+    }
+}
+
 fn is_zero(t: &i64) -> bool {
     *t == 0
 }
@@ -122,6 +135,7 @@ pub const GENESIS: &str = "genesis";
 pub struct AuditWriter {
     tx: mpsc::Sender<AuditRecord>,
     actor: String,
+    chain: String,
 }
 
 impl AuditWriter {
@@ -132,8 +146,10 @@ impl AuditWriter {
     pub fn start(js: jetstream::Context, heads: kv::Store, actor: String, topology: &TopologyConfig) -> Self {
         let (tx, rx) = mpsc::channel(topology.audit_queue.max(1));
         let anchor_every = std::time::Duration::from_millis(topology.audit_anchor_ms);
-        tokio::spawn(writer::write_loop(js, heads, actor.clone(), anchor_every, rx));
-        Self { tx, actor }
+        let chain = now_us().to_string();
+        let anchor = writer::Anchor::new(heads, actor.clone(), chain.clone(), anchor_every);
+        tokio::spawn(writer::write_loop(js, anchor, rx));
+        Self { tx, actor, chain }
     }
 
     /// The actor this writer records as.
@@ -145,6 +161,7 @@ impl AuditWriter {
     /// record waits: an audit trail with holes would defeat its purpose.
     pub async fn record(&self, mut r: AuditRecord) {
         r.actor = self.actor.clone();
+        r.chain = self.chain.clone();
         if r.time_us == 0 {
             r.time_us = now_us();
         }

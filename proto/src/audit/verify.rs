@@ -1,12 +1,13 @@
 //! Checking the actors' hash chains, and reading records back without repeats.
 
-use super::{AuditRecord, ChainHead, GENESIS};
+use super::{chain_name, AuditRecord, ChainHead, GENESIS};
 use std::collections::BTreeMap;
 
 /// A broken link found by [`verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokenLink {
-    /// Actor whose chain is broken.
+    /// The broken chain: its actor, and which of the actor's chains when it has a start
+    /// ([`chain_name`]).
     pub actor: String,
     /// Sequence number of the first record that does not check out.
     pub seq: u64,
@@ -26,18 +27,19 @@ pub fn verify(
     heads: &[ChainHead],
     expiry_horizon_us: i64,
 ) -> Vec<BrokenLink> {
-    let mut by_actor: BTreeMap<&str, Vec<&(u64, AuditRecord)>> = BTreeMap::new();
+    let mut chains: BTreeMap<String, Vec<&(u64, AuditRecord)>> = BTreeMap::new();
     for r in records {
-        by_actor.entry(r.1.actor.as_str()).or_default().push(r);
+        chains.entry(chain_name(&r.1.actor, &r.1.chain)).or_default().push(r);
     }
-    for h in heads {
-        by_actor.entry(h.actor.as_str()).or_default();
+    let heads: BTreeMap<String, &ChainHead> =
+        heads.iter().map(|h| (chain_name(&h.actor, &h.chain), h)).collect();
+    for name in heads.keys() {
+        chains.entry(name.clone()).or_default();
     }
     let mut broken = Vec::new();
-    for (actor, mut chain) in by_actor {
+    for (name, mut chain) in chains {
         chain.sort_by_key(|(_, r)| r.seq);
-        let head = heads.iter().find(|h| h.actor == actor);
-        if let Some(b) = check_chain(actor, &chain, head, expiry_horizon_us) {
+        if let Some(b) = check_chain(&name, &chain, heads.get(&name).copied(), expiry_horizon_us) {
             broken.push(b);
         }
     }
@@ -200,7 +202,14 @@ mod tests {
 
     fn head_of(c: &[(u64, AuditRecord)], seq: u64) -> ChainHead {
         let r = &c[(seq - 1) as usize].1;
-        ChainHead { actor: r.actor.clone(), seq, hash: r.hash.clone(), record_time_us: r.time_us, time_us: 0 }
+        ChainHead {
+            actor: r.actor.clone(),
+            chain: r.chain.clone(),
+            seq,
+            hash: r.hash.clone(),
+            record_time_us: r.time_us,
+            time_us: 0,
+        }
     }
 
     #[test]
@@ -273,5 +282,29 @@ mod tests {
         let head = ChainHead { record_time_us: 5000, ..head };
         assert!(verify(&[], std::slice::from_ref(&head), 6000).is_empty());
         assert_eq!(verify(&[], std::slice::from_ref(&head), 4000)[0].seq, 1, "not yet expired: deleted");
+    }
+
+    #[test]
+    fn one_actor_with_two_chains_verifies_each_and_names_the_broken_one() {
+        let with_chain = |name: &str| -> Vec<(u64, AuditRecord)> {
+            let mut prev = GENESIS.to_string();
+            chain(3)
+                .into_iter()
+                .map(|(q, mut r)| {
+                    r.chain = name.into();
+                    r.prev_hash = prev.clone();
+                    r.hash = r.compute_hash();
+                    prev = r.hash.clone();
+                    (q + if name == "2" { 1000 } else { 0 }, r)
+                })
+                .collect()
+        };
+        let mut c = with_chain("1");
+        c.extend(with_chain("2"));
+        assert!(verify(&c, &[], 0).is_empty(), "same actor, sequences 1..3 twice: {:?}", verify(&c, &[], 0));
+        c.retain(|(_, r)| !(r.chain == "2" && r.seq == 2));
+        let b = verify(&c, &[], 0);
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!((b[0].actor.as_str(), b[0].seq), ("a [2]", 2));
     }
 }

@@ -1,18 +1,12 @@
 //! The audit task: chains records, publishes them pipelined, republishes what is not
 //! confirmed, and anchors the chain's head.
 
-use super::{head_key, now_us, AuditRecord, ChainHead, GENESIS};
+use super::{chain_name, head_key, now_us, AuditRecord, ChainHead, GENESIS};
 use async_nats::jetstream::{self, kv};
 use tokio::sync::mpsc;
 
 /// Chains and publishes the records arriving on `rx`, for as long as writers exist.
-pub(super) async fn write_loop(
-    js: jetstream::Context,
-    heads: kv::Store,
-    actor: String,
-    anchor_every: std::time::Duration,
-    mut rx: mpsc::Receiver<AuditRecord>,
-) {
+pub(super) async fn write_loop(js: jetstream::Context, anchor: Anchor, mut rx: mpsc::Receiver<AuditRecord>) {
     let mut prev = GENESIS.to_string();
     let mut prev_time = 0i64;
     let mut seq = 0u64;
@@ -20,7 +14,7 @@ pub(super) async fn write_loop(
     // out at once rather than one after another, so the queue (and the hot path) never stalls
     // on them. An unconfirmed record is published again (a stored repeat is harmless).
     let (confirm_tx, confirm_rx) = mpsc::channel::<Pending>(MAX_UNCONFIRMED);
-    tokio::spawn(confirm_loop(js.clone(), confirm_rx, Anchor::new(heads, actor, anchor_every)));
+    tokio::spawn(confirm_loop(js.clone(), confirm_rx, anchor));
     while let Some(mut r) = rx.recv().await {
         seq += 1;
         r.seq = seq;
@@ -106,10 +100,11 @@ async fn confirm_loop(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, m
 /// The chain's head as far as it is stored without gaps, and its anchoring in `KH_CONFIG`.
 /// Records are confirmed out of order; only the contiguous stored prefix may be anchored, or a
 /// crash could leave a head naming a record that never arrived.
-struct Anchor {
+pub(super) struct Anchor {
     heads: kv::Store,
     key: String,
     actor: String,
+    chain: String,
     every: std::time::Duration,
     /// Last record of the contiguous stored prefix (0: none yet), its hash and time.
     seq: u64,
@@ -122,11 +117,12 @@ struct Anchor {
 }
 
 impl Anchor {
-    fn new(heads: kv::Store, actor: String, every: std::time::Duration) -> Self {
-        let key = head_key(&actor);
-        let hash = GENESIS.to_string();
-        let every = every.max(std::time::Duration::from_millis(10));
-        Self { heads, key, actor, every, seq: 0, hash, time_us: 0, ahead: Default::default(), anchored: 0 }
+    /// Anchoring of `actor`'s chain `chain` in `heads`, every `every`.
+    pub(super) fn new(heads: kv::Store, actor: String, chain: String, every: std::time::Duration) -> Self {
+        let key = head_key(&chain_name(&actor, &chain));
+        let (hash, every) = (GENESIS.to_string(), every.max(std::time::Duration::from_millis(10)));
+        let ahead = Default::default();
+        Self { heads, key, actor, chain, every, seq: 0, hash, time_us: 0, ahead, anchored: 0 }
     }
 
     /// Notes that record `seq` (with its hash and time) is stored.
@@ -146,6 +142,7 @@ impl Anchor {
         }
         let head = ChainHead {
             actor: self.actor.clone(),
+            chain: self.chain.clone(),
             seq: self.seq,
             hash: self.hash.clone(),
             record_time_us: self.time_us,

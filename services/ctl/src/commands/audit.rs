@@ -5,7 +5,7 @@ use crate::cli::Conn;
 use crate::error::CtlError;
 use crate::output::emit;
 use async_nats::jetstream::{self, consumer};
-use kakehashi_proto::audit::{read_heads, verify as verify_chains, AuditRecord};
+use kakehashi_proto::audit::{chain_name, read_heads, verify as verify_chains, AuditRecord};
 use kakehashi_proto::subjects::{AUDIT_ALL, BUCKET_CONFIG, STREAM_AUDIT};
 use serde_json::json;
 use std::time::Duration;
@@ -58,18 +58,21 @@ pub async fn verify(conn: &Conn, json_mode: bool) -> Result<(), CtlError> {
         kakehashi_proto::audit::now_us()
             .saturating_sub(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX))
     };
-    let actors: std::collections::BTreeSet<&str> =
-        records.iter().map(|(_, r)| r.actor.as_str()).chain(heads.iter().map(|h| h.actor.as_str())).collect();
+    let chains: std::collections::BTreeSet<String> = records
+        .iter()
+        .map(|(_, r)| chain_name(&r.actor, &r.chain))
+        .chain(heads.iter().map(|h| chain_name(&h.actor, &h.chain)))
+        .collect();
     let broken = verify_chains(&records, &heads, horizon);
     let items: Vec<serde_json::Value> = broken
         .iter()
         .map(|b| json!({"actor": b.actor, "chain_seq": b.seq, "stream_seq": b.stream_seq, "problem": b.problem}))
         .collect();
-    emit(json_mode, json!({"records": records.len(), "actors": actors.len(), "broken": items}), || {
+    emit(json_mode, json!({"records": records.len(), "chains": chains.len(), "broken": items}), || {
         if broken.is_empty() {
-            return format!("audit trail intact: {} records in {} chains", records.len(), actors.len());
+            return format!("audit trail intact: {} records in {} chains", records.len(), chains.len());
         }
-        let mut s = vec![format!("AUDIT TRAIL BROKEN: {} of {} chains", broken.len(), actors.len())];
+        let mut s = vec![format!("AUDIT TRAIL BROKEN: {} of {} chains", broken.len(), chains.len())];
         for b in &broken {
             let at = b.stream_seq.map(|q| format!("KH_AUDIT #{q}")).unwrap_or_else(|| "(deleted)".into());
             s.push(format!("  {} record {} {at}: {}", b.actor, b.seq, b.problem));
