@@ -1,7 +1,8 @@
 //! The audit trail: every hop of every event appends a flow record to `KH_AUDIT` under
-//! `kh.audit.<event id>`. The records of one actor (one process) form a hash chain — each
-//! carries its sequence number within the actor and the hash of its predecessor — so a deleted
-//! or altered record is detectable ([`verify`]).
+//! `kh.audit.<event id>`. The records one process writes form a hash chain — each carries its
+//! sequence number in the chain and the hash of its predecessor — and the chain's head is
+//! anchored in `KH_CONFIG` ([`read_heads`]), so a deleted or altered record, the newest included, is
+//! detectable ([`verify`]).
 //!
 //! Writing never blocks the hot path: records go through a bounded channel to one task per
 //! process, which chains and publishes them pipelined. Records never hold payload data.
@@ -61,6 +62,22 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// A record of `hop` for `event` with `outcome`; the caller adds what else applies.
+    pub fn hop(event: &crate::v1::Event, hop: &str, outcome: &str) -> Self {
+        Self {
+            event_id: event.id.clone(),
+            hop: hop.to_string(),
+            outcome: outcome.to_string(),
+            trace_id: trace_id_of(event.extensions.get("traceparent")),
+            department: event.source.clone(),
+            event_type: event.r#type.clone(),
+            // The moment of the act, not of the (later, queued) write: a validated record is
+            // written after its event is stored, when delivery may already have recorded a hop.
+            time_us: now_us(),
+            ..Default::default()
+        }
+    }
+
     /// The hash this record should carry.
     pub fn compute_hash(&self) -> String {
         let mut unhashed = self.clone();
@@ -94,24 +111,6 @@ pub fn trace_id_of(traceparent: Option<&String>) -> String {
         .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_string)
         .unwrap_or_default()
-}
-
-impl AuditRecord {
-    /// A record of `hop` for `event` with `outcome`; the caller adds what else applies.
-    pub fn hop(event: &crate::v1::Event, hop: &str, outcome: &str) -> Self {
-        Self {
-            event_id: event.id.clone(),
-            hop: hop.to_string(),
-            outcome: outcome.to_string(),
-            trace_id: trace_id_of(event.extensions.get("traceparent")),
-            department: event.source.clone(),
-            event_type: event.r#type.clone(),
-            // The moment of the act, not of the (later, queued) write: a validated record is
-            // written after its event is stored, when delivery may already have recorded a hop.
-            time_us: now_us(),
-            ..Default::default()
-        }
-    }
 }
 
 /// How a chain is named to people and keyed: the actor, and which of its chains.
