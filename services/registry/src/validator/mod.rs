@@ -179,6 +179,8 @@ async fn process_batch(
     let mut backoff = Duration::from_millis(100);
     while done < batch.len() {
         let mut confirmations = Vec::with_capacity(batch.len() - done);
+        // A copy per send: a retry must publish exactly what the first attempt did (which may
+        // be stored already), never a fresh verdict that schemas or policies changed meanwhile.
         for (subject, publish, _, _) in &outgoing[done..] {
             match js.send_publish(subject.clone(), publish.clone()).await {
                 Ok(f) => confirmations.push(f),
