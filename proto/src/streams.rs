@@ -18,10 +18,29 @@ pub async fn read(
     max: usize,
     idle: Duration,
 ) -> Result<Read, String> {
+    let mut out = Vec::new();
+    let truncated = read_each(js, stream, filter, start, max, idle, |seq, payload| {
+        out.push((seq, bytes::Bytes::copy_from_slice(payload)));
+    })
+    .await?;
+    Ok((out, truncated))
+}
+
+/// Like [`read`], handing each message to `each` (stream sequence, payload) as it arrives
+/// instead of keeping them all; returns whether `max` stopped the read early.
+pub async fn read_each(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+    start: consumer::DeliverPolicy,
+    max: usize,
+    idle: Duration,
+    mut each: impl FnMut(u64, &[u8]),
+) -> Result<bool, String> {
     let mut handle = js.get_stream(stream).await.map_err(|e| format!("{stream}: {e}"))?;
     let info = handle.info().await.map_err(|e| format!("{stream}: {e}"))?;
     if info.state.messages == 0 {
-        return Ok((Vec::new(), false));
+        return Ok(false);
     }
     let ordered = handle
         .create_consumer(consumer::pull::OrderedConfig {
@@ -32,17 +51,19 @@ pub async fn read(
         .await
         .map_err(|e| format!("{stream} consumer: {e}"))?;
     let mut messages = ordered.messages().await.map_err(|e| format!("{stream} read: {e}"))?;
-    let mut out = Vec::new();
+    let mut read = 0;
     loop {
-        if out.len() >= max {
-            return Ok((out, true));
+        if read >= max {
+            return Ok(true);
         }
         let Ok(Some(Ok(m))) = tokio::time::timeout(idle, messages.next()).await else { break };
         let (seq, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).unwrap_or((0, 0));
-        out.push((seq, m.payload.clone()));
+        // Copied out when kept: the payload shares the connection's read buffer.
+        each(seq, &m.payload);
+        read += 1;
         if pending == 0 {
             break;
         }
     }
-    Ok((out, false))
+    Ok(false)
 }

@@ -10,31 +10,30 @@ use kakehashi_proto::subjects::{AUDIT_ALL, BUCKET_CONFIG, STREAM_AUDIT};
 use serde_json::json;
 use std::time::Duration;
 
-/// Every audit record with its stream sequence.
+/// Every audit record with its stream sequence, parsed as it is read (no payload is kept).
 pub async fn read_all(js: &jetstream::Context) -> Result<Vec<(u64, AuditRecord)>, CtlError> {
-    let (raw, _) = kakehashi_proto::streams::read(
+    let mut records = Vec::new();
+    kakehashi_proto::streams::read_each(
         js,
         STREAM_AUDIT,
         AUDIT_ALL,
         consumer::DeliverPolicy::All,
         usize::MAX,
         Duration::from_secs(2),
-    )
-    .await
-    .map_err(CtlError::Nats)?;
-    Ok(raw
-        .into_iter()
-        .map(|(seq, payload)| {
+        |seq, payload| {
             // An unreadable record is itself tampering evidence: keep it as a record whose
             // hash cannot match, so the chain breaks there.
-            let r = serde_json::from_slice::<AuditRecord>(&payload).unwrap_or_else(|_| AuditRecord {
+            let r = serde_json::from_slice::<AuditRecord>(payload).unwrap_or_else(|_| AuditRecord {
                 actor: "(unreadable)".into(),
                 seq: 1,
                 ..Default::default()
             });
-            (seq, r)
-        })
-        .collect())
+            records.push((seq, r));
+        },
+    )
+    .await
+    .map_err(CtlError::Nats)?;
+    Ok(records)
 }
 
 /// Runs the verification; an error when a chain is broken.

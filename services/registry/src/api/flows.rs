@@ -40,23 +40,21 @@ pub async fn read_audit(
     start: consumer::DeliverPolicy,
     max: usize,
 ) -> Result<(Vec<(u64, AuditRecord)>, bool), Status> {
-    let (raw, truncated) = kakehashi_proto::streams::read(
+    let mut out = Vec::new();
+    let truncated = kakehashi_proto::streams::read_each(
         js,
         subjects::STREAM_AUDIT,
         filter,
         start,
         max,
         Duration::from_millis(500),
+        |seq, payload| match serde_json::from_slice::<AuditRecord>(payload) {
+            Ok(r) => out.push((seq, r)),
+            Err(e) => tracing::warn!(seq, error = %e, "unreadable audit record"),
+        },
     )
     .await
     .map_err(Status::unavailable)?;
-    let mut out = Vec::with_capacity(raw.len());
-    for (seq, payload) in raw {
-        match serde_json::from_slice::<AuditRecord>(&payload) {
-            Ok(r) => out.push((seq, r)),
-            Err(e) => tracing::warn!(seq, error = %e, "unreadable audit record"),
-        }
-    }
     kakehashi_proto::audit::drop_repeats(&mut out);
     Ok((out, truncated))
 }
