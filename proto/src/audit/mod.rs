@@ -12,7 +12,7 @@ mod verify;
 mod writer;
 
 pub use heads::{head_key, read_heads, ChainHead, HEAD_PREFIX};
-pub use verify::{drop_repeats, verify, BrokenLink};
+pub use verify::{drop_repeats, verify, verify_trail, BrokenLink, Trail};
 
 use crate::topology::TopologyConfig;
 use async_nats::jetstream::{self, kv};

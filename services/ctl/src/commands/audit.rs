@@ -5,7 +5,7 @@ use crate::cli::Conn;
 use crate::error::CtlError;
 use crate::output::emit;
 use async_nats::jetstream::{self, consumer};
-use kakehashi_proto::audit::{chain_name, read_heads, verify as verify_chains, AuditRecord};
+use kakehashi_proto::audit::{chain_name, read_heads, verify_trail, AuditRecord, Trail};
 use kakehashi_proto::subjects::{AUDIT_ALL, BUCKET_CONFIG, STREAM_AUDIT};
 use serde_json::json;
 use std::time::Duration;
@@ -13,6 +13,18 @@ use std::time::Duration;
 /// Every audit record with its stream sequence, parsed as it is read (no payload is kept).
 pub async fn read_all(js: &jetstream::Context) -> Result<Vec<(u64, AuditRecord)>, CtlError> {
     let mut records = Vec::new();
+    read_each(js, |seq, r| records.push((seq, r))).await?;
+    Ok(records)
+}
+
+/// The whole trail reduced to what the chain check needs, record by record.
+pub async fn read_trail(js: &jetstream::Context) -> Result<Trail, CtlError> {
+    let mut trail = Trail::default();
+    read_each(js, |seq, r| trail.push(seq, &r)).await?;
+    Ok(trail)
+}
+
+async fn read_each(js: &jetstream::Context, mut each: impl FnMut(u64, AuditRecord)) -> Result<(), CtlError> {
     kakehashi_proto::streams::read_each(
         js,
         STREAM_AUDIT,
@@ -28,12 +40,12 @@ pub async fn read_all(js: &jetstream::Context) -> Result<Vec<(u64, AuditRecord)>
                 seq: 1,
                 ..Default::default()
             });
-            records.push((seq, r));
+            each(seq, r);
         },
     )
     .await
-    .map_err(CtlError::Nats)?;
-    Ok(records)
+    .map(|_| ())
+    .map_err(CtlError::Nats)
 }
 
 /// Runs the verification; an error when a chain is broken.
@@ -45,7 +57,7 @@ pub async fn verify(conn: &Conn, json_mode: bool) -> Result<(), CtlError> {
         js.get_key_value(BUCKET_CONFIG).await.map_err(|e| CtlError::Nats(format!("{BUCKET_CONFIG}: {e}")))?;
     // Heads first: a head read after the records could name records stored in between.
     let heads = read_heads(&bucket).await.map_err(CtlError::Nats)?;
-    let records = read_all(&js).await?;
+    let trail = read_trail(&js).await?;
     // Records older than the stream's retention may be gone by expiry, not by tampering.
     let mut stream =
         js.get_stream(STREAM_AUDIT).await.map_err(|e| CtlError::Nats(format!("{STREAM_AUDIT}: {e}")))?;
@@ -57,19 +69,19 @@ pub async fn verify(conn: &Conn, json_mode: bool) -> Result<(), CtlError> {
         kakehashi_proto::audit::now_us()
             .saturating_sub(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX))
     };
-    let chains: std::collections::BTreeSet<String> = records
-        .iter()
-        .map(|(_, r)| chain_name(&r.actor, &r.chain))
+    let chains: std::collections::BTreeSet<String> = trail
+        .chain_names()
+        .map(str::to_string)
         .chain(heads.iter().map(|h| chain_name(&h.actor, &h.chain)))
         .collect();
-    let broken = verify_chains(&records, &heads, horizon);
+    let broken = verify_trail(&trail, &heads, horizon);
     let items: Vec<serde_json::Value> = broken
         .iter()
         .map(|b| json!({"actor": b.actor, "chain_seq": b.seq, "stream_seq": b.stream_seq, "problem": b.problem}))
         .collect();
-    emit(json_mode, json!({"records": records.len(), "chains": chains.len(), "broken": items}), || {
+    emit(json_mode, json!({"records": trail.len(), "chains": chains.len(), "broken": items}), || {
         if broken.is_empty() {
-            return format!("audit trail intact: {} records in {} chains", records.len(), chains.len());
+            return format!("audit trail intact: {} records in {} chains", trail.len(), chains.len());
         }
         let mut s = vec![format!("AUDIT TRAIL BROKEN: {} of {} chains", broken.len(), chains.len())];
         for b in &broken {
