@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/scripts/ensure-tools.sh
 cargo build --locked --release -p kakehashi-ctl
-exec ./target/release/kakehashi dev --demo "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/kakehashi" dev --demo "$@"
