@@ -21,8 +21,10 @@ pub struct BrokenLink {
 /// the order they were read.
 #[derive(Debug, Default)]
 pub struct Trail {
+    /// Chain names ([`chain_name`]), indexed by `Link::chain`.
     names: Vec<String>,
-    index: HashMap<String, usize>,
+    /// actor → chain → index in `names`: found without building the name per record.
+    index: HashMap<String, HashMap<String, usize>>,
     links: Vec<Link>,
 }
 
@@ -55,7 +57,7 @@ fn digest(hex_text: &str) -> Option<[u8; 32]> {
 impl Trail {
     /// Adds a record read at `stream_seq` of `KH_AUDIT`.
     pub fn push(&mut self, stream_seq: u64, r: &AuditRecord) {
-        let chain = self.chain_index(chain_name(&r.actor, &r.chain));
+        let chain = self.chain_index(&r.actor, &r.chain);
         let prev_hash = match r.prev_hash.as_str() {
             GENESIS => Prev::Genesis,
             h => digest(h).map_or(Prev::Invalid, Prev::Hash),
@@ -86,13 +88,13 @@ impl Trail {
         self.names.iter().map(String::as_str)
     }
 
-    fn chain_index(&mut self, name: String) -> usize {
-        if let Some(&i) = self.index.get(&name) {
+    fn chain_index(&mut self, actor: &str, chain: &str) -> usize {
+        if let Some(&i) = self.index.get(actor).and_then(|chains| chains.get(chain)) {
             return i;
         }
         let i = self.names.len();
-        self.names.push(name.clone());
-        self.index.insert(name, i);
+        self.names.push(chain_name(actor, chain));
+        self.index.entry(actor.to_string()).or_default().insert(chain.to_string(), i);
         i
     }
 }
@@ -116,7 +118,7 @@ pub fn verify(
 /// gone by expiry: a chain may begin after them, and a head naming one may have no records left.
 pub fn verify_trail(trail: &Trail, heads: &[ChainHead], expiry_horizon_us: i64) -> Vec<BrokenLink> {
     let mut names: BTreeMap<&str, Option<usize>> =
-        trail.index.iter().map(|(n, &i)| (n.as_str(), Some(i))).collect();
+        trail.names.iter().enumerate().map(|(i, n)| (n.as_str(), Some(i))).collect();
     let head_names: Vec<(String, &ChainHead)> =
         heads.iter().map(|h| (chain_name(&h.actor, &h.chain), h)).collect();
     for (name, _) in &head_names {
