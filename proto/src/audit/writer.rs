@@ -3,7 +3,8 @@
 
 use super::{chain_name, head_key, now_us, AuditRecord, ChainHead, GENESIS};
 use async_nats::jetstream::{self, kv};
-use tokio::sync::mpsc;
+use std::collections::BTreeMap;
+use tokio::sync::{mpsc, watch};
 
 /// Chains and publishes the records arriving on `rx`, for as long as writers exist.
 pub(super) async fn write_loop(js: jetstream::Context, anchor: Anchor, mut rx: mpsc::Receiver<AuditRecord>) {
@@ -59,9 +60,13 @@ async fn publish(js: &jetstream::Context, p: &Pending) -> Option<jetstream::cont
 }
 
 /// Awaits confirmations concurrently and republishes what was not confirmed, with backoff,
-/// until it is (a record stored twice is dropped by readers; see [`drop_repeats`]).
-async fn confirm_loop(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, mut anchor: Anchor) {
+/// until it is (a record stored twice is dropped by readers; see [`drop_repeats`]). Stored
+/// records move the chain's head, which the anchor task (never awaited here) puts aside.
+async fn confirm_loop(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, anchor: Anchor) {
     use futures::stream::{FuturesUnordered, StreamExt};
+    let (head_tx, head_rx) = watch::channel((0, GENESIS.to_string(), 0));
+    tokio::spawn(anchor.run(head_rx));
+    let mut prefix = StoredPrefix { head: (0, GENESIS.to_string(), 0), ahead: BTreeMap::new(), tx: head_tx };
     let mut waiting = FuturesUnordered::new();
     let settle = |js: jetstream::Context, mut p: Pending| async move {
         let mut delay = std::time::Duration::from_millis(100);
@@ -79,79 +84,101 @@ async fn confirm_loop(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, m
             p.confirmation = publish(&js, &p).await;
         }
     };
-    let mut tick = tokio::time::interval(anchor.every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             next = rx.recv(), if waiting.len() < MAX_UNCONFIRMED => match next {
                 Some(p) => waiting.push(settle(js.clone(), p)),
                 None => break,
             },
-            Some(done) = waiting.next(), if !waiting.is_empty() => anchor.stored(done),
-            _ = tick.tick() => anchor.put().await,
+            Some(done) = waiting.next(), if !waiting.is_empty() => prefix.stored(done),
         }
     }
     while let Some(done) = waiting.next().await {
-        anchor.stored(done);
+        prefix.stored(done);
     }
-    anchor.put().await;
 }
 
-/// The chain's head as far as it is stored without gaps, and its anchoring in `KH_CONFIG`.
-/// Records are confirmed out of order; only the contiguous stored prefix may be anchored, or a
-/// crash could leave a head naming a record that never arrived.
+/// A record's (sequence, hash, time).
+type Head = (u64, String, i64);
+
+/// The chain as far as it is stored without gaps. Records are confirmed out of order; only the
+/// contiguous stored prefix may be anchored, or a crash could leave a head naming a record that
+/// never arrived.
+struct StoredPrefix {
+    /// Its last record (sequence 0: none yet).
+    head: Head,
+    /// Stored records beyond the prefix, waiting for the gap before them to fill.
+    ahead: BTreeMap<u64, (String, i64)>,
+    /// Where the anchor task reads the head.
+    tx: watch::Sender<Head>,
+}
+
+impl StoredPrefix {
+    /// Notes that record `seq` (with its hash and time) is stored.
+    fn stored(&mut self, (seq, hash, time_us): Head) {
+        self.ahead.insert(seq, (hash, time_us));
+        let before = self.head.0;
+        while let Some((hash, time_us)) = self.ahead.remove(&(self.head.0 + 1)) {
+            self.head = (self.head.0 + 1, hash, time_us);
+        }
+        if self.head.0 != before {
+            self.tx.send_replace(self.head.clone());
+        }
+    }
+}
+
+/// Anchoring of one chain's head in `KH_CONFIG`, on its own task so that a slow bucket never
+/// holds up the records.
 pub(super) struct Anchor {
     heads: kv::Store,
     key: String,
     actor: String,
     chain: String,
     every: std::time::Duration,
-    /// Last record of the contiguous stored prefix (0: none yet), its hash and time.
-    seq: u64,
-    hash: String,
-    time_us: i64,
-    /// Stored records beyond the prefix, waiting for the gap before them to fill.
-    ahead: std::collections::BTreeMap<u64, (String, i64)>,
-    /// The sequence last anchored.
-    anchored: u64,
 }
 
 impl Anchor {
     /// Anchoring of `actor`'s chain `chain` in `heads`, every `every`.
     pub(super) fn new(heads: kv::Store, actor: String, chain: String, every: std::time::Duration) -> Self {
         let key = head_key(&chain_name(&actor, &chain));
-        let (hash, every) = (GENESIS.to_string(), every.max(std::time::Duration::from_millis(10)));
-        let ahead = Default::default();
-        Self { heads, key, actor, chain, every, seq: 0, hash, time_us: 0, ahead, anchored: 0 }
+        Self { heads, key, actor, chain, every: every.max(std::time::Duration::from_millis(10)) }
     }
 
-    /// Notes that record `seq` (with its hash and time) is stored.
-    fn stored(&mut self, (seq, hash, time_us): (u64, String, i64)) {
-        self.ahead.insert(seq, (hash, time_us));
-        while let Some((hash, time_us)) = self.ahead.remove(&(self.seq + 1)) {
-            self.seq += 1;
-            self.hash = hash;
-            self.time_us = time_us;
+    /// Puts the head whenever it moved, every `every`; once the writer is gone, puts the last.
+    async fn run(self, mut head: watch::Receiver<Head>) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut anchored = 0;
+        loop {
+            tick.tick().await;
+            let writer_gone = head.has_changed().is_err();
+            let (seq, hash, time_us) = head.borrow_and_update().clone();
+            if seq != anchored && self.put(seq, hash, time_us).await {
+                anchored = seq;
+            }
+            if writer_gone {
+                return;
+            }
         }
     }
 
-    /// Anchors the head when it moved (a failure is retried at the next tick).
-    async fn put(&mut self) {
-        if self.seq == self.anchored {
-            return;
-        }
+    /// Puts one head; false (and a warning) when the bucket did not take it.
+    async fn put(&self, seq: u64, hash: String, record_time_us: i64) -> bool {
         let head = ChainHead {
             actor: self.actor.clone(),
             chain: self.chain.clone(),
-            seq: self.seq,
-            hash: self.hash.clone(),
-            record_time_us: self.time_us,
+            seq,
+            hash,
+            record_time_us,
             time_us: now_us(),
         };
-        let Ok(bytes) = serde_json::to_vec(&head) else { return };
+        let Ok(bytes) = serde_json::to_vec(&head) else { return false };
         match self.heads.put(&self.key, bytes.into()).await {
-            Ok(_) => self.anchored = self.seq,
-            Err(e) => tracing::warn!(error = %e, "audit chain head not anchored; retrying"),
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit chain head not anchored; retrying");
+                false
+            }
         }
     }
 }
