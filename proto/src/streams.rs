@@ -20,6 +20,7 @@ pub async fn read(
 ) -> Result<Read, String> {
     let mut out = Vec::new();
     let truncated = read_each(js, stream, filter, start, max, idle, |seq, payload| {
+        // Copied: a kept payload would hold on to the connection's read buffer.
         out.push((seq, bytes::Bytes::copy_from_slice(payload)));
     })
     .await?;
@@ -58,7 +59,6 @@ pub async fn read_each(
         }
         let Ok(Some(Ok(m))) = tokio::time::timeout(idle, messages.next()).await else { break };
         let (seq, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).unwrap_or((0, 0));
-        // Copied out when kept: the payload shares the connection's read buffer.
         each(seq, &m.payload);
         read += 1;
         if pending == 0 {

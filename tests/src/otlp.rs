@@ -99,3 +99,19 @@ impl OtlpReceiver {
         self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+impl OtlpReceiver {
+    /// Points this process's standard `OTEL_*` variables at the receiver (export every 100 ms)
+    /// and installs telemetry as `service` would. Only for a test binary holding a single test:
+    /// the variables and the global subscriber belong to the process, and child processes
+    /// started afterwards inherit the variables.
+    pub fn install_export(
+        &self,
+        service: &'static str,
+        log_filter: &str,
+    ) -> kakehashi_proto::telemetry::TelemetryGuard {
+        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", self.addr));
+        std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
+        kakehashi_proto::telemetry::init(service, log_filter).expect("telemetry")
+    }
+}

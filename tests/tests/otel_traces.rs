@@ -22,11 +22,8 @@ const FLOW: Flow =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     let receiver = OtlpReceiver::start().await;
-    // Only this test runs in this process (one test per file), so the global telemetry and
-    // the standard OTEL_* variables are ours to set; they are read once, by `init`.
-    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", receiver.addr));
-    std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
-    let telemetry = kakehashi_proto::telemetry::init("kakehashi-test", "info").expect("telemetry");
+    // Only this test runs in this process (one test per file).
+    let telemetry = receiver.install_export("kakehashi-test", "info");
 
     let nats = NatsServer::start();
     let registry = Registry::start(registry_config(&nats.url())).await;

@@ -20,10 +20,9 @@ const FLOW: Flow =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_process_spans_join_the_trace_started_in_the_adapter_process() {
     let receiver = OtlpReceiver::start().await;
-    // Only this test runs in this process (one test per file); the registry child inherits these.
-    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", receiver.addr));
-    std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
-    let telemetry = kakehashi_proto::telemetry::init("kakehashi-adapter", "warn").expect("telemetry");
+    // Only this test runs in this process (one test per file); the registry child started
+    // below inherits the OTEL_* variables.
+    let telemetry = receiver.install_export("kakehashi-adapter", "warn");
 
     let nats = NatsServer::start();
     // Quiet logs (RUST_LOG=warn in the child) must not switch its tracing off.

@@ -66,7 +66,7 @@ async fn confirm_loop(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, a
     use futures::stream::{FuturesUnordered, StreamExt};
     let (head_tx, head_rx) = watch::channel((0, GENESIS.to_string(), 0));
     tokio::spawn(anchor.run(head_rx));
-    let mut prefix = StoredPrefix { head: (0, GENESIS.to_string(), 0), ahead: BTreeMap::new(), tx: head_tx };
+    let mut prefix = StoredPrefix { ahead: BTreeMap::new(), head: head_tx };
     let mut waiting = FuturesUnordered::new();
     let settle = |js: jetstream::Context, mut p: Pending| async move {
         let mut delay = std::time::Duration::from_millis(100);
@@ -105,25 +105,25 @@ type Head = (u64, String, i64);
 /// contiguous stored prefix may be anchored, or a crash could leave a head naming a record that
 /// never arrived.
 struct StoredPrefix {
-    /// Its last record (sequence 0: none yet).
-    head: Head,
     /// Stored records beyond the prefix, waiting for the gap before them to fill.
     ahead: BTreeMap<u64, (String, i64)>,
-    /// Where the anchor task reads the head.
-    tx: watch::Sender<Head>,
+    /// Its last record (sequence 0: none yet), where the anchor task reads it.
+    head: watch::Sender<Head>,
 }
 
 impl StoredPrefix {
     /// Notes that record `seq` (with its hash and time) is stored.
     fn stored(&mut self, (seq, hash, time_us): Head) {
         self.ahead.insert(seq, (hash, time_us));
-        let before = self.head.0;
-        while let Some((hash, time_us)) = self.ahead.remove(&(self.head.0 + 1)) {
-            self.head = (self.head.0 + 1, hash, time_us);
-        }
-        if self.head.0 != before {
-            self.tx.send_replace(self.head.clone());
-        }
+        let ahead = &mut self.ahead;
+        // Wakes the anchor task only when the prefix grew.
+        self.head.send_if_modified(|head| {
+            let before = head.0;
+            while let Some((hash, time_us)) = ahead.remove(&(head.0 + 1)) {
+                *head = (head.0 + 1, hash, time_us);
+            }
+            head.0 != before
+        });
     }
 }
 
