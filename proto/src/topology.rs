@@ -31,6 +31,10 @@ pub struct TopologyConfig {
     pub dedup_window_secs: u64,
     /// Largest message any stream accepts, in bytes (envelope included).
     pub max_message_bytes: i32,
+    /// `KH_AUDIT` refuses message deletes and purges (JetStream `deny_delete`/`deny_purge`,
+    /// which no later update can lift); records leave only by retention. Off only in tests
+    /// that play an attacker with access to the server's disk.
+    pub audit_append_only: bool,
 }
 
 impl Default for TopologyConfig {
@@ -44,6 +48,7 @@ impl Default for TopologyConfig {
             audit_queue: 4096,
             dedup_window_secs: 2 * 3600,
             max_message_bytes: 1024 * 1024,
+            audit_append_only: true,
         }
     }
 }
@@ -100,17 +105,35 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
         retention: stream::RetentionPolicy::WorkQueue,
         ..base(STREAM_INGRESS, INGRESS_ALL, 0)
     };
+    let audit = stream::Config {
+        deny_delete: cfg.audit_append_only,
+        deny_purge: cfg.audit_append_only,
+        ..base(STREAM_AUDIT, AUDIT_ALL, cfg.audit_max_age_secs)
+    };
     let configs = [
         ingress,
         base(STREAM_EVENTS, EVENTS_ALL, cfg.events_max_age_secs),
         base(STREAM_DLQ, DLQ_ALL, cfg.dlq_max_age_secs),
-        base(STREAM_AUDIT, AUDIT_ALL, cfg.audit_max_age_secs),
+        audit,
     ];
     let names = [STREAM_INGRESS, STREAM_EVENTS, STREAM_DLQ, STREAM_AUDIT];
     for (name, config) in names.into_iter().zip(configs) {
-        js.get_or_create_stream(config)
+        let mut stream = js
+            .get_or_create_stream(config)
             .await
             .map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
+        if name == STREAM_AUDIT && cfg.audit_append_only {
+            let info =
+                stream.info().await.map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
+            if !info.config.deny_delete || !info.config.deny_purge {
+                // A stream created before this setting existed; only an administrator may
+                // change it (services may not update KH_AUDIT), and the change is one-way.
+                tracing::warn!(
+                    stream = name,
+                    "KH_AUDIT accepts message deletes: as the NATS admin identity, update it with deny_delete and deny_purge (docs/security.md)"
+                );
+            }
+        }
     }
     let schemas = bucket(js, BUCKET_SCHEMAS, cfg.replicas).await?;
     let config = bucket(js, BUCKET_CONFIG, cfg.replicas).await?;

@@ -123,17 +123,16 @@ async fn run() {
 
     let nats = NatsServer::start();
     let nats_pid = child_pid("nats-server");
-    let url = nats.url();
     let base_rss_kb = status_kb(None, "VmRSS:");
     let resets = reset_hwm(None);
 
     // Setup through a registry whose validator is off, so ingress can be filled before
     // validation starts.
-    let mut setup_config = registry_config(&url);
+    let mut setup_config = registry_config(&nats);
     setup_config.validator.enabled = false;
     setup_config.instance = "registry-setup".into();
     let setup = Registry::start(setup_config).await;
-    load_catalogue(&setup, &url).await;
+    load_catalogue(&setup, &nats).await;
     bus::put_policy(&setup.endpoint(), TYPE, &[SOURCE], &[READER]).await;
     let mut sub = bus::subscription(READER, SUBSCRIPTION, TYPE);
     sub.ack_wait = bus::proto_duration(Duration::from_secs(30));
@@ -141,8 +140,8 @@ async fn run() {
 
     // Connections: "publisher" plays the adapter; "service" plays the registry for the raw
     // baseline (relay and consumer share one connection, as validator and delivery do).
-    let publisher = connect(&url).await;
-    let service = connect(&url).await;
+    let publisher = connect(&nats).await;
+    let service = connect(&nats).await;
     create_raw_streams(&service).await;
     let raw_consumer = raw_consumer(&service).await;
 
@@ -166,7 +165,7 @@ async fn run() {
     setup.stop().await;
     let probe = Probe::start(nats_pid);
     let watch = tokio::spawn(watch_fill(publisher.clone(), bus::EVENTS, n as u64));
-    let mut config = registry_config(&url);
+    let mut config = registry_config(&nats);
     config.instance = "registry-bench".into();
     let registry = Registry::start(config).await;
     let ours_fill = watch.await.expect("watch task");
@@ -422,13 +421,8 @@ fn new_event(payload: &[u8]) -> Event {
     e
 }
 
-async fn load_catalogue(registry: &Registry, nats_url: &str) {
-    let conn = kakehashi_ctl::cli::Conn {
-        registry: registry.endpoint(),
-        adapter: String::new(),
-        nats: nats_url.to_string(),
-        token: None,
-    };
+async fn load_catalogue(registry: &Registry, nats: &NatsServer) {
+    let conn = kakehashi_tests::services::cli_conn(&registry.endpoint(), "", nats);
     let mut schemas = kakehashi_ctl::clients::registry(&conn).await.expect("connect registry");
     let catalogue = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas");
     kakehashi_ctl::commands::schema::load(&mut schemas, &catalogue, true).await.expect("catalogue loads");
@@ -436,8 +430,10 @@ async fn load_catalogue(registry: &Registry, nats_url: &str) {
 
 // ---- NATS ----------------------------------------------------------------------------------
 
-async fn connect(url: &str) -> jetstream::Context {
-    let client = async_nats::ConnectOptions::new().connect(url).await.expect("connect NATS");
+/// The raw baseline runs on the same secured server with the break-glass identity, whose
+/// permission checks cost the server no more than a service identity's.
+async fn connect(nats: &NatsServer) -> jetstream::Context {
+    let client = nats.admin().await;
     let mut js = jetstream::new(client);
     js.set_timeout(Duration::from_secs(30));
     js

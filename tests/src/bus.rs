@@ -52,7 +52,7 @@ pub async fn register_schema(endpoint: &str, subject: &str, schema: impl Display
 /// NATS, a registry with the validator off (so events stay in `KH_INGRESS`) and `event_type` registered.
 pub async fn start_ingress_only(event_type: &str) -> (NatsServer, Registry) {
     let nats = NatsServer::start();
-    let mut config = crate::services::registry_config(&nats.url());
+    let mut config = crate::services::registry_config(&nats);
     config.validator.enabled = false;
     let registry = Registry::start(config).await;
     register_schema(&registry.endpoint(), event_type, LENIENT_SCHEMA).await;
@@ -253,12 +253,16 @@ pub fn delivered_id(d: &EventDelivery) -> String {
     d.event.as_ref().map(|e| e.id.clone()).unwrap_or_default()
 }
 
-/// A JetStream context on `nats_url` whose publish acks time out after 2 s (so a publisher
-/// notices a server that went away quickly and retries).
-pub async fn jetstream(nats_url: &str) -> jetstream::Context {
-    let client = async_nats::ConnectOptions::new()
+/// A JetStream context on `nats` as the `admin` identity (tests publish ingress for any
+/// department and inspect every stream with it) whose publish acks time out after 2 s (so a
+/// publisher notices a server that went away quickly and retries).
+pub async fn jetstream(nats: &NatsServer) -> jetstream::Context {
+    let client = nats
+        .service_auth(kakehashi_ctl::nats_config::permissions::Service::Admin)
+        .options("test-admin")
+        .expect("admin credentials")
         .retry_on_initial_connect()
-        .connect(nats_url)
+        .connect(nats.url())
         .await
         .expect("connect NATS");
     let mut js = jetstream::new(client);

@@ -1,27 +1,97 @@
-//! A `nats-server -js` child process owned by one test.
+//! A `nats-server -js` child process owned by one test, secured exactly as a deployment is:
+//! its accounts section and every identity's credentials come from `kakehashi nats config`
+//! (the same code operators run), so every test runs the services under their
+//! least-privilege identities and nothing connects anonymously.
 
+use kakehashi_ctl::nats_config::{self, permissions::Service, Generated, Plan};
+use kakehashi_proto::nats_auth::NatsAuthConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// Departments every test server knows (each gets its own account and credentials).
+pub const TEST_DEPARTMENTS: &[&str] = &[
+    "city-shibuya",
+    "city-sapporo",
+    "city-x",
+    "mhlw",
+    "nta",
+    "digital-agency",
+    "dept-a",
+    "dept-b",
+    "dept-c",
+];
 
 /// A running (or killed) nats-server with its own store directory.
 pub struct NatsServer {
     child: Option<Child>,
     store: tempfile::TempDir,
     port: u16,
+    auth: Generated,
 }
 
 impl NatsServer {
-    /// Starts a server on a port the OS picks; panics with a clear message if it cannot.
+    /// Starts a server on a port the OS picks with [`TEST_DEPARTMENTS`]; panics with a clear
+    /// message if it cannot.
     pub fn start() -> Self {
+        Self::start_with_departments(TEST_DEPARTMENTS)
+    }
+
+    /// Starts a server whose generated configuration knows `departments`.
+    pub fn start_with_departments(departments: &[&str]) -> Self {
         let store = tempfile::tempdir().expect("temp store dir");
+        let plan = Plan {
+            departments: departments.iter().map(|d| d.to_string()).collect(),
+            out: store.path().join("auth"),
+            ..Plan::default()
+        };
+        let auth = nats_config::generate(&plan).expect("generate the NATS configuration");
+        // nats-server resolves an include relative to the including file.
+        std::fs::write(store.path().join("server.conf"), "include \"auth/auth.conf\"\n")
+            .expect("write server.conf");
         let (child, port) = spawn(store.path(), None);
-        Self { child: Some(child), store, port }
+        Self { child: Some(child), store, port, auth }
     }
 
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The generated configuration (credentials files, accounts section).
+    pub fn generated(&self) -> &Generated {
+        &self.auth
+    }
+
+    /// Connection settings of a service identity.
+    pub fn service_auth(&self, service: Service) -> NatsAuthConfig {
+        NatsAuthConfig { credentials: Some(self.auth.service(service)), ..Default::default() }
+    }
+
+    /// The credentials file of a department.
+    pub fn department_creds(&self, id: &str) -> PathBuf {
+        self.auth.department(id)
+    }
+
+    /// A client connected as `service`.
+    pub async fn client_as(&self, service: Service) -> async_nats::Client {
+        self.service_auth(service)
+            .options(&format!("test-{}", service.name()))
+            .expect("credentials")
+            .connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect as {}: {e}", service.name()))
+    }
+
+    /// A client with the break-glass `admin` identity, for tests that inspect streams.
+    pub async fn admin(&self) -> async_nats::Client {
+        self.client_as(Service::Admin).await
+    }
+
+    /// JetStream as the `admin` identity.
+    pub async fn admin_js(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.admin().await)
     }
 
     /// Kills the server with SIGKILL (file storage survives).
@@ -49,8 +119,28 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// The server's log lines about refused authentication or permissions.
+    pub fn violations(&self) -> Vec<String> {
+        std::fs::read_to_string(self.store.path().join("nats-server.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("Violation") || l.contains("Authentication") || l.contains("authorization")
+            })
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the server refused is usually why a test failed.
+            for line in self.violations().iter().take(40) {
+                eprintln!("nats-server: {line}");
+            }
+        }
         self.kill();
     }
 }
@@ -61,15 +151,19 @@ fn spawn(store: &Path, port: Option<u16>) -> (Child, u16) {
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir).expect("ports dir");
     let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
-    let mut child = Command::new("nats-server")
+    let mut child = Command::new(server_binary())
+        .arg("-c")
+        .arg(store.join("server.conf"))
         .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
         .arg(store.join("js"))
         .arg("--ports_file_dir")
         .arg(&ports_dir)
+        .arg("-l")
+        .arg(store.join("nats-server.log"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("nats-server must be installed (apt-get install -y nats-server)");
+        .expect("nats-server must be installed (bash deploy/scripts/ensure-tools.sh)");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(p) = read_port(&ports_dir) {
@@ -89,6 +183,18 @@ fn spawn(store: &Path, port: Option<u16>) -> (Child, u16) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The pinned nats-server, checked once per test binary against the minimum version the bus
+/// needs ([`kakehashi_ctl::nats_server::MIN_VERSION`]).
+pub fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = kakehashi_ctl::nats_server::binary().unwrap_or_else(|e| panic!("{e}"));
+        kakehashi_ctl::nats_server::check_version(&bin).unwrap_or_else(|e| panic!("{e}"));
+        bin
+    })
+    .clone()
 }
 
 fn read_port(dir: &PathBuf) -> Option<u16> {

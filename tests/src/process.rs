@@ -24,6 +24,8 @@ pub struct RegistryProcess {
     child: Option<Child>,
     addr: SocketAddr,
     nats_url: String,
+    /// The registry identity's credentials file.
+    credentials: PathBuf,
     instance: String,
     /// Holds the config file and one log file per start.
     dir: tempfile::TempDir,
@@ -32,19 +34,20 @@ pub struct RegistryProcess {
 }
 
 impl RegistryProcess {
-    /// Starts a registry on `nats_url` with [`FAST_RECOVERY_TOML`], waits until it serves.
-    pub async fn start(nats_url: &str) -> Self {
-        Self::start_with(nats_url, "registry-proc", FAST_RECOVERY_TOML).await
+    /// Starts a registry on `nats` with [`FAST_RECOVERY_TOML`], waits until it serves.
+    pub async fn start(nats: &crate::NatsServer) -> Self {
+        Self::start_with(nats, "registry-proc", FAST_RECOVERY_TOML).await
     }
 
     /// Starts a registry named `instance` with `toml` as its config file.
-    pub async fn start_with(nats_url: &str, instance: &str, toml: &str) -> Self {
+    pub async fn start_with(nats: &crate::NatsServer, instance: &str, toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("registry.toml"), toml).expect("write config");
         let mut p = Self {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            nats_url: nats_url.to_string(),
+            nats_url: nats.url(),
+            credentials: nats.generated().service(kakehashi_ctl::nats_config::permissions::Service::Registry),
             instance: instance.to_string(),
             dir,
             starts: 0,
@@ -107,6 +110,7 @@ impl RegistryProcess {
         let mut child = Command::new(registry_bin())
             .env("KAKEHASHI_CONFIG", self.dir.path().join("registry.toml"))
             .env("KAKEHASHI_NATS_URL", &self.nats_url)
+            .env("KAKEHASHI_NATS_CREDENTIALS", &self.credentials)
             .env("KAKEHASHI_INSTANCE", format!("{}#{}", self.instance, self.starts))
             .env("RUST_LOG", std::env::var("KH_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())

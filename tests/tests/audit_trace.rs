@@ -38,12 +38,18 @@ async fn bus() -> Bus {
     bus_with(TopologyConfig::default()).await
 }
 
+/// A bus whose `KH_AUDIT` accepts deletes: it plays an attacker below NATS (with the server's
+/// disk), since through NATS no identity can delete an audit record (see `nats_lanes.rs`).
+async fn tamperable_bus() -> Bus {
+    bus_with(TopologyConfig { audit_append_only: false, ..Default::default() }).await
+}
+
 /// A bus whose two services share `topology` (retention, windows).
 async fn bus_with(topology: TopologyConfig) -> Bus {
     let nats = NatsServer::start();
     let registry =
-        Registry::start(RegistryConfig { topology: topology.clone(), ..registry_config(&nats.url()) }).await;
-    let adapter = Adapter::start(AdapterConfig { topology, ..adapter_config(&nats.url()) }).await;
+        Registry::start(RegistryConfig { topology: topology.clone(), ..registry_config(&nats) }).await;
+    let adapter = Adapter::start(AdapterConfig { topology, ..adapter_config(&nats) }).await;
     let channel = Channel::from_shared(registry.endpoint()).expect("url").connect().await.expect("connect");
     FLOW.prepare(&registry.endpoint(), schema(1)).await;
     let publisher = publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("adapter");
@@ -122,13 +128,12 @@ async fn dead_lettered_event_trace_names_the_reason_and_replay_after_fix_deliver
     let v2 = bus::register_schema(&bus.registry.endpoint(), TYPE, schema(0)).await;
     assert_eq!(v2.version, 2);
 
-    let client = async_nats::connect(bus.nats.url()).await.expect("nats");
+    let client = bus.nats.admin().await;
     let js = jetstream::new(client);
     let letters =
         kakehashi_ctl::commands::dlq::read_all(&js, &format!("kh.dlq.{SOURCE}.{TYPE}")).await.expect("dlq");
     let seq = letters.iter().find(|l| l.letter.event_id == id).expect("letter").seq;
-    let conn =
-        Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None };
+    let conn = kakehashi_tests::services::cli_conn(&bus.registry.endpoint(), "", &bus.nats);
     kakehashi_ctl::commands::dlq::run(
         &conn,
         true,
@@ -158,7 +163,7 @@ async fn deliver_doses(bus: &mut Bus, subscriber: &mut Subscriber, doses: std::o
 
 /// JetStream and the `KH_CONFIG` bucket (anchored chain heads) of the bus, for reading the trail.
 async fn audit_store(bus: &Bus) -> (jetstream::Context, kv::Store) {
-    let js = jetstream::new(async_nats::connect(bus.nats.url()).await.expect("nats"));
+    let js = jetstream::new(bus.nats.admin().await);
     let bucket = js.get_key_value(kakehashi_proto::subjects::BUCKET_CONFIG).await.expect("bucket");
     (js, bucket)
 }
@@ -186,12 +191,12 @@ async fn anchored_records(
 
 /// What `kakehashi` needs to reach this bus.
 fn conn(bus: &Bus) -> Conn {
-    Conn { registry: bus.registry.endpoint(), adapter: String::new(), nats: bus.nats.url(), token: None }
+    kakehashi_tests::services::cli_conn(&bus.registry.endpoint(), "", &bus.nats)
 }
 
 #[tokio::test]
 async fn audit_verify_names_a_tampered_record() {
-    let mut bus = bus().await;
+    let mut bus = tamperable_bus().await;
     let mut subscriber = subscribe(&bus).await;
     deliver_doses(&mut bus, &mut subscriber, 1..=3).await;
     let (js, bucket) = audit_store(&bus).await;
@@ -227,7 +232,7 @@ async fn audit_verify_names_a_tampered_record() {
 
 #[tokio::test]
 async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
-    let mut bus = bus().await;
+    let mut bus = tamperable_bus().await;
     let mut subscriber = subscribe(&bus).await;
     deliver_doses(&mut bus, &mut subscriber, 1..=2).await;
     let (js, bucket) = audit_store(&bus).await;
@@ -295,7 +300,7 @@ async fn a_registry_restarted_under_the_same_name_starts_a_new_chain_not_a_forge
     drop(subscriber);
     let Bus { nats, registry, _adapter, publisher, .. } = bus;
     registry.stop().await;
-    let registry = Registry::start(registry_config(&nats.url())).await;
+    let registry = Registry::start(registry_config(&nats)).await;
     let channel = Channel::from_shared(registry.endpoint()).expect("url").connect().await.expect("connect");
     let mut bus = Bus { nats, registry, _adapter, channel, publisher };
     let mut subscriber = subscribe(&bus).await;

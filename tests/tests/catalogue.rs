@@ -1,7 +1,6 @@
 //! The standard catalogue: `kakehashi schema load schemas/` loads every schema into a fresh bus in
 //! dependency order, and every example payload validates (or fails) as its file name says.
 
-use kakehashi_ctl::cli::Conn;
 use kakehashi_proto::v1::schema_registry_client::SchemaRegistryClient;
 use kakehashi_proto::v1::{ListSubjectsRequest, ValidatePayloadRequest};
 use kakehashi_tests::services::registry_config;
@@ -15,8 +14,8 @@ fn catalogue_dir() -> PathBuf {
 #[tokio::test]
 async fn catalogue_loads_and_every_example_validates_as_its_name_says() {
     let nats = NatsServer::start();
-    let registry = Registry::start(registry_config(&nats.url())).await;
-    let conn = Conn { registry: registry.endpoint(), adapter: String::new(), nats: nats.url(), token: None };
+    let registry = Registry::start(registry_config(&nats)).await;
+    let conn = kakehashi_tests::services::cli_conn(&registry.endpoint(), "", &nats);
     let mut client = kakehashi_ctl::clients::registry(&conn).await.expect("connect");
     kakehashi_ctl::commands::schema::load(&mut client, &catalogue_dir(), true)
         .await

@@ -29,10 +29,10 @@ struct Bus {
 impl Bus {
     async fn start(producers: &[&str], tune: impl FnOnce(&mut RegistryConfig)) -> Self {
         let nats = NatsServer::start();
-        let mut config = registry_config(&nats.url());
+        let mut config = registry_config(&nats);
         tune(&mut config);
         let registry = Registry::start(config).await;
-        let js = bus::jetstream(&nats.url()).await;
+        let js = bus::jetstream(&nats).await;
         bus::register_schema(&registry.endpoint(), TYPE, &bus::counter_schema()).await;
         bus::put_policy(&registry.endpoint(), "test.>", producers, &[READER]).await;
         Self { nats, registry, js }
@@ -242,7 +242,7 @@ async fn unacked_past_max_deliveries_is_dead_lettered_as_delivery_exhausted_and_
 #[tokio::test]
 async fn offline_department_catches_up_on_everything_in_publish_order() {
     let bus = Bus::start(&[SOURCE], |_| {}).await;
-    let adapter = Adapter::start(adapter_config(&bus.nats.url())).await;
+    let adapter = Adapter::start(adapter_config(&bus.nats)).await;
     bus::create_subscription(&bus.registry.endpoint(), bus::subscription(READER, "catchup", TYPE)).await;
 
     // Published through the adapter while no Subscribe stream is open.

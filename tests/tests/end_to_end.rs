@@ -57,8 +57,8 @@ async fn dead_letters(js: &async_nats::jetstream::Context, subject: &str) -> Vec
 #[tokio::test]
 async fn valid_event_is_delivered_and_invalid_one_is_dead_lettered_with_pointer() {
     let nats = NatsServer::start();
-    let registry = Registry::start(registry_config(&nats.url())).await;
-    let adapter = Adapter::start(adapter_config(&nats.url())).await;
+    let registry = Registry::start(registry_config(&nats)).await;
+    let adapter = Adapter::start(adapter_config(&nats)).await;
 
     let reg = FLOW.prepare(&registry.endpoint(), schema()).await;
     assert_eq!(reg.version, 1);
@@ -85,7 +85,7 @@ async fn valid_event_is_delivered_and_invalid_one_is_dead_lettered_with_pointer(
     assert_eq!(ev.id, valid.event_id);
     assert_eq!(ev.source, SOURCE);
 
-    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let client = nats.admin().await;
     let js = async_nats::jetstream::new(client);
     let dlq_subject = format!("kh.dlq.{SOURCE}.{TYPE}");
     let letters = wait::until("the invalid event in KH_DLQ", Duration::from_secs(20), || {
@@ -116,8 +116,8 @@ async fn valid_event_is_delivered_and_invalid_one_is_dead_lettered_with_pointer(
 #[tokio::test]
 async fn garbage_bytes_on_ingress_are_dead_lettered_as_malformed_and_registry_keeps_serving() {
     let nats = NatsServer::start();
-    let registry = Registry::start(registry_config(&nats.url())).await;
-    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let registry = Registry::start(registry_config(&nats)).await;
+    let client = nats.admin().await;
     let js = async_nats::jetstream::new(client);
     let garbage: &[u8] = &[0xff, 0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef];
     js.publish("kh.in.city-x.some.type", garbage.to_vec().into())

@@ -118,9 +118,9 @@ impl Flowing {
     /// Prepares the flow through `endpoint` (short ack wait, so deliveries lost with a dead
     /// registry come back quickly), starts a collector there and the paced publisher, and returns
     /// once the flow is well under way: the moment to inject a fault.
-    async fn start_mid_stream(nats_url: &str, endpoint: &str) -> Self {
+    async fn start_mid_stream(nats: &NatsServer, endpoint: &str) -> Self {
         prepare(endpoint, Duration::from_secs(2)).await;
-        let js = bus::jetstream(nats_url).await;
+        let js = bus::jetstream(nats).await;
         let collector = Collector::start(endpoint, READER, SUB, 256);
 
         let events = bus::events(SOURCE, TYPE, 3000);
@@ -185,8 +185,8 @@ async fn assert_ingress_drained_or_already_processed(js: &async_nats::jetstream:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_sigkilled_mid_stream_and_restarted_loses_nothing() {
     let nats = NatsServer::start();
-    let mut registry = RegistryProcess::start(&nats.url()).await;
-    let mut flow = Flowing::start_mid_stream(&nats.url(), &registry.endpoint()).await;
+    let mut registry = RegistryProcess::start(&nats).await;
+    let mut flow = Flowing::start_mid_stream(&nats, &registry.endpoint()).await;
     registry.kill();
     let progress = &flow.progress;
     let at_kill = progress.confirmed();
@@ -209,10 +209,10 @@ async fn registry_sigkilled_mid_stream_and_restarted_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_dropped_with_unacked_deliveries_gets_them_again_and_everything_else_once() {
     let nats = NatsServer::start();
-    let registry = Registry::start(registry_config(&nats.url())).await;
+    let registry = Registry::start(registry_config(&nats)).await;
     // Long ack wait: only the dropped stream may cause a redelivery here.
     prepare(&registry.endpoint(), Duration::from_secs(60)).await;
-    let js = bus::jetstream(&nats.url()).await;
+    let js = bus::jetstream(&nats).await;
 
     let events = bus::events(SOURCE, TYPE, 3000);
     let expected = ids(&events);
@@ -284,8 +284,8 @@ async fn subscriber_dropped_with_unacked_deliveries_gets_them_again_and_everythi
 async fn nats_server_restarted_mid_stream_loses_nothing_and_stores_each_event_once() {
     let mut nats = NatsServer::start();
     // A child process only so that its logs are shown if the test fails.
-    let registry = RegistryProcess::start(&nats.url()).await;
-    let mut flow = Flowing::start_mid_stream(&nats.url(), &registry.endpoint()).await;
+    let registry = RegistryProcess::start(&nats).await;
+    let mut flow = Flowing::start_mid_stream(&nats, &registry.endpoint()).await;
     tokio::task::block_in_place(|| nats.kill());
     kakehashi_tests::wait::until("a publish to fail while NATS is down", ALL_ARRIVE, || async {
         (flow.progress.failed_attempts() > 0).then_some(())
@@ -307,13 +307,11 @@ async fn nats_server_restarted_mid_stream_loses_nothing_and_stores_each_event_on
 async fn one_of_two_registries_killed_mid_stream_the_other_carries_on() {
     let nats = NatsServer::start();
     let mut victim =
-        RegistryProcess::start_with(&nats.url(), "victim", kakehashi_tests::process::FAST_RECOVERY_TOML)
-            .await;
+        RegistryProcess::start_with(&nats, "victim", kakehashi_tests::process::FAST_RECOVERY_TOML).await;
     let survivor =
-        RegistryProcess::start_with(&nats.url(), "survivor", kakehashi_tests::process::FAST_RECOVERY_TOML)
-            .await;
+        RegistryProcess::start_with(&nats, "survivor", kakehashi_tests::process::FAST_RECOVERY_TOML).await;
     // The subscriber starts on the instance that will die.
-    let mut flow = Flowing::start_mid_stream(&nats.url(), &victim.endpoint()).await;
+    let mut flow = Flowing::start_mid_stream(&nats, &victim.endpoint()).await;
     flow.collector.reconnect_to(&survivor.endpoint());
     victim.kill();
     println!("one of two registries killed: killed after {} publishes", flow.progress.confirmed());

@@ -27,7 +27,7 @@ fn subscription(department: &str) -> CreateSubscriptionRequest {
 #[tokio::test]
 async fn tokens_decide_who_acts_and_only_admins_change_schemas_and_policies() {
     let nats = NatsServer::start();
-    let mut cfg = registry_config(&nats.url());
+    let mut cfg = registry_config(&nats);
     cfg.credentials.insert("tok-admin".into(), "digital-agency".into());
     cfg.credentials.insert("tok-mhlw".into(), "mhlw".into());
     cfg.credentials.insert("tok-nta".into(), "nta".into());

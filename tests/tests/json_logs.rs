@@ -20,8 +20,8 @@ async fn json_log_lines_of_a_hop_carry_its_event_and_trace_ids() {
     std::env::set_var("KAKEHASHI_LOG_FORMAT", "json");
     std::env::set_var("KH_TEST_LOG", "info");
     let nats = NatsServer::start();
-    let registry = RegistryProcess::start_with(&nats.url(), "registry-logs", "").await;
-    let adapter = Adapter::start(adapter_config(&nats.url())).await;
+    let registry = RegistryProcess::start_with(&nats, "registry-logs", "").await;
+    let adapter = Adapter::start(adapter_config(&nats)).await;
     FLOW.prepare(&registry.endpoint(), r#"{"type":"object","required":["n"]}"#).await;
 
     let mut publisher =

@@ -39,13 +39,8 @@ struct TestBus {
 impl TestBus {
     async fn start() -> Self {
         let nats = NatsServer::start();
-        let registry = Registry::start(registry_config(&nats.url())).await;
-        let conn = kakehashi_ctl::cli::Conn {
-            registry: registry.endpoint(),
-            adapter: "http://127.0.0.1:1".into(),
-            nats: nats.url(),
-            token: None,
-        };
+        let registry = Registry::start(registry_config(&nats)).await;
+        let conn = kakehashi_tests::services::cli_conn(&registry.endpoint(), "http://127.0.0.1:1", &nats);
         let mut schemas = kakehashi_ctl::clients::registry(&conn).await.expect("connect registry");
         kakehashi_ctl::commands::schema::load(&mut schemas, &repo().join("schemas"), true)
             .await
@@ -76,7 +71,12 @@ impl TestBus {
     }
 
     fn config(&self) -> AdapterConfig {
-        AdapterConfig { nats_url: self.nats.url(), ..AdapterConfig::default() }
+        // `ingest` runs as the department itself, with its own NATS identity.
+        let nats_auth = kakehashi_proto::nats_auth::NatsAuthConfig {
+            credentials: Some(self.nats.department_creds(SOURCE)),
+            ..Default::default()
+        };
+        AdapterConfig { nats_url: self.nats.url(), nats_auth, ..AdapterConfig::default() }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -101,7 +101,7 @@ impl TestBus {
     }
 
     async fn js(&self) -> async_nats::jetstream::Context {
-        async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.expect("nats"))
+        async_nats::jetstream::new(self.nats.admin().await)
     }
 
     /// Waits until the validator has handled everything published (its consumer on
@@ -428,7 +428,8 @@ async fn import_killed_midway_resumes_and_every_record_is_delivered_exactly_once
     let input = bus.write("rows.csv", &rows_csv());
     let mapping = Mapping::from_toml(ROW_MAPPING).expect("mapping");
     let job = row_job(&bus, &input);
-    let connect = || Bus::builder(bus.nats.url(), SOURCE).connect();
+    let connect =
+        || Bus::builder(bus.nats.url(), SOURCE).credentials(bus.nats.department_creds(SOURCE)).connect();
 
     let (killed_tx, killed_rx) = tokio::sync::oneshot::channel();
     let first = connect().await.expect("connect");
@@ -469,6 +470,7 @@ async fn bus_outage_stops_the_import_with_a_checkpoint_and_a_rerun_completes_it(
     let job = row_job(&bus, &input);
     let quick = Retry { give_up_after: Duration::from_secs(1), ..Retry::default() };
     let first = Bus::builder(bus.nats.url(), SOURCE)
+        .credentials(bus.nats.department_creds(SOURCE))
         .retry(quick)
         .ack_timeout(Duration::from_millis(500))
         .connect()
@@ -506,7 +508,11 @@ async fn bus_outage_stops_the_import_with_a_checkpoint_and_a_rerun_completes_it(
     drop(first);
 
     tokio::task::block_in_place(|| bus.nats.restart());
-    let second = Bus::builder(bus.nats.url(), SOURCE).connect().await.expect("reconnect");
+    let second = Bus::builder(bus.nats.url(), SOURCE)
+        .credentials(bus.nats.department_creds(SOURCE))
+        .connect()
+        .await
+        .expect("reconnect");
     let resumed =
         legacy::ingest(&job, &mapping, &mut NatsSink::new(&second, 64, true), |_| {}).await.expect("rerun");
     assert_eq!(resumed.resumed_from_line, Some(line), "resumed exactly at the failed row");

@@ -30,11 +30,11 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn metrics_count_every_outcome_and_report_lag() {
     let nats = NatsServer::start();
-    let (registry, metrics) = Registry::start_with_metrics(registry_config(&nats.url())).await;
+    let (registry, metrics) = Registry::start_with_metrics(registry_config(&nats)).await;
     let schema = r#"{"type":"object","required":["n"],"properties":{"n":{"type":"integer"}}}"#;
     FLOW.prepare(&registry.endpoint(), schema).await;
 
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    let js = async_nats::jetstream::new(nats.admin().await);
     for data in [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":"x"}"#, r#"{"n":3}"#, r#"{"n":4}"#] {
         let event = Event {
             id: kakehashi_proto::ids::new_event_id(),

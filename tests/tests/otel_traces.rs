@@ -26,8 +26,8 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     let telemetry = receiver.install_export("kakehashi-test", "info");
 
     let nats = NatsServer::start();
-    let registry = Registry::start(registry_config(&nats.url())).await;
-    let adapter = Adapter::start(adapter_config(&nats.url())).await;
+    let registry = Registry::start(registry_config(&nats)).await;
+    let adapter = Adapter::start(adapter_config(&nats)).await;
     FLOW.prepare(&registry.endpoint(), r#"{"type":"object","required":["n"]}"#).await;
     let mut deliveries = FLOW.open(&registry.endpoint(), 4).await;
     let flows = flows_client::FlowsClient::connect(registry.endpoint()).await.expect("connect registry");

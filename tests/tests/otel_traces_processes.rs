@@ -26,8 +26,8 @@ async fn the_registry_process_spans_join_the_trace_started_in_the_adapter_proces
 
     let nats = NatsServer::start();
     // Quiet logs (RUST_LOG=warn in the child) must not switch its tracing off.
-    let registry = RegistryProcess::start_with(&nats.url(), "registry-otel", "").await;
-    let adapter = Adapter::start(adapter_config(&nats.url())).await;
+    let registry = RegistryProcess::start_with(&nats, "registry-otel", "").await;
+    let adapter = Adapter::start(adapter_config(&nats)).await;
     FLOW.prepare(&registry.endpoint(), r#"{"type":"object"}"#).await;
     let mut subscriber = FLOW.open(&registry.endpoint(), 4).await;
 

@@ -65,14 +65,9 @@ async fn my_numbers(stream: &mut tonic::Streaming<EventDelivery>, n: usize) -> V
 #[tokio::test]
 async fn readers_get_per_department_pseudonyms_and_unlisted_departments_cannot_subscribe() {
     let nats = NatsServer::start();
-    let registry = Registry::start(registry_config(&nats.url())).await;
-    let adapter = Adapter::start(adapter_config(&nats.url())).await;
-    let conn = kakehashi_ctl::cli::Conn {
-        registry: registry.endpoint(),
-        adapter: adapter.endpoint(),
-        nats: nats.url(),
-        token: None,
-    };
+    let registry = Registry::start(registry_config(&nats)).await;
+    let adapter = Adapter::start(adapter_config(&nats)).await;
+    let conn = kakehashi_tests::services::cli_conn(&registry.endpoint(), &adapter.endpoint(), &nats);
     let mut schemas = kakehashi_ctl::clients::registry(&conn).await.expect("connect");
     let catalogue = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas");
     kakehashi_ctl::commands::schema::load(&mut schemas, &catalogue, true).await.expect("catalogue");

@@ -21,10 +21,13 @@ const SOURCE: &str = "city-shibuya";
 
 /// A bus with the test type registered; the validator is off so `KH_INGRESS` keeps what is
 /// published.
-async fn bus(adapter: kakehashi_adapter::config::AdapterConfig) -> (NatsServer, Registry, Adapter) {
+async fn bus(
+    tweak: impl FnOnce(&mut kakehashi_adapter::config::AdapterConfig),
+) -> (NatsServer, Registry, Adapter) {
     let (nats, registry) = start_ingress_only(TYPE).await;
-    let adapter =
-        Adapter::start(kakehashi_adapter::config::AdapterConfig { nats_url: nats.url(), ..adapter }).await;
+    let mut config = adapter_config(&nats);
+    tweak(&mut config);
+    let adapter = Adapter::start(config).await;
     (nats, registry, adapter)
 }
 
@@ -46,7 +49,7 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
 
 /// The `Event` stored at `sequence` in `KH_INGRESS`, with its subject.
 async fn stored(nats: &NatsServer, sequence: u64) -> (String, Event) {
-    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let client = nats.admin().await;
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("KH_INGRESS").await.expect("KH_INGRESS");
     let m = stream.get_raw_message(sequence).await.expect("stored message");
@@ -55,7 +58,7 @@ async fn stored(nats: &NatsServer, sequence: u64) -> (String, Event) {
 
 #[tokio::test]
 async fn publish_ack_has_a_sequence_and_a_repeated_id_is_reported_as_duplicate() {
-    let (nats, _registry, adapter) = bus(adapter_config("")).await;
+    let (nats, _registry, adapter) = bus(|_| {}).await;
     let mut publisher = PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
 
     let first = event(1);
@@ -79,8 +82,7 @@ async fn publish_ack_has_a_sequence_and_a_repeated_id_is_reported_as_duplicate()
 
 #[tokio::test]
 async fn publish_refuses_unknown_type_bad_json_and_oversized_payloads_with_reasons() {
-    let config = kakehashi_adapter::config::AdapterConfig { max_payload_bytes: 1024, ..adapter_config("") };
-    let (_nats, registry, adapter) = bus(config).await;
+    let (_nats, registry, adapter) = bus(|c| c.max_payload_bytes = 1024).await;
     let mut publisher = PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
 
     let unknown = Event { r#type: "test.publisher.unregistered".into(), ..event(1) };
@@ -108,8 +110,7 @@ async fn publish_refuses_unknown_type_bad_json_and_oversized_payloads_with_reaso
 
 #[tokio::test]
 async fn publish_stream_answers_every_event_in_order_with_per_event_errors() {
-    let config = kakehashi_adapter::config::AdapterConfig { max_payload_bytes: 1024, ..adapter_config("") };
-    let (_nats, _registry, adapter) = bus(config).await;
+    let (_nats, _registry, adapter) = bus(|c| c.max_payload_bytes = 1024).await;
     let mut publisher = PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
 
     // 1,000 events; in every hundred, one is not JSON, one too large, one of an unknown type.
@@ -167,10 +168,11 @@ async fn publish_stream_answers_every_event_in_order_with_per_event_errors() {
 
 #[tokio::test]
 async fn with_credentials_the_token_decides_the_source() {
-    let mut config = adapter_config("");
-    config.credentials.insert("tok-shibuya".into(), SOURCE.into());
-    config.credentials.insert("tok-mhlw".into(), "mhlw".into());
-    let (nats, _registry, adapter) = bus(config).await;
+    let (nats, _registry, adapter) = bus(|config| {
+        config.credentials.insert("tok-shibuya".into(), SOURCE.into());
+        config.credentials.insert("tok-mhlw".into(), "mhlw".into());
+    })
+    .await;
     let mut publisher = PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
 
     let anonymous = publisher.publish(event(1)).await.expect_err("no token");

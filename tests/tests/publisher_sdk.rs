@@ -38,7 +38,11 @@ fn record(number: u32) -> Record {
 #[tokio::test]
 async fn record_published_twice_is_stored_once_and_then_reported_as_duplicate() {
     let (nats, _registry) = start_ingress_only(TYPE).await;
-    let sdk = Bus::builder(nats.url(), SOURCE).connect().await.expect("connect");
+    let sdk = Bus::builder(nats.url(), SOURCE)
+        .credentials(nats.department_creds(SOURCE))
+        .connect()
+        .await
+        .expect("connect");
 
     let first = sdk.publish_record(&record(1)).await.expect("publish");
     assert!(first.sequence > 0 && !first.duplicate);
@@ -57,7 +61,11 @@ async fn record_published_twice_is_stored_once_and_then_reported_as_duplicate() 
 #[tokio::test]
 async fn unregistered_type_is_refused_before_sending() {
     let (nats, _registry) = start_ingress_only(TYPE).await;
-    let sdk = Bus::builder(nats.url(), SOURCE).connect().await.expect("connect");
+    let sdk = Bus::builder(nats.url(), SOURCE)
+        .credentials(nats.department_creds(SOURCE))
+        .connect()
+        .await
+        .expect("connect");
     let unknown = Record { event_type: "test.sdk.unregistered", ..record(1) };
     match sdk.publish_record(&unknown).await {
         Err(PublishError::Refused { reason: "unknown_type", message }) => {
@@ -70,7 +78,11 @@ async fn unregistered_type_is_refused_before_sending() {
 #[tokio::test]
 async fn pipeline_answers_in_the_order_sent_with_refusals_in_place() {
     let (nats, _registry) = start_ingress_only(TYPE).await;
-    let sdk = Bus::builder(nats.url(), SOURCE).connect().await.expect("connect");
+    let sdk = Bus::builder(nats.url(), SOURCE)
+        .credentials(nats.department_creds(SOURCE))
+        .connect()
+        .await
+        .expect("connect");
     let mut pipeline = sdk.pipeline(64);
     let mut sent = Vec::new();
     let mut results = Vec::new();
@@ -105,6 +117,7 @@ async fn pipeline_answers_in_the_order_sent_with_refusals_in_place() {
 async fn publish_made_while_the_server_restarts_is_confirmed_once_it_is_back() {
     let (mut nats, _registry) = start_ingress_only(TYPE).await;
     let sdk = Bus::builder(nats.url(), SOURCE)
+        .credentials(nats.department_creds(SOURCE))
         .ack_timeout(Duration::from_millis(500))
         .retry(Retry { give_up_after: Duration::from_secs(30), ..Retry::default() })
         .connect()

@@ -32,7 +32,7 @@ async fn register(
 #[tokio::test]
 async fn identical_schema_returns_existing_version_and_new_content_gets_next() {
     let nats = NatsServer::start();
-    let r = Registry::start(registry_config(&nats.url())).await;
+    let r = Registry::start(registry_config(&nats)).await;
     let mut c = client(&r).await;
     c.set_compatibility(SetCompatibilityRequest {
         subject: "a.b".into(),
@@ -58,7 +58,7 @@ async fn identical_schema_returns_existing_version_and_new_content_gets_next() {
 #[tokio::test]
 async fn bad_input_gets_precise_codes_and_leaves_nothing_behind() {
     let nats = NatsServer::start();
-    let mut cfg = registry_config(&nats.url());
+    let mut cfg = registry_config(&nats);
     cfg.limits.max_schema_bytes = 2048;
     let r = Registry::start(cfg).await;
     let mut c = client(&r).await;
@@ -94,7 +94,7 @@ async fn bad_input_gets_precise_codes_and_leaves_nothing_behind() {
 #[tokio::test]
 async fn references_must_exist_and_block_deletion_and_soft_delete_keeps_version_readable() {
     let nats = NatsServer::start();
-    let r = Registry::start(registry_config(&nats.url())).await;
+    let r = Registry::start(registry_config(&nats)).await;
     let mut c = client(&r).await;
     let dangling = json!({"type": "object", "properties": {"p": {"$ref": format!("{BASE}common.person/1")}}});
     let err = register(&mut c, "x.event", dangling.to_string()).await.expect_err("dangling ref");
@@ -165,8 +165,8 @@ async fn references_must_exist_and_block_deletion_and_soft_delete_keeps_version_
 #[tokio::test]
 async fn concurrent_registration_on_two_instances_loses_and_doubles_nothing() {
     let nats = NatsServer::start();
-    let a = Registry::start(registry_config(&nats.url())).await;
-    let b = Registry::start(registry_config(&nats.url())).await;
+    let a = Registry::start(registry_config(&nats)).await;
+    let b = Registry::start(registry_config(&nats)).await;
     let mut admin = client(&a).await;
     admin
         .set_compatibility(SetCompatibilityRequest {
@@ -228,8 +228,8 @@ async fn concurrent_registration_on_two_instances_loses_and_doubles_nothing() {
 #[tokio::test]
 async fn schema_registered_on_one_instance_validates_on_another_within_a_second() {
     let nats = NatsServer::start();
-    let a = Registry::start(registry_config(&nats.url())).await;
-    let b = Registry::start(registry_config(&nats.url())).await;
+    let a = Registry::start(registry_config(&nats)).await;
+    let b = Registry::start(registry_config(&nats)).await;
     let mut ca = client(&a).await;
     register(&mut ca, "sync.check", json!({"type": "object", "required": ["n"]}).to_string())
         .await
@@ -256,7 +256,7 @@ async fn schema_registered_on_one_instance_validates_on_another_within_a_second(
 #[tokio::test]
 async fn compatibility_modes_apply_per_subject_and_report_every_problem_with_pointers() {
     let nats = NatsServer::start();
-    let r = Registry::start(registry_config(&nats.url())).await;
+    let r = Registry::start(registry_config(&nats)).await;
     let mut c = client(&r).await;
     let closed = |props: serde_json::Value, required: serde_json::Value| {
         json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
@@ -375,7 +375,7 @@ async fn compatibility_modes_apply_per_subject_and_report_every_problem_with_poi
 #[tokio::test]
 async fn formats_are_asserted_including_japanese_identifiers() {
     let nats = NatsServer::start();
-    let r = Registry::start(registry_config(&nats.url())).await;
+    let r = Registry::start(registry_config(&nats)).await;
     let mut c = client(&r).await;
     let schema = json!({"type": "object", "properties": {
         "d": {"type": "string", "format": "date"}, "t": {"type": "string", "format": "date-time"},

@@ -1,5 +1,6 @@
 //! Adapter configuration: defaults that work locally, a TOML file, then environment overrides.
 
+use kakehashi_proto::nats_auth::NatsAuthConfig;
 use kakehashi_proto::settings;
 pub use kakehashi_proto::settings::ConfigError;
 use kakehashi_proto::topology::TopologyConfig;
@@ -14,6 +15,8 @@ use std::path::Path;
 pub struct AdapterConfig {
     /// NATS server URL (`KAKEHASHI_NATS_URL`).
     pub nats_url: String,
+    /// NATS identity (credentials file) and TLS; the adapter's identity is `adapter`.
+    pub nats_auth: NatsAuthConfig,
     /// gRPC listen address (`KAKEHASHI_GRPC_ADDR`).
     pub grpc_addr: SocketAddr,
     /// Name of this instance (`KAKEHASHI_INSTANCE`).
@@ -29,12 +32,16 @@ pub struct AdapterConfig {
     /// Department credentials: token → department id. Empty = development mode, where the
     /// event's `source` field is trusted (never use that outside a laptop).
     pub credentials: BTreeMap<String, String>,
+    /// TLS of the gRPC server (`KAKEHASHI_GRPC_TLS_*`); none = plaintext. With a client CA, a
+    /// verified client certificate identifies the publishing department.
+    pub grpc_tls: Option<kakehashi_proto::tls::GrpcTls>,
 }
 
 impl Default for AdapterConfig {
     fn default() -> Self {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_auth: NatsAuthConfig::default(),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
             instance: kakehashi_proto::settings::default_instance("adapter"),
             metrics_addr: None,
@@ -42,6 +49,7 @@ impl Default for AdapterConfig {
             max_payload_bytes: 512 * 1024,
             stream_window: 256,
             credentials: BTreeMap::new(),
+            grpc_tls: None,
         }
     }
 }
@@ -51,10 +59,12 @@ impl AdapterConfig {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut cfg: Self = settings::from_file(file)?;
         settings::env_string("KAKEHASHI_NATS_URL", &mut cfg.nats_url);
+        cfg.nats_auth.apply_env();
         settings::env_parse("KAKEHASHI_GRPC_ADDR", &mut cfg.grpc_addr)?;
         // The adapter's own variable wins, so one environment can configure both services.
         settings::env_parse("KAKEHASHI_ADAPTER_GRPC_ADDR", &mut cfg.grpc_addr)?;
         settings::env_string("KAKEHASHI_INSTANCE", &mut cfg.instance);
+        kakehashi_proto::tls::GrpcTls::apply_env(&mut cfg.grpc_tls)?;
         if std::env::var("KAKEHASHI_METRICS_ADDR").is_ok() {
             let mut addr = SocketAddr::from(([127, 0, 0, 1], 9465));
             settings::env_parse("KAKEHASHI_METRICS_ADDR", &mut addr)?;

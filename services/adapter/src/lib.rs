@@ -47,15 +47,23 @@ pub enum RunError {
     /// Startup of a component failed.
     #[error("startup: {0}")]
     Startup(String),
+    /// The gRPC TLS files could not be used.
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] kakehashi_proto::tls::TlsError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
 
 /// Connects to NATS with the settings every adapter component uses.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::jetstream::Context, RunError> {
-    let client = async_nats::ConnectOptions::new()
-        .name(name)
+pub async fn connect(
+    url: &str,
+    auth: &kakehashi_proto::nats_auth::NatsAuthConfig,
+    name: &str,
+) -> Result<async_nats::jetstream::Context, RunError> {
+    let client = auth
+        .options(name)
+        .map_err(|e| RunError::Startup(e.to_string()))?
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
@@ -70,7 +78,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let js = connect(&config.nats_url, &config.instance).await?;
+    // TLS files are checked first: a bad certificate fails startup before anything connects.
+    let server = kakehashi_proto::tls::server_builder(config.grpc_tls.as_ref())?;
+    let js = connect(&config.nats_url, &config.nats_auth, &config.instance).await?;
     let buckets = kakehashi_proto::topology::ensure(&js, &config.topology).await?;
     let schemas = schemas::SchemaIndex::open(&js).await.map_err(RunError::Startup)?;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -87,9 +97,12 @@ pub async fn run(
         &config.topology,
     );
     let metrics = kakehashi_proto::metrics::Registry::new();
+    let identities = kakehashi_proto::identity::Identities::new(config.credentials.clone(), Vec::new())
+        .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()));
+    identities.log_mode("adapter", config.grpc_tls.as_ref());
     let service = publisher::PublisherService::new(
         js,
-        kakehashi_proto::identity::Identities::new(config.credentials.clone(), Vec::new()),
+        identities,
         schemas,
         (audit, &metrics),
         (config.max_payload_bytes, config.stream_window),
@@ -105,7 +118,8 @@ pub async fn run(
         }));
     }
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "adapter serving");
-    tonic::transport::Server::builder()
+    server
+        .layer(kakehashi_proto::identity::peer_cert_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -161,10 +161,13 @@ impl PublisherService {
     async fn check(
         &self,
         metadata: &tonic::metadata::MetadataMap,
+        extensions: &tonic::Extensions,
         mut event: Event,
     ) -> Result<Event, Refusal> {
-        let source =
-            self.identities.department(metadata, &event.source).map_err(|s| Refusal::from_identity(&s))?;
+        let source = self
+            .identities
+            .department((metadata, extensions), &event.source)
+            .map_err(|s| Refusal::from_identity(&s))?;
         adopt_trace_context(metadata, &mut event);
         let event = envelope::prepare(event, source, self.max_payload_bytes)
             .map_err(|e| Refusal::from_envelope(&e))?;
@@ -180,9 +183,14 @@ impl PublisherService {
     }
 
     /// Checks one streamed event and starts its publish; refusals become error acks.
-    async fn accept(&self, metadata: &tonic::metadata::MetadataMap, event: Event) -> AckFuture {
+    async fn accept(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        extensions: &tonic::Extensions,
+        event: Event,
+    ) -> AckFuture {
         let id = event.id.clone();
-        match self.check(metadata, event).await {
+        match self.check(metadata, extensions, event).await {
             Ok(event) => self.start(event).await,
             Err(refusal) => {
                 let ack = refusal.to_ack(id);
@@ -242,8 +250,8 @@ fn error_ack(event_id: String, code: Code, reason: &str, message: String) -> Pub
 #[tonic::async_trait]
 impl Publisher for PublisherService {
     async fn publish(&self, request: Request<Event>) -> Result<Response<PublishAck>, Status> {
-        let (metadata, _, event) = request.into_parts();
-        let event = self.check(&metadata, event).await.map_err(|r| r.to_status())?;
+        let (metadata, extensions, event) = request.into_parts();
+        let event = self.check(&metadata, &extensions, event).await.map_err(|r| r.to_status())?;
         let ack = self.start(event).await.await;
         match ack.error {
             Some(e) => Err(Status::unavailable(e.message)),
@@ -257,7 +265,7 @@ impl Publisher for PublisherService {
         &self,
         request: Request<Streaming<Event>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let (metadata, _, mut inbound) = request.into_parts();
+        let (metadata, extensions, mut inbound) = request.into_parts();
         let (tx, rx) = mpsc::channel(self.window);
         let this = self.clone();
         tokio::spawn(async move {
@@ -269,7 +277,7 @@ impl Publisher for PublisherService {
                 tokio::select! {
                     next = inbound.next(), if inbound_open && pending.len() < this.window => {
                         match next {
-                            Some(Ok(event)) => pending.push_back(this.accept(&metadata, event).await),
+                            Some(Ok(event)) => pending.push_back(this.accept(&metadata, &extensions, event).await),
                             _ => inbound_open = false,
                         }
                     }

@@ -92,8 +92,16 @@ impl SchemaError {
 
 type Versions = BTreeMap<String, BTreeMap<u32, Arc<StoredVersion>>>;
 
+/// Where versions come from: the whole bucket followed by a watch (services), or single keys
+/// read on demand with JetStream direct gets (departments, whose account may only read the
+/// schema bucket that way: no consumer, no stream API).
+enum Source {
+    Mirror(jetstream::Context),
+    Direct(async_nats::Client),
+}
+
 struct Inner {
-    js: jetstream::Context,
+    source: Source,
     versions: RwLock<Versions>,
     /// Revision (stream sequence) of the last bucket entry applied.
     applied: AtomicU64,
@@ -130,7 +138,7 @@ impl SchemaIndex {
             .map_err(|e| format!("watching {}: {e}", subjects::BUCKET_SCHEMAS))?;
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let inner = Arc::new(Inner {
-            js: js.clone(),
+            source: Source::Mirror(js.clone()),
             versions: RwLock::new(BTreeMap::new()),
             applied: AtomicU64::new(0),
             applied_changed: tokio::sync::Notify::new(),
@@ -167,13 +175,34 @@ impl SchemaIndex {
         Ok(Self { inner })
     }
 
+    /// An index that reads versions on demand with direct gets of single bucket keys
+    /// (`$JS.API.DIRECT.GET.KV_KH_SCHEMAS.>`), the only read a department's NATS identity
+    /// is granted. A subject's versions are read once, at its first use; `$ref`s are read
+    /// before a validator is compiled.
+    pub fn open_direct(client: async_nats::Client) -> Self {
+        let (stop, _) = tokio::sync::oneshot::channel();
+        Self {
+            inner: Arc::new(Inner {
+                source: Source::Direct(client),
+                versions: RwLock::new(BTreeMap::new()),
+                applied: AtomicU64::new(0),
+                applied_changed: tokio::sync::Notify::new(),
+                validators: Mutex::new(HashMap::new()),
+                _stop: stop,
+            }),
+        }
+    }
+
     /// The version an event with `schema_version` (0 = latest) would be validated against,
     /// catching up with the bucket before answering that it does not exist.
     pub async fn resolve(&self, subject: &str, version: u32) -> Result<u32, SchemaError> {
         if let Ok(v) = self.inner.lookup(subject, version) {
             return Ok(v);
         }
-        self.inner.catch_up().await;
+        match &self.inner.source {
+            Source::Mirror(_) => self.inner.catch_up().await,
+            Source::Direct(client) => self.inner.fetch_subject(client, subject).await,
+        }
         self.inner.lookup(subject, version)
     }
 
@@ -187,6 +216,9 @@ impl SchemaIndex {
         max: usize,
     ) -> Result<Result<(), Vec<String>>, SchemaError> {
         let version = self.resolve(subject, version).await?;
+        if let Source::Direct(client) = &self.inner.source {
+            self.inner.fetch_references(client, subject, version).await;
+        }
         let validator = self.inner.validator(subject, version)?;
         let errors: Vec<String> = validator
             .iter_errors(payload)
@@ -202,10 +234,68 @@ impl SchemaIndex {
 }
 
 impl Inner {
+    /// Reads one version key with a direct get; `None` when it does not exist (or failed,
+    /// which the caller reports as unknown, as the validator would dead-letter it).
+    async fn fetch_version(
+        client: &async_nats::Client,
+        subject: &str,
+        version: u32,
+    ) -> Option<StoredVersion> {
+        let key = format!("s.{subject}.v.{version}");
+        let api = format!("$JS.API.DIRECT.GET.KV_{0}.$KV.{0}.{key}", subjects::BUCKET_SCHEMAS);
+        let reply = tokio::time::timeout(CATCH_UP_LIMIT, client.request(api, bytes::Bytes::new()))
+            .await
+            .ok()?
+            .ok()?;
+        // A missing key answers with a status (404) and no payload; a KV delete marker has a
+        // `KV-Operation` header and no payload either.
+        if reply.status.is_some() || reply.payload.is_empty() {
+            return None;
+        }
+        serde_json::from_slice(&reply.payload).ok()
+    }
+
+    /// Reads a subject's versions 1, 2, … up to the first missing one.
+    async fn fetch_subject(&self, client: &async_nats::Client, subject: &str) {
+        let mut version = 1;
+        while let Some(v) = Self::fetch_version(client, subject, version).await {
+            let mut map = self.versions.write().unwrap_or_else(|p| p.into_inner());
+            map.entry(subject.to_string()).or_default().insert(version, Arc::new(v));
+            drop(map);
+            version += 1;
+        }
+    }
+
+    /// Reads every schema `subject`/`version` references through `$ref`, transitively.
+    async fn fetch_references(&self, client: &async_nats::Client, subject: &str, version: u32) {
+        let mut pending = vec![(subject.to_string(), version)];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some((s, v)) = pending.pop() {
+            if !seen.insert((s.clone(), v)) {
+                continue;
+            }
+            let text = match self.schema_text(&s, v) {
+                Some(t) => t,
+                None => match Self::fetch_version(client, &s, v).await {
+                    Some(stored) => {
+                        let text = stored.schema.clone();
+                        let mut map = self.versions.write().unwrap_or_else(|p| p.into_inner());
+                        map.entry(s.clone()).or_default().insert(v, Arc::new(stored));
+                        text
+                    }
+                    None => continue,
+                },
+            };
+            if let Ok(schema) = serde_json::from_str::<Value>(&text) {
+                collect_refs(&schema, &mut pending);
+            }
+        }
+    }
+
     async fn last_revision(&self) -> Result<u64, String> {
+        let Source::Mirror(js) = &self.source else { return Ok(0) };
         let stream_name = format!("KV_{}", subjects::BUCKET_SCHEMAS);
-        let stream =
-            self.js.get_stream(&stream_name).await.map_err(|e| format!("reading {stream_name}: {e}"))?;
+        let stream = js.get_stream(&stream_name).await.map_err(|e| format!("reading {stream_name}: {e}"))?;
         Ok(stream.cached_info().state.last_sequence)
     }
 
@@ -302,6 +392,26 @@ impl Inner {
                 versions.iter().map(move |(v, s)| ((subject.clone(), *v), s.schema.clone()))
             })
             .collect()
+    }
+}
+
+/// Every registered schema a schema refers to with `$ref`.
+fn collect_refs(value: &Value, out: &mut Vec<(String, u32)>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(uri)) => {
+                        if let Some((s, v)) = parse_schema_uri(uri) {
+                            out.push((s.to_string(), v));
+                        }
+                    }
+                    _ => collect_refs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
     }
 }
 

@@ -30,9 +30,39 @@ pub struct Conn {
     /// NATS URL (dead letters, dev).
     #[arg(long, global = true, env = "KAKEHASHI_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
+    /// NATS credentials file of the identity to connect as (operator commands: `dlq`, `audit`).
+    #[arg(long, global = true, env = "KAKEHASHI_NATS_CREDENTIALS")]
+    pub nats_credentials: Option<PathBuf>,
+    /// CA certificate (PEM) of a NATS server that requires TLS.
+    #[arg(long, global = true, env = "KAKEHASHI_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
     /// Department token sent as `authorization: Bearer <token>`.
     #[arg(long, global = true, env = "KAKEHASHI_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) that the registry's and adapter's TLS certificates chain to (for
+    /// https:// endpoints; without it the system's roots are trusted).
+    #[arg(long, global = true, env = "KAKEHASHI_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to https:// endpoints; with mutual TLS it names the
+    /// department. Needs --key.
+    #[arg(long, global = true, env = "KAKEHASHI_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, global = true, env = "KAKEHASHI_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl Conn {
+    /// Endpoints with every optional setting unset (for programs driving the CLI's code).
+    pub fn new(registry: impl Into<String>, adapter: impl Into<String>, nats: impl Into<String>) -> Self {
+        use clap::Parser as _;
+        // Clap's defaults, so a field added later is never left out here.
+        let mut conn = Cli::parse_from(["kakehashi", "audit", "verify"]).conn;
+        conn.registry = registry.into();
+        conn.adapter = adapter.into();
+        conn.nats = nats.into();
+        conn
+    }
 }
 
 /// Subcommands.
@@ -60,6 +90,37 @@ pub enum Command {
     /// Check the audit trail's hash chains.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// NATS server configuration: identities, permissions, credentials.
+    #[command(subcommand)]
+    Nats(NatsCommand),
+}
+
+/// `kakehashi nats`.
+#[derive(Debug, Subcommand)]
+pub enum NatsCommand {
+    /// Render the nats-server accounts section and one credentials file per service and per
+    /// department (existing keys are kept).
+    Config(NatsConfigArgs),
+}
+
+/// `kakehashi nats config`.
+#[derive(Debug, Args)]
+pub struct NatsConfigArgs {
+    /// Departments that connect to NATS directly (SDK, `ingest`), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub departments: Vec<String>,
+    /// A file with more department ids, one per line (`#` starts a comment).
+    #[arg(long)]
+    pub departments_file: Option<PathBuf>,
+    /// Output directory (`auth.conf`, `creds/`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace this identity's key; the old key stays accepted until `--retire`.
+    #[arg(long)]
+    pub rotate: Vec<String>,
+    /// Stop accepting this identity's previous key.
+    #[arg(long)]
+    pub retire: Vec<String>,
 }
 
 /// `kakehashi trace`.

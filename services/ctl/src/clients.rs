@@ -1,4 +1,5 @@
-//! gRPC clients of the bus, connected on demand, each call carrying the department token.
+//! gRPC clients of the bus, connected on demand, each call carrying the department token; over
+//! TLS for https:// endpoints (`--ca`), with a client certificate when given (`--cert`/`--key`).
 
 use crate::cli::Conn;
 use crate::error::CtlError;
@@ -9,7 +10,7 @@ use kakehashi_proto::v1::{
 };
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Adds `authorization: Bearer <token>` to every call when a token is configured.
 #[derive(Clone)]
@@ -27,9 +28,49 @@ impl tonic::service::Interceptor for Auth {
 /// A channel with the token interceptor.
 pub type Authed = InterceptedService<Channel, Auth>;
 
+/// TLS settings from `--ca`, `--cert` and `--key`, or none for a plaintext endpoint. Files are
+/// read here so a missing one is a one-line error naming it, before any connection is tried.
+pub fn tls_config(endpoint: &str, c: &Conn) -> Result<Option<ClientTlsConfig>, CtlError> {
+    let https = endpoint.starts_with("https://");
+    let asked = c.ca.is_some() || c.cert.is_some() || c.key.is_some();
+    if !https {
+        if asked {
+            // tonic would silently talk plaintext to an http:// endpoint despite the TLS options.
+            return Err(CtlError::Usage(format!(
+                "--ca/--cert/--key need an https:// endpoint, not {endpoint}"
+            )));
+        }
+        return Ok(None);
+    }
+    let mut tls = ClientTlsConfig::new();
+    tls = match &c.ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read_file(ca)?)),
+        None => tls.with_native_roots(),
+    };
+    match (&c.cert, &c.key) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(read_file(cert)?, read_file(key)?));
+        }
+        (None, None) => {}
+        _ => return Err(CtlError::Usage("--cert and --key go together".into())),
+    }
+    Ok(Some(tls))
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, CtlError> {
+    std::fs::read(path).map_err(|source| CtlError::Read { path: path.to_path_buf(), source })
+}
+
 async fn channel(what: &'static str, endpoint: &str, c: &Conn) -> Result<Authed, CtlError> {
-    let e = Endpoint::from_shared(endpoint.to_string())
+    let mut e = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| CtlError::Usage(format!("bad {what} endpoint {endpoint}: {e}")))?;
+    if let Some(tls) = tls_config(endpoint, c)? {
+        e = e.tls_config(tls).map_err(|source| CtlError::Connect {
+            what,
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
+    }
     let channel = e.connect().await.map_err(|source| CtlError::Connect {
         what,
         endpoint: endpoint.to_string(),

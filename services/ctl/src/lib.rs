@@ -2,15 +2,18 @@
 //!
 //! Layout: [`cli`] (arguments), [`commands`] (one module per subcommand group), [`catalogue`]
 //! (schema folders on disk), [`clients`] (gRPC connections), [`output`] (text or JSON),
-//! [`error`] (one-line errors).
+//! [`error`] (one-line errors), [`pki`] (run-time CA and certificates).
 
 pub mod catalogue;
 pub mod cli;
 pub mod clients;
 pub mod commands;
 pub mod error;
+pub mod nats_client;
+pub mod nats_config;
 pub mod nats_server;
 pub mod output;
+pub mod pki;
 
 /// Runs a parsed command line.
 pub async fn run(cli: cli::Cli) -> Result<(), error::CtlError> {
@@ -24,5 +27,6 @@ pub async fn run(cli: cli::Cli) -> Result<(), error::CtlError> {
         Command::Publish(a) => commands::publish::run(&cli.conn, cli.json, a).await,
         Command::Trace(a) => commands::trace::run(&cli.conn, cli.json, a).await,
         Command::Audit(cli::AuditCommand::Verify) => commands::audit::verify(&cli.conn, cli.json).await,
+        Command::Nats(cli::NatsCommand::Config(a)) => commands::nats::config(cli.json, a),
     }
 }

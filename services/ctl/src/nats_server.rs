@@ -2,9 +2,57 @@
 //! store under the data dir) when none answers there.
 
 use crate::error::CtlError;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The nats-server version `deploy/scripts/ensure-tools.sh` installs.
+pub const PINNED_VERSION: &str = "2.15.1";
+/// The oldest nats-server the bus runs on (accounts with service imports, 2.10+ consumer
+/// create subjects, priority groups).
+pub const MIN_VERSION: (u32, u32) = (2, 12);
+
+/// The nats-server to run: `KAKEHASHI_NATS_SERVER`, else the one `ensure-tools.sh` installed
+/// (`${KAKEHASHI_TOOLS:-~/.cache/kakehashi}/nats-server-<version>/nats-server`).
+pub fn binary() -> Result<PathBuf, CtlError> {
+    if let Some(p) = std::env::var_os("KAKEHASHI_NATS_SERVER").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let tools = match std::env::var_os("KAKEHASHI_TOOLS").filter(|p| !p.is_empty()) {
+        Some(t) => PathBuf::from(t),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kakehashi"),
+    };
+    let bin = tools.join(format!("nats-server-{PINNED_VERSION}")).join("nats-server");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(CtlError::Dev(format!(
+            "nats-server {PINNED_VERSION} not found at {}; run `bash deploy/scripts/ensure-tools.sh`",
+            bin.display()
+        )))
+    }
+}
+
+/// Refuses a nats-server older than [`MIN_VERSION`], naming the version it found.
+pub fn check_version(bin: &Path) -> Result<String, CtlError> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map_err(|e| CtlError::Dev(format!("cannot run {}: {e}", bin.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let version = text.rsplit('v').next().unwrap_or("").to_string();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found < MIN_VERSION {
+        return Err(CtlError::Dev(format!(
+            "{} is nats-server {version:?}; Kakehashi needs {}.{} or later (run `bash deploy/scripts/ensure-tools.sh`)",
+            bin.display(),
+            MIN_VERSION.0,
+            MIN_VERSION.1
+        )));
+    }
+    Ok(version)
+}
 
 /// A nats-server this process started; killed on drop.
 pub struct OwnedNats(Child);

@@ -1,5 +1,6 @@
 //! Registry configuration: defaults that work locally, a TOML file, then environment overrides.
 
+use kakehashi_proto::nats_auth::NatsAuthConfig;
 pub use kakehashi_proto::settings::ConfigError;
 use kakehashi_proto::settings::{self, default_instance};
 use kakehashi_proto::topology::TopologyConfig;
@@ -16,6 +17,8 @@ pub const DEV_PSEUDONYM_SECRET: &str = "kakehashi-development-only-pseudonym-key
 pub struct RegistryConfig {
     /// NATS server URL (`KAKEHASHI_NATS_URL`).
     pub nats_url: String,
+    /// NATS identity (credentials file) and TLS; the registry's identity is `registry`.
+    pub nats_auth: NatsAuthConfig,
     /// gRPC listen address (`KAKEHASHI_GRPC_ADDR`).
     pub grpc_addr: SocketAddr,
     /// Prometheus metrics address (`KAKEHASHI_METRICS_ADDR`); none = no metrics endpoint.
@@ -42,6 +45,9 @@ pub struct RegistryConfig {
     /// Departments that administer the bus: register schemas, manage policies and any
     /// department's subscriptions.
     pub admins: Vec<String>,
+    /// TLS of the gRPC server (`KAKEHASHI_GRPC_TLS_*`); none = plaintext. With a client CA, a
+    /// verified client certificate identifies the department.
+    pub grpc_tls: Option<kakehashi_proto::tls::GrpcTls>,
 }
 
 /// Explicit limits on what the registry accepts.
@@ -92,6 +98,7 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_auth: NatsAuthConfig::default(),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: None,
             instance: default_instance("registry"),
@@ -103,6 +110,7 @@ impl Default for RegistryConfig {
             pseudonym_secret: DEV_PSEUDONYM_SECRET.into(),
             credentials: Default::default(),
             admins: Vec::new(),
+            grpc_tls: None,
         }
     }
 }
@@ -141,6 +149,7 @@ impl RegistryConfig {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut cfg: Self = settings::from_file(file)?;
         settings::env_string("KAKEHASHI_NATS_URL", &mut cfg.nats_url);
+        cfg.nats_auth.apply_env();
         settings::env_parse("KAKEHASHI_GRPC_ADDR", &mut cfg.grpc_addr)?;
         settings::env_string("KAKEHASHI_INSTANCE", &mut cfg.instance);
         if std::env::var("KAKEHASHI_METRICS_ADDR").is_ok() {
@@ -148,6 +157,7 @@ impl RegistryConfig {
             settings::env_parse("KAKEHASHI_METRICS_ADDR", &mut addr)?;
             cfg.metrics_addr = Some(addr);
         }
+        kakehashi_proto::tls::GrpcTls::apply_env(&mut cfg.grpc_tls)?;
         settings::env_string("KAKEHASHI_PSEUDONYM_SECRET", &mut cfg.pseudonym_secret);
         if cfg.pseudonym_secret.len() < 16 {
             return Err(ConfigError::Env {

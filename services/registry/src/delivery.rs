@@ -92,13 +92,13 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
         &self,
         request: Request<Streaming<SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let (metadata, _, mut requests) = request.into_parts();
+        let (metadata, extensions, mut requests) = request.into_parts();
         let open = match requests.message().await? {
             Some(SubscribeRequest { request: Some(subscribe_request::Request::Open(open)) }) => open,
             _ => return Err(Status::invalid_argument("the first request must be `open`")),
         };
         // The reader is whoever the credentials say, never just the field.
-        self.identities.acting_for(&metadata, &open.department)?;
+        self.identities.acting_for((&metadata, &extensions), &open.department)?;
         let sub = self.subscriptions.get(&open.department, &open.subscription).ok_or_else(|| {
             Status::not_found(format!("subscription {}.{} not found", open.department, open.subscription))
         })?;

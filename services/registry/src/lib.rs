@@ -54,6 +54,9 @@ pub enum RunError {
     /// Startup of a component failed.
     #[error("startup: {0}")]
     Startup(String),
+    /// The gRPC TLS files could not be used.
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] kakehashi_proto::tls::TlsError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -83,12 +86,16 @@ pub async fn run_with(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // TLS files are checked first: a bad certificate fails startup before anything connects.
+    let server = kakehashi_proto::tls::server_builder(config.grpc_tls.as_ref())?;
     let default_mode: compat::Mode = config
         .default_compatibility
         .parse()
         .map_err(|e| RunError::Config(format!("default_compatibility: {e}")))?;
-    let client = async_nats::ConnectOptions::new()
-        .name(&config.instance)
+    let client = config
+        .nats_auth
+        .options(&config.instance)
+        .map_err(|e| RunError::Config(e.to_string()))?
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .connect(&config.nats_url)
@@ -160,10 +167,9 @@ pub async fn run_with(
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
 
     let identities =
-        kakehashi_proto::identity::Identities::new(config.credentials.clone(), config.admins.clone());
-    if !identities.enforced() {
-        tracing::warn!("no credentials configured: development mode, callers are not authenticated");
-    }
+        kakehashi_proto::identity::Identities::new(config.credentials.clone(), config.admins.clone())
+            .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()));
+    identities.log_mode("registry", config.grpc_tls.as_ref());
     let registry = api::schema_registry::SchemaRegistryService::new(
         store.clone(),
         identities.clone(),
@@ -208,7 +214,8 @@ pub async fn run_with(
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), instance = %config.instance, "registry serving");
-    let served = tonic::transport::Server::builder()
+    let served = server
+        .layer(kakehashi_proto::identity::peer_cert_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

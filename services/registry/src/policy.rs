@@ -23,6 +23,14 @@ pub struct PolicyRecord {
     pub raw_pii_readers: Vec<String>,
 }
 
+impl PolicyRecord {
+    /// Whether the policy concerns `dept`: it is a producer, reader or raw-PII reader, by name
+    /// or through `*` (a wildcard applies to every department, so each may see it).
+    pub fn names(&self, dept: &str) -> bool {
+        lists(&self.producers, dept) || lists(&self.readers, dept) || lists(&self.raw_pii_readers, dept)
+    }
+}
+
 /// Policy lookups and writes.
 #[derive(Clone)]
 pub struct Policies {

@@ -215,6 +215,8 @@ where
         .retry(options.retry)
         .max_payload_bytes(config.max_payload_bytes)
         .topology(Some(config.topology.clone()))
+        // After the topology: a department's credentials switch it off (it may not create streams).
+        .nats_auth(config.nats_auth.clone())
         .connect()
         .await?;
     import(&bus, &mapping, &jobs, options.window, options.validate, progress).await

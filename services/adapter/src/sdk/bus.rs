@@ -5,6 +5,7 @@ use super::record::ToEvent;
 use super::retry::Retry;
 use crate::schemas::SchemaIndex;
 use async_nats::jetstream::{self, context};
+use kakehashi_proto::nats_auth::NatsAuthConfig;
 use kakehashi_proto::topology::{self, TopologyConfig, TopologyError};
 use kakehashi_proto::v1::Event;
 use kakehashi_proto::{ident, subjects};
@@ -125,6 +126,9 @@ pub enum ConnectError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// The credentials or TLS files cannot be used.
+    #[error("NATS credentials: {0}")]
+    Auth(String),
     /// The streams could not be created or opened.
     #[error(transparent)]
     Topology(#[from] TopologyError),
@@ -145,9 +149,29 @@ pub struct BusBuilder {
     check_types: bool,
     topology: Option<TopologyConfig>,
     wait_for_server: bool,
+    nats_auth: NatsAuthConfig,
 }
 
 impl BusBuilder {
+    /// Connects as this department's NATS identity (`kakehashi nats config` writes the file).
+    /// A department identity may only publish its own ingress and read single schema versions:
+    /// it cannot create streams, so this also turns off [`Self::topology`], and types are
+    /// checked with on-demand reads ([`SchemaIndex::open_direct`]).
+    pub fn credentials(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.nats_auth.credentials = Some(path.into());
+        self.topology = None;
+        self
+    }
+
+    /// Identity and TLS settings as a whole (see [`Self::credentials`]).
+    pub fn nats_auth(mut self, auth: NatsAuthConfig) -> Self {
+        if auth.credentials.is_some() {
+            self.topology = None;
+        }
+        self.nats_auth = auth;
+        self
+    }
+
     /// Connection name shown by the NATS server (default `adapter-<source>`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -201,8 +225,11 @@ impl BusBuilder {
             return Err(ConnectError::InvalidSource(self.source));
         }
         let name = self.name.clone().unwrap_or_else(|| format!("adapter-{}", self.source));
-        let mut options =
-            async_nats::ConnectOptions::new().name(name).connection_timeout(Duration::from_secs(5));
+        let mut options = self
+            .nats_auth
+            .options(&name)
+            .map_err(|e| ConnectError::Auth(e.to_string()))?
+            .connection_timeout(Duration::from_secs(5));
         if self.wait_for_server {
             options = options.retry_on_initial_connect();
         }
@@ -246,6 +273,7 @@ impl Bus {
             check_types: true,
             topology: Some(TopologyConfig::default()),
             wait_for_server: false,
+            nats_auth: NatsAuthConfig::default(),
         }
     }
 
@@ -262,10 +290,13 @@ impl Bus {
         if let Some(t) = &settings.topology {
             topology::ensure(&js, t).await?;
         }
-        let schemas = if settings.check_types {
-            Some(SchemaIndex::open(&js).await.map_err(ConnectError::Schemas)?)
-        } else {
+        let schemas = if !settings.check_types {
             None
+        } else if settings.nats_auth.credentials.is_some() {
+            // A department identity: no stream API, only direct reads of schema versions.
+            Some(SchemaIndex::open_direct(js.client()))
+        } else {
+            Some(SchemaIndex::open(&js).await.map_err(ConnectError::Schemas)?)
         };
         Ok(Self {
             js,

@@ -50,9 +50,7 @@ async fn read_each(js: &jetstream::Context, mut each: impl FnMut(u64, AuditRecor
 
 /// Runs the verification; an error when a chain is broken.
 pub async fn verify(conn: &Conn, json_mode: bool) -> Result<(), CtlError> {
-    let client =
-        async_nats::connect(&conn.nats).await.map_err(|e| CtlError::Nats(format!("{}: {e}", conn.nats)))?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(crate::nats_client::connect(conn).await?);
     let bucket =
         js.get_key_value(BUCKET_CONFIG).await.map_err(|e| CtlError::Nats(format!("{BUCKET_CONFIG}: {e}")))?;
     // Heads first: a head read after the records could name records stored in between.

@@ -186,8 +186,7 @@ async fn demo(conn: &Conn, catalogue: &std::path::Path) -> Result<(), CtlError> 
         .await;
     println!("   mhlw acked it.");
 
-    let client = async_nats::connect(&conn.nats).await.map_err(|e| CtlError::Nats(e.to_string()))?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(crate::nats_client::connect(conn).await?);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let letter = loop {
         let all = commands::dlq::read_all(&js, &format!("kh.dlq.city-shibuya.{TYPE}")).await?;

@@ -18,9 +18,7 @@ pub struct Stored {
 }
 
 async fn connect(conn: &Conn) -> Result<jetstream::Context, CtlError> {
-    let client =
-        async_nats::connect(&conn.nats).await.map_err(|e| CtlError::Nats(format!("{}: {e}", conn.nats)))?;
-    Ok(jetstream::new(client))
+    Ok(jetstream::new(crate::nats_client::connect(conn).await?))
 }
 
 /// Every dead letter on `filter` (a `kh.dlq.…` subject pattern), oldest first.

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod dev;
 pub mod dlq;
+pub mod nats;
 pub mod policy;
 pub mod publish;
 pub mod schema;

@@ -81,7 +81,7 @@ impl Flows for FlowsService {
         &self,
         request: Request<TraceEventRequest>,
     ) -> Result<Response<TraceEventResponse>, Status> {
-        self.identities.require_admin(request.metadata())?;
+        self.identities.require_admin(&request)?;
         let event_id = request.into_inner().event_id;
         if !kakehashi_proto::ids::is_valid_event_id(&event_id) {
             return Err(Status::invalid_argument("event_id must be a UUID or ULID"));
@@ -101,7 +101,7 @@ impl Flows for FlowsService {
         &self,
         request: Request<FindEventsRequest>,
     ) -> Result<Response<FindEventsResponse>, Status> {
-        self.identities.require_admin(request.metadata())?;
+        self.identities.require_admin(&request)?;
         let r = request.into_inner();
         let since = r.since.ok_or_else(|| Status::invalid_argument("since is required"))?;
         let start = time::OffsetDateTime::from_unix_timestamp(since.seconds)

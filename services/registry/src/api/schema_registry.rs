@@ -73,7 +73,7 @@ impl SchemaRegistry for SchemaRegistryService {
         &self,
         request: Request<RegisterSchemaRequest>,
     ) -> Result<Response<RegisterSchemaResponse>, Status> {
-        self.identities.require_admin(request.metadata())?;
+        self.identities.require_admin(&request)?;
         let r = request.into_inner();
         let done = self.store.register(&r.subject, &r.schema).await?;
         Ok(Response::new(RegisterSchemaResponse {
@@ -87,7 +87,7 @@ impl SchemaRegistry for SchemaRegistryService {
         &self,
         request: Request<GetSchemaRequest>,
     ) -> Result<Response<SchemaVersion>, Status> {
-        self.identities.require_caller(request.metadata())?;
+        self.identities.require_caller(&request)?;
         let r = request.into_inner();
         let record =
             if r.id != 0 { self.store.get_by_id(r.id)? } else { self.store.get(&r.subject, r.version)? };
@@ -98,7 +98,7 @@ impl SchemaRegistry for SchemaRegistryService {
         &self,
         request: Request<ListSubjectsRequest>,
     ) -> Result<Response<ListSubjectsResponse>, Status> {
-        self.identities.require_caller(request.metadata())?;
+        self.identities.require_caller(&request)?;
         let subjects = self.store.subjects(request.into_inner().include_deleted);
         Ok(Response::new(ListSubjectsResponse { subjects }))
     }
@@ -107,7 +107,7 @@ impl SchemaRegistry for SchemaRegistryService {
         &self,
         request: Request<ListVersionsRequest>,
     ) -> Result<Response<ListVersionsResponse>, Status> {
-        self.identities.require_caller(request.metadata())?;
+        self.identities.require_caller(&request)?;
         let r = request.into_inner();
         Ok(Response::new(ListVersionsResponse {
             versions: self.store.versions(&r.subject, r.include_deleted)?,
@@ -118,7 +118,7 @@ impl SchemaRegistry for SchemaRegistryService {
         &self,
         request: Request<CheckCompatibilityRequest>,
     ) -> Result<Response<CheckCompatibilityResponse>, Status> {
-        self.identities.require_caller(request.metadata())?;
+        self.identities.require_caller(&request)?;
         let r = request.into_inner();
         let (mode, problems) = self.store.check_compatibility(&r.subject, &r.schema, r.version)?;
         Ok(Response::new(CheckCompatibilityResponse {
@@ -140,7 +140,7 @@ impl SchemaRegistry for SchemaRegistryService {
         &self,
         request: Request<SetCompatibilityRequest>,
     ) -> Result<Response<CompatibilityConfig>, Status> {
-        self.identities.require_admin(request.metadata())?;
+        self.identities.require_admin(&request)?;
         let r = request.into_inner();
         let mode = mode_from_proto(r.mode)?;
         if !r.subject.is_empty() && !kakehashi_proto::ident::is_valid_event_type(&r.subject) {
@@ -158,7 +158,7 @@ impl SchemaRegistry for SchemaRegistryService {
         &self,
         request: Request<GetCompatibilityRequest>,
     ) -> Result<Response<CompatibilityConfig>, Status> {
-        self.identities.require_caller(request.metadata())?;
+        self.identities.require_caller(&request)?;
         let subject = request.into_inner().subject;
         let (mode, inherited) = self.store.mode_of(&subject);
         Ok(Response::new(CompatibilityConfig { subject, mode: mode_to_proto(mode) as i32, inherited }))
@@ -168,7 +168,7 @@ impl SchemaRegistry for SchemaRegistryService {
         &self,
         request: Request<DeleteSchemaVersionRequest>,
     ) -> Result<Response<DeleteSchemaVersionResponse>, Status> {
-        self.identities.require_admin(request.metadata())?;
+        self.identities.require_admin(&request)?;
         let r = request.into_inner();
         if r.version == 0 {
             return Err(Status::invalid_argument("name the version to delete"));
@@ -181,7 +181,7 @@ impl SchemaRegistry for SchemaRegistryService {
         &self,
         request: Request<ValidatePayloadRequest>,
     ) -> Result<Response<ValidatePayloadResponse>, Status> {
-        self.identities.require_caller(request.metadata())?;
+        self.identities.require_caller(&request)?;
         let r = request.into_inner();
         let (validator, version) = self.store.validator(&r.subject, r.version)?;
         let violations = match serde_json::from_slice::<serde_json::Value>(&r.payload) {

@@ -3,7 +3,7 @@
 use crate::policy::{Policies, PolicyRecord};
 use crate::store::now_rfc3339;
 use crate::subscriptions::{SubscriptionRecord, Subscriptions};
-use kakehashi_proto::identity::Identities;
+use kakehashi_proto::identity::{Identities, Scope};
 use kakehashi_proto::v1::policies_server::Policies as PoliciesApi;
 use kakehashi_proto::v1::subscriptions_server::Subscriptions as SubscriptionsApi;
 use kakehashi_proto::v1::*;
@@ -54,9 +54,9 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<CreateSubscriptionRequest>,
     ) -> Result<Response<Subscription>, Status> {
-        let (metadata, _, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let s = r.subscription.ok_or_else(|| Status::invalid_argument("subscription is required"))?;
-        self.identities.acting_for(&metadata, &s.department)?;
+        self.identities.acting_for((&metadata, &extensions), &s.department)?;
         let ack_wait_secs = match s.ack_wait {
             Some(d) if d.seconds > 0 => d.seconds as u64,
             _ => self.default_ack_wait_secs,
@@ -83,9 +83,9 @@ impl SubscriptionsApi for SubscriptionsService {
     ) -> Result<Response<ListSubscriptionsResponse>, Status> {
         let department = &request.get_ref().department;
         if department.is_empty() {
-            self.identities.require_admin(request.metadata())?;
+            self.identities.require_admin(&request)?;
         } else {
-            self.identities.acting_for(request.metadata(), department)?;
+            self.identities.acting_for(&request, department)?;
         }
         let subscriptions = self.subs.list(department).iter().map(to_proto).collect();
         Ok(Response::new(ListSubscriptionsResponse { subscriptions }))
@@ -95,7 +95,7 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<DeleteSubscriptionRequest>,
     ) -> Result<Response<DeleteSubscriptionResponse>, Status> {
-        self.identities.acting_for(request.metadata(), &request.get_ref().department)?;
+        self.identities.acting_for(&request, &request.get_ref().department)?;
         let r = request.into_inner();
         self.subs.delete(&r.department, &r.name).await?;
         Ok(Response::new(DeleteSubscriptionResponse {}))
@@ -110,7 +110,7 @@ pub struct PoliciesService {
 }
 
 impl PoliciesService {
-    /// New service; only administrators change policies.
+    /// New service; only administrators change policies, a department lists the ones naming it.
     pub fn new(policies: Policies, identities: Identities) -> Self {
         Self { policies, identities }
     }
@@ -128,7 +128,7 @@ fn policy_to_proto(p: PolicyRecord) -> Policy {
 #[tonic::async_trait]
 impl PoliciesApi for PoliciesService {
     async fn put_policy(&self, request: Request<Policy>) -> Result<Response<Policy>, Status> {
-        self.identities.require_admin(request.metadata())?;
+        self.identities.require_admin(&request)?;
         let p = request.into_inner();
         let stored = self
             .policies
@@ -144,18 +144,28 @@ impl PoliciesApi for PoliciesService {
 
     async fn list_policies(
         &self,
-        _: Request<ListPoliciesRequest>,
+        request: Request<ListPoliciesRequest>,
     ) -> Result<Response<ListPoliciesResponse>, Status> {
-        Ok(Response::new(ListPoliciesResponse {
-            policies: self.policies.list().into_iter().map(policy_to_proto).collect(),
-        }))
+        // Policies say who receives raw My Numbers: a department sees only the ones naming it.
+        let scope = self.identities.scope(&request)?;
+        let policies = self
+            .policies
+            .list()
+            .into_iter()
+            .filter(|p| match &scope {
+                Scope::All => true,
+                Scope::Department(d) => p.names(d),
+            })
+            .map(policy_to_proto)
+            .collect();
+        Ok(Response::new(ListPoliciesResponse { policies }))
     }
 
     async fn delete_policy(
         &self,
         request: Request<DeletePolicyRequest>,
     ) -> Result<Response<DeletePolicyResponse>, Status> {
-        self.identities.require_admin(request.metadata())?;
+        self.identities.require_admin(&request)?;
         self.policies.delete(&request.into_inner().type_pattern).await?;
         Ok(Response::new(DeletePolicyResponse {}))
     }

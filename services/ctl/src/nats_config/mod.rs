@@ -1,0 +1,207 @@
+//! `kakehashi nats config`: renders the nats-server authorization section and one credentials
+//! file per service and per department from the department list, so nobody hand-edits
+//! permission lists.
+//!
+//! Output directory layout:
+//! - `auth.conf`: the `accounts { … }` section; a server configuration `include`s it.
+//! - `creds/<service>.creds`, `creds/dept-<id>.creds`: one identity each (mode 0600).
+//! - `creds/<name>.creds.previous`: the key being rotated out, still accepted until retired.
+//!
+//! Re-running keeps every existing key, so adding a department never logs anyone else out.
+
+pub mod permissions;
+pub mod render;
+
+use kakehashi_proto::ident;
+use kakehashi_proto::nats_auth::Credentials;
+use permissions::Service;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// What to generate.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Departments that connect to NATS directly (SDK, `ingest`).
+    pub departments: Vec<String>,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Identities whose key is replaced; the old one stays accepted until retired.
+    pub rotate: Vec<String>,
+    /// Identities whose previous (rotated-out) key is no longer accepted.
+    pub retire: Vec<String>,
+}
+
+/// Why the configuration could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConfigError {
+    /// A department id is not one NATS token of `[a-z0-9-]`.
+    #[error("department {0:?} is not a department id ([a-z0-9-]+)")]
+    BadDepartment(String),
+    /// `--rotate`/`--retire` names no identity of this configuration.
+    #[error("no identity {0:?} to rotate or retire (services: registry, adapter, operator, admin; departments: dept-<id>)")]
+    UnknownIdentity(String),
+    /// A file could not be written or read.
+    #[error("{path}: {message}")]
+    File {
+        /// File.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// The accounts section.
+    pub auth_conf: PathBuf,
+    /// The credentials directory.
+    pub creds_dir: PathBuf,
+}
+
+impl Generated {
+    /// The credentials file of a service.
+    pub fn service(&self, service: Service) -> PathBuf {
+        self.creds_dir.join(format!("{}.creds", service.name()))
+    }
+
+    /// The credentials file of a department.
+    pub fn department(&self, id: &str) -> PathBuf {
+        self.creds_dir.join(format!("{}.creds", department_identity(id)))
+    }
+}
+
+/// A department's identity name.
+pub fn department_identity(id: &str) -> String {
+    format!("dept-{id}")
+}
+
+/// Writes the accounts section and the credentials files.
+pub fn generate(plan: &Plan) -> Result<Generated, NatsConfigError> {
+    let departments: BTreeSet<&str> =
+        plan.departments.iter().map(|d| d.trim()).filter(|d| !d.is_empty()).collect();
+    for d in &departments {
+        if !ident::is_valid_department_id(d) {
+            return Err(NatsConfigError::BadDepartment(d.to_string()));
+        }
+    }
+    let known: BTreeSet<String> = Service::ALL
+        .iter()
+        .map(|s| s.name().to_string())
+        .chain(departments.iter().map(|d| department_identity(d)))
+        .collect();
+    for name in plan.rotate.iter().chain(&plan.retire) {
+        if !known.contains(name) {
+            return Err(NatsConfigError::UnknownIdentity(name.clone()));
+        }
+    }
+    let creds_dir = plan.out.join("creds");
+    std::fs::create_dir_all(&creds_dir).map_err(|e| file_err(&creds_dir, e))?;
+    let keys = |identity: &str, inbox: String| -> Result<Vec<String>, NatsConfigError> {
+        identity_keys(
+            &creds_dir,
+            identity,
+            inbox,
+            plan.rotate.iter().any(|r| r == identity),
+            plan.retire.iter().any(|r| r == identity),
+        )
+    };
+    let mut services = Vec::new();
+    for s in Service::ALL {
+        services.push(render::User {
+            identity: s.name(),
+            public_keys: keys(s.name(), s.inbox_prefix())?,
+            permissions: s.permissions(),
+        });
+    }
+    let mut accounts = Vec::new();
+    let names: Vec<String> = departments.iter().map(|d| department_identity(d)).collect();
+    for (d, name) in departments.iter().zip(&names) {
+        accounts.push(render::DepartmentAccount {
+            id: d,
+            user: render::User {
+                identity: name,
+                public_keys: keys(name, permissions::department_inbox_prefix(d))?,
+                permissions: permissions::department(d),
+            },
+        });
+    }
+    let auth_conf = plan.out.join("auth.conf");
+    write_private(&auth_conf, &render::accounts(&services, &accounts))?;
+    Ok(Generated { auth_conf, creds_dir })
+}
+
+/// The public keys to accept for `identity`: its current key (created when missing or rotated)
+/// and, during a rotation, the previous one.
+fn identity_keys(
+    dir: &Path,
+    identity: &str,
+    inbox_prefix: String,
+    rotate: bool,
+    retire: bool,
+) -> Result<Vec<String>, NatsConfigError> {
+    let current = dir.join(format!("{identity}.creds"));
+    let previous = dir.join(format!("{identity}.creds.previous"));
+    if rotate && current.exists() {
+        std::fs::rename(&current, &previous).map_err(|e| file_err(&current, e))?;
+    }
+    if retire {
+        match std::fs::remove_file(&previous) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_err(&previous, e)),
+        }
+    }
+    if !current.exists() {
+        let pair = nkeys::KeyPair::new_user();
+        let seed = pair
+            .seed()
+            .map_err(|e| NatsConfigError::File { path: current.clone(), message: e.to_string() })?;
+        let text = format!(
+            "# Kakehashi NATS credentials of identity {identity}: a secret; keep it private.\n\
+             identity = {}\nnkey_seed = {}\ninbox_prefix = {}\n",
+            toml_str(identity),
+            toml_str(&seed),
+            toml_str(&inbox_prefix)
+        );
+        write_private(&current, &text)?;
+    }
+    let mut out = vec![public_key(&current)?];
+    if previous.exists() {
+        out.push(public_key(&previous)?);
+    }
+    Ok(out)
+}
+
+fn public_key(path: &Path) -> Result<String, NatsConfigError> {
+    let creds = Credentials::load(path)
+        .map_err(|e| NatsConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
+    let pair = nkeys::KeyPair::from_seed(&creds.nkey_seed).map_err(|_| NatsConfigError::File {
+        path: path.to_path_buf(),
+        message: "the nkey seed is not valid".into(),
+    })?;
+    Ok(pair.public_key())
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> NatsConfigError {
+    NatsConfigError::File { path: path.to_path_buf(), message: e.to_string() }
+}
+
+/// Writes a file only its owner can read (credentials, and the config naming who may do what).
+fn write_private(path: &Path, text: &str) -> Result<(), NatsConfigError> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut f = options.open(&tmp).map_err(|e| file_err(&tmp, e))?;
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+}

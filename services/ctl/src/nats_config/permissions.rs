@@ -1,0 +1,173 @@
+//! What each NATS identity may publish and subscribe to: the permission table of
+//! `docs/security.md`, as data. Services live in the bus account (`KAKEHASHI`), which owns the
+//! streams; each department is an account of its own that imports only `kh.in.<dept>.>`, so it
+//! cannot reach the bus's JetStream API, its streams or any other identity's inbox at all.
+
+use kakehashi_proto::subjects::{
+    BUCKET_CONFIG, BUCKET_SCHEMAS, STREAM_AUDIT, STREAM_DLQ, STREAM_EVENTS, STREAM_INGRESS,
+};
+
+/// Allow and deny lists for one identity (NATS subject wildcards).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects it may publish to.
+    pub publish_allow: Vec<String>,
+    /// Subjects it may never publish to, even where an allow matches.
+    pub publish_deny: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe_allow: Vec<String>,
+}
+
+/// The services of the bus, each with its own identity in the bus account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// The registry: validator, delivery, schema and config store.
+    Registry,
+    /// The adapter: publishes for departments authenticated over gRPC.
+    Adapter,
+    /// The CLI's operator mode: dead letters (read and replay) and audit verification.
+    Operator,
+    /// Break-glass administration (stream settings, the audit stream); never used by a service.
+    Admin,
+}
+
+impl Service {
+    /// Every service identity.
+    pub const ALL: [Service; 4] = [Service::Registry, Service::Adapter, Service::Operator, Service::Admin];
+
+    /// The identity's name (credentials file `<name>.creds`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Registry => "registry",
+            Service::Adapter => "adapter",
+            Service::Operator => "operator",
+            Service::Admin => "admin",
+        }
+    }
+
+    /// The identity's reply-inbox prefix (unique per identity inside the bus account).
+    pub fn inbox_prefix(self) -> String {
+        format!("_INBOX.{}", self.name())
+    }
+
+    /// What the identity may do.
+    pub fn permissions(self) -> Permissions {
+        let kv_schemas = format!("KV_{BUCKET_SCHEMAS}");
+        let kv_config = format!("KV_{BUCKET_CONFIG}");
+        let mut p =
+            Permissions { subscribe_allow: vec![format!("{}.>", self.inbox_prefix())], ..Default::default() };
+        let publish = &mut p.publish_allow;
+        match self {
+            Service::Registry => {
+                publish.extend(strings(&["kh.ev.>", "kh.dlq.>", "kh.audit.>"]));
+                publish.push(format!("$KV.{BUCKET_SCHEMAS}.>"));
+                publish.push(format!("$KV.{BUCKET_CONFIG}.>"));
+                publish.extend(topology_setup());
+                for s in [STREAM_INGRESS, STREAM_EVENTS, STREAM_DLQ, STREAM_AUDIT, &kv_schemas, &kv_config] {
+                    publish.extend(read_stream(s));
+                }
+                for s in [STREAM_INGRESS, STREAM_EVENTS] {
+                    publish.extend(durable_consumers(s));
+                }
+                // Deleting a subscription deletes its consumer; nothing else is deleted.
+                publish.push(format!("$JS.API.CONSUMER.DELETE.{STREAM_EVENTS}.*"));
+            }
+            Service::Adapter => {
+                // Any department's ingress: the adapter publishes for the caller its gRPC
+                // credentials proved, never for a claimed source.
+                publish.extend(strings(&["kh.in.*.>", "kh.audit.>"]));
+                publish.push(format!("$KV.{BUCKET_CONFIG}.{}>", kakehashi_proto::audit::HEAD_PREFIX));
+                publish.extend(topology_setup());
+                publish.extend(read_stream(&kv_schemas));
+                publish.extend(read_stream(&kv_config));
+            }
+            Service::Operator => {
+                // Replay puts a dead letter's raw bytes back on its source's ingress.
+                publish.push("kh.in.*.>".into());
+                publish.extend(strings(&["$JS.API.INFO", "$JS.API.STREAM.INFO.*"]));
+                for s in [STREAM_DLQ, STREAM_AUDIT, STREAM_EVENTS, &kv_config] {
+                    publish.extend(read_stream(s));
+                }
+            }
+            Service::Admin => {
+                publish.extend(strings(&["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "kh.>"]));
+                p.subscribe_allow = strings(&[">"]);
+            }
+        }
+        if self != Service::Admin {
+            // The audit trail is append-only for everyone but the administrator (the stream
+            // also denies deletes and purges); spelled out so no later allow can open it.
+            p.publish_deny = ["STREAM.DELETE", "STREAM.PURGE", "STREAM.UPDATE", "STREAM.MSG.DELETE"]
+                .iter()
+                .map(|op| format!("$JS.API.{op}.{STREAM_AUDIT}"))
+                .collect();
+        }
+        p
+    }
+}
+
+/// Read-only access to single schema versions (JetStream direct get of `KV_KH_SCHEMAS`),
+/// exported by the bus account to every department: no consumer, no stream API, nothing
+/// else of the bucket. Schemas are the bus's public contracts.
+pub fn schema_reads() -> String {
+    format!("$JS.API.DIRECT.GET.KV_{BUCKET_SCHEMAS}.>")
+}
+
+/// A department's permissions inside its own account: publish its ingress (answered by the
+/// bus through the import), read schema versions, read its own replies.
+pub fn department(id: &str) -> Permissions {
+    Permissions {
+        publish_allow: vec![format!("kh.in.{id}.>"), schema_reads()],
+        publish_deny: Vec::new(),
+        subscribe_allow: vec![format!("{}.>", department_inbox_prefix(id))],
+    }
+}
+
+/// A department identity's reply-inbox prefix.
+pub fn department_inbox_prefix(id: &str) -> String {
+    format!("_INBOX.{id}")
+}
+
+/// Creating the bus's streams when missing (create never changes an existing stream) and
+/// reading account limits.
+fn topology_setup() -> Vec<String> {
+    let mut v = strings(&["$JS.API.INFO", "$JS.API.STREAM.INFO.*"]);
+    let kv_schemas = format!("KV_{BUCKET_SCHEMAS}");
+    let kv_config = format!("KV_{BUCKET_CONFIG}");
+    for s in [STREAM_INGRESS, STREAM_EVENTS, STREAM_DLQ, STREAM_AUDIT, &kv_schemas, &kv_config] {
+        v.push(format!("$JS.API.STREAM.CREATE.{s}"));
+    }
+    v
+}
+
+/// Reading a stream: direct and API gets, ordered (ephemeral) consumers and their flow control.
+fn read_stream(stream: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.*"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
+        format!("$JS.ACK.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]
+}
+
+/// Durable pull consumers on a stream (the validator, subscriptions).
+fn durable_consumers(stream: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.*"),
+        format!("$JS.API.CONSUMER.NAMES.{stream}"),
+        format!("$JS.API.CONSUMER.LIST.{stream}"),
+        format!("$JS.API.CONSUMER.UNPIN.{stream}.*"),
+        format!("$JS.API.CONSUMER.RESET.{stream}.*"),
+    ]
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
