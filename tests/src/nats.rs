@@ -7,6 +7,7 @@ use kakehashi_ctl::nats_config::{self, permissions::Service, Generated, Plan};
 use kakehashi_proto::nats_auth::NatsAuthConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,10 @@ pub struct NatsServer {
     store: tempfile::TempDir,
     port: u16,
     auth: Generated,
+    /// Set by tests that provoke refusals; otherwise any permission violation in the server's
+    /// log fails the test when the server is dropped: the services must run every scenario
+    /// within their least-privilege identities.
+    violations_expected: AtomicBool,
 }
 
 impl NatsServer {
@@ -40,18 +45,32 @@ impl NatsServer {
 
     /// Starts a server whose generated configuration knows `departments`.
     pub fn start_with_departments(departments: &[&str]) -> Self {
+        Self::start_configured(departments, false)
+    }
+
+    /// Starts a server that also requires TLS, with a CA and certificate generated for
+    /// `127.0.0.1` by `kakehashi nats config --tls-name`; every identity's settings trust it.
+    pub fn start_tls() -> Self {
+        Self::start_configured(TEST_DEPARTMENTS, true)
+    }
+
+    fn start_configured(departments: &[&str], tls: bool) -> Self {
         let store = tempfile::tempdir().expect("temp store dir");
         let plan = Plan {
             departments: departments.iter().map(|d| d.to_string()).collect(),
             out: store.path().join("auth"),
+            tls_names: if tls { vec!["127.0.0.1".into(), "localhost".into()] } else { Vec::new() },
             ..Plan::default()
         };
         let auth = nats_config::generate(&plan).expect("generate the NATS configuration");
         // nats-server resolves an include relative to the including file.
-        std::fs::write(store.path().join("server.conf"), "include \"auth/auth.conf\"\n")
-            .expect("write server.conf");
+        let mut conf = String::from("include \"auth/auth.conf\"\n");
+        if tls {
+            conf.push_str("include \"auth/tls.conf\"\n");
+        }
+        std::fs::write(store.path().join("server.conf"), conf).expect("write server.conf");
         let (child, port) = spawn(store.path(), None);
-        Self { child: Some(child), store, port, auth }
+        Self { child: Some(child), store, port, auth, violations_expected: AtomicBool::new(false) }
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -64,9 +83,13 @@ impl NatsServer {
         &self.auth
     }
 
-    /// Connection settings of a service identity.
+    /// Connection settings of a service identity (trusting the server's CA under TLS).
     pub fn service_auth(&self, service: Service) -> NatsAuthConfig {
-        NatsAuthConfig { credentials: Some(self.auth.service(service)), ..Default::default() }
+        NatsAuthConfig {
+            credentials: Some(self.auth.service(service)),
+            ca_file: self.auth.tls.as_ref().map(|t| t.ca_file.clone()),
+            ..Default::default()
+        }
     }
 
     /// The credentials file of a department.
@@ -120,6 +143,11 @@ impl NatsServer {
 }
 
 impl NatsServer {
+    /// This test provokes permission violations on purpose (negative tests).
+    pub fn expect_violations(&self) {
+        self.violations_expected.store(true, Ordering::Relaxed);
+    }
+
     /// The server's log lines about refused authentication or permissions.
     pub fn violations(&self) -> Vec<String> {
         std::fs::read_to_string(self.store.path().join("nats-server.log"))
@@ -135,13 +163,18 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        let violations = self.violations();
+        self.kill();
         if std::thread::panicking() {
             // What the server refused is usually why a test failed.
-            for line in self.violations().iter().take(40) {
+            for line in violations.iter().take(40) {
                 eprintln!("nats-server: {line}");
             }
+        } else if !self.violations_expected.load(Ordering::Relaxed) {
+            // nats-server logs "Publish Violation" / "Subscription Violation" lines.
+            let refused: Vec<&String> = violations.iter().filter(|l| l.contains(" Violation - ")).collect();
+            assert!(refused.is_empty(), "a service identity was refused by NATS:\n{refused:#?}");
         }
-        self.kill();
     }
 }
 

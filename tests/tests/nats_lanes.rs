@@ -40,6 +40,7 @@ struct Lanes {
 
 async fn lanes() -> Lanes {
     let nats = NatsServer::start();
+    nats.expect_violations();
     let registry = Registry::start(registry_config(&nats)).await;
     FLOW.prepare(&registry.endpoint(), bus::counter_schema()).await;
     let admin = bus::jetstream(&nats).await;
@@ -99,6 +100,7 @@ async fn publish_as_department(nats: &NatsServer, id: &str, n: u64) -> String {
 #[tokio::test]
 async fn anonymous_and_unknown_identities_cannot_connect() {
     let nats = NatsServer::start();
+    nats.expect_violations();
     let err = connect(&nats, None).await.err().map(|e| e.to_string()).expect("anonymous is refused");
     assert!(err.to_lowercase().contains("authorization"), "{err}");
 

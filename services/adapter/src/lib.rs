@@ -82,7 +82,8 @@ pub async fn run(
     let server = kakehashi_proto::tls::server_builder(config.grpc_tls.as_ref())?;
     let js = connect(&config.nats_url, &config.nats_auth, &config.instance).await?;
     let buckets = kakehashi_proto::topology::ensure(&js, &config.topology).await?;
-    let schemas = schemas::SchemaIndex::open(&js).await.map_err(RunError::Startup)?;
+    // Direct reads of single versions: the adapter's identity may create no consumers.
+    let schemas = schemas::SchemaIndex::open_direct(js.client());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<v1::publisher_server::PublisherServer<publisher::PublisherService>>().await;
     const SERVED: &[&str] = &["kakehashi.v1.Publisher"];

@@ -121,6 +121,10 @@ pub struct NatsConfigArgs {
     /// Stop accepting this identity's previous key.
     #[arg(long)]
     pub retire: Vec<String>,
+    /// Require TLS: a host name or IP of the NATS servers for their certificate (repeat it);
+    /// a CA and a server certificate are generated into `<out>/tls/` when missing.
+    #[arg(long = "tls-name")]
+    pub tls_names: Vec<String>,
 }
 
 /// `kakehashi trace`.
@@ -152,9 +156,14 @@ pub enum AuditCommand {
 /// `kakehashi dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Where the dev bus keeps its nats-server store.
+    /// Where the dev bus keeps its nats-server configuration and store, and the generated
+    /// development credentials (`nats-auth/creds/`, `tokens.toml`).
     #[arg(long, default_value = ".kakehashi")]
     pub data_dir: PathBuf,
+    /// Where the dev bus's own nats-server listens (not 4222, so a system nats-server there is
+    /// never used by mistake).
+    #[arg(long, default_value = "127.0.0.1:14222")]
+    pub nats_listen: std::net::SocketAddr,
     /// The schema catalogue to load.
     #[arg(long, default_value = "schemas")]
     pub schemas: PathBuf,

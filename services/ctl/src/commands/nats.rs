@@ -17,21 +17,32 @@ pub fn config(json: bool, args: NatsConfigArgs) -> Result<(), CtlError> {
                 .map(str::to_string),
         );
     }
-    let plan = Plan { departments, out: args.out, rotate: args.rotate, retire: args.retire };
+    let plan =
+        Plan { departments, out: args.out, rotate: args.rotate, retire: args.retire, tls_names: args.tls_names };
     let generated = nats_config::generate(&plan).map_err(|e| CtlError::Usage(e.to_string()))?;
     emit(
         json,
         serde_json::json!({
             "auth_conf": generated.auth_conf,
             "creds_dir": generated.creds_dir,
+            "tls_conf": generated.tls.as_ref().map(|t| &t.tls_conf),
+            "ca_file": generated.tls.as_ref().map(|t| &t.ca_file),
         }),
         || {
-            format!(
+            let mut text = format!(
                 "wrote {} (include it in the nats-server config, then `nats-server --signal reload`)\n\
                  credentials in {} (one per identity; hand each to its service or department only)",
                 generated.auth_conf.display(),
                 generated.creds_dir.display()
-            )
+            );
+            if let Some(tls) = &generated.tls {
+                text.push_str(&format!(
+                    "\nwrote {} (include it too); clients trust {} (KAKEHASHI_NATS_CA)",
+                    tls.tls_conf.display(),
+                    tls.ca_file.display()
+                ));
+            }
+            text
         },
     );
     Ok(())

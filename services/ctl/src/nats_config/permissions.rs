@@ -78,14 +78,16 @@ impl Service {
                 publish.extend(strings(&["kh.in.*.>", "kh.audit.>"]));
                 publish.push(format!("$KV.{BUCKET_CONFIG}.{}>", kakehashi_proto::audit::HEAD_PREFIX));
                 publish.extend(topology_setup());
-                publish.extend(read_stream(&kv_schemas));
-                publish.extend(read_stream(&kv_config));
+                // Schema versions by direct get only: no consumers at all, so the adapter has
+                // no way to point a consumer's deliver subject into a stream (nats-server
+                // does not check deliver subjects against their creator's permissions).
+                publish.push(schema_reads());
             }
             Service::Operator => {
                 // Replay puts a dead letter's raw bytes back on its source's ingress.
                 publish.push("kh.in.*.>".into());
                 publish.extend(strings(&["$JS.API.INFO", "$JS.API.STREAM.INFO.*"]));
-                for s in [STREAM_DLQ, STREAM_AUDIT, STREAM_EVENTS, &kv_config] {
+                for s in [STREAM_DLQ, STREAM_AUDIT, &kv_config] {
                     publish.extend(read_stream(s));
                 }
             }
