@@ -173,3 +173,69 @@ fn durable_consumers(stream: &str) -> Vec<String> {
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
+
+/// The permission table of `docs/security.md`, rendered from the same data the generator uses
+/// (a test keeps the document equal to it). `<dept>` stands for any department id.
+pub fn markdown_table() -> String {
+    let code = |v: &[String]| {
+        if v.is_empty() {
+            "—".to_string()
+        } else {
+            v.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join("<br>")
+        }
+    };
+    let mut out = String::from(
+        "| identity | account | may publish | never publishes | may subscribe |\n|---|---|---|---|---|\n",
+    );
+    for s in Service::ALL {
+        let p = s.permissions();
+        out.push_str(&format!(
+            "| `{}` | `KAKEHASHI` | {} | {} | {} |\n",
+            s.name(),
+            code(&p.publish_allow),
+            code(&p.publish_deny),
+            code(&p.subscribe_allow)
+        ));
+    }
+    let p = department("<dept>");
+    out.push_str(&format!(
+        "| `dept-<dept>` | `DEPT_<dept>` | {} | {} | {} |\n",
+        code(&p.publish_allow),
+        code(&p.publish_deny),
+        code(&p.subscribe_allow)
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_security_md_shows_the_permissions_the_generator_writes() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/security.md"))
+            .expect("docs/security.md");
+        let table = markdown_table();
+        assert!(
+            doc.contains(&table),
+            "docs/security.md is out of date; replace its permission table with:\n\n{table}"
+        );
+    }
+
+    #[test]
+    fn a_department_may_publish_only_its_own_ingress_and_read_only_its_inbox() {
+        let p = department("city-x");
+        assert_eq!(p.publish_allow, ["kh.in.city-x.>", "$JS.API.DIRECT.GET.KV_KH_SCHEMAS.>"]);
+        assert_eq!(p.subscribe_allow, ["_INBOX.city-x.>"]);
+    }
+
+    #[test]
+    fn only_the_admin_may_touch_the_audit_stream_and_no_service_may_update_it() {
+        for s in [Service::Registry, Service::Adapter, Service::Operator] {
+            let p = s.permissions();
+            assert!(p.publish_deny.iter().any(|d| d == "$JS.API.STREAM.MSG.DELETE.KH_AUDIT"), "{s:?}");
+            assert!(!p.publish_allow.iter().any(|a| a.contains("UPDATE") || a == ">"), "{s:?}");
+            assert_eq!(p.subscribe_allow, [format!("_INBOX.{}.>", s.name())]);
+        }
+    }
+}
