@@ -439,6 +439,11 @@ pub async fn wait_stream_len(js: &jetstream::Context, stream: &str, n: u64, limi
 /// The event ids of every message in `KH_EVENTS`, in stream order, read with an ephemeral
 /// consumer (nothing is acked or changed).
 pub async fn event_ids_in_events_stream(js: &jetstream::Context) -> Vec<String> {
+    events_in_events_stream(js).await.into_iter().map(|e| e.id).collect()
+}
+
+/// Every event in `KH_EVENTS`, in stream order, read with an ephemeral consumer.
+pub async fn events_in_events_stream(js: &jetstream::Context) -> Vec<Event> {
     let n = stream_len(js, EVENTS).await as usize;
     let stream = js.get_stream(EVENTS).await.expect("KH_EVENTS");
     let consumer: consumer::PullConsumer = stream
@@ -452,16 +457,16 @@ pub async fn event_ids_in_events_stream(js: &jetstream::Context) -> Vec<String> 
         .expect("ephemeral consumer on KH_EVENTS");
     let mut messages =
         consumer.stream().max_messages_per_batch(500).messages().await.expect("read KH_EVENTS");
-    let mut ids = Vec::with_capacity(n);
-    while ids.len() < n {
+    let mut events = Vec::with_capacity(n);
+    while events.len() < n {
         let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
             .await
             .expect("KH_EVENTS read stalled")
             .expect("KH_EVENTS read ended")
             .expect("KH_EVENTS message");
-        ids.push(Event::decode(m.payload.as_ref()).expect("KH_EVENTS holds Event envelopes").id);
+        events.push(Event::decode(m.payload.as_ref()).expect("KH_EVENTS holds Event envelopes"));
     }
-    ids
+    events
 }
 
 /// Info of a durable consumer.

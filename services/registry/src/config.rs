@@ -74,10 +74,11 @@ pub struct ValidatorConfig {
     pub enabled: bool,
     /// Messages pulled per batch.
     pub batch: usize,
-    /// Ingress messages not acked within this time are redelivered (to the next lease holder).
+    /// Ingress messages not acked within this time are redelivered.
     pub ack_wait_secs: u64,
-    /// The active validator's lease; a standby instance takes over this long after a crash.
-    pub lease_secs: u64,
+    /// How long the pinned validator may go without pulling before NATS pins another instance
+    /// (failover time after a crash), in milliseconds.
+    pub failover_ms: u64,
 }
 
 /// Defaults and bounds of subscriber delivery.
@@ -129,7 +130,7 @@ impl Default for Limits {
 
 impl Default for ValidatorConfig {
     fn default() -> Self {
-        Self { enabled: true, batch: 256, ack_wait_secs: 10, lease_secs: 6 }
+        Self { enabled: true, batch: 256, ack_wait_secs: 10, failover_ms: 1500 }
     }
 }
 

@@ -138,12 +138,11 @@ pub async fn run_with(
                 max_violations: config.limits.max_violations,
             },
             actor: config.instance.clone(),
-            lease_ttl: Duration::from_secs(config.validator.lease_secs.max(1)),
+            failover: Duration::from_millis(config.validator.failover_ms.max(200)),
             audit: audit.clone(),
             metrics: metrics.clone(),
         };
-        let lease_kv = buckets.config.clone();
-        Some(tokio::spawn(validator::run(js.clone(), lease_kv, store.clone(), policy, settings, stop_rx)))
+        Some(tokio::spawn(validator::run(js.clone(), store.clone(), policy, settings, stop_rx)))
     } else {
         None
     };

@@ -18,6 +18,8 @@ pub struct RegistryMetrics {
     pub validated: CounterVec,
     /// Dead letters, by reason.
     pub dead_lettered: CounterVec,
+    /// Times this instance became the pinned validator (startup and failovers).
+    pub validator_takeovers: CounterVec,
     /// Deliveries, by subscription.
     pub delivered: CounterVec,
     /// Acks, by subscription.
@@ -54,6 +56,11 @@ impl RegistryMetrics {
                 "kakehashi_events_dead_lettered_total",
                 "Events dead-lettered, by reason.",
                 &["reason"],
+            ),
+            validator_takeovers: registry.counter(
+                "kakehashi_validator_takeovers_total",
+                "Times this instance was pinned as the validator and started from the ack floor.",
+                &[],
             ),
             delivered: registry.counter(
                 "kakehashi_events_delivered_total",

@@ -1,18 +1,27 @@
-//! The ingress validator: a durable pull consumer ("validator") on `KH_INGRESS`, shared by every
-//! registry instance. Each batch is checked in order; accepted events are republished to
-//! `kh.ev.<type>` byte for byte with `Nats-Msg-Id` = event id, rejected ones go to
+//! The ingress validator: a durable pull consumer ("validator") on `KH_INGRESS` in a priority
+//! group with a pinned client: every registry instance pulls, NATS hands the messages to one of
+//! them at a time and moves the pin to another within `failover_ms` when that one stops
+//! pulling (crash, partition). Each batch is checked in order; accepted events are republished
+//! to `kh.ev.<type>` byte for byte with `Nats-Msg-Id` = event id, rejected ones go to
 //! `kh.dlq.<source>.<type>`; publishes are pipelined and the ingress message is acked only once
 //! its publish is confirmed, so a crash anywhere loses nothing and duplicates nothing.
+//!
+//! Order per key across a takeover is kept by construction, not by timing: `KH_INGRESS` is a
+//! work queue, so every message still in it is unvalidated or unacked. A new pin holder starts
+//! at the consumer's ack floor and handles every message still in the stream in sequence order,
+//! reading the ones the previous holder had in flight (and that NATS would only redeliver after
+//! the ack wait) straight from the stream before anything newer. Those come back later as
+//! redeliveries; their outcome is already stored, so they are only acked.
 
 mod check;
-mod lease;
 pub mod reason;
 
 pub use check::CheckLimits;
 
 use crate::dead_letter;
 use crate::store::SchemaStore;
-use async_nats::jetstream::{self, consumer, message::PublishMessage, AckKind};
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream::Stream, AckKind};
+use async_nats::HeaderMap;
 use futures::StreamExt;
 use kakehashi_proto::audit::AuditRecord;
 use kakehashi_proto::subjects::{self, HEADER_SCHEMA_VERSION, HEADER_TRACEPARENT, HEADER_TRACESTATE};
@@ -23,6 +32,8 @@ use tokio::sync::watch;
 
 /// Durable name of the validator consumer, shared by all instances.
 pub const CONSUMER: &str = "validator";
+/// The consumer's priority group, in which one instance at a time is pinned.
+pub const GROUP: &str = "validators";
 
 /// Failure to set up or run the validator (per-message problems are dead letters, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -41,10 +52,11 @@ pub struct ValidatorSettings {
     pub ack_wait: Duration,
     /// Check limits.
     pub limits: CheckLimits,
-    /// Name in dead letters and the lease.
+    /// Name in dead letters and logs.
     pub actor: String,
-    /// How long the validator lease lasts without renewal (failover time after a crash).
-    pub lease_ttl: Duration,
+    /// How long the pinned instance may go without pulling before NATS pins another
+    /// (the consumer's `priority_timeout`: the failover time after a crash).
+    pub failover: Duration,
     /// Where the validator's hops are recorded.
     pub audit: kakehashi_proto::audit::AuditWriter,
     /// Counters and latencies.
@@ -54,10 +66,9 @@ pub struct ValidatorSettings {
 /// The producer policy the validator consults.
 pub type ProducerPolicy = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
-/// Runs until `shutdown` turns true: waits for the lease, validates while holding it.
+/// Runs until `shutdown` turns true: pulls in the priority group, validates while pinned.
 pub async fn run(
     js: jetstream::Context,
-    lease_kv: async_nats::jetstream::kv::Store,
     store: SchemaStore,
     policy: ProducerPolicy,
     settings: ValidatorSettings,
@@ -65,89 +76,234 @@ pub async fn run(
 ) -> Result<(), ValidatorError> {
     let stream =
         js.get_stream(subjects::STREAM_INGRESS).await.map_err(|e| ValidatorError::Consumer(e.to_string()))?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(CONSUMER.to_string()),
-                filter_subject: subjects::INGRESS_ALL.to_string(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: settings.ack_wait,
-                max_deliver: -1,
-                // One batch outstanding at most: after a crash the next owner receives the
-                // unacked batch again before anything newer, so order per key survives.
-                max_ack_pending: settings.batch as i64,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| ValidatorError::Consumer(e.to_string()))?;
-    let mut lease = lease::Lease::new(lease_kv, settings.actor.clone(), settings.lease_ttl);
+    let consumer = ensure_consumer(&stream, &settings).await?;
     while !*shutdown.borrow() {
-        if !lease.try_acquire().await {
+        if let Err(e) =
+            validate_pinned(&js, &stream, &consumer, &store, &policy, &settings, &mut shutdown).await
+        {
+            tracing::warn!(error = %e, "validator pull failed; retrying");
             tokio::select! {
                 _ = shutdown.changed() => {}
-                _ = tokio::time::sleep(lease.renew_every()) => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
-            continue;
-        }
-        tracing::info!(actor = %settings.actor, "validator lease acquired");
-        let held =
-            validate_while_held(&js, &consumer, &mut lease, &store, &policy, &settings, &mut shutdown).await;
-        if let Err(e) = held {
-            tracing::warn!(error = %e, "validator pull failed; retrying");
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    lease.release().await;
     Ok(())
 }
 
-/// Pulls and validates until the lease is lost or shutdown is asked.
-async fn validate_while_held(
+/// The consumer, created when missing; one of an older version (a plain consumer every
+/// instance could pull from) is replaced, which is safe on a work queue: only unacked messages
+/// are left, and they are validated again (republishes are deduplicated).
+async fn ensure_consumer(
+    stream: &Stream,
+    settings: &ValidatorSettings,
+) -> Result<consumer::PullConsumer, ValidatorError> {
+    let config = consumer::pull::Config {
+        durable_name: Some(CONSUMER.to_string()),
+        filter_subject: subjects::INGRESS_ALL.to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        max_deliver: -1,
+        // Room beyond what one holder keeps in flight, so a new holder is never blocked by its
+        // predecessor's unacked messages (it reads those from the stream instead).
+        max_ack_pending: (settings.batch * 4) as i64,
+        priority_groups: vec![GROUP.to_string()],
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_timeout: settings.failover,
+        ..Default::default()
+    };
+    let err = |e: &dyn std::fmt::Display| ValidatorError::Consumer(e.to_string());
+    if let Ok(existing) = stream.get_consumer::<consumer::pull::Config>(CONSUMER).await {
+        let current = &existing.cached_info().config;
+        if current.priority_policy == consumer::PriorityPolicy::PinnedClient
+            && current.priority_groups == config.priority_groups
+        {
+            return Ok(existing);
+        }
+        tracing::warn!("replacing the validator consumer of an older version with a pinned priority group");
+        stream.delete_consumer(CONSUMER).await.map_err(|e| err(&e))?;
+    }
+    stream.get_or_create_consumer(CONSUMER, config).await.map_err(|e| err(&e))
+}
+
+/// One ingress message to validate: delivered by the consumer (acked when done) or read from
+/// the stream at a takeover (acked when NATS redelivers it).
+struct Ingress {
+    subject: String,
+    payload: bytes::Bytes,
+    headers: Option<HeaderMap>,
+    seq: u64,
+    published: Option<time::OffsetDateTime>,
+    delivered: Option<jetstream::Message>,
+}
+
+impl Ingress {
+    fn delivered(m: jetstream::Message) -> Self {
+        let (seq, published) = m.info().map(|i| (i.stream_sequence, Some(i.published))).unwrap_or((0, None));
+        Self {
+            subject: m.subject.to_string(),
+            payload: m.payload.clone(),
+            headers: m.headers.clone(),
+            seq,
+            published,
+            delivered: Some(m),
+        }
+    }
+}
+
+/// Where this instance stands in the stream while it is pinned.
+struct Tenure {
+    /// `Nats-Pin-Id` of the messages being received (a change = a new tenure).
+    pin: Option<String>,
+    /// Highest stream sequence whose outcome this tenure has handled (or the ack floor).
+    last: u64,
+    /// Whether a tenure has started since the pull began.
+    started: bool,
+}
+
+/// Pulls in the priority group and validates whatever NATS hands this instance.
+async fn validate_pinned(
     js: &jetstream::Context,
+    stream: &Stream,
     consumer: &consumer::PullConsumer,
-    lease: &mut lease::Lease,
     store: &SchemaStore,
     policy: &ProducerPolicy,
     settings: &ValidatorSettings,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ValidatorError> {
+    let pull_expiry = settings.failover.max(Duration::from_millis(400));
     let messages = consumer
         .stream()
+        .group(GROUP)
         .max_messages_per_batch(settings.batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(10))
+        // Expiry and heartbeats within the failover time: the pinned instance must re-pull
+        // before the pin lapses, and a dead server is noticed as quickly.
+        .expires(pull_expiry)
+        .heartbeat(pull_expiry / 2)
         .messages()
         .await
         .map_err(|e| ValidatorError::Consumer(e.to_string()))?;
     let mut chunks = messages.ready_chunks(settings.batch);
-    let mut renew = tokio::time::interval(lease.renew_every());
+    let mut tenure = Tenure { pin: None, last: 0, started: false };
+    let mut idle = tokio::time::interval(settings.failover.max(Duration::from_millis(500)));
+    let mut stalled = Stalled::default();
     loop {
         let chunk = tokio::select! {
             _ = shutdown.changed() => return Ok(()),
-            _ = renew.tick() => {
-                if !lease.renew().await {
-                    tracing::warn!("validator lease lost; standing by");
-                    return Ok(());
-                }
+            _ = idle.tick() => {
+                stalled.check(stream, settings).await;
                 continue;
             }
             c = chunks.next() => c,
         };
+        stalled.received = true;
         let Some(chunk) = chunk else { return Ok(()) };
-        let mut batch = Vec::with_capacity(chunk.len());
+        let mut delivered = Vec::with_capacity(chunk.len());
         for m in chunk {
             match m {
-                Ok(m) => batch.push(m),
-                Err(e) => tracing::warn!(error = %e, "ingress pull error"),
+                Ok(m) => delivered.push(m),
+                Err(e) => return Err(ValidatorError::Consumer(format!("ingress pull: {e}"))),
             }
         }
-        process_batch(js, store, policy, settings, batch, shutdown).await;
+        let Some(first) = delivered.first() else { continue };
+        let pin = first
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_PIN_ID))
+            .map(|v| v.to_string());
+        if !tenure.started || pin != tenure.pin {
+            let info = stream
+                .consumer_info(CONSUMER)
+                .await
+                .map_err(|e| ValidatorError::Consumer(format!("consumer info: {e}")))?;
+            tenure = Tenure { pin, last: info.ack_floor.stream_sequence, started: true };
+            settings.metrics.validator_takeovers.with(&[]).inc();
+            tracing::info!(actor = %settings.actor, ack_floor = tenure.last, "validator pinned: validating from the ack floor");
+        }
+        delivered.sort_by_key(|m| m.info().map(|i| i.stream_sequence).unwrap_or(0));
+        let mut work = Vec::with_capacity(delivered.len());
+        for m in delivered {
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            if seq <= tenure.last {
+                // Handled in this tenure already (read from the stream at the takeover, or its
+                // ack was lost): its outcome is stored, only the ack is missing.
+                if let Err(e) = m.ack().await {
+                    tracing::warn!(error = %e, "ingress ack failed; it will be redelivered");
+                }
+                continue;
+            }
+            if seq > tenure.last + 1 {
+                read_gap(stream, tenure.last + 1, seq, &mut work).await?;
+            }
+            tenure.last = seq;
+            work.push(Ingress::delivered(m));
+        }
+        process_batch(js, store, policy, settings, work, shutdown).await;
         if *shutdown.borrow() {
             return Ok(());
         }
     }
+}
+
+/// Watches for messages a dead holder took with it when nothing newer arrives to start a
+/// takeover: unacked messages and an ack floor that has not moved for a whole interval while
+/// this instance received nothing. The consumer is then reset to its ack floor, so NATS hands
+/// them out again at once (to whoever is pinned) instead of after the ack wait.
+#[derive(Default)]
+struct Stalled {
+    floor: Option<u64>,
+    received: bool,
+}
+
+impl Stalled {
+    async fn check(&mut self, stream: &Stream, settings: &ValidatorSettings) {
+        let received = std::mem::take(&mut self.received);
+        let Ok(info) = stream.consumer_info(CONSUMER).await else { return };
+        let floor = info.ack_floor.stream_sequence;
+        let stuck = !received && info.num_ack_pending > 0 && self.floor == Some(floor);
+        self.floor = Some(floor);
+        if stuck {
+            match stream.reset_consumer(CONSUMER, None).await {
+                Ok(r) => {
+                    tracing::info!(actor = %settings.actor, ack_floor = floor, reset_to = r.reset_seq, "validator consumer stalled on unacked messages; reset to its ack floor")
+                }
+                Err(e) => tracing::warn!(error = %e, "validator consumer reset failed"),
+            }
+            self.floor = None;
+        }
+    }
+}
+
+/// Reads every message still in `KH_INGRESS` from `from` up to (not including) `until`: what a
+/// previous holder had in flight, to be validated before anything newer.
+async fn read_gap(
+    stream: &Stream,
+    from: u64,
+    until: u64,
+    work: &mut Vec<Ingress>,
+) -> Result<(), ValidatorError> {
+    let mut next = from;
+    while next < until {
+        let got =
+            stream.raw_message_builder().sequence(next).next_by_subject(subjects::INGRESS_ALL).send().await;
+        match got {
+            Ok(m) if m.sequence < until => {
+                next = m.sequence + 1;
+                work.push(Ingress {
+                    subject: m.subject.to_string(),
+                    payload: m.payload,
+                    headers: Some(m.headers),
+                    seq: m.sequence,
+                    published: Some(m.time),
+                    delivered: None,
+                });
+            }
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(e) => return Err(ValidatorError::Consumer(format!("reading KH_INGRESS from {next}: {e}"))),
+        }
+    }
+    Ok(())
 }
 
 /// Checks a batch, then publishes every outcome pipelined and acks each ingress message once
@@ -159,7 +315,7 @@ async fn process_batch(
     store: &SchemaStore,
     policy: &ProducerPolicy,
     settings: &ValidatorSettings,
-    batch: Vec<jetstream::Message>,
+    batch: Vec<Ingress>,
     shutdown: &watch::Receiver<bool>,
 ) {
     let mut outgoing: Vec<(String, PublishMessage, Option<AuditRecord>, Verdict)> = batch
@@ -193,8 +349,10 @@ async fn process_batch(
         for confirmation in confirmations {
             match confirmation.await {
                 Ok(_) => {
-                    if let Err(e) = batch[done].ack().await {
-                        tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
+                    if let Some(m) = &batch[done].delivered {
+                        if let Err(e) = m.ack().await {
+                            tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
+                        }
                     }
                     count(settings, &batch[done], &outgoing[done].3);
                     if let Some(record) = outgoing[done].2.take() {
@@ -210,10 +368,10 @@ async fn process_batch(
         }
         if done < batch.len() {
             if *shutdown.borrow() {
-                // Unacked messages are redelivered to whoever holds the lease next.
+                // Unacked messages are handled by whoever is pinned next.
                 return;
             }
-            for msg in &batch[done..] {
+            for msg in batch[done..].iter().filter_map(|i| i.delivered.as_ref()) {
                 let _ = msg.ack_with(AckKind::Progress).await;
             }
             tokio::time::sleep(backoff).await;
@@ -230,13 +388,13 @@ enum Verdict {
     DeadLettered(&'static str),
 }
 
-fn count(settings: &ValidatorSettings, msg: &jetstream::Message, verdict: &Verdict) {
+fn count(settings: &ValidatorSettings, msg: &Ingress, verdict: &Verdict) {
     let m = &settings.metrics;
     match verdict {
         Verdict::Validated(t) => {
             m.validated.with(&[t]).inc();
-            if let Ok(info) = msg.info() {
-                m.publish_to_validated.with(&[]).observe(crate::metrics::since(info.published));
+            if let Some(published) = msg.published {
+                m.publish_to_validated.with(&[]).observe(crate::metrics::since(published));
             }
         }
         Verdict::DeadLettered(reason) => m.dead_lettered.with(&[reason]).inc(),
@@ -248,10 +406,10 @@ fn outcome(
     store: &SchemaStore,
     policy: &ProducerPolicy,
     settings: &ValidatorSettings,
-    msg: &jetstream::Message,
+    msg: &Ingress,
     span: &tracing::Span,
 ) -> (String, PublishMessage, Option<AuditRecord>, Verdict) {
-    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+    let seq = msg.seq;
     match check::check(&msg.subject, &msg.payload, store, settings.limits, |s, t| policy(s, t)) {
         Ok(accepted) => {
             let event = &accepted.event;
