@@ -129,7 +129,11 @@ impl NatsAuthConfig {
 
     /// Connect options carrying the identity and TLS settings, named `name`.
     pub fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, NatsAuthError> {
-        let mut options = async_nats::ConnectOptions::new().name(name);
+        // Reconnect quickly (the default backoff grows to seconds): after a node of a cluster
+        // dies, the client moves to another one within a second.
+        let mut options = async_nats::ConnectOptions::new().name(name).reconnect_delay_callback(|attempts| {
+            std::time::Duration::from_millis((attempts as u64 * 100).min(1000))
+        });
         if let Some(path) = &self.credentials {
             let creds = Credentials::load(path)?;
             options = options.nkey(creds.nkey_seed).custom_inbox_prefix(creds.inbox_prefix);

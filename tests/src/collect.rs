@@ -20,6 +20,9 @@ pub struct Tally {
     pub deliveries: u64,
     /// Deliveries with attempt > 1.
     pub redelivered: u64,
+    /// Ids delivered again with `attempt == 1`: silent duplicates, which the bus must never
+    /// produce.
+    pub unmarked_repeats: Vec<String>,
     /// Subscribe streams opened.
     pub sessions: u32,
     /// Why streams ended or failed to open (first few).
@@ -53,11 +56,12 @@ impl Tally {
     /// One line for the test output.
     pub fn summary(&self) -> String {
         format!(
-            "{} deliveries, {} distinct ids, {} ids delivered more than once, {} redeliveries (attempt > 1), {} sessions",
+            "{} deliveries, {} distinct ids, {} ids delivered more than once, {} redeliveries (attempt > 1), {} unmarked repeats, {} sessions",
             self.deliveries,
             self.unique(),
             self.duplicates().len(),
             self.redelivered,
+            self.unmarked_repeats.len(),
             self.sessions
         )
     }
@@ -189,6 +193,8 @@ async fn run(
                         *n += 1;
                         if *n == 1 {
                             t.first_seen.push(id);
+                        } else if d.attempt <= 1 {
+                            t.unmarked_repeats.push(id);
                         }
                     }
                     sub.ack(vec![d.delivery_id]).await;

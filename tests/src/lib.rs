@@ -4,6 +4,8 @@
 //!
 //! Layout:
 //! - [`nats`]: the nats-server child.
+//! - [`cluster`]: three nats-server children forming a JetStream cluster on loopback (killable
+//!   and restartable node by node, leaders locatable).
 //! - [`services`]: registry and adapter in-process.
 //! - [`process`]: the registry as an OS process (`kh-registry` binary of this crate).
 //! - [`bus`]: what a department or operator does: schemas, policies, subscriptions, publishing,
@@ -13,6 +15,7 @@
 //! - [`wait`]: polling for a condition under a timeout.
 
 pub mod bus;
+pub mod cluster;
 pub mod collect;
 pub mod nats;
 pub mod otlp;
@@ -20,6 +23,7 @@ pub mod process;
 pub mod services;
 pub mod wait;
 
+pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use process::RegistryProcess;
 pub use services::{Adapter, Registry};

@@ -5,6 +5,7 @@
 
 use kakehashi_ctl::nats_config::{self, permissions::Service, Generated, Plan};
 use kakehashi_proto::nats_auth::NatsAuthConfig;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,7 +70,7 @@ impl NatsServer {
             conf.push_str("include \"auth/tls.conf\"\n");
         }
         std::fs::write(store.path().join("server.conf"), conf).expect("write server.conf");
-        let (child, port) = spawn(store.path(), None);
+        let (child, port) = spawn(store.path(), None).expect("a first start never reports a taken port");
         Self { child: Some(child), store, port, auth, violations_expected: AtomicBool::new(false) }
     }
 
@@ -131,8 +132,7 @@ impl NatsServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             // The port was ours a moment ago; retry briefly in case the OS holds it.
-            let (child, port) = spawn(self.store.path(), Some(self.port));
-            if port == self.port {
+            if let Some((child, _)) = spawn(self.store.path(), Some(self.port)) {
                 self.child = Some(child);
                 return;
             }
@@ -150,14 +150,7 @@ impl NatsServer {
 
     /// The server's log lines about refused authentication or permissions.
     pub fn violations(&self) -> Vec<String> {
-        std::fs::read_to_string(self.store.path().join("nats-server.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                l.contains("Violation") || l.contains("Authentication") || l.contains("authorization")
-            })
-            .map(str::to_string)
-            .collect()
+        violations_in(&self.store.path().join("nats-server.log"))
     }
 }
 
@@ -165,50 +158,91 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         let violations = self.violations();
         self.kill();
-        if std::thread::panicking() {
-            // What the server refused is usually why a test failed.
-            for line in violations.iter().take(40) {
-                eprintln!("nats-server: {line}");
-            }
-        } else if !self.violations_expected.load(Ordering::Relaxed) {
-            // nats-server logs "Publish Violation" / "Subscription Violation" lines.
-            let refused: Vec<&String> = violations.iter().filter(|l| l.contains(" Violation - ")).collect();
-            assert!(refused.is_empty(), "a service identity was refused by NATS:\n{refused:#?}");
-        }
+        check_violations(&violations, self.violations_expected.load(Ordering::Relaxed));
     }
 }
 
-/// Spawns nats-server and learns its port from the ports file it writes.
-fn spawn(store: &Path, port: Option<u16>) -> (Child, u16) {
-    let ports_dir = store.join("ports");
+/// The lines of a nats-server log about refused authentication or permissions.
+pub(crate) fn violations_in(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Violation") || l.contains("Authentication") || l.contains("authorization"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// On drop of a server: prints what it refused when the test failed anyway, otherwise fails the
+/// test on any permission violation it did not expect.
+pub(crate) fn check_violations(violations: &[String], expected: bool) {
+    if std::thread::panicking() {
+        // What the server refused is usually why a test failed.
+        for line in violations.iter().take(40) {
+            eprintln!("nats-server: {line}");
+        }
+    } else if !expected {
+        // nats-server logs "Publish Violation" / "Subscription Violation" lines.
+        let refused: Vec<&String> = violations.iter().filter(|l| l.contains(" Violation - ")).collect();
+        assert!(refused.is_empty(), "a service identity was refused by NATS:\n{refused:#?}");
+    }
+}
+
+/// Spawns the single-server configuration of `store` (JetStream stored in `store/js`).
+fn spawn(store: &Path, port: Option<u16>) -> Option<(Child, u16)> {
+    let args = [OsString::from("-js"), OsString::from("-sd"), store.join("js").into_os_string()];
+    spawn_server(store, &store.join("server.conf"), port, &args).map(|(child, ports)| (child, ports.client))
+}
+
+/// The listeners a nats-server reported in its ports file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ports {
+    /// Client port.
+    pub client: u16,
+    /// Cluster (route) port, when the configuration has a cluster block.
+    pub cluster: Option<u16>,
+    /// Monitoring (HTTP) port, when the configuration enables it.
+    pub monitoring: Option<u16>,
+}
+
+/// Spawns nats-server with `conf` on loopback, its client port `port` (the OS picks when `None`)
+/// and `args`, logging to `<dir>/nats-server.log` (appended), and learns its ports from the
+/// ports file it writes into `<dir>/ports`. Returns `None` when a server asked for a fixed port
+/// exited at start (the port is still held: the caller retries); panics on any other failure.
+pub(crate) fn spawn_server(
+    dir: &Path,
+    conf: &Path,
+    port: Option<u16>,
+    args: &[OsString],
+) -> Option<(Child, Ports)> {
+    let ports_dir = dir.join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir).expect("ports dir");
     let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
     let mut child = Command::new(server_binary())
         .arg("-c")
-        .arg(store.join("server.conf"))
-        .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
-        .arg(store.join("js"))
+        .arg(conf)
+        .args(["-a", "127.0.0.1", "-p", &port_arg])
+        .args(args)
         .arg("--ports_file_dir")
         .arg(&ports_dir)
         .arg("-l")
-        .arg(store.join("nats-server.log"))
+        .arg(dir.join("nats-server.log"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("nats-server must be installed (bash deploy/scripts/ensure-tools.sh)");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(p) = read_port(&ports_dir) {
-            if wait_connectable(p) {
-                return (child, p);
+        if let Some(p) = read_ports(&ports_dir) {
+            if wait_connectable(p.client) {
+                return Some((child, p));
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
             if port.is_some() {
-                return (child, 0);
+                return None;
             }
-            panic!("nats-server exited at start: {status}");
+            panic!("nats-server exited at start: {status} (log: {})", dir.join("nats-server.log").display());
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -230,15 +264,19 @@ pub fn server_binary() -> PathBuf {
     .clone()
 }
 
-fn read_port(dir: &PathBuf) -> Option<u16> {
+/// The ports file is written once every listener is up (all keys at once).
+fn read_ports(dir: &Path) -> Option<Ports> {
     let entry = std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
     let text = std::fs::read_to_string(entry.path()).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let url = json.get("nats")?.get(0)?.as_str()?;
-    url.rsplit(':').next()?.parse().ok()
+    let port_of = |key: &str| -> Option<u16> {
+        let url = json.get(key)?.get(0)?.as_str()?;
+        url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
+    };
+    Some(Ports { client: port_of("nats")?, cluster: port_of("cluster"), monitoring: port_of("monitoring") })
 }
 
 fn wait_connectable(port: u16) -> bool {

@@ -41,13 +41,22 @@ impl RegistryProcess {
 
     /// Starts a registry named `instance` with `toml` as its config file.
     pub async fn start_with(nats: &crate::NatsServer, instance: &str, toml: &str) -> Self {
+        let credentials =
+            nats.generated().service(kakehashi_ctl::nats_config::permissions::Service::Registry);
+        Self::start_on(&nats.url(), credentials, instance, toml).await
+    }
+
+    /// Starts a registry named `instance` with `toml` as its config file, connected to
+    /// `nats_url` (`KAKEHASHI_NATS_URL`) with the credentials file `credentials`: for a bus
+    /// that is not a [`crate::NatsServer`], such as a node of a [`crate::NatsCluster`].
+    pub async fn start_on(nats_url: &str, credentials: PathBuf, instance: &str, toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("registry.toml"), toml).expect("write config");
         let mut p = Self {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            nats_url: nats.url(),
-            credentials: nats.generated().service(kakehashi_ctl::nats_config::permissions::Service::Registry),
+            nats_url: nats_url.to_string(),
+            credentials,
             instance: instance.to_string(),
             dir,
             starts: 0,

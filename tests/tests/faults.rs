@@ -88,6 +88,12 @@ fn report(test: &str, tally: &Tally, expected: &[String]) {
     let expected_set: HashSet<String> = expected.iter().cloned().collect();
     assert!(tally.missing(expected).is_empty());
     assert!(tally.unexpected(&expected_set).is_empty(), "the subscriber got events nobody published");
+    assert!(
+        tally.unmarked_repeats.is_empty(),
+        "{test}: {} events delivered again with attempt 1 (silent duplicates), e.g. {:?}",
+        tally.unmarked_repeats.len(),
+        &tally.unmarked_repeats[..tally.unmarked_repeats.len().min(3)]
+    );
     println!("{test}: {} events published; subscriber: {}", expected.len(), tally.summary());
 }
 

@@ -27,8 +27,11 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-/// Lifetime of one pull request of a Subscribe stream.
-const PULL_EXPIRY: Duration = Duration::from_millis(9_730);
+/// Lifetime of one pull request of a Subscribe stream. Short, because a stream opened after a
+/// crash waits this long for the dead instance's pull requests to expire before it resets the
+/// consumer (a dead request would otherwise take redeliveries and lose them until their ack
+/// wait, out of order).
+const PULL_EXPIRY: Duration = Duration::from_millis(2_730);
 
 /// The Delivery service.
 #[derive(Clone)]
@@ -112,6 +115,27 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
             .get_consumer_from_stream(&consumer_name, subjects::STREAM_EVENTS)
             .await
             .map_err(|e| Status::unavailable(format!("subscription consumer: {e}")))?;
+        // Order per key through any failover: what an earlier stream (maybe on a crashed
+        // instance) left unacked is handed out again now, before anything newer, instead of
+        // after its ack wait. The reset restarts NATS's delivery counts; the repeat marks
+        // below still flag those events.
+        if consumer.cached_info().num_ack_pending > 0 {
+            if consumer.cached_info().num_waiting > 0 {
+                tokio::time::sleep(PULL_EXPIRY + Duration::from_millis(100)).await;
+            }
+            let stream = self
+                .js
+                .get_stream(subjects::STREAM_EVENTS)
+                .await
+                .map_err(|e| Status::unavailable(format!("KH_EVENTS: {e}")))?;
+            stream
+                .reset_consumer(&consumer_name, None)
+                .await
+                .map_err(|e| Status::unavailable(format!("subscription consumer reset: {e}")))?;
+        }
+        let marks = crate::repeats::RepeatMarks::open(self.subscriptions.bucket().clone(), &consumer_name)
+            .await
+            .map_err(|e| Status::unavailable(format!("repeat marks: {e}")))?;
         let (tx, rx) = mpsc::channel(in_flight.max(1));
         let session = Session {
             js: self.js.clone(),
@@ -126,7 +150,7 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
             in_flight,
             tx,
         };
-        tokio::spawn(session.run(consumer, requests));
+        tokio::spawn(session.run(consumer, requests, marks));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
@@ -240,7 +264,12 @@ struct Session {
 }
 
 impl Session {
-    async fn run(self, consumer: consumer::PullConsumer, mut requests: Streaming<SubscribeRequest>) {
+    async fn run(
+        self,
+        consumer: consumer::PullConsumer,
+        mut requests: Streaming<SubscribeRequest>,
+        mut marks: crate::repeats::RepeatMarks,
+    ) {
         let mut unacked = Window::default();
         let mut next_id: u64 = 1;
         'session: loop {
@@ -269,7 +298,7 @@ impl Session {
                 tokio::select! {
                     m = batch.next() => match m {
                         Some(Ok(msg)) => {
-                            if !self.deliver(msg, &mut next_id, &mut unacked).await {
+                            if !self.deliver(msg, &mut next_id, &mut unacked, &mut marks).await {
                                 break 'session;
                             }
                         }
@@ -286,6 +315,7 @@ impl Session {
                 }
             }
         }
+        marks.release().await;
         // The client is gone: hand its unacked events back for redelivery now.
         for f in unacked.drain() {
             let _ = f.acker.ack_with(AckKind::Nak(None)).await;
@@ -294,7 +324,13 @@ impl Session {
     }
 
     /// Sends one event to the client; false when the client is gone.
-    async fn deliver(&self, msg: jetstream::Message, next_id: &mut u64, unacked: &mut Window) -> bool {
+    async fn deliver(
+        &self,
+        msg: jetstream::Message,
+        next_id: &mut u64,
+        unacked: &mut Window,
+        marks: &mut crate::repeats::RepeatMarks,
+    ) -> bool {
         let (attempt, seq) =
             msg.info().map(|i| (i.delivered.max(1) as u32, i.stream_sequence)).unwrap_or((1, 0));
         let schema_version: u32 = msg
@@ -364,6 +400,16 @@ impl Session {
             return true;
         }
         let Ok(mut event) = event else { return true };
+        // Every delivery the department may have seen before says so, whatever NATS counted.
+        let attempt = match marks.before_delivery(seq).await {
+            Ok(true) => attempt.max(2),
+            Ok(false) => attempt,
+            Err(e) => {
+                tracing::warn!(error = %e, subscription = %self.sub.name, "repeat mark not stored; the event is redelivered later");
+                let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
+                return true;
+            }
+        };
         let id = *next_id;
         *next_id += 1;
         let span = tracing::info_span!(

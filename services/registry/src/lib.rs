@@ -20,6 +20,7 @@ pub mod delivery;
 pub mod metrics;
 pub mod pii;
 pub mod policy;
+pub mod repeats;
 pub mod store;
 pub mod subscriptions;
 pub mod validation;

@@ -76,6 +76,11 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// The `KH_CONFIG` bucket the subscriptions live in (delivery keeps its repeat marks there).
+    pub fn bucket(&self) -> &kv::Store {
+        &self.kv
+    }
+
     /// Opens the subscription mirror.
     pub async fn open(
         js: jetstream::Context,
@@ -172,6 +177,8 @@ impl Subscriptions {
             let _ = stream.delete_consumer(&consumer_name(department, name)).await;
         }
         self.kv.delete(format!("sub.{key}")).await.map_err(|e| SubscriptionError::Storage(e.to_string()))?;
+        // A subscription created again under this name starts with no deliveries behind it.
+        let _ = self.kv.delete(format!("delivered.{}", consumer_name(department, name))).await;
         self.map.remove(&key);
         Ok(())
     }

@@ -17,8 +17,13 @@ pub fn config(json: bool, args: NatsConfigArgs) -> Result<(), CtlError> {
                 .map(str::to_string),
         );
     }
-    let plan =
-        Plan { departments, out: args.out, rotate: args.rotate, retire: args.retire, tls_names: args.tls_names };
+    let plan = Plan {
+        departments,
+        out: args.out,
+        rotate: args.rotate,
+        retire: args.retire,
+        tls_names: args.tls_names,
+    };
     let generated = nats_config::generate(&plan).map_err(|e| CtlError::Usage(e.to_string()))?;
     emit(
         json,

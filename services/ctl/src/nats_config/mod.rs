@@ -156,7 +156,8 @@ fn server_tls(out: &Path, names: &[String]) -> Result<GeneratedTls, NatsConfigEr
     let dir = dir.canonicalize().map_err(|e| file_err(&dir, e))?;
     let (ca_file, cert, key) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server-key.pem"));
     if !(ca_file.exists() && cert.exists() && key.exists()) {
-        let pki = |e: crate::pki::PkiError| NatsConfigError::File { path: dir.clone(), message: e.to_string() };
+        let pki =
+            |e: crate::pki::PkiError| NatsConfigError::File { path: dir.clone(), message: e.to_string() };
         let ca = crate::pki::Ca::generate("Kakehashi NATS CA").map_err(pki)?;
         // The CA's key is not kept: a new server certificate means a new CA, and clients are
         // handed the new ca.pem (see docs/security.md, rotation).

@@ -1,0 +1,349 @@
+//! The deployment files are secure by default: every NATS configuration under `deploy/`
+//! includes the authorization `kakehashi nats config` generates (and so refuses to start until
+//! it has been generated), and none opens a listener without authentication. The files are run
+//! by the pinned nats-server with the generated authorization, not only read.
+
+use kakehashi_ctl::nats_config::{self, permissions::Service, Generated, Plan};
+use kakehashi_proto::nats_auth::NatsAuthConfig;
+use kakehashi_tests::nats::server_binary;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// What every NATS configuration must include, relative to itself.
+const INCLUDE: &str = "include \"auth/auth.conf\"";
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("deploy")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Runs the real `kakehashi nats config` code into `<dir>/auth`, as the files' headers say.
+fn generate_beside(dir: &Path) -> Generated {
+    let plan = Plan {
+        departments: vec!["city-shibuya".into(), "mhlw".into()],
+        out: dir.join("auth"),
+        ..Plan::default()
+    };
+    nats_config::generate(&plan).expect("kakehashi nats config")
+}
+
+/// `nats-server -t -c <conf>` with extra environment variables.
+fn config_test(conf: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(server_binary());
+    cmd.arg("-t").arg("-c").arg(conf);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run nats-server -t")
+}
+
+fn said(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The route environment the cluster files' headers tell operators to export.
+fn route_env(password: &str, hosts: &[&str]) -> (String, String) {
+    let routes: Vec<String> =
+        hosts.iter().map(|h| format!("nats-route://kakehashi-route:{password}@{h}")).collect();
+    (password.to_string(), format!("[{}]", routes.join(",")))
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `conf` on a port the OS picks (address, client and monitoring ports overridden on
+/// the command line, as compose overrides the address) and returns its client URL.
+fn start(conf: &Path, dir: &Path) -> (Server, String) {
+    let ports = dir.join("ports");
+    std::fs::create_dir_all(&ports).expect("ports dir");
+    let child = Command::new(server_binary())
+        .arg("-c")
+        .arg(conf)
+        .args(["-a", "127.0.0.1", "-p", "-1", "-m", "-1", "--ports_file_dir"])
+        .arg(&ports)
+        .arg("-l")
+        .arg(dir.join("nats-server.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let mut server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = std::fs::read_dir(&ports)
+            .ok()
+            .and_then(|mut d| d.find_map(|e| e.ok()))
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|j| j.get("nats")?.get(0)?.as_str().map(str::to_string));
+        if let Some(url) = url {
+            return (server, url);
+        }
+        if let Ok(Some(status)) = server.0.try_wait() {
+            panic!("{} did not start: {status}; log: {}", conf.display(), read(&dir.join("nats-server.log")));
+        }
+        assert!(Instant::now() < deadline, "{} did not start within 15s", conf.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn single_conf_refuses_anonymous_clients_and_admits_generated_identities() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // deploy/nats/single.conf beside its auth/ directory; only the store moves into the temp
+    // dir (nats-server refuses a --store_dir flag next to the file's store_dir).
+    let conf = dir.path().join("single.conf");
+    let store = dir.path().join("store");
+    let text = read(&deploy_dir().join("nats/single.conf"));
+    assert!(text.contains("\"/var/lib/kakehashi/nats\""), "single.conf's store_dir moved; update this test");
+    std::fs::write(&conf, text.replace("\"/var/lib/kakehashi/nats\"", &format!("{:?}", store)))
+        .expect("write single.conf");
+
+    let before = config_test(&conf, &[]);
+    assert!(!before.status.success(), "single.conf must not start before `kakehashi nats config`");
+    assert!(
+        said(&before).contains("auth/auth.conf"),
+        "the refusal names the missing file: {}",
+        said(&before)
+    );
+
+    let generated = generate_beside(dir.path());
+    let (_server, url) = start(&conf, dir.path());
+
+    let anonymous =
+        async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(3)).connect(&url).await;
+    let err = anonymous.expect_err("an anonymous client is refused");
+    assert_eq!(err.kind(), async_nats::ConnectErrorKind::AuthorizationViolation, "{err}");
+
+    let auth =
+        NatsAuthConfig { credentials: Some(generated.service(Service::Registry)), ..Default::default() };
+    let registry =
+        auth.options("deploy-test").expect("credentials").connect(&url).await.expect("registry connects");
+    // JetStream is on for the bus account, in the store the file names.
+    async_nats::jetstream::new(registry).query_account().await.expect("JetStream account info as registry");
+
+    let dept = NatsAuthConfig { credentials: Some(generated.department("mhlw")), ..Default::default() };
+    dept.options("deploy-test-dept")
+        .expect("credentials")
+        .connect(&url)
+        .await
+        .expect("a department connects");
+}
+
+#[test]
+fn cluster_and_kubernetes_configs_pass_the_config_test_with_generated_auth() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut confs = Vec::new();
+    for n in 1..=3 {
+        let name = format!("cluster-node-{n}.conf");
+        let path = dir.path().join(&name);
+        std::fs::copy(deploy_dir().join("nats").join(&name), &path).expect("copy node config");
+        confs.push(path);
+    }
+    // The StatefulSet's nats.conf, as the ConfigMap holds it.
+    let k8s = dir.path().join("nats.conf");
+    std::fs::write(&k8s, k8s_nats_conf(&read(&deploy_dir().join("k8s/nats.yaml")))).expect("write nats.conf");
+    let (password, routes) =
+        route_env("0123456789abcdef", &["127.0.0.1:6231", "127.0.0.1:6232", "127.0.0.1:6233"]);
+    let env = [
+        ("KAKEHASHI_NATS_ROUTE_PASSWORD", password.as_str()),
+        ("KAKEHASHI_NATS_ROUTES", routes.as_str()),
+        ("POD_NAME", "nats-0"),
+    ];
+
+    for conf in confs.iter().chain([&k8s]) {
+        let out = config_test(conf, &env);
+        assert!(!out.status.success(), "{} must not pass before `kakehashi nats config`", conf.display());
+    }
+    generate_beside(dir.path());
+    for conf in confs.iter().chain([&k8s]) {
+        let out = config_test(conf, &env);
+        assert!(out.status.success(), "{}: {}", conf.display(), said(&out));
+        assert!(said(&out).contains("is valid"), "{}: {}", conf.display(), said(&out));
+        // Without the route password no node starts: routes are never left open.
+        let out = config_test(conf, &[("POD_NAME", "nats-0")]);
+        assert!(!out.status.success(), "{} starts without a route password", conf.display());
+        assert!(said(&out).contains("KAKEHASHI_NATS_ROUTE"), "{}: {}", conf.display(), said(&out));
+    }
+}
+
+/// The `nats.conf: |` block of the nats ConfigMap, unindented.
+fn k8s_nats_conf(yaml: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "nats.conf: |").skip(1);
+    let mut out = String::new();
+    for line in lines.by_ref() {
+        if !line.trim().is_empty() && !line.starts_with("    ") {
+            break;
+        }
+        out.push_str(line.strip_prefix("    ").unwrap_or(""));
+        out.push('\n');
+    }
+    assert!(out.contains("jetstream"), "no nats.conf block found in deploy/k8s/nats.yaml");
+    out
+}
+
+/// A NATS configuration's text without comments (`#` and `//`, whole-line or trailing).
+fn uncommented(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let l = l.split(" #").next().unwrap_or("");
+            let t = l.trim_start();
+            if t.starts_with('#') || t.starts_with("//") {
+                ""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The text of the `{ … }` block that follows `keyword` at `at`.
+fn block_after(text: &str, at: usize) -> &str {
+    let rest = &text[at..];
+    let Some(open) = rest.find('{') else { return "" };
+    let mut depth = 0;
+    for (i, c) in rest[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &rest[open..open + i + 1];
+                }
+            }
+            _ => {}
+        }
+    }
+    &rest[open..]
+}
+
+/// Every reason a NATS configuration leaves something open.
+fn problems(name: &str, conf: &str) -> Vec<String> {
+    let text = uncommented(conf);
+    let mut found = Vec::new();
+    if !text.lines().any(|l| l.trim() == INCLUDE) {
+        found.push(format!("{name}: no `{INCLUDE}` (the generated authorization)"));
+    }
+    for word in ["no_auth_user", "accounts", "users"] {
+        // Identities come from the generated file only, never written by hand.
+        if text.lines().any(|l| l.trim_start().starts_with(word)) {
+            found.push(format!("{name}: hand-written `{word}`"));
+        }
+    }
+    for (at, _) in text.match_indices("authorization") {
+        let block = block_after(&text, at);
+        if !(block.contains("user") && block.contains("password")) || block.contains("token") {
+            found.push(format!("{name}: an authorization block without a user and password: {block}"));
+        }
+    }
+    if text
+        .lines()
+        .any(|l| l.trim_start().starts_with("authorization") && l.contains(':') && !l.contains('{'))
+    {
+        found.push(format!("{name}: a plain authorization value"));
+    }
+    // Listeners besides the client port must authenticate too.
+    for listener in ["cluster", "leafnodes", "gateway", "websocket", "mqtt"] {
+        for (at, _) in text.match_indices(listener) {
+            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            if text[line_start..at].trim().is_empty() && !block_after(&text, at).contains("authorization") {
+                found.push(format!("{name}: a {listener} listener without authorization"));
+            }
+        }
+    }
+    // Monitoring has no authentication at all: loopback only.
+    for line in text.lines() {
+        let t = line.trim_start();
+        for key in ["http:", "http_port", "monitor_port", "https:", "https_port"] {
+            if t.starts_with(key) && !(t.contains("127.0.0.1") || t.contains("localhost")) {
+                found.push(format!("{name}: monitoring not on loopback: {}", line.trim()));
+            }
+        }
+    }
+    found
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read deploy dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_deploy_file_leaves_a_nats_listener_without_authentication() {
+    let mut files = Vec::new();
+    walk(&deploy_dir(), &mut files);
+    let mut problems_found = Vec::new();
+    let mut configs = 0;
+    for path in &files {
+        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        let name = path.strip_prefix(deploy_dir()).unwrap_or(path).display().to_string();
+        if uncommented(&text).contains("no_auth_user") {
+            problems_found.push(format!("{name}: no_auth_user"));
+        }
+        let is_conf = path.extension().is_some_and(|e| e == "conf");
+        // A NATS server configuration: a .conf file, or one embedded in a Kubernetes ConfigMap.
+        if is_conf {
+            configs += 1;
+            problems_found.extend(problems(&name, &text));
+        }
+        if text.lines().any(|l| l.trim() == "nats.conf: |") {
+            configs += 1;
+            problems_found.extend(problems(&format!("{name} (nats.conf)"), &k8s_nats_conf(&text)));
+        }
+        // A nats-server container must run a configuration file (one of those checked here),
+        // never bare flags, and must not expose monitoring.
+        if text.contains("image: nats:") {
+            let live = uncommented(&text);
+            if !live.contains("--config") {
+                problems_found.push(format!("{name}: a nats container without --config"));
+            }
+            for flag in ["\"-m\"", "--http_port", "\"-js\"", ":8222\""] {
+                if live.contains(flag) {
+                    problems_found.push(format!("{name}: nats container with {flag}"));
+                }
+            }
+        }
+    }
+    assert!(configs >= 5, "expected single, three cluster nodes and the k8s config; found {configs}");
+    assert!(problems_found.is_empty(), "open NATS listeners in deploy/:\n{}", problems_found.join("\n"));
+}
+
+#[test]
+fn the_check_finds_each_kind_of_open_listener() {
+    // Guards the guard: a configuration with every hole it looks for.
+    let open = "# include \"auth/auth.conf\"\nlisten: 0.0.0.0:4222\nhttp: 0.0.0.0:8222\n\
+                no_auth_user: anyone\nauthorization { token: abc }\n\
+                cluster {\n  listen: 0.0.0.0:6222\n  routes: [nats-route://a:6222]\n}\n";
+    let found = problems("open.conf", open).join("\n");
+    for hole in [
+        "no `include",
+        "hand-written `no_auth_user`",
+        "authorization block without a user and password",
+        "cluster listener without authorization",
+        "monitoring not on loopback",
+    ] {
+        assert!(found.contains(hole), "missed {hole:?} in:\n{found}");
+    }
+    let closed = format!(
+        "{INCLUDE}\nlisten: 0.0.0.0:4222\nhttp: 127.0.0.1:8222\ncluster {{\n  listen: 0.0.0.0:6222\n  \
+         authorization {{ user: r, password: $P }}\n  routes: $R\n}}\n"
+    );
+    assert!(problems("closed.conf", &closed).is_empty(), "{:?}", problems("closed.conf", &closed));
+}
