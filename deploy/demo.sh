@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The demo command: installs what is missing, builds, and runs the local bus (starting a
-# nats-server when none answers at KAKEHASHI_NATS_URL) with events flowing through it.
+# The demo command: installs what is missing, builds, and runs the local bus on its own secured
+# nats-server (generated nkeys and gRPC tokens under .kakehashi/) with events flowing through it.
 # Extra arguments go to `kakehashi dev` (e.g. --exit-after-demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -63,6 +63,42 @@ where
     Ok(())
 }
 
+/// Reads a gRPC token file of `department = "token"` lines (as `kakehashi grpc tokens`
+/// writes it). Errors never quote the file's content, which is secret.
+pub fn read_token_file(path: &Path) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let tokens: std::collections::BTreeMap<String, String> =
+        toml::from_str(&text).map_err(|_| ConfigError::Env {
+            name: "credentials_file",
+            message: format!("{} is not `department = \"token\"` lines", path.display()),
+        })?;
+    if let Some(d) = tokens.keys().find(|d| !crate::ident::is_valid_department_id(d)) {
+        return Err(ConfigError::Env {
+            name: "credentials_file",
+            message: format!("{}: {d:?} is not a department id", path.display()),
+        });
+    }
+    Ok(tokens)
+}
+
+/// Adds the tokens of `KAKEHASHI_CREDENTIALS_FILE` (or `file`) to `credentials` (token →
+/// department, the services' form).
+pub fn merge_token_file(
+    file: &mut Option<PathBuf>,
+    credentials: &mut std::collections::BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    if let Some(v) = std::env::var_os("KAKEHASHI_CREDENTIALS_FILE").filter(|v| !v.is_empty()) {
+        *file = Some(PathBuf::from(v));
+    }
+    if let Some(path) = file {
+        for (department, token) in read_token_file(path)? {
+            credentials.insert(token, department);
+        }
+    }
+    Ok(())
+}
+
 /// `--config FILE` from the arguments, else `KAKEHASHI_CONFIG`.
 pub fn config_path() -> Option<PathBuf> {
     let mut args = std::env::args().skip(1);

@@ -53,9 +53,35 @@ impl Default for TopologyConfig {
     }
 }
 
+/// The oldest nats-server the bus runs on: priority groups with pinned clients (2.11),
+/// consumer reset (2.14 — used when present), accounts with service imports for JetStream.
+pub const MIN_SERVER_VERSION: (u32, u32) = (2, 12);
+
+/// `(major, minor)` of a nats-server version string such as `2.15.1` or `v2.12.0-beta`.
+pub fn parse_server_version(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.trim().trim_start_matches('v').split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Refuses a server older than [`MIN_SERVER_VERSION`] with a clear error, before anything is
+/// created on it.
+pub fn require_server(client: &async_nats::Client) -> Result<(), TopologyError> {
+    let version = client.server_info().version;
+    match parse_server_version(&version) {
+        Some(v) if v >= MIN_SERVER_VERSION => Ok(()),
+        _ => Err(TopologyError::ServerTooOld { version }),
+    }
+}
+
 /// Failure to create or open a stream or bucket.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
+    /// The server is older than the bus needs.
+    #[error("nats-server {version} is older than {}.{}, which Kakehashi needs (install the pinned server: bash deploy/scripts/ensure-tools.sh)", MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1)]
+    ServerTooOld {
+        /// What the server reported.
+        version: String,
+    },
     /// A stream could not be created or opened.
     #[error("stream {name}: {source}")]
     Stream {
@@ -85,8 +111,14 @@ pub struct Buckets {
     pub config: kv::Store,
 }
 
-/// Creates (or opens) every stream and bucket of the bus.
+/// Creates (or opens) every stream and bucket of the bus, on a server recent enough.
 pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buckets, TopologyError> {
+    // The server's version is known once connected; the first API call waits for that (a
+    // client that retries its first connection returns before it).
+    let account = js.query_account().await;
+    // An old server may answer in a shape the client cannot read: name the version first.
+    require_server(&js.client())?;
+    account.map_err(|e| TopologyError::Stream { name: "(account)", source: Box::new(e) })?;
     let base = |name: &'static str, subject: &str, max_age: u64| stream::Config {
         name: name.to_string(),
         subjects: vec![subject.to_string()],
@@ -162,4 +194,18 @@ async fn bucket(
     };
     js.get_or_create_stream(config).await.map_err(|e| TopologyError::Bucket { name, source: Box::new(e) })?;
     js.get_key_value(name).await.map_err(|e| TopologyError::Bucket { name, source: Box::new(e) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_compare_by_major_and_minor() {
+        assert_eq!(parse_server_version("2.15.1"), Some((2, 15)));
+        assert_eq!(parse_server_version("v2.12.0-beta.1"), Some((2, 12)));
+        assert!(parse_server_version("2.9.10").is_some_and(|v| v < MIN_SERVER_VERSION));
+        assert!(parse_server_version("2.10.0").is_some_and(|v| v < MIN_SERVER_VERSION));
+        assert_eq!(parse_server_version("nonsense"), None);
+    }
 }

@@ -347,3 +347,35 @@ fn the_check_finds_each_kind_of_open_listener() {
     );
     assert!(problems("closed.conf", &closed).is_empty(), "{:?}", problems("closed.conf", &closed));
 }
+
+/// The gRPC servers of compose and Kubernetes authenticate their callers: each service is
+/// handed the generated token file, and the registry names its administrators.
+#[test]
+fn grpc_servers_in_compose_and_kubernetes_require_tokens() {
+    let dir = deploy_dir();
+    for (file, needles) in [
+        (
+            "docker-compose.yml",
+            &["KAKEHASHI_CREDENTIALS_FILE: /etc/kakehashi/nats/grpc-tokens.toml", "kakehashi grpc tokens"][..],
+        ),
+        (
+            "k8s/registry.yaml",
+            &["KAKEHASHI_CREDENTIALS_FILE", "KAKEHASHI_ADMINS", "key: grpc-tokens.toml"][..],
+        ),
+        ("k8s/adapter.yaml", &["KAKEHASHI_CREDENTIALS_FILE", "key: grpc-tokens.toml"][..]),
+    ] {
+        let text = uncommented(&read(&dir.join(file)));
+        for needle in needles {
+            assert!(
+                text.contains(needle),
+                "{file}: no `{needle}`: its gRPC server would accept anonymous callers"
+            );
+        }
+    }
+    let compose = uncommented(&read(&dir.join("docker-compose.yml")));
+    assert_eq!(
+        compose.matches("KAKEHASHI_CREDENTIALS_FILE").count(),
+        2,
+        "docker-compose.yml: both the registry and the adapter read the token file"
+    );
+}

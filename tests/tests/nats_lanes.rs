@@ -254,6 +254,14 @@ async fn the_adapter_identity_cannot_inject_into_streams_through_consumers_or_pu
     let js = jetstream::new(adapter.clone());
     let ingress_before = bus::stream_len(&l.admin, bus::INGRESS).await;
 
+    // Inside the bus account too, no identity reads another's replies (JetStream reads of the
+    // registry carry event payloads) or the streams' subjects.
+    let mut snoops = Vec::new();
+    for subject in ["_INBOX.registry.>", "_INBOX.>", "kh.ev.>", "kh.in.>"] {
+        snoops.push(adapter.subscribe(subject).await.expect("the client sends the subscription"));
+        expect_violation(&mut errors, subject).await;
+    }
+
     // A push consumer on KH_EVENTS delivering into another department's ingress (nats-server
     // does not check a deliver subject against its creator's permissions).
     let created = jetstream::new(adapter.clone())

@@ -63,8 +63,17 @@ impl Nats {
     }
 }
 
+/// The pinned nats-server `deploy/scripts/ensure-tools.sh` installs (or `KAKEHASHI_NATS_SERVER`).
+fn nats_binary() -> std::path::PathBuf {
+    match std::env::var_os("KAKEHASHI_NATS_SERVER") {
+        Some(p) => p.into(),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/kakehashi/nats-server-2.15.1/nats-server"),
+    }
+}
+
 fn spawn_nats(dir: &Path, ports: &Path) -> Child {
-    Command::new("nats-server")
+    Command::new(nats_binary())
         .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
         .arg(dir.join("js"))
         .arg("--ports_file_dir")
@@ -72,7 +81,7 @@ fn spawn_nats(dir: &Path, ports: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("nats-server must be installed (apt-get install -y nats-server)")
+        .expect("nats-server must be installed (bash deploy/scripts/ensure-tools.sh)")
 }
 
 impl Drop for Nats {

@@ -32,6 +32,9 @@ pub struct AdapterConfig {
     /// Department credentials: token → department id. Empty = development mode, where the
     /// event's `source` field is trusted (never use that outside a laptop).
     pub credentials: BTreeMap<String, String>,
+    /// A file of `department = "token"` lines added to `credentials`
+    /// (`KAKEHASHI_CREDENTIALS_FILE`; written by `kakehashi grpc tokens`).
+    pub credentials_file: Option<std::path::PathBuf>,
     /// TLS of the gRPC server (`KAKEHASHI_GRPC_TLS_*`); none = plaintext. With a client CA, a
     /// verified client certificate identifies the publishing department.
     pub grpc_tls: Option<kakehashi_proto::tls::GrpcTls>,
@@ -49,6 +52,7 @@ impl Default for AdapterConfig {
             max_payload_bytes: 512 * 1024,
             stream_window: 256,
             credentials: BTreeMap::new(),
+            credentials_file: None,
             grpc_tls: None,
         }
     }
@@ -60,6 +64,7 @@ impl AdapterConfig {
         let mut cfg: Self = settings::from_file(file)?;
         settings::env_string("KAKEHASHI_NATS_URL", &mut cfg.nats_url);
         cfg.nats_auth.apply_env();
+        settings::merge_token_file(&mut cfg.credentials_file, &mut cfg.credentials)?;
         settings::env_parse("KAKEHASHI_GRPC_ADDR", &mut cfg.grpc_addr)?;
         // The adapter's own variable wins, so one environment can configure both services.
         settings::env_parse("KAKEHASHI_ADAPTER_GRPC_ADDR", &mut cfg.grpc_addr)?;

@@ -68,8 +68,8 @@ impl Conn {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole bus locally: nats-server (started if none answers), registry, adapter,
-    /// the schema catalogue and the demo policies.
+    /// Run the whole bus locally, authenticated: its own secured nats-server on --nats-listen,
+    /// registry, adapter, the schema catalogue and the demo policies.
     Dev(DevArgs),
     /// Manage schemas.
     #[command(subcommand)]
@@ -93,6 +93,28 @@ pub enum Command {
     /// NATS server configuration: identities, permissions, credentials.
     #[command(subcommand)]
     Nats(NatsCommand),
+    /// gRPC credentials of the departments.
+    #[command(subcommand)]
+    Grpc(GrpcCommand),
+}
+
+/// `kakehashi grpc`.
+#[derive(Debug, Subcommand)]
+pub enum GrpcCommand {
+    /// Write (or complete) a file of `department = "token"` lines: one bearer token per
+    /// department; the services read it with `credentials_file`. Existing tokens are kept.
+    Tokens(GrpcTokensArgs),
+}
+
+/// `kakehashi grpc tokens`.
+#[derive(Debug, Args)]
+pub struct GrpcTokensArgs {
+    /// Departments, comma-separated (the administrators among them too).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub departments: Vec<String>,
+    /// The token file.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `kakehashi nats`.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clients;
 pub mod commands;
 pub mod error;
+pub mod grpc_tokens;
 pub mod nats_client;
 pub mod nats_config;
 pub mod nats_server;
@@ -28,5 +29,17 @@ pub async fn run(cli: cli::Cli) -> Result<(), error::CtlError> {
         Command::Trace(a) => commands::trace::run(&cli.conn, cli.json, a).await,
         Command::Audit(cli::AuditCommand::Verify) => commands::audit::verify(&cli.conn, cli.json).await,
         Command::Nats(cli::NatsCommand::Config(a)) => commands::nats::config(cli.json, a),
+        Command::Grpc(cli::GrpcCommand::Tokens(a)) => {
+            let departments = a.departments.iter().map(|d| d.trim().to_string()).collect();
+            let tokens = grpc_tokens::ensure(&a.out, &departments)?;
+            output::emit(
+                cli.json,
+                serde_json::json!({ "file": a.out, "departments": tokens.keys().collect::<Vec<_>>() }),
+                || {
+                    format!("{} holds a token for {} departments (secrets: hand each department only its own line)", a.out.display(), tokens.len())
+                },
+            );
+            Ok(())
+        }
     }
 }

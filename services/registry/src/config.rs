@@ -42,6 +42,10 @@ pub struct RegistryConfig {
     /// Department credentials: token → department id. Empty = development mode, where callers
     /// are not authenticated (never use that outside a laptop).
     pub credentials: std::collections::BTreeMap<String, String>,
+    /// A file of `department = "token"` lines added to `credentials`
+    /// (`KAKEHASHI_CREDENTIALS_FILE`; written by `kakehashi grpc tokens`), so no token is
+    /// written into a configuration file.
+    pub credentials_file: Option<std::path::PathBuf>,
     /// Departments that administer the bus: register schemas, manage policies and any
     /// department's subscriptions.
     pub admins: Vec<String>,
@@ -110,6 +114,7 @@ impl Default for RegistryConfig {
             default_compatibility: "BACKWARD".into(),
             pseudonym_secret: DEV_PSEUDONYM_SECRET.into(),
             credentials: Default::default(),
+            credentials_file: None,
             admins: Vec::new(),
             grpc_tls: None,
         }
@@ -151,6 +156,10 @@ impl RegistryConfig {
         let mut cfg: Self = settings::from_file(file)?;
         settings::env_string("KAKEHASHI_NATS_URL", &mut cfg.nats_url);
         cfg.nats_auth.apply_env();
+        settings::merge_token_file(&mut cfg.credentials_file, &mut cfg.credentials)?;
+        if let Ok(v) = std::env::var("KAKEHASHI_ADMINS") {
+            cfg.admins = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        }
         settings::env_parse("KAKEHASHI_GRPC_ADDR", &mut cfg.grpc_addr)?;
         settings::env_string("KAKEHASHI_INSTANCE", &mut cfg.instance);
         if std::env::var("KAKEHASHI_METRICS_ADDR").is_ok() {
@@ -167,5 +176,56 @@ impl RegistryConfig {
             });
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../deploy/config/registry.toml");
+
+    /// Every `name:` of a `{:?}` rendering: the field names of the struct and its sections.
+    fn field_names(debug: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for part in debug.split(['{', ',', '(']) {
+            if let Some((name, _)) = part.trim_start().split_once(": ") {
+                if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !name.is_empty() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_example_file_shows_every_key_with_its_default() {
+        let parsed: RegistryConfig =
+            toml::from_str(EXAMPLE).expect("deploy/config/registry.toml parses strictly");
+        let default = RegistryConfig::default();
+        for (what, ours, theirs) in [
+            ("topology", format!("{:?}", parsed.topology), format!("{:?}", default.topology)),
+            ("limits", format!("{:?}", parsed.limits), format!("{:?}", default.limits)),
+            ("validator", format!("{:?}", parsed.validator), format!("{:?}", default.validator)),
+            ("delivery", format!("{:?}", parsed.delivery), format!("{:?}", default.delivery)),
+            ("nats_url", parsed.nats_url.clone(), default.nats_url.clone()),
+            ("grpc_addr", parsed.grpc_addr.to_string(), default.grpc_addr.to_string()),
+            (
+                "default_compatibility",
+                parsed.default_compatibility.clone(),
+                default.default_compatibility.clone(),
+            ),
+            ("nats_auth", format!("{:?}", parsed.nats_auth), format!("{:?}", default.nats_auth)),
+            ("metrics_addr", format!("{:?}", parsed.metrics_addr), format!("{:?}", default.metrics_addr)),
+        ] {
+            assert_eq!(ours, theirs, "deploy/config/registry.toml: [{what}] is not the default");
+        }
+        for name in field_names(&format!("{default:?}")) {
+            let shown = EXAMPLE.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim();
+                l.starts_with(&format!("{name} =")) || l == format!("[{name}]")
+            });
+            assert!(shown, "deploy/config/registry.toml does not show the key `{name}`");
+        }
     }
 }

@@ -59,67 +59,6 @@ fn policy_departments(path: &Path) -> Result<BTreeSet<String>, CtlError> {
         .collect())
 }
 
-/// 32 random bytes from the kernel, hex-encoded: a bearer token nobody can guess.
-fn random_token() -> Result<String, CtlError> {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| CtlError::Dev(format!("cannot read /dev/urandom for a token: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Writes a file only its owner can read (it holds secrets), replacing it atomically.
-fn write_private(path: &Path, text: &str) -> Result<(), CtlError> {
-    use std::io::Write as _;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let fail = |e: std::io::Error| CtlError::Dev(format!("cannot write {}: {e}", path.display()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut f = options.open(&tmp).map_err(fail)?;
-    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
-}
-
-/// The development gRPC tokens (department → token) in `path`: kept when present, one added
-/// for every department that has none, so restarting the dev bus never logs anyone out.
-fn dev_tokens(path: &Path, departments: &BTreeSet<String>) -> Result<BTreeMap<String, String>, CtlError> {
-    let mut tokens: BTreeMap<String, String> = if path.exists() {
-        let text = crate::error::read(path)?;
-        // toml's message would quote the offending line, which holds a token: say only what is wrong.
-        toml::from_str(&text).map_err(|_| CtlError::BadFile {
-            path: path.to_path_buf(),
-            message: "not `department = \"token\"` lines; delete it to get new tokens".into(),
-        })?
-    } else {
-        BTreeMap::new()
-    };
-    let before = tokens.len();
-    for d in departments {
-        if !tokens.contains_key(d) {
-            tokens.insert(d.clone(), random_token()?);
-        }
-    }
-    if tokens.len() != before || !path.exists() {
-        let mut text = String::from(
-            "# Development gRPC bearer tokens of `kakehashi dev`, one per department: secrets, keep\n\
-             # them private. The dev registry and adapter accept exactly these; the token of\n",
-        );
-        text.push_str(&format!(
-            "# {ADMIN_DEPARTMENT} is the administrator's. Delete this file to get new ones.\n"
-        ));
-        for (d, t) in &tokens {
-            text.push_str(&format!("{d} = \"{t}\"\n"));
-        }
-        write_private(path, &text)?;
-    }
-    Ok(tokens)
-}
-
 /// A path as one shell word (single-quoted unless it is plainly safe).
 fn sh_quote(path: &Path) -> String {
     let s = path.to_string_lossy();
@@ -174,7 +113,7 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
     let mut token_departments = departments.clone();
     token_departments.insert(ADMIN_DEPARTMENT.to_string());
     let tokens_file = data_dir.join("tokens.toml");
-    let tokens = dev_tokens(&tokens_file, &token_departments)?;
+    let tokens = crate::grpc_tokens::ensure(&tokens_file, &token_departments)?;
     let token_of = |d: &str| {
         tokens
             .get(d)
