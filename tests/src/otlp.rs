@@ -7,6 +7,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +24,10 @@ pub struct ReceivedSpan {
     pub span_id: String,
     /// Parent span id, hex ("" for a root).
     pub parent_span_id: String,
+    /// Status code as the protos name it (`STATUS_CODE_UNSET`, `STATUS_CODE_OK`, `STATUS_CODE_ERROR`).
+    pub status_code: String,
+    /// Status message ("" when none).
+    pub status_message: String,
 }
 
 #[derive(Clone, Default)]
@@ -50,12 +55,16 @@ impl TraceService for Sink {
                 .unwrap_or_default();
             for ss in rs.scope_spans {
                 for s in ss.spans {
+                    let status = s.status.unwrap_or_default();
+                    let code = StatusCode::try_from(status.code).unwrap_or(StatusCode::Unset);
                     spans.push(ReceivedSpan {
                         service: service.clone(),
                         name: s.name,
                         trace_id: hex(&s.trace_id),
                         span_id: hex(&s.span_id),
                         parent_span_id: hex(&s.parent_span_id),
+                        status_code: code.as_str_name().to_string(),
+                        status_message: status.message,
                     });
                 }
             }

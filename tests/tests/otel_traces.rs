@@ -1,7 +1,8 @@
 //! One trace per event across every hop, exported over OTLP/gRPC to a real receiver: a client
 //! sends its own W3C trace context with `Publish`, and the spans of the adapter (publish), the
 //! validator (validate), delivery (deliver) and the subscriber's ack all arrive in that trace,
-//! each the child of the hop before. A dead-lettered event's trace ends at its validate span.
+//! each the child of the hop before. A dead-lettered event's trace ends at its validate span,
+//! whose status is ERROR with the dead-letter reason.
 
 use kakehashi_proto::v1::{flows_client, publisher_client, Event, TraceEventRequest};
 use kakehashi_tests::bus::{self, Flow};
@@ -101,6 +102,13 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     let (r_publish, r_validate) = (span(REJECTED_TRACE, "publish"), span(REJECTED_TRACE, "validate"));
     assert_eq!(r_publish.parent_span_id, REJECTED_SPAN);
     assert_eq!(r_validate.parent_span_id, r_publish.span_id, "the dead-lettering validate joins its trace");
+    // Error filters of trace backends (Jaeger, Tempo) count a dead-lettered event.
+    assert_eq!(r_validate.status_code, "STATUS_CODE_ERROR", "dead-lettered validate: {r_validate:?}");
+    assert!(
+        r_validate.status_message.contains("schema_violation"),
+        "the status names the reason: {r_validate:?}"
+    );
+    assert_eq!(validate.status_code, "STATUS_CODE_UNSET", "a validated event's span is no error");
     assert!(
         !spans.iter().any(|s| s.trace_id == REJECTED_TRACE && s.name == "deliver"),
         "a dead-lettered event is not delivered"

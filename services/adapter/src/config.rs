@@ -27,6 +27,9 @@ pub struct AdapterConfig {
     pub topology: TopologyConfig,
     /// Largest `Event.data` accepted, in bytes.
     pub max_payload_bytes: usize,
+    /// Largest gRPC request read, in bytes (raised to `max_payload_bytes` plus 64 KiB if lower);
+    /// larger ones get `OUT_OF_RANGE` from the transport.
+    pub max_request_bytes: usize,
     /// Publishes awaiting their ack on one `PublishStream` before it stops reading (back-pressure).
     pub stream_window: usize,
     /// Department credentials: token → department id. Empty = development mode, where the
@@ -50,6 +53,7 @@ impl Default for AdapterConfig {
             metrics_addr: None,
             topology: TopologyConfig::default(),
             max_payload_bytes: 512 * 1024,
+            max_request_bytes: kakehashi_proto::grpc::DEFAULT_MAX_REQUEST_BYTES,
             stream_window: 256,
             credentials: BTreeMap::new(),
             credentials_file: None,

@@ -16,7 +16,7 @@ pub enum EnvelopeError {
     #[error("invalid event id {0:?}: use a UUID or ULID, or leave it empty")]
     InvalidId(String),
     /// Payload over the limit.
-    #[error("payload is {size} bytes, over the limit of {limit}")]
+    #[error("payload is {size} bytes, over the limit of {limit} (max_payload_bytes)")]
     PayloadTooLarge {
         /// Size.
         size: usize,

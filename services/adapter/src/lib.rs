@@ -118,13 +118,19 @@ pub async fn run(
             let _ = stop.wait_for(|s| *s).await;
         }));
     }
+    // Above the payload limit, so an oversized event is answered by `Publish` naming
+    // `max_payload_bytes`, not by tonic's 4 MiB default.
+    let max_decoding =
+        kakehashi_proto::grpc::max_decoding_bytes(config.max_request_bytes, config.max_payload_bytes);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "adapter serving");
     server
         .layer(kakehashi_proto::identity::peer_cert_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(v1::publisher_server::PublisherServer::new(service))
+        .add_service(
+            v1::publisher_server::PublisherServer::new(service).max_decoding_message_size(max_decoding),
+        )
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await?;
     let _ = stop_tx.send(true);

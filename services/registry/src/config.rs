@@ -68,6 +68,9 @@ pub struct Limits {
     pub max_cached_validators: usize,
     /// Most audit records one `Flows.FindEvents` scan reads.
     pub max_audit_scan: usize,
+    /// Largest gRPC request read, in bytes (raised to the larger of the schema and payload
+    /// limits plus 64 KiB if lower); larger ones get `OUT_OF_RANGE` from the transport.
+    pub max_request_bytes: usize,
 }
 
 /// How the validator pulls from `KH_INGRESS`.
@@ -129,6 +132,7 @@ impl Default for Limits {
             max_violations: 100,
             max_cached_validators: 10_000,
             max_audit_scan: 100_000,
+            max_request_bytes: kakehashi_proto::grpc::DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }

@@ -128,16 +128,18 @@ pub async fn run_with(
     metrics.watch_lag(js.clone(), subs.clone(), Duration::from_secs(5));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_metrics = stop_rx.clone();
+    // One set of limits for the validator and the dry run, so they cannot disagree.
+    let check_limits = validator::CheckLimits {
+        max_payload_bytes: config.limits.max_payload_bytes,
+        max_violations: config.limits.max_violations,
+    };
     let validator_task = if config.validator.enabled {
         let p = policies.clone();
         let policy: validator::ProducerPolicy = Arc::new(move |s: &str, t: &str| p.may_publish(s, t));
         let settings = validator::ValidatorSettings {
             batch: config.validator.batch.max(1),
             ack_wait: Duration::from_secs(config.validator.ack_wait_secs.max(1)),
-            limits: validator::CheckLimits {
-                max_payload_bytes: config.limits.max_payload_bytes,
-                max_violations: config.limits.max_violations,
-            },
+            limits: check_limits,
             actor: config.instance.clone(),
             failover: Duration::from_millis(config.validator.failover_ms.max(200)),
             audit: audit.clone(),
@@ -170,11 +172,8 @@ pub async fn run_with(
         kakehashi_proto::identity::Identities::new(config.credentials.clone(), config.admins.clone())
             .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()));
     identities.log_mode("registry", config.grpc_tls.as_ref());
-    let registry = api::schema_registry::SchemaRegistryService::new(
-        store.clone(),
-        identities.clone(),
-        config.limits.max_violations,
-    );
+    let registry =
+        api::schema_registry::SchemaRegistryService::new(store.clone(), identities.clone(), check_limits);
     if config.pseudonym_secret == config::DEV_PSEUDONYM_SECRET {
         tracing::warn!(
             "using the development pseudonym secret: set KAKEHASHI_PSEUDONYM_SECRET outside development"
@@ -213,19 +212,36 @@ pub async fn run_with(
         ));
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
+    // Above every configured limit, so an oversized schema or payload is answered by the
+    // service naming its limit, not by tonic's 4 MiB default.
+    let max_decoding = kakehashi_proto::grpc::max_decoding_bytes(
+        config.limits.max_request_bytes,
+        config.limits.max_schema_bytes.max(config.limits.max_payload_bytes),
+    );
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), instance = %config.instance, "registry serving");
     let served = server
         .layer(kakehashi_proto::identity::peer_cert_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(v1::schema_registry_server::SchemaRegistryServer::new(registry))
-        .add_service(v1::delivery_server::DeliveryServer::new(delivery))
-        .add_service(v1::subscriptions_server::SubscriptionsServer::new(subscriptions))
-        .add_service(v1::policies_server::PoliciesServer::new(api::subscriptions::PoliciesService::new(
-            policies, identities,
-        )))
-        .add_service(v1::flows_server::FlowsServer::new(flows))
+        .add_service(
+            v1::schema_registry_server::SchemaRegistryServer::new(registry)
+                .max_decoding_message_size(max_decoding),
+        )
+        .add_service(
+            v1::delivery_server::DeliveryServer::new(delivery).max_decoding_message_size(max_decoding),
+        )
+        .add_service(
+            v1::subscriptions_server::SubscriptionsServer::new(subscriptions)
+                .max_decoding_message_size(max_decoding),
+        )
+        .add_service(
+            v1::policies_server::PoliciesServer::new(api::subscriptions::PoliciesService::new(
+                policies, identities,
+            ))
+            .max_decoding_message_size(max_decoding),
+        )
+        .add_service(v1::flows_server::FlowsServer::new(flows).max_decoding_message_size(max_decoding))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await;
     let _ = stop_tx.send(true);

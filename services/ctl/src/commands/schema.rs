@@ -156,13 +156,14 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SchemaCommand) -> Result<(),
                 .collect();
             emit(
                 json_mode,
-                json!({"valid": r.valid, "version": r.version, "violations": violations}),
+                json!({"valid": r.valid, "version": r.version, "reason": r.reason, "violations": violations}),
                 || {
-                    let mut s = format!(
-                        "{} against {subject} version {}",
-                        if r.valid { "valid" } else { "INVALID" },
-                        r.version
-                    );
+                    let verdict = match (r.valid, r.reason.is_empty()) {
+                        (true, _) => "valid".to_string(),
+                        (false, true) => "INVALID".to_string(),
+                        (false, false) => format!("INVALID ({})", r.reason),
+                    };
+                    let mut s = format!("{verdict} against {subject} version {}", r.version);
                     for v in &r.violations {
                         s.push_str(&format!(
                             "\n  {} — {}",

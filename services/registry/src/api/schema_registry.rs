@@ -2,7 +2,7 @@
 
 use crate::compat::Mode;
 use crate::store::{record::SchemaRecord, SchemaStore, StoreError};
-use crate::validation;
+use crate::validator::{self, CheckLimits};
 use kakehashi_proto::identity::Identities;
 use kakehashi_proto::v1::schema_registry_server::SchemaRegistry;
 use kakehashi_proto::v1::*;
@@ -13,13 +13,14 @@ use tonic::{Request, Response, Status};
 pub struct SchemaRegistryService {
     store: SchemaStore,
     identities: Identities,
-    max_violations: usize,
+    /// The validator's own limits, which the dry run applies as the bus does.
+    limits: CheckLimits,
 }
 
 impl SchemaRegistryService {
     /// New service over a store; writes need an administrator, reads any caller.
-    pub fn new(store: SchemaStore, identities: Identities, max_violations: usize) -> Self {
-        Self { store, identities, max_violations }
+    pub fn new(store: SchemaStore, identities: Identities, limits: CheckLimits) -> Self {
+        Self { store, identities, limits }
     }
 }
 
@@ -184,14 +185,25 @@ impl SchemaRegistry for SchemaRegistryService {
         self.identities.require_caller(&request)?;
         let r = request.into_inner();
         let (validator, version) = self.store.validator(&r.subject, r.version)?;
-        let violations = match serde_json::from_slice::<serde_json::Value>(&r.payload) {
-            Ok(payload) => validation::violations(&validator, &payload, self.max_violations),
-            Err(e) => vec![FieldViolation {
-                pointer: String::new(),
-                schema_pointer: String::new(),
-                message: format!("payload is not JSON: {e}"),
-            }],
+        let (reason, violations) = match validator::check_payload(&r.payload, &validator, self.limits) {
+            Ok(()) => (String::new(), Vec::new()),
+            // A refusal without field violations (size, not JSON) is reported as one at the
+            // root, so a client that lists violations still shows why.
+            Err(rejected) if rejected.violations.is_empty() => (
+                rejected.reason.code().to_string(),
+                vec![FieldViolation {
+                    pointer: String::new(),
+                    schema_pointer: String::new(),
+                    message: rejected.message,
+                }],
+            ),
+            Err(rejected) => (rejected.reason.code().to_string(), rejected.violations),
         };
-        Ok(Response::new(ValidatePayloadResponse { valid: violations.is_empty(), version, violations }))
+        Ok(Response::new(ValidatePayloadResponse {
+            valid: violations.is_empty(),
+            version,
+            violations,
+            reason,
+        }))
     }
 }

@@ -12,7 +12,7 @@ pub enum StoreError {
     #[error("invalid subject {0:?}: expected lowercase dot-separated tokens like resident.address.changed")]
     InvalidSubject(String),
     /// The document is larger than the configured limit.
-    #[error("schema is {size} bytes, over the limit of {limit}")]
+    #[error("schema is {size} bytes, over the limit of {limit} (limits.max_schema_bytes)")]
     TooLarge {
         /// Its size.
         size: usize,

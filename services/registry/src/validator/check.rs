@@ -58,7 +58,11 @@ pub fn check(
     if raw.len() > limits.max_payload_bytes + 64 * 1024 {
         return Err(reject(
             Reason::PayloadTooLarge,
-            format!("message is {} bytes, over the payload limit of {}", raw.len(), limits.max_payload_bytes),
+            format!(
+                "message is {} bytes, over the payload limit of {} (limits.max_payload_bytes)",
+                raw.len(),
+                limits.max_payload_bytes
+            ),
             None,
         ));
     }
@@ -93,10 +97,8 @@ pub fn check(
         let message = format!("data_content_type {:?} is not application/json", event.data_content_type);
         return Err(reject(Reason::MalformedEnvelope, message, Some(event)));
     }
-    if event.data.len() > limits.max_payload_bytes {
-        let message =
-            format!("payload is {} bytes, over the limit of {}", event.data.len(), limits.max_payload_bytes);
-        return Err(reject(Reason::PayloadTooLarge, message, Some(event)));
+    if let Err(r) = check_size(&event.data, limits) {
+        return Err(r.into_rejected(Some(event), 0));
     }
     if !may_publish(&event.source, &event.r#type) {
         let message = format!("department {} may not publish {}", event.source, event.r#type);
@@ -110,23 +112,73 @@ pub fn check(
         }
         Err(e) => return Err(reject(Reason::UnknownType, format!("schema unusable: {e}"), Some(event))),
     };
-    let payload: serde_json::Value = match serde_json::from_slice(&event.data) {
-        Ok(v) => v,
-        Err(e) => {
-            let mut r = reject(Reason::SchemaViolation, format!("payload is not JSON: {e}"), Some(event));
-            r.schema_version = version;
-            return Err(r);
-        }
-    };
-    let violations = validation::violations(&validator, &payload, limits.max_violations);
-    if !violations.is_empty() {
-        return Err(Box::new(Rejected {
-            reason: Reason::SchemaViolation,
-            message: validation::summary(&violations),
-            violations,
-            event: Some(event),
-            schema_version: version,
-        }));
+    if let Err(r) = check_payload(&event.data, &validator, limits) {
+        return Err(r.into_rejected(Some(event), version));
     }
     Ok(Accepted { event, schema_version: version })
+}
+
+/// Why a payload is refused, whatever envelope carries it.
+#[derive(Debug)]
+pub struct PayloadRejected {
+    /// Reason class (the dead letter's reason).
+    pub reason: Reason,
+    /// One-line explanation (never quotes payload values).
+    pub message: String,
+    /// Per-field failures (none for the size limit or a payload that is not JSON).
+    pub violations: Vec<FieldViolation>,
+}
+
+impl PayloadRejected {
+    fn into_rejected(self, event: Option<Event>, schema_version: u32) -> Box<Rejected> {
+        Box::new(Rejected {
+            reason: self.reason,
+            message: self.message,
+            violations: self.violations,
+            event,
+            schema_version,
+        })
+    }
+}
+
+/// The payload size limit; checked before the producer policy and the schema lookup too, so an
+/// oversized payload is refused as such whatever else is wrong with it.
+fn check_size(data: &[u8], limits: CheckLimits) -> Result<(), PayloadRejected> {
+    if data.len() <= limits.max_payload_bytes {
+        return Ok(());
+    }
+    Err(PayloadRejected {
+        reason: Reason::PayloadTooLarge,
+        message: format!(
+            "payload is {} bytes, over the limit of {} (limits.max_payload_bytes)",
+            data.len(),
+            limits.max_payload_bytes
+        ),
+        violations: Vec::new(),
+    })
+}
+
+/// Every check the bus applies to a payload once its schema is resolved: the size limit, JSON,
+/// the schema. The dry run (`SchemaRegistry/ValidatePayload`) calls this same function, so it
+/// cannot call valid what the bus dead-letters.
+pub fn check_payload(
+    data: &[u8],
+    validator: &jsonschema::Validator,
+    limits: CheckLimits,
+) -> Result<(), PayloadRejected> {
+    check_size(data, limits)?;
+    let payload: serde_json::Value = serde_json::from_slice(data).map_err(|e| PayloadRejected {
+        reason: Reason::SchemaViolation,
+        message: format!("payload is not JSON: {e}"),
+        violations: Vec::new(),
+    })?;
+    let violations = validation::violations(validator, &payload, limits.max_violations);
+    if violations.is_empty() {
+        return Ok(());
+    }
+    Err(PayloadRejected {
+        reason: Reason::SchemaViolation,
+        message: validation::summary(&violations),
+        violations,
+    })
 }

@@ -16,7 +16,7 @@
 mod check;
 pub mod reason;
 
-pub use check::CheckLimits;
+pub use check::{check_payload, CheckLimits, PayloadRejected};
 
 use crate::dead_letter;
 use crate::store::SchemaStore;
@@ -326,7 +326,9 @@ async fn process_batch(
                 otel.name = "validate",
                 subject = %msg.subject,
                 event_id = tracing::field::Empty,
-                trace_id = tracing::field::Empty
+                trace_id = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty
             );
             outcome(store, policy, settings, msg, &span)
         })
@@ -456,6 +458,13 @@ fn outcome(
             );
             span.record("trace_id", trace_id.as_str());
             tracing::info!(reason = rejected.reason.code(), detail = %rejected.message, "dead-lettered");
+            // Status ERROR with the reason, so error filters of trace backends count dead letters
+            // (the code first: recording the description after it keeps the description).
+            span.record("otel.status_code", "ERROR");
+            span.record(
+                "otel.status_description",
+                format!("{}: {}", rejected.reason.code(), rejected.message).as_str(),
+            );
             let out = dead_letter::build(dead_letter::Details {
                 reason: rejected.reason,
                 message: rejected.message,
