@@ -5,10 +5,12 @@
 //! - [`v1`]: generated messages, clients and servers.
 //! - [`subjects`]: the NATS subjects, streams and headers every service agrees on.
 //! - [`ident`]: checks for department ids, event types, My Number and corporate numbers.
+//! - [`formats`]: the JSON Schema formats asserted, and the unknown ones a schema uses.
 //! - [`ids`]: new event ids (UUIDv7).
 //! - [`identity`], [`tls`]: who is calling (client certificate, then bearer token), and gRPC TLS.
 
 pub mod audit;
+pub mod formats;
 pub mod grpc;
 pub mod ident;
 pub mod identity;

@@ -73,13 +73,11 @@ pub fn otlp_provider(
     }
     let exporter = builder.build().map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
-    // The batch processor runs on the Tokio runtime: the tonic exporter needs its reactor, which
-    // the SDK's default processor thread does not have.
-    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-        exporter,
-        opentelemetry_sdk::runtime::Tokio,
-    )
-    .build();
+    // The SDK's standard batch processor, on its own thread: it exports every
+    // `OTEL_BSP_SCHEDULE_DELAY` from start-up. (The async-runtime one skips its first tick, so
+    // spans of the first seconds waited two intervals.) The tonic channel is built here, inside
+    // the runtime, whose reactor drives its connection while the thread awaits an export.
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
     Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(resource)

@@ -25,6 +25,14 @@ pub const TEST_DEPARTMENTS: &[&str] = &[
     "dept-c",
 ];
 
+/// Whether a test server requires TLS, and client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    None,
+    Server,
+    Mutual,
+}
+
 /// A running (or killed) nats-server with its own store directory.
 pub struct NatsServer {
     child: Option<Child>,
@@ -46,27 +54,38 @@ impl NatsServer {
 
     /// Starts a server whose generated configuration knows `departments`.
     pub fn start_with_departments(departments: &[&str]) -> Self {
-        Self::start_configured(departments, false)
+        Self::start_configured(departments, Tls::None)
     }
 
     /// Starts a server that also requires TLS, with a CA and certificate generated for
     /// `127.0.0.1` by `kakehashi nats config --tls-name`; every identity's settings trust it.
     pub fn start_tls() -> Self {
-        Self::start_configured(TEST_DEPARTMENTS, true)
+        Self::start_configured(TEST_DEPARTMENTS, Tls::Server)
     }
 
-    fn start_configured(departments: &[&str], tls: bool) -> Self {
+    /// Starts a server that requires TLS and a client certificate from its CA
+    /// (`--tls-verify-clients`); every identity's settings carry its certificate.
+    pub fn start_mutual_tls() -> Self {
+        Self::start_configured(TEST_DEPARTMENTS, Tls::Mutual)
+    }
+
+    fn start_configured(departments: &[&str], tls: Tls) -> Self {
         let store = tempfile::tempdir().expect("temp store dir");
         let plan = Plan {
             departments: departments.iter().map(|d| d.to_string()).collect(),
             out: store.path().join("auth"),
-            tls_names: if tls { vec!["127.0.0.1".into(), "localhost".into()] } else { Vec::new() },
+            tls_names: if tls == Tls::None {
+                Vec::new()
+            } else {
+                vec!["127.0.0.1".into(), "localhost".into()]
+            },
+            tls_verify_clients: tls == Tls::Mutual,
             ..Plan::default()
         };
         let auth = nats_config::generate(&plan).expect("generate the NATS configuration");
         // nats-server resolves an include relative to the including file.
         let mut conf = String::from("include \"auth/auth.conf\"\n");
-        if tls {
+        if tls != Tls::None {
             conf.push_str("include \"auth/tls.conf\"\n");
         }
         std::fs::write(store.path().join("server.conf"), conf).expect("write server.conf");
@@ -84,12 +103,25 @@ impl NatsServer {
         &self.auth
     }
 
-    /// Connection settings of a service identity (trusting the server's CA under TLS).
+    /// Connection settings of a service identity (trusting the server's CA under TLS, with
+    /// its client certificate under mutual TLS).
     pub fn service_auth(&self, service: Service) -> NatsAuthConfig {
+        self.identity_auth(service.name(), self.auth.service(service))
+    }
+
+    /// Connection settings of a department's identity, like [`Self::service_auth`].
+    pub fn department_auth(&self, id: &str) -> NatsAuthConfig {
+        self.identity_auth(&nats_config::department_identity(id), self.auth.department(id))
+    }
+
+    fn identity_auth(&self, identity: &str, credentials: PathBuf) -> NatsAuthConfig {
+        let tls = self.auth.tls.as_ref();
+        let client = tls.and_then(|t| t.client_cert(identity));
         NatsAuthConfig {
-            credentials: Some(self.auth.service(service)),
-            ca_file: self.auth.tls.as_ref().map(|t| t.ca_file.clone()),
-            ..Default::default()
+            credentials: Some(credentials),
+            ca_file: tls.map(|t| t.ca_file.clone()),
+            cert_file: client.as_ref().map(|c| c.0.clone()),
+            key_file: client.map(|c| c.1),
         }
     }
 

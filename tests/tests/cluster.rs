@@ -452,6 +452,17 @@ impl std::fmt::Display for Fault {
     }
 }
 
+/// Brings a killed node back and says how long it took to be healthy.
+async fn restart_and_report(cluster: &mut NatsCluster, node: usize) {
+    let began = Instant::now();
+    cluster.restart(node).await;
+    println!(
+        "cluster failover: {} back and healthy in {:.1}s",
+        cluster.name(node),
+        began.elapsed().as_secs_f64()
+    );
+}
+
 /// Waits until an event published after `killed_at` reaches the subscriber.
 async fn resume(what: String, killed_at: Instant, recorder: &Recorder, published: &Published) -> Fault {
     let resumed = tokio::time::timeout(RESUME_LIMIT, async {
@@ -529,13 +540,7 @@ async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing
     );
     faults.push(resume(what, killed_at, &recorder, &published).await);
     gate.send_replace(1200);
-    let restart_began = Instant::now();
-    cluster.restart(node).await;
-    println!(
-        "cluster failover: {} back and healthy in {:.1}s",
-        cluster.name(node),
-        restart_began.elapsed().as_secs_f64()
-    );
+    restart_and_report(&mut cluster, node).await;
 
     // 2. The node of the JetStream meta leader.
     mid_stream(900).await;
@@ -548,13 +553,7 @@ async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing
         format!("meta leader node {} killed after {} publishes", cluster.name(node), published.confirmed());
     faults.push(resume(what, killed_at, &recorder, &published).await);
     gate.send_replace(1700);
-    let restart_began = Instant::now();
-    cluster.restart(node).await;
-    println!(
-        "cluster failover: {} back and healthy in {:.1}s",
-        cluster.name(node),
-        restart_began.elapsed().as_secs_f64()
-    );
+    restart_and_report(&mut cluster, node).await;
 
     // 3. The registry the subscriber is connected to (the first started: the validator's
     // first candidate); the subscriber moves to the other.

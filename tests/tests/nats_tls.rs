@@ -70,3 +70,33 @@ async fn plaintext_and_another_ca_are_refused_even_with_valid_credentials() {
     let right = NatsAuthConfig { credentials: creds, ca_file: Some(ca_of(&nats)), ..Default::default() };
     right.options("right").expect("options").connect(nats.url()).await.expect("connects over TLS");
 }
+
+#[tokio::test]
+async fn with_client_verification_a_certificate_from_the_bus_ca_is_required_as_well() {
+    let nats = NatsServer::start_mutual_tls();
+    let registry = Registry::start(registry_config(&nats)).await;
+    FLOW.prepare(&registry.endpoint(), bus::counter_schema()).await;
+    let mut subscriber = FLOW.open(&registry.endpoint(), 8).await;
+    let sdk = Bus::builder(nats.url(), SOURCE)
+        .nats_auth(nats.department_auth(SOURCE))
+        .connect()
+        .await
+        .expect("a department with its certificate");
+    let ack = sdk.publish(bus::event(SOURCE, TYPE, 2)).await.expect("published");
+    let delivered =
+        subscriber.expect_and_ack("the event sent over mutual TLS", Duration::from_secs(10)).await;
+    assert_eq!(bus::delivered_id(&delivered), ack.event_id);
+
+    // Valid nkey and the right CA, but no client certificate.
+    let no_cert = NatsAuthConfig { cert_file: None, key_file: None, ..nats.department_auth(SOURCE) };
+    assert!(no_cert.options("no-cert").expect("options").connect(nats.url()).await.is_err());
+
+    // A client certificate from another CA.
+    let dir = tempfile::tempdir().expect("dir");
+    let other = kakehashi_ctl::pki::Ca::generate("someone else").expect("ca");
+    let (cert, key) =
+        other.issue_client("dept-city-shibuya", &[]).expect("cert").write(dir.path(), "c").expect("write");
+    let foreign =
+        NatsAuthConfig { cert_file: Some(cert), key_file: Some(key), ..nats.department_auth(SOURCE) };
+    assert!(foreign.options("foreign").expect("options").connect(nats.url()).await.is_err());
+}

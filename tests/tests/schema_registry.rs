@@ -73,10 +73,6 @@ async fn bad_input_gets_precise_codes_and_leaves_nothing_behind() {
     assert_eq!(big.code(), Code::ResourceExhausted);
     let bad_subject = register(&mut c, "Not A Subject", object_schema(json!({}))).await.expect_err("subject");
     assert_eq!(bad_subject.code(), Code::InvalidArgument);
-    let unknown_format = register(&mut c, "a.b", json!({"type": "string", "format": "my-numbr"}).to_string())
-        .await
-        .expect_err("unknown format");
-    assert_eq!(unknown_format.code(), Code::InvalidArgument);
     let missing = c
         .get_schema(GetSchemaRequest { subject: "a.b".into(), ..Default::default() })
         .await
@@ -418,4 +414,92 @@ async fn formats_are_asserted_including_japanese_identifiers() {
             r.violations[0].message
         );
     }
+}
+
+#[tokio::test]
+async fn every_draft_2020_12_format_registers_and_idn_formats_are_asserted() {
+    let nats = NatsServer::start();
+    let r = Registry::start(registry_config(&nats)).await;
+    let mut c = client(&r).await;
+    let formats = [
+        "date-time",
+        "date",
+        "time",
+        "duration",
+        "email",
+        "idn-email",
+        "hostname",
+        "idn-hostname",
+        "ipv4",
+        "ipv6",
+        "uri",
+        "uri-reference",
+        "iri",
+        "iri-reference",
+        "uuid",
+        "uri-template",
+        "json-pointer",
+        "relative-json-pointer",
+        "regex",
+    ];
+    let props: serde_json::Map<String, serde_json::Value> =
+        formats.iter().map(|f| (f.to_string(), json!({"type": "string", "format": f}))).collect();
+    let done = register(&mut c, "formats.standard", object_schema(props.into())).await.expect("register");
+    assert!(done.warnings.is_empty(), "every 2020-12 format is known: {:?}", done.warnings);
+    let validate = |payload: serde_json::Value| {
+        let mut c = c.clone();
+        async move {
+            c.validate_payload(ValidatePayloadRequest {
+                subject: "formats.standard".into(),
+                version: 0,
+                payload: payload.to_string().into_bytes(),
+            })
+            .await
+            .expect("validate")
+            .into_inner()
+        }
+    };
+    let good =
+        validate(json!({"idn-email": "職員@市役所.example.jp", "idn-hostname": "市役所.example.jp"})).await;
+    assert!(good.valid, "{:?}", good.violations);
+    for (field, bad) in [("idn-email", "職員@@市役所"), ("idn-hostname", "-市役所-.jp")] {
+        let r = validate(json!({ field: bad })).await;
+        assert!(!r.valid, "{field}={bad} should fail");
+        assert_eq!(r.violations[0].pointer, format!("/{field}"));
+    }
+}
+
+#[tokio::test]
+async fn unknown_format_is_an_annotation_reported_as_a_warning() {
+    let nats = NatsServer::start();
+    let r = Registry::start(registry_config(&nats)).await;
+    let mut c = client(&r).await;
+    let schema = json!({"type": "object", "properties": {
+        "x": {"type": "string", "format": "x-unknown"},
+        "m": {"type": "string", "format": "my-number"},
+        "typo": {"type": "string", "format": "my-numbr"},
+        // Data, not schemas: never reported.
+        "k": {"const": {"format": "x-in-const"}}}});
+    let done = register(&mut c, "formats.unknown", schema.to_string()).await.expect("accepted");
+    assert_eq!(done.version, 1);
+    // One warning per unknown format, naming it and where it is; never "Unknown format".
+    let mut warnings = done.warnings.clone();
+    warnings.sort();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("\"my-numbr\"") && warnings[0].contains("/properties/typo/format"));
+    assert!(warnings[1].contains("\"x-unknown\"") && warnings[1].contains("/properties/x/format"));
+    let again = register(&mut c, "formats.unknown", schema.to_string()).await.expect("again");
+    assert_eq!((again.created, again.warnings.len()), (false, 2), "re-registering warns again");
+    let check = c
+        .validate_payload(ValidatePayloadRequest {
+            subject: "formats.unknown".into(),
+            version: 0,
+            payload: json!({"x": "anything at all", "m": "123456789012"}).to_string().into_bytes(),
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(!check.valid, "the custom format is still asserted");
+    assert_eq!(check.violations.len(), 1, "{:?}", check.violations);
+    assert_eq!(check.violations[0].pointer, "/m", "the unknown format is not asserted");
 }

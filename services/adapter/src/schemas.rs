@@ -373,7 +373,8 @@ impl Inner {
         let compiled = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
             .should_validate_formats(true)
-            .should_ignore_unknown_formats(false)
+            // As in the registry: unknown formats are annotations (kakehashi_proto::formats).
+            .should_ignore_unknown_formats(true)
             .with_format("my-number", ident::is_valid_my_number)
             .with_format("corporate-number", ident::is_valid_corporate_number)
             .with_retriever(BucketRetriever { texts: self.snapshot_texts() })

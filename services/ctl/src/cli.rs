@@ -147,6 +147,10 @@ pub struct NatsConfigArgs {
     /// a CA and a server certificate are generated into `<out>/tls/` when missing.
     #[arg(long = "tls-name")]
     pub tls_names: Vec<String>,
+    /// With --tls-name: the server also requires a client certificate from its CA; one is
+    /// written per identity into `<out>/tls/clients/`.
+    #[arg(long, requires = "tls_names")]
+    pub tls_verify_clients: bool,
 }
 
 /// `kakehashi trace`.

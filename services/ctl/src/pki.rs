@@ -121,14 +121,28 @@ fn ia5(what: &'static str, name: &str) -> Result<rcgen::string::Ia5String, PkiEr
     })
 }
 
+fn ca_params(common_name_: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(common_name_);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
 impl Ca {
+    /// The CA written earlier (its certificate and key, PEM) under `CN=<common_name>`, to issue
+    /// more certificates: the issuer name and key identifier come out the same.
+    pub fn load(common_name_: &str, cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem).map_err(generate("CA key (reading it)"))?;
+        let issued =
+            Issued { cert_pem: cert_pem.to_string(), cert_der: Vec::new(), key_pem: key_pem.to_string() };
+        Ok(Self { issuer: Issuer::new(ca_params(common_name_), key), issued })
+    }
+
     /// A new self-signed CA whose subject is `CN=<common_name>`.
     pub fn generate(common_name_: &str) -> Result<Self, PkiError> {
         let key = KeyPair::generate().map_err(generate("CA key"))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = common_name(common_name_);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let mut params = ca_params(common_name_);
         validity(&mut params, CA_VALIDITY);
         let cert = params.self_signed(&key).map_err(generate(format!("CA {common_name_}")))?;
         let issued =

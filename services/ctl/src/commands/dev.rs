@@ -12,7 +12,7 @@ use kakehashi_adapter::config::AdapterConfig;
 use kakehashi_proto::nats_auth::NatsAuthConfig;
 use kakehashi_proto::v1::*;
 use kakehashi_registry::config::RegistryConfig;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,32 +31,6 @@ fn addr_of(endpoint: &str) -> Result<SocketAddr, CtlError> {
         .trim_end_matches('/')
         .parse()
         .map_err(|e| CtlError::Usage(format!("endpoint {endpoint} must be http://<ip>:<port> for dev: {e}")))
-}
-
-/// The department ids a policies file names (producers, readers, raw-PII readers).
-fn policy_departments(path: &Path) -> Result<BTreeSet<String>, CtlError> {
-    #[derive(serde::Deserialize)]
-    struct File {
-        #[serde(default)]
-        policy: Vec<Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        #[serde(default)]
-        producers: Vec<String>,
-        #[serde(default)]
-        readers: Vec<String>,
-        #[serde(default)]
-        raw_pii_readers: Vec<String>,
-    }
-    let text = crate::error::read(path)?;
-    let file: File = toml::from_str(&text)
-        .map_err(|e| CtlError::BadFile { path: path.to_path_buf(), message: e.to_string() })?;
-    Ok(file
-        .policy
-        .into_iter()
-        .flat_map(|p| p.producers.into_iter().chain(p.readers).chain(p.raw_pii_readers))
-        .collect())
 }
 
 /// A path as one shell word (single-quoted unless it is plainly safe).
@@ -102,7 +76,7 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
 
     // Every department of the demo policies gets a NATS identity and a gRPC token; the
     // administrator only a token (it never connects to NATS as a department).
-    let mut departments = policy_departments(&args.policies)?;
+    let mut departments = commands::policy::departments_in_file(&args.policies)?;
     departments.extend([DEMO_PUBLISHER.to_string(), DEMO_READER.to_string()]);
     let auth: Generated = nats_config::generate(&Plan {
         departments: departments.iter().cloned().collect(),

@@ -23,6 +23,7 @@ pub fn config(json: bool, args: NatsConfigArgs) -> Result<(), CtlError> {
         rotate: args.rotate,
         retire: args.retire,
         tls_names: args.tls_names,
+        tls_verify_clients: args.tls_verify_clients,
     };
     let generated = nats_config::generate(&plan).map_err(|e| CtlError::Usage(e.to_string()))?;
     emit(

@@ -42,11 +42,23 @@ fn to_json(p: &Policy) -> serde_json::Value {
     json!({"type_pattern": p.type_pattern, "producers": p.producers, "readers": p.readers, "raw_pii_readers": p.raw_pii_readers})
 }
 
+fn read_file(file: &Path) -> Result<PolicyFile, CtlError> {
+    let text = read(file)?;
+    toml::from_str(&text).map_err(|e| CtlError::BadFile { path: file.to_path_buf(), message: e.to_string() })
+}
+
+/// The department ids a policies file names (producers, readers, raw-PII readers).
+pub fn departments_in_file(file: &Path) -> Result<std::collections::BTreeSet<String>, CtlError> {
+    Ok(read_file(file)?
+        .policy
+        .into_iter()
+        .flat_map(|p| p.producers.into_iter().chain(p.readers).chain(p.raw_pii_readers))
+        .collect())
+}
+
 /// Loads a policies file through the API; returns how many were stored.
 pub async fn load_file(conn: &Conn, file: &Path) -> Result<usize, CtlError> {
-    let text = read(file)?;
-    let parsed: PolicyFile = toml::from_str(&text)
-        .map_err(|e| CtlError::BadFile { path: file.to_path_buf(), message: e.to_string() })?;
+    let parsed = read_file(file)?;
     let mut c = clients::policies(conn).await?;
     for p in &parsed.policy {
         c.put_policy(Policy {

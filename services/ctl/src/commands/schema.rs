@@ -32,13 +32,17 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SchemaCommand) -> Result<(),
                 .into_inner();
             emit(
                 json_mode,
-                json!({"subject": subject, "version": r.version, "id": r.id, "created": r.created}),
+                json!({"subject": subject, "version": r.version, "id": r.id, "created": r.created, "warnings": r.warnings}),
                 || {
-                    if r.created {
+                    let mut text = if r.created {
                         format!("registered {subject} version {} (id {})", r.version, r.id)
                     } else {
                         format!("{subject} already has this schema as version {} (id {})", r.version, r.id)
+                    };
+                    for w in &r.warnings {
+                        text.push_str(&format!("\nwarning: {w}"));
                     }
+                    text
                 },
             );
         }
@@ -212,6 +216,11 @@ pub async fn load(
             .register_schema(RegisterSchemaRequest { subject: e.subject.clone(), schema: e.text.clone() })
             .await;
         let line = match &outcome {
+            Ok(r) if r.get_ref().created && !r.get_ref().warnings.is_empty() => format!(
+                "registered as version {} (warning: {})",
+                r.get_ref().version,
+                r.get_ref().warnings.join("; ")
+            ),
             Ok(r) if r.get_ref().created => format!("registered as version {}", r.get_ref().version),
             Ok(r) => format!("unchanged (version {})", r.get_ref().version),
             Err(s) => {

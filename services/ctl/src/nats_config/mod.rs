@@ -34,6 +34,9 @@ pub struct Plan {
     /// Host names and IP addresses of the NATS servers; non-empty = generate a CA and a
     /// server certificate for them (kept when present) and a `tls.conf` requiring TLS.
     pub tls_names: Vec<String>,
+    /// With TLS: the server also requires a client certificate from the same CA, and every
+    /// identity gets one (`tls/clients/<identity>.pem`).
+    pub tls_verify_clients: bool,
 }
 
 /// Why the configuration could not be generated.
@@ -73,6 +76,16 @@ pub struct GeneratedTls {
     pub tls_conf: PathBuf,
     /// The CA certificate (PEM) every client must trust (`KAKEHASHI_NATS_CA`).
     pub ca_file: PathBuf,
+    /// With client verification: where `<identity>.pem` and `<identity>-key.pem` are.
+    pub clients: Option<PathBuf>,
+}
+
+impl GeneratedTls {
+    /// An identity's client certificate and key, when the server verifies clients.
+    pub fn client_cert(&self, identity: &str) -> Option<(PathBuf, PathBuf)> {
+        let dir = self.clients.as_ref()?;
+        Some((dir.join(format!("{identity}.pem")), dir.join(format!("{identity}-key.pem"))))
+    }
 }
 
 impl Generated {
@@ -144,36 +157,83 @@ pub fn generate(plan: &Plan) -> Result<Generated, NatsConfigError> {
     }
     let auth_conf = plan.out.join("auth.conf");
     write_private(&auth_conf, &render::accounts(&services, &accounts))?;
-    let tls = if plan.tls_names.is_empty() { None } else { Some(server_tls(&plan.out, &plan.tls_names)?) };
+    let tls = if plan.tls_names.is_empty() {
+        None
+    } else {
+        let identities: Vec<String> =
+            Service::ALL.iter().map(|s| s.name().to_string()).chain(names.iter().cloned()).collect();
+        Some(server_tls(&plan.out, &plan.tls_names, plan.tls_verify_clients, &identities)?)
+    };
     Ok(Generated { auth_conf, creds_dir, tls })
 }
 
-/// A CA and a server certificate for `names` (kept when already there), and the server's TLS
-/// section. Paths in it are absolute: nats-server reads them relative to its working directory.
-fn server_tls(out: &Path, names: &[String]) -> Result<GeneratedTls, NatsConfigError> {
+/// The CA's subject; also how a kept CA key is turned back into an issuer.
+const CA_NAME: &str = "Kakehashi NATS CA";
+
+/// A CA and a server certificate for `names` (kept when already there), the server's TLS
+/// section, and with `verify_clients` a client certificate per identity (CN = identity) that
+/// the server then requires. Paths in the section are absolute: nats-server reads them
+/// relative to its working directory.
+fn server_tls(
+    out: &Path,
+    names: &[String],
+    verify_clients: bool,
+    identities: &[String],
+) -> Result<GeneratedTls, NatsConfigError> {
     let dir = out.join("tls");
     std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
     let dir = dir.canonicalize().map_err(|e| file_err(&dir, e))?;
-    let (ca_file, cert, key) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server-key.pem"));
-    if !(ca_file.exists() && cert.exists() && key.exists()) {
-        let pki =
-            |e: crate::pki::PkiError| NatsConfigError::File { path: dir.clone(), message: e.to_string() };
-        let ca = crate::pki::Ca::generate("Kakehashi NATS CA").map_err(pki)?;
-        // The CA's key is not kept: a new server certificate means a new CA, and clients are
-        // handed the new ca.pem (see docs/security.md, rotation).
+    let pki = |e: crate::pki::PkiError| NatsConfigError::File { path: dir.clone(), message: e.to_string() };
+    let (ca_file, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let (cert, key) = (dir.join("server.pem"), dir.join("server-key.pem"));
+    let ca = if ca_file.exists() && cert.exists() && key.exists() {
+        // Kept: issuing client certificates later needs the CA's key, kept only for that.
+        match (verify_clients, std::fs::read_to_string(&ca_key)) {
+            (false, _) => None,
+            (true, Ok(key_pem)) => {
+                let cert_pem = std::fs::read_to_string(&ca_file).map_err(|e| file_err(&ca_file, e))?;
+                Some(crate::pki::Ca::load(CA_NAME, &cert_pem, &key_pem).map_err(pki)?)
+            }
+            (true, Err(_)) => {
+                return Err(NatsConfigError::File {
+                    path: ca_key,
+                    message: "client certificates need the CA's key, which this CA did not keep: delete the tls folder to make a new CA".into(),
+                })
+            }
+        }
+    } else {
+        let ca = crate::pki::Ca::generate(CA_NAME).map_err(pki)?;
         crate::pki::write_pem(&ca_file, &ca.certificate().cert_pem, false).map_err(pki)?;
+        if verify_clients {
+            crate::pki::write_pem(&ca_key, &ca.certificate().key_pem, true).map_err(pki)?;
+        }
         ca.issue_server(names).map_err(pki)?.write(&dir, "server").map_err(pki)?;
+        Some(ca)
+    };
+    let clients = dir.join("clients");
+    if let (true, Some(ca)) = (verify_clients, &ca) {
+        std::fs::create_dir_all(&clients).map_err(|e| file_err(&clients, e))?;
+        for identity in identities {
+            if !clients.join(format!("{identity}.pem")).exists() {
+                ca.issue_client(identity, &[]).map_err(pki)?.write(&clients, identity).map_err(pki)?;
+            }
+        }
     }
     let tls_conf = out.join("tls.conf");
+    let verify = if verify_clients {
+        format!("  ca_file: {}\n  verify: true\n", toml_str(&ca_file.display().to_string()))
+    } else {
+        String::new()
+    };
     let text = format!(
         "# Generated by `kakehashi nats config --tls-name …`: clients must use TLS and trust {ca}.\n\
-         tls {{\n  cert_file: {}\n  key_file: {}\n  timeout: 2\n}}\n",
+         tls {{\n  cert_file: {}\n  key_file: {}\n{verify}  timeout: 2\n}}\n",
         toml_str(&cert.display().to_string()),
         toml_str(&key.display().to_string()),
         ca = ca_file.display(),
     );
     write_private(&tls_conf, &text)?;
-    Ok(GeneratedTls { tls_conf, ca_file })
+    Ok(GeneratedTls { tls_conf, ca_file, clients: verify_clients.then_some(clients) })
 }
 
 /// The public keys to accept for `identity`: its current key (created when missing or rotated)

@@ -81,6 +81,7 @@ impl SchemaRegistry for SchemaRegistryService {
             id: done.record.id,
             version: done.record.version,
             created: done.created,
+            warnings: done.warnings,
         }))
     }
 

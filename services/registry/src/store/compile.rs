@@ -1,5 +1,6 @@
-//! Turning a stored schema into a `jsonschema::Validator`: draft 2020-12, formats asserted (with
-//! the Japanese identifier formats), `$ref`s to other subjects resolved from the store only.
+//! Turning a stored schema into a `jsonschema::Validator`: draft 2020-12, every 2020-12 format
+//! asserted (with the Japanese identifier formats), unknown formats kept as annotations (see
+//! [`kakehashi_proto::formats`]), `$ref`s to other subjects resolved from the store only.
 
 use super::record::{parse_schema_uri, SchemaRecord};
 use kakehashi_proto::ident;
@@ -43,7 +44,8 @@ pub fn compile(schema: &Value, index: &VersionIndex) -> Result<jsonschema::Valid
     jsonschema::options()
         .with_draft(jsonschema::Draft::Draft202012)
         .should_validate_formats(true)
-        .should_ignore_unknown_formats(false)
+        // Unknown formats are annotations (2020-12 §7.2.3); `register` reports them as warnings.
+        .should_ignore_unknown_formats(true)
         .with_format("my-number", ident::is_valid_my_number)
         .with_format("corporate-number", ident::is_valid_corporate_number)
         .with_retriever(StoreRetriever { index: index.clone() })
@@ -56,4 +58,38 @@ pub fn compile(schema: &Value, index: &VersionIndex) -> Result<jsonschema::Valid
                 format!("{e} (at {at})")
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn compiled(schema: Value) -> Result<jsonschema::Validator, String> {
+        compile(&schema, &VersionIndex::default())
+    }
+
+    #[test]
+    fn every_draft_2020_12_format_compiles_and_idn_formats_are_asserted() {
+        for format in kakehashi_proto::formats::DRAFT_2020_12_FORMATS {
+            compiled(json!({"type": "string", "format": format})).unwrap_or_else(|e| panic!("{format}: {e}"));
+        }
+        let email = compiled(json!({"format": "idn-email"})).expect("idn-email");
+        assert!(email.is_valid(&json!("職員@市役所.example.jp")));
+        assert!(!email.is_valid(&json!("職員@@市役所")));
+        let host = compiled(json!({"format": "idn-hostname"})).expect("idn-hostname");
+        assert!(host.is_valid(&json!("市役所.example.jp")));
+        assert!(!host.is_valid(&json!("-市役所-.jp")));
+    }
+
+    #[test]
+    fn unknown_format_is_an_annotation_and_custom_formats_stay_asserted() {
+        let v = compiled(json!({"properties": {
+            "x": {"format": "x-unknown"}, "m": {"format": "my-number"}, "c": {"format": "corporate-number"}}}))
+        .expect("unknown formats do not refuse a schema");
+        assert!(v.is_valid(&json!({"x": "anything"})));
+        assert!(!v.is_valid(&json!({"m": "123456789012"})));
+        assert!(!v.is_valid(&json!({"c": "8000012050002"})));
+        assert!(v.is_valid(&json!({"m": "123456789018", "c": "7000012050002"})));
+    }
 }

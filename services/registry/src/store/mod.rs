@@ -61,6 +61,8 @@ pub struct Registered {
     pub record: Arc<SchemaRecord>,
     /// False when an identical schema already existed.
     pub created: bool,
+    /// Accepted but worth a look (unknown formats, kept as annotations).
+    pub warnings: Vec<String>,
 }
 
 impl SchemaStore {
@@ -134,13 +136,14 @@ impl SchemaStore {
         }
         let references = self.check_references(&schema)?;
         compile::compile(&schema, &inner.index).map_err(StoreError::InvalidSchema)?;
+        let warnings = unknown_format_warnings(subject, &schema);
         let canonical =
             serde_json::to_string(&schema).map_err(|e| StoreError::InvalidSchema(e.to_string()))?;
 
         for _ in 0..CAS_ATTEMPTS {
             let versions = self.versions_of(subject);
             if let Some(existing) = versions.iter().find(|r| !r.deleted && r.schema == canonical) {
-                return Ok(Registered { record: existing.clone(), created: false });
+                return Ok(Registered { record: existing.clone(), created: false, warnings });
             }
             let next_version = versions.last().map_or(1, |r| r.version + 1);
             if let Some(id) = schema.get("$id") {
@@ -180,7 +183,7 @@ impl SchemaStore {
                 Ok(revision) => {
                     let record = Arc::new(record);
                     inner.insert(record.clone(), revision);
-                    return Ok(Registered { record, created: true });
+                    return Ok(Registered { record, created: true, warnings });
                 }
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                     // Another writer took this version: wait for the watch to bring it, then retry.
@@ -549,6 +552,23 @@ impl compat::RefResolver for IndexResolver {
         let index = self.index.read().ok()?;
         serde_json::from_str(&index.get(&(subject.to_string(), version))?.schema).ok()
     }
+}
+
+/// The unknown formats of a schema being registered, as warnings (also logged at warn): the
+/// schema is accepted and those formats are annotations only.
+fn unknown_format_warnings(subject: &str, schema: &Value) -> Vec<String> {
+    kakehashi_proto::formats::unknown_formats(schema)
+        .into_iter()
+        .map(|u| {
+            tracing::warn!(
+                subject,
+                format = %u.name,
+                pointer = %u.pointer,
+                "unknown format accepted as an annotation (not validated)"
+            );
+            u.to_string()
+        })
+        .collect()
 }
 
 fn non_transitive(mode: Mode) -> Mode {
