@@ -142,10 +142,10 @@ fn topology_setup() -> Vec<String> {
     v
 }
 
-/// Reading a stream: direct and API gets, ordered (ephemeral) consumers and their flow control.
+/// Reading a stream: direct and API gets, ordered (ephemeral) consumers and their flow control
+/// (stream info comes with [`topology_setup`] or the operator's own list).
 fn read_stream(stream: &str) -> Vec<String> {
     vec![
-        format!("$JS.API.STREAM.INFO.{stream}"),
         format!("$JS.API.STREAM.MSG.GET.{stream}"),
         format!("$JS.API.DIRECT.GET.{stream}"),
         format!("$JS.API.DIRECT.GET.{stream}.>"),
