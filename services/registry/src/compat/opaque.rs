@@ -52,6 +52,35 @@ fn is_structural(key: &str) -> bool {
     )
 }
 
+/// Siblings a keyword's meaning depends on. An identical keyword in the writer guarantees the
+/// reader's only when these are equivalent too: `unevaluatedItems` applies to the positions no
+/// `prefixItems`/`items`/`contains` (here or in an in-place applicator) evaluated, and
+/// `maxContains` counts the matches of `contains`. Empty for self-contained keywords.
+/// (`unevaluatedProperties` is modelled in `object_model.rs`; `additionalItems` in `array.rs`.)
+fn depends_on(key: &str) -> &'static [&'static str] {
+    match key {
+        "unevaluatedItems" => &[
+            "prefixItems",
+            "items",
+            "additionalItems",
+            "contains",
+            "allOf",
+            "anyOf",
+            "oneOf",
+            "not",
+            "if",
+            "then",
+            "else",
+            "$ref",
+            "$dynamicRef",
+            "$recursiveRef",
+            "dependentSchemas",
+        ],
+        "maxContains" => &["contains"],
+        _ => &[],
+    }
+}
+
 /// The JSON type an identity-only keyword applies to, if only one.
 fn applies_to(key: &str) -> Option<TypeSet> {
     match key {
@@ -76,6 +105,27 @@ impl<'a> Checker<'a> {
             let group: &[&str] = if key == "if" { &["if", "then", "else"] } else { &[key.as_str()] };
             let docs = self.docs;
             let same = alt.iter().any(|w| group.iter().all(|k| docs.keyword_equivalent(k, reader, w)));
+            let siblings = depends_on(key);
+            if same && !siblings.is_empty() {
+                // The keyword itself is unchanged; it still holds only in the same context.
+                let same_context = alt.iter().any(|w| {
+                    docs.keyword_equivalent(key, reader, w)
+                        && siblings.iter().all(|k| docs.keyword_equivalent(k, reader, w))
+                });
+                if same_context {
+                    continue;
+                }
+                let wl = alt.iter().find_map(|w| w.sub(key)).map_or_else(|| wloc.clone(), |n| n.loc);
+                let msg = format!(
+                    "`{key}` in {} depends on its sibling keywords ({}), which differ from {}; \
+                     the checker cannot compare it on its own, so compatibility cannot be proven",
+                    self.r(),
+                    siblings.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+                    self.w()
+                );
+                self.report(Kind::UnprovableDependentKeyword, reader.loc.push(key), wl, msg);
+                continue;
+            }
             if same {
                 continue;
             }

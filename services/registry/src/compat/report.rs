@@ -143,6 +143,10 @@ kinds! {
     PatternPropertiesUnproven = "PATTERN_PROPERTIES_UNPROVEN", inverse PatternPropertiesUnproven;
     /// A keyword the checker only compares for identity (`if`, `propertyNames`, ...) differs.
     UnsupportedKeyword = "UNSUPPORTED_KEYWORD", inverse UnsupportedKeyword;
+    /// A keyword whose meaning depends on its sibling keywords (`unevaluatedItems` on
+    /// `prefixItems`/`items`/`contains`/in-place applicators, `maxContains` on `contains`)
+    /// cannot be compared on its own, and those siblings differ between the two schemas.
+    UnprovableDependentKeyword = "UNPROVABLE_DEPENDENT_KEYWORD", inverse UnprovableDependentKeyword;
     /// A `$ref` could not be resolved, locally or through the registry.
     UnresolvedRef = "UNRESOLVED_REF", inverse UnresolvedRef;
     /// A value where a schema was expected (neither an object nor a boolean).

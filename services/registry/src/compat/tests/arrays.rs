@@ -125,3 +125,38 @@ fn raising_min_contains_is_backward_incompatible() {
     let new = json!({"type": "array", "contains": {"type": "integer"}, "minContains": 2});
     assert_has(&backward(old, new), K::ContainsAdded, "/contains");
 }
+
+/// Issue 12, item 1: `unevaluatedItems` depends on its sibling `prefixItems`; with the third
+/// prefix entry gone it now applies to position 2, where version 1 allowed numbers.
+#[test]
+fn dropping_a_prefix_item_under_unevaluated_items_is_backward_incompatible() {
+    let old = json!({
+        "type": "array",
+        "prefixItems": [{"type": "string"}, {"type": "number"}, {"type": "number"}],
+        "unevaluatedItems": {"type": "string"}
+    });
+    let new = json!({
+        "type": "array",
+        "prefixItems": [{"type": "string"}, {"type": "number"}],
+        "unevaluatedItems": {"type": "string"}
+    });
+    let found = backward(old, new);
+    assert!(!found.is_empty(), "[\"a\",1,1] is valid under version 1 but not under the new schema");
+    assert_has(&found, K::UnprovableDependentKeyword, "/unevaluatedItems");
+}
+
+#[test]
+fn max_contains_with_a_widened_contains_is_backward_incompatible() {
+    let old = json!({"type": "array", "contains": {"type": "string", "minLength": 1}, "maxContains": 1});
+    let new = json!({"type": "array", "contains": {"type": "string"}, "maxContains": 1});
+    // ["", "a"] has one match under version 1 and two under the new schema.
+    assert_has(&backward(old, new), K::UnprovableDependentKeyword, "/maxContains");
+}
+
+#[test]
+fn unevaluated_items_with_unchanged_siblings_stays_compatible() {
+    let tuple = json!([{"type": "string"}, {"type": "number"}]);
+    let old = json!({"type": "array", "prefixItems": tuple, "unevaluatedItems": false, "minItems": 2});
+    let new = json!({"type": "array", "prefixItems": tuple, "unevaluatedItems": false});
+    assert_compatible(&backward(old, new));
+}

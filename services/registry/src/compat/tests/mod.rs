@@ -11,6 +11,7 @@ mod modes;
 mod objects;
 mod refs;
 mod scalars;
+mod soundness;
 mod types;
 
 /// BACKWARD check of `new` against the single earlier version `old`.
