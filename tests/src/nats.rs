@@ -36,6 +36,8 @@ enum Tls {
 /// A running (or killed) nats-server with its own store directory.
 pub struct NatsServer {
     child: Option<Child>,
+    /// What the configuration was generated from (re-run for rotations).
+    plan: Plan,
     store: tempfile::TempDir,
     port: u16,
     auth: Generated,
@@ -90,7 +92,21 @@ impl NatsServer {
         }
         std::fs::write(store.path().join("server.conf"), conf).expect("write server.conf");
         let (child, port) = spawn(store.path(), None).expect("a first start never reports a taken port");
-        Self { child: Some(child), store, port, auth, violations_expected: AtomicBool::new(false) }
+        Self { child: Some(child), plan, store, port, auth, violations_expected: AtomicBool::new(false) }
+    }
+
+    /// Runs `kakehashi nats config` again on this server's configuration with `rotate` and
+    /// `retire` (identity names), then makes the server reload it (SIGHUP), as an operator would.
+    pub fn regenerate_and_reload(&self, rotate: &[&str], retire: &[&str]) {
+        let plan = Plan {
+            rotate: rotate.iter().map(|s| s.to_string()).collect(),
+            retire: retire.iter().map(|s| s.to_string()).collect(),
+            ..self.plan.clone()
+        };
+        nats_config::generate(&plan).expect("generate again");
+        let pid = self.child.as_ref().expect("a running server").id();
+        let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status().expect("kill -HUP");
+        assert!(status.success(), "nats-server reload signal failed");
     }
 
     /// `nats://127.0.0.1:<port>`.
