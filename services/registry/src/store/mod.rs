@@ -2,6 +2,11 @@
 //! cache kept fresh by a KV watch (so every registry instance answers the same), compiled
 //! validators cached per version, and compare-and-set writes so concurrent registrations on any
 //! number of instances never lose or double a version.
+//!
+//! Bursts: within one instance registrations are serialized (a fair FIFO lock around the
+//! "allocate id + create version" section), so an instance never contends with itself; across
+//! instances the compare-and-set remains, and a lost race is retried after a jittered, growing
+//! backoff until [`CAS_RETRY_BUDGET`] has passed, rather than a fixed number of immediate retries.
 
 mod compile;
 mod error;
@@ -23,8 +28,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-/// How many times a write is retried when another writer wins the compare-and-set.
-const CAS_ATTEMPTS: usize = 32;
+/// How long one registration keeps retrying compare-and-set conflicts with other instances (on
+/// the id counter or the version key) before answering `ABORTED`. Fixed, not configurable: with
+/// registrations serialized per instance only other instances contend, and each conflict means
+/// another instance made progress, so this is ample for bursts of hundreds across a few instances.
+const CAS_RETRY_BUDGET: Duration = Duration::from_secs(15);
+/// How long a registration waits for its turn behind the instance's other registrations (the
+/// server-side queue) before answering `ABORTED`.
+const REGISTER_QUEUE_WAIT: Duration = Duration::from_secs(60);
+/// First and largest pause between compare-and-set retries; each pause is uniformly random in
+/// `[0, bound]` ("full jitter"), the bound doubling per conflict up to the maximum.
+const BACKOFF_FIRST: Duration = Duration::from_millis(2);
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// Shared handle to the schema store.
 #[derive(Clone)]
@@ -49,6 +64,8 @@ struct Inner {
     /// Validator cache hits and misses, for metrics.
     cache_hits: std::sync::atomic::AtomicU64,
     cache_misses: std::sync::atomic::AtomicU64,
+    /// Serializes this instance's registrations (tokio's mutex is fair: a FIFO queue).
+    register_lock: tokio::sync::Mutex<()>,
     default_mode: Mode,
     max_schema_bytes: usize,
     max_cached_validators: usize,
@@ -82,6 +99,7 @@ impl SchemaStore {
             pii: Mutex::new(HashMap::new()),
             cache_hits: Default::default(),
             cache_misses: Default::default(),
+            register_lock: tokio::sync::Mutex::new(()),
             default_mode,
             max_schema_bytes,
             max_cached_validators,
@@ -140,7 +158,14 @@ impl SchemaStore {
         let canonical =
             serde_json::to_string(&schema).map_err(|e| StoreError::InvalidSchema(e.to_string()))?;
 
-        for _ in 0..CAS_ATTEMPTS {
+        // One registration at a time per instance; the compile above ran in parallel.
+        let _turn = tokio::time::timeout(REGISTER_QUEUE_WAIT, inner.register_lock.lock())
+            .await
+            .map_err(|_| StoreError::Contention(subject.to_string()))?;
+        let mut backoff = Backoff::new();
+        // Reserved once and kept across version conflicts, so a lost race does not burn ids.
+        let mut id = None;
+        loop {
             let versions = self.versions_of(subject);
             if let Some(existing) = versions.iter().find(|r| !r.deleted && r.schema == canonical) {
                 return Ok(Registered { record: existing.clone(), created: false, warnings });
@@ -168,7 +193,10 @@ impl SchemaStore {
                     problems,
                 });
             }
-            let id = self.next_id().await?;
+            let id = match id {
+                Some(id) => id,
+                None => *id.insert(self.next_id(&mut backoff).await?),
+            };
             let record = SchemaRecord {
                 subject: subject.to_string(),
                 version: next_version,
@@ -186,13 +214,15 @@ impl SchemaStore {
                     return Ok(Registered { record, created: true, warnings });
                 }
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    // Another writer took this version: wait for the watch to bring it, then retry.
+                    // Another instance took this version: load it, pause, then retry on top.
                     self.refresh_subject(subject).await?;
+                    if !backoff.pause().await {
+                        return Err(StoreError::Contention(subject.to_string()));
+                    }
                 }
                 Err(e) => return Err(StoreError::Storage(format!("create version: {e}"))),
             }
         }
-        Err(StoreError::Contention(subject.to_string()))
     }
 
     /// Checks a candidate against the subject (all of the mode's versions, or only `version`).
@@ -427,9 +457,10 @@ impl SchemaStore {
         Ok(out)
     }
 
-    async fn next_id(&self) -> Result<u64, StoreError> {
+    /// Takes the next global id from the counter (compare-and-set, retried within `backoff`'s budget).
+    async fn next_id(&self, backoff: &mut Backoff) -> Result<u64, StoreError> {
         let kv = &self.inner.kv;
-        for _ in 0..CAS_ATTEMPTS {
+        loop {
             let entry =
                 kv.entry(NEXT_ID_KEY).await.map_err(|e| StoreError::Storage(format!("id counter: {e}")))?;
             let result = match entry.filter(|e| e.operation == kv::Operation::Put) {
@@ -447,11 +478,14 @@ impl SchemaStore {
                         .map_err(|e| e.to_string())
                 }
             };
-            if let Ok(id) = result {
-                return Ok(id);
+            match result {
+                Ok(id) => return Ok(id),
+                Err(e) => tracing::debug!(error = %e, "schema id counter conflict, retrying"),
+            }
+            if !backoff.pause().await {
+                return Err(StoreError::Contention("schema id counter".into()));
             }
         }
-        Err(StoreError::Contention("schema id counter".into()))
     }
 }
 
@@ -523,6 +557,38 @@ impl Inner {
             None => compat.remove(subject),
         };
     }
+}
+
+/// Jittered exponential backoff for compare-and-set retries, bounded by [`CAS_RETRY_BUDGET`].
+struct Backoff {
+    deadline: tokio::time::Instant,
+    bound: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { deadline: tokio::time::Instant::now() + CAS_RETRY_BUDGET, bound: BACKOFF_FIRST }
+    }
+
+    /// Sleeps a random time in `[0, bound]` (never past the deadline) and grows the bound;
+    /// false once the budget is spent (the caller gives up).
+    async fn pause(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        let nanos = u64::try_from(self.bound.as_nanos()).unwrap_or(u64::MAX);
+        let pause = Duration::from_nanos(random_u64() % nanos.saturating_add(1));
+        tokio::time::sleep_until((now + pause).min(self.deadline)).await;
+        self.bound = (self.bound * 2).min(BACKOFF_MAX);
+        true
+    }
+}
+
+/// A random number for jitter (std's per-hasher random keys; not for cryptography).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 /// A cache of per-version values by subject, looked up with a borrowed subject.
