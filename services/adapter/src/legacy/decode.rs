@@ -111,6 +111,16 @@ pub fn sniff(encoding: Encoding, prefix: &[u8]) -> Encoding {
     }
 }
 
+/// Whether `bytes`, read as CP932, are more likely UTF-8: valid UTF-8 containing at least one
+/// multibyte sequence. Such bytes are often valid CP932 too (UTF-8 `佐藤　健` reads as
+/// `菴占陸縲蛛･`), so decoding them would silently produce mojibake. Real CP932 text with
+/// non-ASCII characters is very rarely valid UTF-8; pure ASCII never matches. Returns the
+/// offset of the first non-ASCII byte when the bytes look like UTF-8.
+pub fn utf8_in_cp932(bytes: &[u8]) -> Option<usize> {
+    let first = bytes.iter().position(|b| !b.is_ascii())?;
+    std::str::from_utf8(&bytes[first..]).is_ok().then_some(first)
+}
+
 /// A byte sequence that is not valid text in the expected encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Undecodable {
@@ -190,6 +200,13 @@ mod tests {
         assert_eq!(decode_field(&bytes, Encoding::ShiftJis), Err(Undecodable { offset: 4 }));
         // A lead byte cut off at the end of a field.
         assert_eq!(decode_field(&[0x41, 0x82], Encoding::ShiftJis), Err(Undecodable { offset: 1 }));
+    }
+
+    #[test]
+    fn utf8_in_cp932_flags_multibyte_utf8_only() {
+        assert_eq!(utf8_in_cp932("2,佐藤　健".as_bytes()), Some(2));
+        assert_eq!(utf8_in_cp932(b"2,Tanaka Ken"), None);
+        assert_eq!(utf8_in_cp932(&cp932("2,渋谷　髙橋①")), None);
     }
 
     #[test]

@@ -90,6 +90,14 @@ pub enum RowError {
     /// cuts a double-byte character).
     #[error("line {line}: bytes at offset {byte_offset} are not valid {encoding}")]
     Undecodable { line: u64, byte_offset: u64, encoding: &'static str },
+    /// A row in a file read as Shift_JIS (CP932) whose raw bytes are valid UTF-8 with
+    /// multibyte characters: almost certainly typed in UTF-8, and it would decode to mojibake
+    /// (UTF-8 `佐藤　健` is valid CP932 `菴占陸縲蛛･`). Pure-ASCII rows never match.
+    #[error(
+        "mixed_encoding: line {line}: row is valid UTF-8 with multibyte characters in a file read as {encoding}; \
+         not imported to avoid mojibake"
+    )]
+    MixedEncoding { line: u64, byte_offset: u64, encoding: &'static str },
     /// Text after the closing quote of a quoted field.
     #[error("line {line}: unexpected text after a closing quote at byte offset {byte_offset}")]
     StrayQuote { line: u64, byte_offset: u64 },
@@ -120,6 +128,7 @@ impl RowError {
             | Self::TooManyFields { line, .. }
             | Self::RowLength { line, .. }
             | Self::Undecodable { line, .. }
+            | Self::MixedEncoding { line, .. }
             | Self::StrayQuote { line, .. }
             | Self::UnterminatedQuote { line, .. }
             | Self::RowTooLarge { line, .. } => Some(*line),
@@ -242,6 +251,14 @@ impl<R: Read> RecordReader<R> {
         if let Some(expected) = self.expected_columns {
             if found != expected {
                 return Err(RowError::ColumnCount { line, byte_offset, expected, found });
+            }
+        }
+        if self.encoding == Encoding::ShiftJis {
+            // A row typed in UTF-8 inside a CP932 file (issue 12): reject it rather than
+            // publish mojibake. Whole-row bytes, so ASCII fields do not hide it.
+            if let Some(at) = decode::utf8_in_cp932(&raw.bytes) {
+                let encoding = self.encoding.label();
+                return Err(RowError::MixedEncoding { line, byte_offset: byte_offset + at as u64, encoding });
             }
         }
         let mut values = Vec::with_capacity(found);

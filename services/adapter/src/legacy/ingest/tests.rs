@@ -447,3 +447,24 @@ fn pipelined_sink_settles_rejects_in_file_order_and_counts_duplicates() {
     let saved = Checkpoint::load(&job.checkpoint).ok().flatten();
     assert_eq!(saved.map(|c| (c.complete, c.resume.line)), Some((true, 12)));
 }
+
+#[test]
+fn utf8_row_in_a_cp932_export_is_rejected_as_mixed_encoding_not_published() {
+    let dir = Scratch::new("mixed-encoding");
+    let job = dir.job(IngestLimits::default());
+    let mut bytes = export(3);
+    // Line 5: a row typed in UTF-8 whose bytes are also valid CP932 (`菴占陸縲蛛･`).
+    bytes.extend_from_slice(format!("{MY_NUMBER_PREFIX}0004,佐藤　健,2024-10-04,1,A004\r\n").as_bytes());
+    std::fs::write(&job.input, bytes).ok();
+    let mut sink = VecSink::default();
+    let summary = run(&job, &mut sink).map_err(|e| e.to_string());
+    let counts = summary.map(|s| (s.rows_total, s.published, s.rejected));
+    assert_eq!(counts, Ok((4, 3, 1)));
+    assert!(sink.events.iter().all(|e| e.line != 5), "the UTF-8 row was published");
+    let rejects = rejects_lines(&job);
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
+    assert!(rejects[1].contains(",5,,mixed_encoding: line 5: "), "{rejects:?}");
+    for content in [MY_NUMBER_PREFIX, "佐藤", "菴占"] {
+        assert!(!rejects[1].contains(content), "{content} copied into rejects: {rejects:?}");
+    }
+}

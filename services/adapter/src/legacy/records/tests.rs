@@ -232,3 +232,54 @@ fn oversized_row_is_fatal_and_ends_the_iteration() {
     }
     assert!(r.next().is_none());
 }
+
+/// Issue 12, item 6: a row written in UTF-8 inside a CP932 file must not be published as
+/// mojibake. `佐藤　健` in UTF-8 happens to be valid CP932 (it would read `菴占陸縲蛛･`).
+fn cp932_file_with_one_utf8_row() -> Vec<u8> {
+    let mut bytes = cp932("番号,氏名\r\n1,山田　太郎\r\n");
+    bytes.extend_from_slice("2,佐藤　健\r\n".as_bytes());
+    bytes.extend(cp932("3,鈴木　花子\r\n"));
+    bytes
+}
+
+#[test]
+fn utf8_row_in_a_cp932_file_is_a_mixed_encoding_row_error() {
+    let bytes = cp932_file_with_one_utf8_row();
+    for encoding in [Encoding::Auto, Encoding::ShiftJis] {
+        let mut r = open(&bytes, csv_options(encoding, true));
+        assert_eq!(r.encoding(), Encoding::ShiftJis);
+        assert_eq!(ok(r.next()).fields, ["1", "山田　太郎"]);
+        match r.next() {
+            Some(Err(e @ RowError::MixedEncoding { line: 3, .. })) => {
+                assert!(e.to_string().starts_with("mixed_encoding: "), "{e}");
+                assert!(!e.to_string().contains("佐藤"), "{e}");
+            }
+            other => panic!("expected a mixed_encoding error for line 3, got {other:?}"),
+        }
+        // Reading goes on with the next (CP932) row.
+        assert_eq!(ok(r.next()).fields, ["3", "鈴木　花子"]);
+        assert!(r.next().is_none());
+    }
+}
+
+#[test]
+fn cp932_kanji_row_that_is_not_utf8_still_imports_and_ascii_rows_are_unaffected() {
+    let bytes = cp932("番号,氏名\r\n1,渋谷　髙橋①\r\n2,Tanaka Ken\r\n");
+    let mut r = open(&bytes, csv_options(Encoding::Auto, true));
+    assert_eq!(r.encoding(), Encoding::ShiftJis);
+    assert_eq!(ok(r.next()).fields, ["1", "渋谷　髙橋①"]);
+    assert_eq!(ok(r.next()).fields, ["2", "Tanaka Ken"]);
+    assert!(r.next().is_none());
+}
+
+#[test]
+fn utf8_file_with_multibyte_rows_is_unaffected() {
+    let text = "番号,氏名\n1,佐藤　健\n2,山田　太郎\n";
+    for encoding in [Encoding::Auto, Encoding::Utf8] {
+        let mut r = open(text.as_bytes(), csv_options(encoding, true));
+        assert_eq!(r.encoding(), Encoding::Utf8);
+        assert_eq!(ok(r.next()).fields, ["1", "佐藤　健"]);
+        assert_eq!(ok(r.next()).fields, ["2", "山田　太郎"]);
+        assert!(r.next().is_none());
+    }
+}
