@@ -119,14 +119,6 @@ impl NatsAuthConfig {
         set("KAKEHASHI_NATS_KEY", &mut self.key_file);
     }
 
-    /// The identity these settings connect as, for logs (`anonymous` without credentials).
-    pub fn identity(&self) -> Result<String, NatsAuthError> {
-        Ok(match &self.credentials {
-            Some(p) => Credentials::load(p)?.identity,
-            None => "anonymous".into(),
-        })
-    }
-
     /// Connect options carrying the identity and TLS settings, named `name`.
     pub fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, NatsAuthError> {
         // Reconnect quickly (the default backoff grows to seconds): after a node of a cluster

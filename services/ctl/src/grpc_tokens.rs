@@ -19,18 +19,8 @@ fn random_token() -> Result<String, CtlError> {
 
 /// Writes a file only its owner can read (it holds secrets), replacing it atomically.
 fn write_private(path: &Path, text: &str) -> Result<(), CtlError> {
-    use std::io::Write as _;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let fail = |e: std::io::Error| CtlError::Usage(format!("cannot write {}: {e}", path.display()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut f = options.open(&tmp).map_err(fail)?;
-    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    crate::private_file::write(path, text.as_bytes(), true)
+        .map_err(|e| CtlError::Usage(format!("cannot write {}: {e}", path.display())))
 }
 
 /// The tokens (department → token) in `path`: kept when present, one added for every

@@ -212,22 +212,11 @@ impl Ca {
 
 /// Writes a PEM file; a private one is created readable by its owner only (0600 on Unix).
 pub fn write_pem(path: &Path, pem: &str, private: bool) -> Result<(), PkiError> {
-    use std::io::Write;
     let io = |source| PkiError::Io { action: "write", path: path.to_path_buf(), source };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut file = options.open(path).map_err(io)?;
-    file.write_all(pem.as_bytes()).map_err(io)
+    crate::private_file::write(path, pem.as_bytes(), private).map_err(io)
 }
 
 #[cfg(test)]
