@@ -16,8 +16,16 @@ pub const BUCKET_SCHEMAS: &str = "KH_SCHEMAS";
 /// KV bucket of subscriptions and policies.
 pub const BUCKET_CONFIG: &str = "KH_CONFIG";
 
-/// Filter of the ingress stream.
+/// Every ingress subject (what publishers may use).
 pub const INGRESS_ALL: &str = "kh.in.>";
+/// Subjects `KH_INGRESS` accepts: `kh.in.<source>.<bucket or first type token>.<rest>`. A
+/// shorter subject is no event subject at all; refusing it at the stream (the publisher gets no
+/// ack) keeps it from sitting in the work queue where no partition consumer would read it.
+pub const INGRESS_STREAM: &str = "kh.in.*.*.>";
+/// Prefix under which `KH_INGRESS` stores messages, after the partition transform.
+pub const PARTITIONED_PREFIX: &str = "kh.ip.";
+/// Buckets a record key is hashed into for the ingress subject (`_0` … `_1023`).
+pub const KEY_BUCKETS: u32 = 1024;
 /// Filter of the events stream.
 pub const EVENTS_ALL: &str = "kh.ev.>";
 /// Filter of the dead-letter stream.
@@ -36,9 +44,80 @@ pub const HEADER_TRACEPARENT: &str = "traceparent";
 /// W3C trace state header.
 pub const HEADER_TRACESTATE: &str = "tracestate";
 
-/// `kh.in.<source>.<type>`: where adapters publish.
-pub fn ingress(source: &str, event_type: &str) -> String {
-    format!("kh.in.{source}.{event_type}")
+/// `kh.in.<source>._<bucket>.<type>`: where adapters publish an event whose record key is
+/// `key` (the envelope's `subject`, may be empty). The bucket spreads keys over the ingress
+/// partitions while keeping each (source, type, key) in one of them.
+pub fn ingress(source: &str, event_type: &str, key: &str) -> String {
+    format!("kh.in.{source}._{}.{event_type}", key_bucket(source, event_type, key))
+}
+
+/// The key bucket of an event: FNV-1a (32 bit) over `source`, a 0xFF byte, `type`, a 0xFF byte
+/// and the record key, modulo [`KEY_BUCKETS`]. Publishers in other languages compute the same
+/// (`docs/delivery.md`); a bucket reveals 10 bits of a hash, nothing of the key itself.
+pub fn key_bucket(source: &str, event_type: &str, key: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let parts = [source.as_bytes(), &[0xff], event_type.as_bytes(), &[0xff], key.as_bytes()];
+    for b in parts.into_iter().flatten() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % KEY_BUCKETS
+}
+
+/// The stream subject transform that partitions ingress into `partitions` by the bucket token
+/// (or, on a subject without one, the first token of the type): (source, destination).
+pub fn ingress_transform(partitions: u32) -> (String, String) {
+    (
+        INGRESS_STREAM.to_string(),
+        format!(
+            "{PARTITIONED_PREFIX}{{{{partition({partitions},2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.>"
+        ),
+    )
+}
+
+/// `kh.ip.<partition>.>`: the stored ingress messages of one partition.
+pub fn partition_filter(partition: u32) -> String {
+    format!("{PARTITIONED_PREFIX}{partition}.>")
+}
+
+/// An ingress subject taken apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngressSubject<'a> {
+    /// The department NATS let publish there.
+    pub source: &'a str,
+    /// The key bucket, when the publisher named one (`_<n>`): `None` on the short form
+    /// `kh.in.<source>.<type>`, `Some(Err(()))` when the token is not a bucket number.
+    pub bucket: Option<Result<u32, ()>>,
+    /// The event type.
+    pub event_type: &'a str,
+}
+
+/// Parses `kh.in.<source>[._<bucket>].<type>`, or the stored form with the partition in front
+/// (`kh.ip.<partition>.<source>…`); None if the subject has another shape.
+pub fn parse_ingress(subject: &str) -> Option<IngressSubject<'_>> {
+    let rest = match subject.strip_prefix(PARTITIONED_PREFIX) {
+        Some(stored) => stored.split_once('.')?.1,
+        None => subject.strip_prefix("kh.in.")?,
+    };
+    let (source, rest) = rest.split_once('.')?;
+    let (bucket, event_type) = match rest.strip_prefix('_') {
+        Some(b) => {
+            let (token, event_type) = b.split_once('.')?;
+            let n = token.parse::<u32>().ok().filter(|n| *n < KEY_BUCKETS && !token.starts_with('+'));
+            (Some(n.ok_or(())), event_type)
+        }
+        None => (None, rest),
+    };
+    (!source.is_empty() && !event_type.is_empty()).then_some(IngressSubject { source, bucket, event_type })
+}
+
+/// The subject an ingress message was published on, from the one it is stored under (the
+/// partition token removed): where a replayed dead letter goes back to.
+pub fn published_ingress(stored: &str) -> std::borrow::Cow<'_, str> {
+    match stored.strip_prefix(PARTITIONED_PREFIX).and_then(|s| s.split_once('.')) {
+        Some((_, rest)) => format!("kh.in.{rest}").into(),
+        None => stored.into(),
+    }
 }
 
 /// `kh.ev.<type>`: validated events.
@@ -59,13 +138,6 @@ pub fn audit(event_id: &str) -> String {
 /// The events filter for a subscription pattern (`health.>` → `kh.ev.health.>`).
 pub fn events_filter(type_pattern: &str) -> String {
     format!("kh.ev.{type_pattern}")
-}
-
-/// Splits `kh.in.<source>.<type>` into (source, type); None if the subject has another shape.
-pub fn parse_ingress(subject: &str) -> Option<(&str, &str)> {
-    let rest = subject.strip_prefix("kh.in.")?;
-    let (source, event_type) = rest.split_once('.')?;
-    (!source.is_empty() && !event_type.is_empty()).then_some((source, event_type))
 }
 
 /// Whether a type pattern (`a.b.c`, `a.*.c`, `a.>`) matches an event type, with NATS semantics.
@@ -102,10 +174,33 @@ mod tests {
 
     #[test]
     fn ingress_subject_round_trips() {
-        let s = ingress("city-shibuya", "health.vaccination.recorded");
-        assert_eq!(parse_ingress(&s), Some(("city-shibuya", "health.vaccination.recorded")));
+        let t = "health.vaccination.recorded";
+        let s = ingress("city-shibuya", t, "resident-1");
+        let b = key_bucket("city-shibuya", t, "resident-1");
+        let want = IngressSubject { source: "city-shibuya", bucket: Some(Ok(b)), event_type: t };
+        assert_eq!(parse_ingress(&s), Some(want));
+        let stored = format!("kh.ip.3.city-shibuya._{b}.{t}");
+        assert_eq!(parse_ingress(&stored), Some(want));
+        assert_eq!(published_ingress(&stored), s);
+        assert_eq!(published_ingress(&s), s);
+        let short = IngressSubject { source: "city-shibuya", bucket: None, event_type: t };
+        assert_eq!(parse_ingress(&format!("kh.in.city-shibuya.{t}")), Some(short));
+        assert_eq!(parse_ingress("kh.in.x._1024.a.b").map(|p| p.bucket), Some(Some(Err(()))));
+        assert_eq!(parse_ingress("kh.in.x._+1.a.b").map(|p| p.bucket), Some(Some(Err(()))));
         assert_eq!(parse_ingress("kh.in.only"), None);
         assert_eq!(parse_ingress("kh.ev.a.b"), None);
+    }
+
+    #[test]
+    fn key_buckets_are_stable_and_spread() {
+        // Fixed values: publishers in other languages must compute the same (docs/delivery.md).
+        // (computed independently with the Python snippet of docs/delivery.md)
+        assert_eq!(key_bucket("", "", ""), 163);
+        assert_eq!(key_bucket("city-shibuya", "health.vaccination.recorded", "resident-1"), 603);
+        let spread: std::collections::HashSet<u32> =
+            (0..200).map(|i| key_bucket("city-x", "a.b", &format!("k{i}"))).collect();
+        assert!(spread.len() > 150, "{} distinct buckets of 200 keys", spread.len());
+        assert!(spread.iter().all(|b| *b < KEY_BUCKETS));
     }
 
     #[test]

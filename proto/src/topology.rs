@@ -2,8 +2,8 @@
 //! start, so any service can come up first on an empty server.
 
 use crate::subjects::{
-    AUDIT_ALL, BUCKET_CONFIG, BUCKET_SCHEMAS, DLQ_ALL, EVENTS_ALL, INGRESS_ALL, STREAM_AUDIT, STREAM_DLQ,
-    STREAM_EVENTS, STREAM_INGRESS,
+    self, AUDIT_ALL, BUCKET_CONFIG, BUCKET_SCHEMAS, DLQ_ALL, EVENTS_ALL, INGRESS_STREAM, STREAM_AUDIT,
+    STREAM_DLQ, STREAM_EVENTS, STREAM_INGRESS,
 };
 use async_nats::jetstream::{self, kv, stream};
 use serde::Deserialize;
@@ -35,6 +35,10 @@ pub struct TopologyConfig {
     /// which no later update can lift); records leave only by retention. Off only in tests
     /// that play an attacker with access to the server's disk.
     pub audit_append_only: bool,
+    /// Partitions of `KH_INGRESS` (a stream subject transform by key bucket): one validator
+    /// consumer each, spread over the registry instances. Changed only while `KH_INGRESS` is
+    /// empty (`docs/operations.md`).
+    pub ingress_partitions: u32,
 }
 
 impl Default for TopologyConfig {
@@ -49,6 +53,7 @@ impl Default for TopologyConfig {
             dedup_window_secs: 2 * 3600,
             max_message_bytes: 1024 * 1024,
             audit_append_only: true,
+            ingress_partitions: 6,
         }
     }
 }
@@ -90,6 +95,20 @@ pub enum TopologyError {
         /// Cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The configured partition count is out of range.
+    #[error("topology.ingress_partitions = {0}: must be between 1 and {MAX_PARTITIONS}")]
+    Partitions(u32),
+    /// `KH_INGRESS` is partitioned otherwise and still holds messages: changing it now could
+    /// reorder events of one key, so the process refuses to start.
+    #[error("KH_INGRESS is partitioned as {current} and holds {messages} messages; refusing to repartition it to {wanted} partitions while it is not empty (stop the publishers, let the registries drain it with the old setting, then restart with the new one: docs/operations.md)")]
+    Repartition {
+        /// The stream's transform now.
+        current: String,
+        /// The configured count.
+        wanted: u32,
+        /// Messages waiting.
+        messages: u64,
     },
     /// A KV bucket could not be created or opened.
     #[error("key-value bucket {name}: {source}")]
@@ -133,10 +152,10 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
         max_age: Duration::from_secs(max_age),
         ..Default::default()
     };
-    let ingress = stream::Config {
-        retention: stream::RetentionPolicy::WorkQueue,
-        ..base(STREAM_INGRESS, INGRESS_ALL, 0)
-    };
+    if !(1..=MAX_PARTITIONS).contains(&cfg.ingress_partitions) {
+        return Err(TopologyError::Partitions(cfg.ingress_partitions));
+    }
+    let ingress = ingress_config(cfg, base(STREAM_INGRESS, INGRESS_STREAM, 0));
     let audit = stream::Config {
         deny_delete: cfg.audit_append_only,
         deny_purge: cfg.audit_append_only,
@@ -170,6 +189,59 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
     let schemas = bucket(js, BUCKET_SCHEMAS, cfg.replicas).await?;
     let config = bucket(js, BUCKET_CONFIG, cfg.replicas).await?;
     Ok(Buckets { schemas, config })
+}
+
+/// Most ingress partitions (each is a consumer and a validator task per instance).
+pub const MAX_PARTITIONS: u32 = 256;
+
+/// `KH_INGRESS`: a work queue whose messages are stored under `kh.ip.<partition>.…`.
+fn ingress_config(cfg: &TopologyConfig, base: stream::Config) -> stream::Config {
+    let (source, destination) = subjects::ingress_transform(cfg.ingress_partitions);
+    stream::Config {
+        retention: stream::RetentionPolicy::WorkQueue,
+        subject_transform: Some(stream::SubjectTransform { source, destination }),
+        ..base
+    }
+}
+
+/// Brings `KH_INGRESS` to the configured partitioning (the registry calls this after
+/// [`ensure`]): unchanged when it already is, updated while the stream is empty, and refused
+/// with [`TopologyError::Repartition`] otherwise, since messages of one key would then sit in
+/// two partitions and could be validated out of order.
+pub async fn ensure_ingress_partitions(
+    js: &jetstream::Context,
+    cfg: &TopologyConfig,
+) -> Result<(), TopologyError> {
+    let name = STREAM_INGRESS;
+    let err = |e: &dyn std::fmt::Display| TopologyError::Stream { name, source: e.to_string().into() };
+    let mut stream = js.get_stream(name).await.map_err(|e| err(&e))?;
+    let info = stream.info().await.map_err(|e| err(&e))?.clone();
+    let wanted = ingress_config(cfg, info.config.clone());
+    let same = |a: &Option<stream::SubjectTransform>, b: &Option<stream::SubjectTransform>| match (a, b) {
+        (Some(a), Some(b)) => a.source == b.source && a.destination == b.destination,
+        (None, None) => true,
+        _ => false,
+    };
+    let subjects_wanted = vec![INGRESS_STREAM.to_string()];
+    if same(&info.config.subject_transform, &wanted.subject_transform)
+        && info.config.subjects == subjects_wanted
+    {
+        return Ok(());
+    }
+    let current = match &info.config.subject_transform {
+        Some(t) => format!("{} -> {}", t.source, t.destination),
+        None => "unpartitioned".to_string(),
+    };
+    if info.state.messages > 0 {
+        return Err(TopologyError::Repartition {
+            current,
+            wanted: cfg.ingress_partitions,
+            messages: info.state.messages,
+        });
+    }
+    js.update_stream(stream::Config { subjects: subjects_wanted, ..wanted }).await.map_err(|e| err(&e))?;
+    tracing::warn!(from = %current, partitions = cfg.ingress_partitions, "KH_INGRESS was empty: repartitioned");
+    Ok(())
 }
 
 /// Opens a KV bucket, creating its backing stream first when missing. The stream is created

@@ -159,8 +159,9 @@ async fn run() {
     usage.push(probe.stop("1 raw", n));
 
     eprintln!("phase 1 ours: pre-publishing {n} to KH_INGRESS (validator not running)");
-    let ingress = subjects::ingress(SOURCE, TYPE);
-    publish_pipelined(&publisher, (0..n).map(|_| (ingress.clone(), new_event(&payload)))).await;
+    // Latency probes are keyless; the backlogs spread over 1,000 record keys (all partitions).
+    let ingress = subjects::ingress(SOURCE, TYPE, "");
+    publish_pipelined(&publisher, (0..n).map(|i| keyed(&payload, i))).await;
     assert_eq!(bus::stream_len(&publisher, bus::INGRESS).await, n as u64, "KH_INGRESS holds the backlog");
     setup.stop().await;
     let probe = Probe::start(nats_pid);
@@ -234,10 +235,8 @@ async fn run() {
     let probe = Probe::start(nats_pid);
     let t = Instant::now();
     let p = {
-        let (js, payload, subject) = (publisher.clone(), payload.clone(), ingress.clone());
-        tokio::spawn(async move {
-            publish_pipelined(&js, (0..n).map(|_| (subject.clone(), new_event(&payload)))).await
-        })
+        let (js, payload) = (publisher.clone(), payload.clone());
+        tokio::spawn(async move { publish_pipelined(&js, (0..n).map(|i| keyed(&payload, i))).await })
     };
     let e2e = ours_sub.take(n, |_, _| {}).await;
     wait_acked(&publisher, bus::EVENTS, &consumer_name).await;
@@ -404,6 +403,13 @@ fn example_payload() -> Vec<u8> {
 }
 
 /// A vaccination event as an adapter would publish it: fresh id, time now.
+/// Event `i` of a backlog, with one of 1,000 record keys, and its ingress subject.
+fn keyed(payload: &[u8], i: usize) -> (String, Event) {
+    let mut e = new_event(payload);
+    e.subject = format!("resident-{}", i % 1000);
+    (subjects::ingress(SOURCE, TYPE, &e.subject), e)
+}
+
 fn new_event(payload: &[u8]) -> Event {
     let mut e = Event {
         id: kakehashi_proto::ids::new_event_id(),

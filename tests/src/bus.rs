@@ -310,7 +310,7 @@ pub async fn publish_raw(
 /// event id); returns the encoded bytes, exactly as stored.
 pub async fn publish_ingress(js: &jetstream::Context, event: &Event) -> Vec<u8> {
     let bytes = event.encode_to_vec();
-    let subject = kakehashi_proto::subjects::ingress(&event.source, &event.r#type);
+    let subject = kakehashi_proto::subjects::ingress(&event.source, &event.r#type, &event.subject);
     publish_raw(js, &subject, bytes.clone(), Some(&event.id)).await;
     bytes
 }
@@ -342,7 +342,7 @@ impl PublishProgress {
 /// confirms it (a publisher that must not lose an event while the server is away).
 pub async fn publish_ingress_retrying(js: &jetstream::Context, event: &Event, progress: &PublishProgress) {
     let bytes = event.encode_to_vec();
-    let subject = kakehashi_proto::subjects::ingress(&event.source, &event.r#type);
+    let subject = kakehashi_proto::subjects::ingress(&event.source, &event.r#type, &event.subject);
     loop {
         let m =
             jetstream::message::PublishMessage::build().payload(bytes.clone().into()).message_id(&event.id);

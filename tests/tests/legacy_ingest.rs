@@ -23,8 +23,6 @@ use tokio::sync::mpsc;
 
 const SOURCE: &str = "city-shibuya";
 const READER: &str = "mhlw";
-/// The registry validator's durable consumer on `KH_INGRESS`.
-const VALIDATOR: &str = kakehashi_registry::validator::CONSUMER;
 /// Generous bound for events to flow through the validator to a subscriber.
 const FLOW: Duration = Duration::from_secs(30);
 
@@ -104,21 +102,16 @@ impl TestBus {
         async_nats::jetstream::new(self.nats.admin().await)
     }
 
-    /// Waits until the validator has handled everything published (its consumer on
-    /// `KH_INGRESS` has nothing pending or unacked), then returns how many messages
+    /// Waits until the validator has handled everything published (`KH_INGRESS`, a work
+    /// queue, is empty once every message is acked), then returns how many messages
     /// `KH_EVENTS` and `KH_DLQ` hold.
     async fn settled_counts(&self) -> (u64, u64) {
         let js = self.js().await;
         wait::until("the validator to handle everything in KH_INGRESS", FLOW, || {
             let js = js.clone();
             async move {
-                let stream = js.get_stream("KH_INGRESS").await.ok()?;
-                let mut consumer = stream
-                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(VALIDATOR)
-                    .await
-                    .ok()?;
-                let info = consumer.info().await.ok()?;
-                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+                let mut stream = js.get_stream("KH_INGRESS").await.ok()?;
+                (stream.info().await.ok()?.state.messages == 0).then_some(())
             }
         })
         .await;

@@ -43,11 +43,14 @@ async fn metrics_count_every_outcome_and_report_lag() {
             data: data.as_bytes().to_vec(),
             ..Default::default()
         };
-        js.publish(kakehashi_proto::subjects::ingress("city-x", TYPE), event.encode_to_vec().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
+        js.publish(
+            kakehashi_proto::subjects::ingress("city-x", TYPE, &event.subject),
+            event.encode_to_vec().into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
     }
 
     // Ack three of the four valid events; one stays unacked (lag).

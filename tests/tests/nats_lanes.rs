@@ -177,7 +177,7 @@ async fn a_department_can_neither_forge_validated_events_nor_publish_as_another_
     dept.flush().await.expect("flush");
     expect_violation(&mut errors, &ev).await;
     // 4. Into another department's ingress.
-    let other = kakehashi_proto::subjects::ingress(OTHER, TYPE);
+    let other = kakehashi_proto::subjects::ingress(OTHER, TYPE, "");
     let as_other = bus::event(OTHER, TYPE, 8);
     dept.publish(other.clone(), prost::Message::encode_to_vec(&as_other).into()).await.expect("sent");
     dept.flush().await.expect("flush");
@@ -267,7 +267,7 @@ async fn the_adapter_identity_cannot_inject_into_streams_through_consumers_or_pu
     let created = jetstream::new(adapter.clone())
         .create_consumer_on_stream(
             consumer::push::Config {
-                deliver_subject: kakehashi_proto::subjects::ingress(OTHER, TYPE),
+                deliver_subject: kakehashi_proto::subjects::ingress(OTHER, TYPE, ""),
                 filter_subject: "kh.ev.>".into(),
                 ..Default::default()
             },
@@ -280,7 +280,11 @@ async fn the_adapter_identity_cannot_inject_into_streams_through_consumers_or_pu
     // A pull request for the subscription's consumer whose reply subject is an ingress subject.
     let next = "$JS.API.CONSUMER.MSG.NEXT.KH_EVENTS.sub_mhlw_lanes";
     adapter
-        .publish_with_reply(next, kakehashi_proto::subjects::ingress(OTHER, TYPE), r#"{"batch":10}"#.into())
+        .publish_with_reply(
+            next,
+            kakehashi_proto::subjects::ingress(OTHER, TYPE, ""),
+            r#"{"batch":10}"#.into(),
+        )
         .await
         .expect("sent");
     adapter.flush().await.expect("flush");

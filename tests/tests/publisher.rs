@@ -7,6 +7,7 @@
 //! The registry runs with its validator off, so published events stay in `KH_INGRESS` where the
 //! tests can read them back; it is only there to register schemas the way operators do.
 
+use kakehashi_proto::subjects::{ingress, published_ingress};
 use kakehashi_proto::v1::publisher_client::PublisherClient;
 use kakehashi_proto::v1::{Event, PublishAck};
 use kakehashi_tests::bus::{register_schema, start_ingress_only, LENIENT_SCHEMA};
@@ -74,7 +75,7 @@ async fn publish_ack_has_a_sequence_and_a_repeated_id_is_reported_as_duplicate()
     assert!(!other.duplicate && other.sequence > ack.sequence);
 
     let (subject, stored) = stored(&nats, ack.sequence).await;
-    assert_eq!(subject, format!("kh.in.{SOURCE}.{TYPE}"));
+    assert_eq!(published_ingress(&subject), ingress(SOURCE, TYPE, &stored.subject), "stored as {subject}");
     assert_eq!(stored.data, first.data);
     assert_eq!(stored.data_content_type, "application/json", "filled in");
     assert!(stored.time.is_some(), "time filled in");
@@ -187,7 +188,7 @@ async fn with_credentials_the_token_decides_the_source() {
     let ack = publisher.publish(with_token(unclaimed, "tok-shibuya")).await.expect("publish").into_inner();
     let (subject, stored) = stored(&nats, ack.sequence).await;
     assert_eq!(stored.source, SOURCE);
-    assert_eq!(subject, format!("kh.in.{SOURCE}.{TYPE}"));
+    assert_eq!(published_ingress(&subject), ingress(SOURCE, TYPE, &stored.subject), "stored as {subject}");
 
     // On a stream the refusal is that event's ack; the others go through.
     let batch = vec![event(4), Event { source: "mhlw".into(), ..event(5) }, event(6)];

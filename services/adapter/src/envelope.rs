@@ -91,5 +91,5 @@ pub fn to_message_traced(
             p = p.header(h, v.as_str());
         }
     }
-    (subjects::ingress(&event.source, &event.r#type), p)
+    (subjects::ingress(&event.source, &event.r#type, &event.subject), p)
 }

@@ -45,7 +45,9 @@ pub fn build(d: Details<'_>) -> Outgoing {
     // The ingress subject names the department NATS let publish there, so it wins over what
     // the envelope claims (a source_mismatch is filed under the real sender).
     let (source, event_type) = match subjects::parse_ingress(d.original_subject) {
-        Some((s, t)) if kakehashi_proto::ident::is_valid_department_id(s) => (s.to_string(), t.to_string()),
+        Some(p) if kakehashi_proto::ident::is_valid_department_id(p.source) => {
+            (p.source.to_string(), p.event_type.to_string())
+        }
         _ => match d.event {
             Some(e)
                 if kakehashi_proto::ident::is_valid_department_id(&e.source)
@@ -66,7 +68,8 @@ pub fn build(d: Details<'_>) -> Outgoing {
         reason: d.reason.code().to_string(),
         message: d.message,
         violations: d.violations,
-        original_subject: d.original_subject.to_string(),
+        // As published (without the partition the stream stored it under): a replay goes there.
+        original_subject: subjects::published_ingress(d.original_subject).into_owned(),
         raw: d.raw.to_vec(),
         event_id,
         source: source.clone(),

@@ -104,6 +104,7 @@ pub async fn run_with(
         .map_err(|source| RunError::Connect { url: config.nats_url.clone(), source })?;
     let js = async_nats::jetstream::new(client);
     let buckets = kakehashi_proto::topology::ensure(&js, &config.topology).await?;
+    kakehashi_proto::topology::ensure_ingress_partitions(&js, &config.topology).await?;
     let store = store::SchemaStore::open(
         buckets.schemas,
         default_mode,
@@ -144,6 +145,8 @@ pub async fn run_with(
             failover: Duration::from_millis(config.validator.failover_ms.max(200)),
             audit: audit.clone(),
             metrics: metrics.clone(),
+            partitions: config.topology.ingress_partitions,
+            config: buckets.config.clone(),
         };
         Some(tokio::spawn(validator::run(js.clone(), store.clone(), policy, settings, stop_rx)))
     } else {

@@ -1,5 +1,5 @@
 //! The NATS sink of a file import: each mapped row becomes a `kakehashi.v1.Event` published
-//! to `kh.in.<source>.<type>` through a [`Pipeline`] (a window of unconfirmed publishes,
+//! to `kh.in.<source>._<bucket>.<type>` through a [`Pipeline`] (a window of unconfirmed publishes,
 //! confirmations in order, retries with backoff).
 //!
 //! Before sending, the payload is checked against the schema the registry's validator will use

@@ -322,9 +322,9 @@ impl Bus {
         self.schemas.as_ref()
     }
 
-    /// The subject a type is published on by this department.
-    pub fn subject(&self, event_type: &str) -> String {
-        subjects::ingress(&self.source, event_type)
+    /// The subject an event of this type and record key is published on by this department.
+    pub fn subject(&self, event_type: &str, key: &str) -> String {
+        subjects::ingress(&self.source, event_type, key)
     }
 
     /// The event for a record: its id derives from (source, type, key, version), so

@@ -14,14 +14,17 @@
 //! The legacy file import (`kakehashi-adapter ingest`) is built on the same [`Pipeline`].
 //!
 //! Layout: [`bus`] (connect, single publishes, errors), [`pipeline`] (windowed, in-order
-//! publishing with retries), [`record`] (the [`ToEvent`] trait), [`retry`] (the policy).
+//! publishing with retries), [`record`] (the [`ToEvent`] trait), [`retry`] (the policy),
+//! [`seen`] (for subscribers: skipping marked repeats of events already processed).
 
 pub mod bus;
 pub mod pipeline;
 pub mod record;
 pub mod retry;
+pub mod seen;
 
 pub use bus::{Ack, Bus, BusBuilder, ConnectError, PublishError};
 pub use pipeline::Pipeline;
 pub use record::{to_event, ToEvent};
 pub use retry::Retry;
+pub use seen::SeenEvents;

@@ -68,13 +68,14 @@ pub fn check(
     }
     let event = Event::decode(raw)
         .map_err(|e| reject(Reason::MalformedEnvelope, format!("not a kakehashi.v1.Event: {e}"), None))?;
-    let Some((dept, subject_type)) = subjects::parse_ingress(subject) else {
+    let Some(parsed) = subjects::parse_ingress(subject) else {
         return Err(reject(
             Reason::MalformedEnvelope,
-            format!("subject {subject} is not kh.in.<source>.<type>"),
+            format!("subject {subject} is not kh.in.<source>._<key bucket>.<type>"),
             Some(event),
         ));
     };
+    let (dept, subject_type) = (parsed.source, parsed.event_type);
     if !ids::is_valid_event_id(&event.id) {
         return Err(reject(Reason::MalformedEnvelope, "event id must be a UUID or ULID", Some(event)));
     }
@@ -92,6 +93,21 @@ pub fn check(
     if event.r#type != subject_type {
         let message = format!("type {:?} does not match the subject's type {subject_type:?}", event.r#type);
         return Err(reject(Reason::MalformedEnvelope, message, Some(event)));
+    }
+    if let Some(bucket) = parsed.bucket {
+        // A wrong bucket would put this key's events in two partitions, out of order.
+        let expected = subjects::key_bucket(&event.source, &event.r#type, &event.subject);
+        if bucket != Ok(expected) {
+            let named = match bucket {
+                Ok(n) => format!("key bucket _{n}"),
+                Err(()) => format!("no key bucket (_0 to _{})", subjects::KEY_BUCKETS - 1),
+            };
+            let message = format!(
+                "subject {} names {named}, but the event's (source, type, subject) hash to _{expected}",
+                subjects::published_ingress(subject)
+            );
+            return Err(reject(Reason::MalformedEnvelope, message, Some(event)));
+        }
     }
     if !matches!(event.data_content_type.as_str(), "" | "application/json") {
         let message = format!("data_content_type {:?} is not application/json", event.data_content_type);

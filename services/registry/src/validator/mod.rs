@@ -1,20 +1,26 @@
-//! The ingress validator: a durable pull consumer ("validator") on `KH_INGRESS` in a priority
-//! group with a pinned client: every registry instance pulls, NATS hands the messages to one of
-//! them at a time and moves the pin to another within `failover_ms` when that one stops
-//! pulling (crash, partition). Each batch is checked in order; accepted events are republished
-//! to `kh.ev.<type>` byte for byte with `Nats-Msg-Id` = event id, rejected ones go to
-//! `kh.dlq.<source>.<type>`; publishes are pipelined and the ingress message is acked only once
-//! its publish is confirmed, so a crash anywhere loses nothing and duplicates nothing.
+//! The ingress validator. `KH_INGRESS` is partitioned by a stream subject transform on the
+//! key bucket of each event (`kh.in.<source>._<bucket>.<type>` is stored as
+//! `kh.ip.<partition>.…`), so every event of one (source, type, record key) lands in one
+//! partition. Each partition has a durable pull consumer (`validator-<n>`) in a priority group
+//! with a pinned client: every registry instance pulls on every partition, NATS hands each
+//! partition's messages to one of them at a time and moves the pin to another within
+//! `failover_ms` when that one stops pulling (crash, network partition); the instances spread
+//! the partitions between them ([`share`]). Each batch is checked in order; accepted events are
+//! republished to `kh.ev.<type>` byte for byte with `Nats-Msg-Id` = event id, rejected ones go
+//! to `kh.dlq.<source>.<type>`; publishes are pipelined and the ingress message is acked only
+//! once its publish is confirmed, so a crash anywhere loses nothing and duplicates nothing.
 //!
 //! Order per key across a takeover is kept by construction, not by timing: `KH_INGRESS` is a
 //! work queue, so every message still in it is unvalidated or unacked. A new pin holder starts
-//! at the consumer's ack floor and handles every message still in the stream in sequence order,
-//! reading the ones the previous holder had in flight (and that NATS would only redeliver after
-//! the ack wait) straight from the stream before anything newer. Those come back later as
-//! redeliveries; their outcome is already stored, so they are only acked.
+//! at the partition consumer's ack floor and handles every message of the partition still in
+//! the stream in sequence order, reading the ones the previous holder had in flight (and that
+//! NATS would only redeliver after the ack wait) straight from the stream before anything
+//! newer. Those come back later as redeliveries; their outcome is already stored, so they are
+//! only acked.
 
 mod check;
 pub mod reason;
+pub mod share;
 
 pub use check::{check_payload, CheckLimits, PayloadRejected};
 
@@ -30,10 +36,24 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Durable name of the validator consumer, shared by all instances.
-pub const CONSUMER: &str = "validator";
-/// The consumer's priority group, in which one instance at a time is pinned.
+/// Durable name of the single validator consumer of versions before partitioning (removed).
+const UNPARTITIONED_CONSUMER: &str = "validator";
+/// Durable name prefix of the partition consumers (`validator-0`, `validator-1`, …).
+pub const CONSUMER_PREFIX: &str = "validator-";
+/// The consumers' priority group, in which one instance at a time is pinned.
 pub const GROUP: &str = "validators";
+
+/// Durable name of partition `n`'s consumer.
+pub fn consumer_name(partition: u32) -> String {
+    format!("{CONSUMER_PREFIX}{partition}")
+}
+
+/// One partition of `KH_INGRESS` and its consumer.
+struct Partition {
+    index: u32,
+    consumer: String,
+    filter: String,
+}
 
 /// Failure to set up or run the validator (per-message problems are dead letters, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -61,46 +81,110 @@ pub struct ValidatorSettings {
     pub audit: kakehashi_proto::audit::AuditWriter,
     /// Counters and latencies.
     pub metrics: crate::metrics::RegistryMetrics,
+    /// Partitions of `KH_INGRESS` (`topology.ingress_partitions`).
+    pub partitions: u32,
+    /// Where instances announce themselves to spread the partitions (`KH_CONFIG`).
+    pub config: async_nats::jetstream::kv::Store,
 }
 
 /// The producer policy the validator consults.
 pub type ProducerPolicy = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
-/// Runs until `shutdown` turns true: pulls in the priority group, validates while pinned.
+/// Runs until `shutdown` turns true: one task per partition pulls in its priority group and
+/// validates while pinned.
 pub async fn run(
     js: jetstream::Context,
     store: SchemaStore,
     policy: ProducerPolicy,
     settings: ValidatorSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ValidatorError> {
     let stream =
         js.get_stream(subjects::STREAM_INGRESS).await.map_err(|e| ValidatorError::Consumer(e.to_string()))?;
-    let consumer = ensure_consumer(&stream, &settings).await?;
-    while !*shutdown.borrow() {
-        if let Err(e) =
-            validate_pinned(&js, &stream, &consumer, &store, &policy, &settings, &mut shutdown).await
-        {
-            tracing::warn!(error = %e, "validator pull failed; retrying");
-            tokio::select! {
-                _ = shutdown.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+    retire_consumers(&stream, settings.partitions).await?;
+    let share = share::Share::new(settings.partitions);
+    // KV keys take `[-/_=.a-zA-Z0-9]` only (instance names such as `registry@host:pid` do not).
+    let actor: String = settings
+        .actor
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_=".contains(c) { c } else { '_' })
+        .collect();
+    let id = format!("{actor}-{}", uuid::Uuid::now_v7().simple());
+    let announcing = tokio::spawn(share.clone().announce(settings.config.clone(), id, shutdown.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..settings.partitions {
+        let partition =
+            Partition { index, consumer: consumer_name(index), filter: subjects::partition_filter(index) };
+        let consumer = ensure_consumer(&stream, &partition, &settings).await?;
+        let (js, stream, store, policy, settings, share, mut shutdown) = (
+            js.clone(),
+            stream.clone(),
+            store.clone(),
+            policy.clone(),
+            settings.clone(),
+            share.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            let p = Pinned {
+                js: &js,
+                stream: &stream,
+                partition: &partition,
+                store: &store,
+                policy: &policy,
+                settings: &settings,
+                share: &share,
+            };
+            while !*shutdown.borrow() {
+                if let Err(e) = p.validate(&consumer, &mut shutdown).await {
+                    tracing::warn!(error = %e, partition = partition.index, "validator pull failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
             }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let _ = announcing.await;
+    Ok(())
+}
+
+/// Deletes the consumers no partition reads any more: the single consumer of versions before
+/// partitioning and those of partitions beyond the count (`KH_INGRESS` is empty whenever the
+/// partitioning changes, `topology::ensure_ingress_partitions`).
+async fn retire_consumers(stream: &Stream, partitions: u32) -> Result<(), ValidatorError> {
+    let mut names = stream.consumer_names();
+    let mut retired = Vec::new();
+    while let Some(name) = names.next().await {
+        let name = name.map_err(|e| ValidatorError::Consumer(format!("listing consumers: {e}")))?;
+        let beyond = name
+            .strip_prefix(CONSUMER_PREFIX)
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n >= partitions);
+        if name == UNPARTITIONED_CONSUMER || beyond {
+            retired.push(name);
+        }
+    }
+    for name in retired {
+        tracing::warn!(consumer = %name, "deleting a validator consumer no partition reads any more");
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::warn!(consumer = %name, error = %e, "could not delete it (another instance may have)");
         }
     }
     Ok(())
 }
 
-/// The consumer, created when missing; one of an older version (a plain consumer every
-/// instance could pull from) is replaced, which is safe on a work queue: only unacked messages
-/// are left, and they are validated again (republishes are deduplicated).
+/// The partition's consumer, created when missing.
 async fn ensure_consumer(
     stream: &Stream,
+    partition: &Partition,
     settings: &ValidatorSettings,
 ) -> Result<consumer::PullConsumer, ValidatorError> {
     let config = consumer::pull::Config {
-        durable_name: Some(CONSUMER.to_string()),
-        filter_subject: subjects::INGRESS_ALL.to_string(),
+        durable_name: Some(partition.consumer.clone()),
+        filter_subject: partition.filter.clone(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         max_deliver: -1,
@@ -112,18 +196,10 @@ async fn ensure_consumer(
         priority_timeout: settings.failover,
         ..Default::default()
     };
-    let err = |e: &dyn std::fmt::Display| ValidatorError::Consumer(e.to_string());
-    if let Ok(existing) = stream.get_consumer::<consumer::pull::Config>(CONSUMER).await {
-        let current = &existing.cached_info().config;
-        if current.priority_policy == consumer::PriorityPolicy::PinnedClient
-            && current.priority_groups == config.priority_groups
-        {
-            return Ok(existing);
-        }
-        tracing::warn!("replacing the validator consumer of an older version with a pinned priority group");
-        stream.delete_consumer(CONSUMER).await.map_err(|e| err(&e))?;
-    }
-    stream.get_or_create_consumer(CONSUMER, config).await.map_err(|e| err(&e))
+    stream
+        .get_or_create_consumer(&partition.consumer, config)
+        .await
+        .map_err(|e| ValidatorError::Consumer(format!("{}: {e}", partition.consumer)))
 }
 
 /// One ingress message to validate: delivered by the consumer (acked when done) or read from
@@ -161,87 +237,122 @@ struct Tenure {
     started: bool,
 }
 
-/// Pulls in the priority group and validates whatever NATS hands this instance.
-async fn validate_pinned(
-    js: &jetstream::Context,
-    stream: &Stream,
-    consumer: &consumer::PullConsumer,
-    store: &SchemaStore,
-    policy: &ProducerPolicy,
-    settings: &ValidatorSettings,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), ValidatorError> {
-    let pull_expiry = settings.failover.max(Duration::from_millis(400));
-    let messages = consumer
-        .stream()
-        .group(GROUP)
-        .max_messages_per_batch(settings.batch)
-        // Expiry and heartbeats within the failover time: the pinned instance must re-pull
-        // before the pin lapses, and a dead server is noticed as quickly.
-        .expires(pull_expiry)
-        .heartbeat(pull_expiry / 2)
-        .messages()
-        .await
-        .map_err(|e| ValidatorError::Consumer(e.to_string()))?;
-    let mut chunks = messages.ready_chunks(settings.batch);
-    let mut tenure = Tenure { pin: None, last: 0, started: false };
-    let mut idle = tokio::time::interval(settings.failover.max(Duration::from_millis(500)));
-    let mut stalled = Stalled::default();
-    loop {
-        let chunk = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            _ = idle.tick() => {
-                stalled.check(stream, settings).await;
-                continue;
-            }
-            c = chunks.next() => c,
-        };
-        stalled.received = true;
-        let Some(chunk) = chunk else { return Ok(()) };
-        let mut delivered = Vec::with_capacity(chunk.len());
-        for m in chunk {
-            match m {
-                Ok(m) => delivered.push(m),
-                Err(e) => return Err(ValidatorError::Consumer(format!("ingress pull: {e}"))),
-            }
-        }
-        let Some(first) = delivered.first() else { continue };
-        let pin = first
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_PIN_ID))
-            .map(|v| v.to_string());
-        if !tenure.started || pin != tenure.pin {
-            let info = stream
-                .consumer_info(CONSUMER)
-                .await
-                .map_err(|e| ValidatorError::Consumer(format!("consumer info: {e}")))?;
-            tenure = Tenure { pin, last: info.ack_floor.stream_sequence, started: true };
-            settings.metrics.validator_takeovers.with(&[]).inc();
-            tracing::info!(actor = %settings.actor, ack_floor = tenure.last, "validator pinned: validating from the ack floor");
-        }
-        delivered.sort_by_key(|m| m.info().map(|i| i.stream_sequence).unwrap_or(0));
-        let mut work = Vec::with_capacity(delivered.len());
-        for m in delivered {
-            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-            if seq <= tenure.last {
-                // Handled in this tenure already (read from the stream at the takeover, or its
-                // ack was lost): its outcome is stored, only the ack is missing.
-                if let Err(e) = m.ack().await {
-                    tracing::warn!(error = %e, "ingress ack failed; it will be redelivered");
+/// What one partition's task works with.
+struct Pinned<'a> {
+    js: &'a jetstream::Context,
+    stream: &'a Stream,
+    partition: &'a Partition,
+    store: &'a SchemaStore,
+    policy: &'a ProducerPolicy,
+    settings: &'a ValidatorSettings,
+    share: &'a share::Share,
+}
+
+impl Pinned<'_> {
+    /// Pulls in the partition's priority group and validates whatever NATS hands this
+    /// instance; returns (to be called again) after handing the partition to another instance.
+    async fn validate(
+        &self,
+        consumer: &consumer::PullConsumer,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ValidatorError> {
+        let (settings, stream, partition) = (self.settings, self.stream, self.partition);
+        let pull_expiry = settings.failover.max(Duration::from_millis(400));
+        let messages = consumer
+            .stream()
+            .group(GROUP)
+            .max_messages_per_batch(settings.batch)
+            // Expiry and heartbeats within the failover time: the pinned instance must re-pull
+            // before the pin lapses, and a dead server is noticed as quickly.
+            .expires(pull_expiry)
+            .heartbeat(pull_expiry / 2)
+            .messages()
+            .await
+            .map_err(|e| ValidatorError::Consumer(e.to_string()))?;
+        let mut chunks = messages.ready_chunks(settings.batch);
+        let mut tenure = Tenure { pin: None, last: 0, started: false };
+        let idle_every = settings.failover.max(Duration::from_millis(500));
+        let mut idle = tokio::time::interval(idle_every);
+        let mut stalled = Stalled::default();
+        loop {
+            let chunk = tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                _ = idle.tick() => {
+                    stalled.check(stream, partition, settings).await;
+                    self.share.forget(partition.index, Some(idle_every * 2));
+                    continue;
                 }
-                continue;
+                c = chunks.next() => c,
+            };
+            stalled.received = true;
+            let Some(chunk) = chunk else { return Ok(()) };
+            let mut delivered = Vec::with_capacity(chunk.len());
+            for m in chunk {
+                match m {
+                    Ok(m) => delivered.push(m),
+                    Err(e) => return Err(ValidatorError::Consumer(format!("ingress pull: {e}"))),
+                }
             }
-            if seq > tenure.last + 1 {
-                read_gap(stream, tenure.last + 1, seq, &mut work).await?;
+            let Some(first) = delivered.first() else { continue };
+            self.share.busy(partition.index);
+            let pin = first
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_PIN_ID))
+                .map(|v| v.to_string());
+            if !tenure.started || pin != tenure.pin {
+                let info = stream
+                    .consumer_info(&partition.consumer)
+                    .await
+                    .map_err(|e| ValidatorError::Consumer(format!("consumer info: {e}")))?;
+                tenure = Tenure { pin, last: info.ack_floor.stream_sequence, started: true };
+                settings.metrics.validator_takeovers.with(&[]).inc();
+                tracing::info!(actor = %settings.actor, partition = partition.index, ack_floor = tenure.last, "validator pinned: validating from the ack floor");
             }
-            tenure.last = seq;
-            work.push(Ingress::delivered(m));
+            delivered.sort_by_key(|m| m.info().map(|i| i.stream_sequence).unwrap_or(0));
+            let mut work = Vec::with_capacity(delivered.len());
+            for m in delivered {
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                if seq <= tenure.last {
+                    // Handled in this tenure already (read from the stream at the takeover, or
+                    // its ack was lost): its outcome is stored, only the ack is missing.
+                    if let Err(e) = m.ack().await {
+                        tracing::warn!(error = %e, "ingress ack failed; it will be redelivered");
+                    }
+                    continue;
+                }
+                if seq > tenure.last + 1 {
+                    read_gap(stream, &partition.filter, tenure.last + 1, seq, &mut work).await?;
+                }
+                tenure.last = seq;
+                work.push(Ingress::delivered(m));
+            }
+            process_batch(self.js, self.store, self.policy, settings, work, shutdown).await;
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            if self.share.should_release(partition.index) {
+                return self.release(chunks, shutdown).await;
+            }
         }
-        process_batch(js, store, policy, settings, work, shutdown).await;
-        if *shutdown.borrow() {
-            return Ok(());
+    }
+
+    /// Hands this partition to another instance: stops pulling (whatever the client still
+    /// buffers is read from the stream by the next holder, as after a crash), unpins, and
+    /// stays away long enough for a waiting instance to be pinned.
+    async fn release<S>(&self, pulls: S, shutdown: &mut watch::Receiver<bool>) -> Result<(), ValidatorError> {
+        let partition = self.partition;
+        drop(pulls);
+        self.share.forget(partition.index, None);
+        tracing::info!(actor = %self.settings.actor, partition = partition.index, instances = self.share.live(), "over this instance's share of partitions: handing one over");
+        if let Err(e) = self.stream.unpin_consumer(&partition.consumer, GROUP).await {
+            tracing::debug!(error = %e, "unpin failed; the pin lapses after failover_ms instead");
         }
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(self.settings.failover * 2) => {}
+        }
+        Ok(())
     }
 }
 
@@ -256,16 +367,16 @@ struct Stalled {
 }
 
 impl Stalled {
-    async fn check(&mut self, stream: &Stream, settings: &ValidatorSettings) {
+    async fn check(&mut self, stream: &Stream, partition: &Partition, settings: &ValidatorSettings) {
         let received = std::mem::take(&mut self.received);
-        let Ok(info) = stream.consumer_info(CONSUMER).await else { return };
+        let Ok(info) = stream.consumer_info(&partition.consumer).await else { return };
         let floor = info.ack_floor.stream_sequence;
         let stuck = !received && info.num_ack_pending > 0 && self.floor == Some(floor);
         self.floor = Some(floor);
         if stuck {
-            match stream.reset_consumer(CONSUMER, None).await {
+            match stream.reset_consumer(&partition.consumer, None).await {
                 Ok(r) => {
-                    tracing::info!(actor = %settings.actor, ack_floor = floor, reset_to = r.reset_seq, "validator consumer stalled on unacked messages; reset to its ack floor")
+                    tracing::info!(actor = %settings.actor, partition = partition.index, ack_floor = floor, reset_to = r.reset_seq, "validator consumer stalled on unacked messages; reset to its ack floor")
                 }
                 Err(e) => tracing::warn!(error = %e, "validator consumer reset failed"),
             }
@@ -274,18 +385,18 @@ impl Stalled {
     }
 }
 
-/// Reads every message still in `KH_INGRESS` from `from` up to (not including) `until`: what a
+/// Reads every message of the partition still in `KH_INGRESS` from `from` up to (not including) `until`: what a
 /// previous holder had in flight, to be validated before anything newer.
 async fn read_gap(
     stream: &Stream,
+    filter: &str,
     from: u64,
     until: u64,
     work: &mut Vec<Ingress>,
 ) -> Result<(), ValidatorError> {
     let mut next = from;
     while next < until {
-        let got =
-            stream.raw_message_builder().sequence(next).next_by_subject(subjects::INGRESS_ALL).send().await;
+        let got = stream.raw_message_builder().sequence(next).next_by_subject(filter).send().await;
         match got {
             Ok(m) if m.sequence < until => {
                 next = m.sequence + 1;
