@@ -11,12 +11,14 @@
 //! - [`bus`]: what a department or operator does: schemas, policies, subscriptions, publishing,
 //!   dead letters, stream contents.
 //! - [`collect`]: a reconnecting subscriber that counts deliveries by event id.
+//! - [`interop`]: third-party clients (Python gRPC, nats-py, jwcrypto) running `tests/interop/`.
 //! - [`otlp`]: an OTLP/gRPC trace receiver that keeps the spans it is sent.
 //! - [`wait`]: polling for a condition under a timeout.
 
 pub mod bus;
 pub mod cluster;
 pub mod collect;
+pub mod interop;
 pub mod nats;
 pub mod otlp;
 pub mod process;
