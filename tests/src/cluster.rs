@@ -211,6 +211,11 @@ cluster {{
         js
     }
 
+    /// Node `i`'s JetStream store directory (to copy while the node is down).
+    pub fn store_dir(&self, i: usize) -> PathBuf {
+        self.nodes[i].dir.join("js")
+    }
+
     /// SIGKILLs node `i` (its store survives).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
