@@ -12,8 +12,13 @@ use std::time::Duration;
 
 const TYPE: &str = "test.interop.counted";
 const SOURCE: &str = "city-x";
-const FLOW: Flow =
-    Flow { event_type: TYPE, policy: "test.>", producers: &[SOURCE], reader: "mhlw", subscription: "interop" };
+const FLOW: Flow = Flow {
+    event_type: TYPE,
+    policy: "test.>",
+    producers: &[SOURCE],
+    reader: "mhlw",
+    subscription: "interop",
+};
 const LIMIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +29,11 @@ async fn nats_py_publishes_as_its_department_with_the_documented_key_buckets() {
     FLOW.prepare(&registry.endpoint(), bus::counter_schema()).await;
     let mut sub = FLOW.open(&registry.endpoint(), 512).await;
 
-    let samples = [(SOURCE, TYPE, "resident-1"), ("city-shibuya", "health.vaccination.recorded", ""), ("a", "b.c", "鈴木")];
+    let samples = [
+        (SOURCE, TYPE, "resident-1"),
+        ("city-shibuya", "health.vaccination.recorded", ""),
+        ("a", "b.c", "鈴木"),
+    ];
     let mut args = vec![
         "--url".to_string(),
         nats.url(),
@@ -91,7 +100,8 @@ async fn python_grpc_client_runs_the_whole_flow_from_the_proto_files() {
     let registry = Registry::start(registry_config(&nats)).await;
     let adapter = Adapter::start(adapter_config(&nats)).await;
     let strip = |e: String| e.trim_start_matches("http://").to_string();
-    let args = vec!["--registry".into(), strip(registry.endpoint()), "--adapter".into(), strip(adapter.endpoint())];
+    let args =
+        vec!["--registry".into(), strip(registry.endpoint()), "--adapter".into(), strip(adapter.endpoint())];
     let out = interop::run("python_client.py", args, LIMIT).await;
     interop::expect_success("python_client.py", &out);
     let stdout = String::from_utf8_lossy(&out.stdout);

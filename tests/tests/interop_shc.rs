@@ -4,7 +4,9 @@
 //! minified resources). The spec's own example passes it too, and a tampered card or another
 //! issuer's key set fails it, so the check itself can fail.
 
-use kakehashi_issuer::{issue_card, Dose, Holder, IssueOptions, IssuerKey, KeyRing, VaccinationRecord, VaccineCode};
+use kakehashi_issuer::{
+    issue_card, Dose, Holder, IssueOptions, IssuerKey, KeyRing, VaccinationRecord, VaccineCode,
+};
 use kakehashi_tests::interop;
 use std::path::Path;
 use std::time::Duration;
@@ -52,7 +54,12 @@ async fn our_cards_pass_an_independent_jws_and_structure_check() {
     let dir = tempfile::tempdir().expect("temp dir");
     let old = IssuerKey::generate();
     let mut ring = KeyRing::new(vec![old]).expect("key ring");
-    let opts = IssueOptions { issuer: "https://issuer.kakehashi.invalid".into(), nbf: 1_700_000_000, exp: None, rid: None };
+    let opts = IssueOptions {
+        issuer: "https://issuer.kakehashi.invalid".into(),
+        nbf: 1_700_000_000,
+        exp: None,
+        rid: None,
+    };
     let first = issue_card(ring.current(), &record(), &opts).expect("issue");
     let jwks = ring.jwks().to_json();
     let (ok, report) = check(dir.path(), &first.jws, &jwks, Some(&first.numeric)).await;
