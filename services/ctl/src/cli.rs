@@ -40,7 +40,8 @@ pub struct Conn {
     #[arg(long, global = true, env = "KAKEHASHI_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// CA certificate (PEM) that the registry's and adapter's TLS certificates chain to (for
-    /// https:// endpoints; without it the system's roots are trusted).
+    /// https:// endpoints; without it the system's roots are trusted). For `cert verify`: a CA
+    /// trusted in addition to the system's roots when fetching the issuer's keys.
     #[arg(long, global = true, env = "KAKEHASHI_CA")]
     pub ca: Option<PathBuf>,
     /// Client certificate (PEM) presented to https:// endpoints; with mutual TLS it names the
@@ -96,6 +97,59 @@ pub enum Command {
     /// gRPC credentials of the departments.
     #[command(subcommand)]
     Grpc(GrpcCommand),
+    /// Vaccination certificates (SMART Health Cards): verify one, no bus needed.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// `kakehashi cert`.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Verify a SMART Health Card: signature, key, validity period, revocation; print the
+    /// holder and doses and VALID, or the check that failed (exit code below).
+    #[command(after_help = CERT_VERIFY_EXIT_CODES)]
+    Verify(CertVerifyArgs),
+}
+
+/// The exit codes of `kakehashi cert verify` (`commands::cert::exit`).
+pub const CERT_VERIFY_EXIT_CODES: &str = "\
+Exit codes:
+   0  valid
+   1  other error (a file cannot be read, a bad --jwks/--crl file, ...)
+   2  usage error
+  10  not a SMART Health Card (not shc:/, JWS, card file or PNG; QR code holds something else)
+  11  unreadable image (not a PNG, corrupt) or no readable QR code in it
+  12  malformed card (JWS, header, payload or FHIR Bundle)
+  13  bad signature: tampered, or not signed by the key it names
+  14  unknown key: the signing key is not in the issuer's key set
+  15  wrong issuer: iss is not https, or not --issuer
+  16  not yet valid (nbf in the future)
+  17  expired
+  18  revoked
+  19  cannot check: the key set or revocation list could not be fetched, or is stale";
+
+/// `kakehashi cert verify`.
+#[derive(Debug, Args)]
+pub struct CertVerifyArgs {
+    /// The card: a PNG image of its QR code, a `.smart-health-card` file, a text file holding
+    /// `shc:/…` or a JWS, a literal `shc:/…` string, or `-` for standard input.
+    pub input: String,
+    /// The issuer's JWK Set, from a file: verify offline, nothing is fetched. Without it the
+    /// key set is fetched from `<iss>/.well-known/jwks.json` (https only; the system's roots
+    /// and --ca are trusted).
+    #[arg(long)]
+    pub jwks: Option<PathBuf>,
+    /// The signing key's revocation list (`{"kid","method":"rid","ctr","rids"}`). Without it,
+    /// and without --jwks, `<iss>/.well-known/crl/<kid>.json` is fetched when the key has
+    /// `crlVersion`.
+    #[arg(long)]
+    pub crl: Option<PathBuf>,
+    /// Accept only cards whose `iss` is exactly this URL (checked before anything is fetched).
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Verify as of this time, seconds since the epoch, instead of the system clock.
+    #[arg(long, value_name = "UNIX")]
+    pub now: Option<i64>,
 }
 
 /// `kakehashi grpc`.

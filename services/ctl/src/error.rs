@@ -46,6 +46,24 @@ pub enum CtlError {
     /// A service of the dev bus failed.
     #[error("dev bus: {0}")]
     Dev(String),
+    /// `cert verify`: the card failed a check, or could not be checked.
+    #[error("{message}")]
+    Cert {
+        /// The process exit code of this failure (`commands::cert::exit`).
+        exit_code: u8,
+        /// One line naming the check.
+        message: String,
+    },
+}
+
+impl CtlError {
+    /// The process exit code: 1, or the code of a `cert verify` failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Cert { exit_code, .. } => *exit_code,
+            _ => 1,
+        }
+    }
 }
 
 impl From<tonic::Status> for CtlError {

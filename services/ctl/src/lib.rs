@@ -30,6 +30,7 @@ pub async fn run(cli: cli::Cli) -> Result<(), error::CtlError> {
         Command::Trace(a) => commands::trace::run(&cli.conn, cli.json, a).await,
         Command::Audit(cli::AuditCommand::Verify) => commands::audit::verify(&cli.conn, cli.json).await,
         Command::Nats(cli::NatsCommand::Config(a)) => commands::nats::config(cli.json, a),
+        Command::Cert(c) => commands::cert::run(&cli.conn, cli.json, c).await,
         Command::Grpc(cli::GrpcCommand::Tokens(a)) => {
             let departments = a.departments.iter().map(|d| d.trim().to_string()).collect();
             let tokens = grpc_tokens::ensure(&a.out, &departments)?;

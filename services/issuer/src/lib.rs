@@ -12,7 +12,11 @@
 //! - [`shc::revocation`]: `rid` derivation and revocation lists per `kid`.
 //! - [`shc::issue`]: record + key → signed card.
 //! - [`shc::verify`]: any input form + JWKS → verified holder and doses, or a typed error.
+//!
+//! [`service`] is the issuer department built on it (binary `kakehashi-issuer`): see
+//! `docs/certificates.md`.
 
+pub mod service;
 pub mod shc;
 
 pub use shc::fhir::{Dose, Holder, VaccinationRecord, VaccineCode, CVX_SYSTEM};

@@ -1,6 +1,7 @@
 //! One module per subcommand group.
 
 pub mod audit;
+pub mod cert;
 pub mod dev;
 pub mod dlq;
 pub mod nats;

@@ -180,57 +180,17 @@ impl Verifier {
     /// Verifies any supported input: PNG image, `shc:/…` text, compact JWS, or a
     /// `.smart-health-card` JSON file holding exactly one card.
     pub fn verify_input(&self, input: &[u8]) -> Result<VerifiedCard, VerifyError> {
-        if input.starts_with(PNG_MAGIC) {
-            return self.verify_png(input);
-        }
-        let Ok(text) = std::str::from_utf8(input) else {
-            return Err(VerifyError::BadImage("not text and not a PNG image (only PNG is supported)".into()));
-        };
-        let text = text.trim();
-        if text.get(..SHC_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(SHC_PREFIX)) {
-            return self.verify_numeric(text);
-        }
-        if text.starts_with('{') {
-            return self.verify_file_json(text);
-        }
-        if text.split('.').count() == 3 && !text.contains(char::is_whitespace) {
-            return self.verify_jws(text);
-        }
-        Err(VerifyError::NotShc("input is not shc:/ text, a JWS, a health card file or a PNG image".into()))
+        self.verify_jws(&extract_jws(input)?)
     }
 
     /// Verifies a `.smart-health-card` file (`{"verifiableCredential":[<jws>]}`) with one card.
     pub fn verify_file_json(&self, json: &str) -> Result<VerifiedCard, VerifyError> {
-        let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| VerifyError::NotShc(format!("not a health card file: {e}")))?;
-        let creds = value
-            .get("verifiableCredential")
-            .and_then(serde_json::Value::as_array)
-            .ok_or_else(|| VerifyError::NotShc("JSON without a verifiableCredential array".into()))?;
-        match creds.as_slice() {
-            [one] => {
-                let jws = one.as_str().ok_or_else(|| {
-                    VerifyError::Malformed("verifiableCredential entry is not a string".into())
-                })?;
-                self.verify_jws(jws)
-            }
-            other => {
-                Err(VerifyError::Malformed(format!("file holds {} cards; expected exactly one", other.len())))
-            }
-        }
+        self.verify_jws(&jws_from_file_json(json)?)
     }
 
     /// Verifies the QR code(s) in a PNG image: the first `shc:/` code found.
     pub fn verify_png(&self, png: &[u8]) -> Result<VerifiedCard, VerifyError> {
-        let texts = qr::decode_png(png).map_err(|e| match e {
-            QrError::NoQrInImage => VerifyError::NoQrInImage,
-            other => VerifyError::BadImage(other.to_string()),
-        })?;
-        let shc = texts
-            .iter()
-            .find(|t| t.trim().get(..SHC_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(SHC_PREFIX)))
-            .ok_or_else(|| VerifyError::NotShc("the image's QR code does not hold a shc:/ URI".into()))?;
-        self.verify_numeric(shc)
+        self.verify_jws(&jws_from_png(png)?)
     }
 
     /// Verifies a `shc:/…` string.
@@ -312,4 +272,91 @@ impl Verifier {
             record,
         })
     }
+}
+
+/// The compact JWS in any supported input (PNG image, `shc:/…` text, compact JWS, or a
+/// `.smart-health-card` JSON file holding exactly one card), nothing checked yet: the sniffing
+/// [`Verifier::verify_input`] does.
+pub fn extract_jws(input: &[u8]) -> Result<String, VerifyError> {
+    if input.starts_with(PNG_MAGIC) {
+        return jws_from_png(input);
+    }
+    let Ok(text) = std::str::from_utf8(input) else {
+        return Err(VerifyError::BadImage("not text and not a PNG image (only PNG is supported)".into()));
+    };
+    let text = text.trim();
+    if text.get(..SHC_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(SHC_PREFIX)) {
+        return Ok(numeric::decode(text)?);
+    }
+    if text.starts_with('{') {
+        return jws_from_file_json(text);
+    }
+    if text.split('.').count() == 3 && !text.contains(char::is_whitespace) {
+        return Ok(text.to_string());
+    }
+    Err(VerifyError::NotShc("input is not shc:/ text, a JWS, a health card file or a PNG image".into()))
+}
+
+fn jws_from_file_json(json: &str) -> Result<String, VerifyError> {
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| VerifyError::NotShc(format!("not a health card file: {e}")))?;
+    let creds = value
+        .get("verifiableCredential")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| VerifyError::NotShc("JSON without a verifiableCredential array".into()))?;
+    match creds.as_slice() {
+        [one] => one
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| VerifyError::Malformed("verifiableCredential entry is not a string".into())),
+        other => {
+            Err(VerifyError::Malformed(format!("file holds {} cards; expected exactly one", other.len())))
+        }
+    }
+}
+
+fn jws_from_png(png: &[u8]) -> Result<String, VerifyError> {
+    let texts = qr::decode_png(png).map_err(|e| match e {
+        QrError::NoQrInImage => VerifyError::NoQrInImage,
+        other => VerifyError::BadImage(other.to_string()),
+    })?;
+    let shc = texts
+        .iter()
+        .find(|t| t.trim().get(..SHC_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(SHC_PREFIX)))
+        .ok_or_else(|| VerifyError::NotShc("the image's QR code does not hold a shc:/ URI".into()))?;
+    Ok(numeric::decode(shc)?)
+}
+
+/// What a card claims about its signer, read **without** checking anything: where a verifier
+/// that has no key set yet fetches the issuer's keys (`<iss>/.well-known/jwks.json`) and its
+/// revocation list (`<iss>/.well-known/crl/<kid>.json`). Nothing here is to be trusted until
+/// [`Verifier::verify_jws`] accepts the card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnverifiedClaims {
+    /// The compact JWS the input holds.
+    pub jws: String,
+    /// The payload's `iss`, as written (not checked to be https).
+    pub iss: String,
+    /// The header's `kid`.
+    pub kid: String,
+}
+
+/// Reads `iss` and `kid` from any supported input (see [`extract_jws`]) without verifying the
+/// signature: the payload is inflated (with the same size cap) and only `iss` is read from it.
+pub fn peek_unverified(input: &[u8]) -> Result<UnverifiedClaims, VerifyError> {
+    let jws = extract_jws(input)?;
+    let parsed = CompactJws::parse(&jws).map_err(VerifyError::Malformed)?;
+    let kid = parsed
+        .header_str("kid")
+        .ok_or_else(|| VerifyError::Malformed("JWS header has no kid".into()))?
+        .to_string();
+    let payload = inflate_raw(&parsed.payload).map_err(VerifyError::Malformed)?;
+    let payload: serde_json::Value = serde_json::from_slice(&payload)
+        .map_err(|e| VerifyError::Malformed(format!("payload is not JSON: {e}")))?;
+    let iss = payload
+        .get("iss")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| VerifyError::Malformed("payload has no iss".into()))?
+        .to_string();
+    Ok(UnverifiedClaims { jws, iss, kid })
 }

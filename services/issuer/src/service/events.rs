@@ -1,0 +1,193 @@
+//! The payloads the issuer reads and writes (schemas in `schemas/health.vaccination.*`), typed.
+//! Inputs are read leniently (members the issuer does not need are ignored, the registry has
+//! validated them already); outputs are written exactly as the schemas describe.
+
+use serde::{Deserialize, Serialize};
+
+/// `health.vaccination.recorded`.
+pub const RECORDED: &str = "health.vaccination.recorded";
+/// `health.vaccination.certificate.requested`.
+pub const REQUESTED: &str = "health.vaccination.certificate.requested";
+/// `health.vaccination.certificate.issued` (published with schema version [`ISSUED_VERSION`]).
+pub const ISSUED: &str = "health.vaccination.certificate.issued";
+/// The version of the issued schema the issuer writes (2: holder, request id, SMART Health Card).
+pub const ISSUED_VERSION: u32 = 2;
+/// `health.vaccination.certificate.refused`.
+pub const REFUSED: &str = "health.vaccination.certificate.refused";
+
+/// The prefix of the registry's per-department My Number pseudonyms.
+pub const PSEUDONYM_PREFIX: &str = "kh1:";
+
+/// Whether `value` is a pseudonym (`kh1:` + 32 hex digits), not a raw My Number.
+pub fn is_pseudonym(value: &str) -> bool {
+    value
+        .strip_prefix(PSEUDONYM_PREFIX)
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The person as delivered to the issuer: `my_number` is its pseudonym.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliveredPerson {
+    /// The per-department pseudonym of the My Number.
+    pub my_number: String,
+    /// Birth date, YYYY-MM-DD.
+    #[serde(default)]
+    pub birth_date: Option<String>,
+}
+
+/// A delivered `health.vaccination.recorded` payload.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Recorded {
+    /// The vaccinated person.
+    pub person: DeliveredPerson,
+    /// The vaccination.
+    pub vaccination: Vaccination,
+    /// The municipality keeping the record.
+    pub municipality_code: String,
+}
+
+/// One vaccination, as recorded and as listed on a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vaccination {
+    /// YYYY-MM-DD.
+    pub date: String,
+    /// Vaccine name as the municipality records it.
+    pub vaccine: String,
+    /// Dose number in the series.
+    pub dose_number: u32,
+    /// Lot number.
+    pub lot_number: String,
+}
+
+/// A delivered `health.vaccination.certificate.requested` payload.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Requested {
+    /// The applicant.
+    pub person: DeliveredPerson,
+    /// Passport details.
+    pub passport: Passport,
+    /// `overseas` or `domestic`.
+    #[serde(rename = "use")]
+    pub use_: String,
+}
+
+/// Passport details of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Passport {
+    /// Family name, Latin letters.
+    pub family_name: String,
+    /// Given names, Latin letters.
+    pub given_names: Vec<String>,
+    /// Passport number.
+    pub number: String,
+}
+
+/// The holder on an issued certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// Family name, Latin letters.
+    pub family_name: String,
+    /// Given names, Latin letters.
+    pub given_names: Vec<String>,
+    /// YYYY-MM-DD.
+    pub birth_date: String,
+}
+
+/// Where the card is and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardRef {
+    /// `iss`.
+    pub issuer: String,
+    /// Signing key id.
+    pub kid: String,
+    /// Revocation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<String>,
+    /// The compact JWS.
+    pub jws: String,
+}
+
+/// A `health.vaccination.certificate.issued` (version 2) payload as the issuer writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    /// Derived from the request id.
+    pub certificate_id: String,
+    /// The request's event id.
+    pub request_id: String,
+    /// Passport name and birth date.
+    pub holder: Holder,
+    /// `overseas` or `domestic`.
+    #[serde(rename = "use")]
+    pub use_: String,
+    /// Always `digital`.
+    pub medium: String,
+    /// Passport number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passport_number: Option<String>,
+    /// YYYY-MM-DD.
+    pub issued_on: String,
+    /// The municipality of the most recent record (the certificate is issued in its name).
+    pub issuer_municipality_code: String,
+    /// The doses, oldest first.
+    pub vaccinations: Vec<Vaccination>,
+    /// The SMART Health Card.
+    pub smart_health_card: CardRef,
+}
+
+/// Why a request was refused (the schema's `reason` enumeration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// No vaccination record for the person.
+    NoVaccinationRecords,
+    /// The birth date applied with is not the one in the records.
+    BirthDateMismatch,
+    /// A name or record that cannot go on a card.
+    NotPrintable,
+    /// Too many doses for one QR code.
+    CardTooLarge,
+}
+
+/// A `health.vaccination.certificate.refused` payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// The request's event id.
+    pub request_id: String,
+    /// Why.
+    pub reason: RefusalReason,
+    /// Explanation without personal data.
+    pub message: String,
+    /// YYYY-MM-DD.
+    pub refused_on: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudonyms_are_told_from_raw_numbers() {
+        assert!(is_pseudonym("kh1:0123456789abcdef0123456789abcdef"));
+        assert!(!is_pseudonym("161803398872"));
+        assert!(!is_pseudonym("kh1:"));
+        assert!(!is_pseudonym("kh1:0123456789abcdef0123456789abcdeg"));
+    }
+
+    #[test]
+    fn refusal_reasons_are_the_schema_enumeration() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../../schemas/health.vaccination.certificate.refused/1.json"
+        ))
+        .expect("schema");
+        let allowed = &schema["properties"]["reason"]["enum"];
+        for r in [
+            RefusalReason::NoVaccinationRecords,
+            RefusalReason::BirthDateMismatch,
+            RefusalReason::NotPrintable,
+            RefusalReason::CardTooLarge,
+        ] {
+            let v = serde_json::to_value(r).expect("serialise");
+            assert!(allowed.as_array().is_some_and(|a| a.contains(&v)), "{v} not in {allowed}");
+        }
+    }
+}
