@@ -150,7 +150,7 @@ async fn run() {
 
     // ---- 1. Validator vs raw relay -------------------------------------------------------
     eprintln!("phase 1 raw: pre-publishing {n} to {RAW_IN}");
-    publish_pipelined(&publisher, (0..n).map(|_| ("raw.in.x".to_string(), new_event(&payload)))).await;
+    publish_pipelined(&publisher, (0..n).map(|_| ("kh.rawin.x".to_string(), new_event(&payload)))).await;
     let probe = Probe::start(nats_pid);
     let watch = tokio::spawn(watch_fill(service.clone(), RAW_OUT, n as u64));
     let relay = tokio::spawn(relay(service.clone()));
@@ -216,7 +216,7 @@ async fn run() {
 
     // ---- 2b. End to end ------------------------------------------------------------------
     eprintln!("phase 2b raw: publish {n} -> pull consumer");
-    let raw_subject = subjects::events(TYPE).replacen("kh.ev.", "raw.ev.", 1);
+    let raw_subject = subjects::events(TYPE).replacen("kh.ev.", "kh.rawev.", 1);
     let probe = Probe::start(nats_pid);
     let t = Instant::now();
     let p = {
@@ -457,13 +457,13 @@ async fn create_raw_streams(js: &jetstream::Context) {
     };
     js.create_stream(stream::Config {
         retention: stream::RetentionPolicy::WorkQueue,
-        ..base(RAW_IN, "raw.in.>")
+        ..base(RAW_IN, "kh.rawin.>")
     })
     .await
     .expect("RAW_IN");
     js.create_stream(stream::Config {
         max_age: Duration::from_secs(7 * 24 * 3600),
-        ..base(RAW_OUT, "raw.ev.>")
+        ..base(RAW_OUT, "kh.rawev.>")
     })
     .await
     .expect("RAW_OUT");
@@ -568,7 +568,7 @@ async fn relay(js: jetstream::Context) {
         .await
         .expect("relay pull");
     let mut chunks = messages.ready_chunks(BATCH);
-    let out = subjects::events(TYPE).replacen("kh.ev.", "raw.ev.", 1);
+    let out = subjects::events(TYPE).replacen("kh.ev.", "kh.rawev.", 1);
     while let Some(chunk) = chunks.next().await {
         let batch: Vec<jetstream::Message> = chunk.into_iter().filter_map(Result::ok).collect();
         let mut confirmations = Vec::with_capacity(batch.len());
@@ -791,7 +791,7 @@ async fn audit_like(
     with_id: bool,
 ) -> AuditCost {
     let name = format!("RAW_AUDIT_{}_{}", if per_event { "PER_EVENT" } else { "ONE" }, with_id);
-    let prefix = format!("raw.audit.{}.{}", if per_event { "per" } else { "one" }, with_id);
+    let prefix = format!("kh.rawaudit.{}.{}", if per_event { "per" } else { "one" }, with_id);
     js.create_stream(stream::Config {
         name,
         subjects: vec![format!("{prefix}.>")],

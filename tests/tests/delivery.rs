@@ -240,6 +240,46 @@ async fn unacked_past_max_deliveries_is_dead_lettered_as_delivery_exhausted_and_
 }
 
 #[tokio::test]
+async fn deliveries_lost_in_transit_do_not_let_newer_events_overtake_them() {
+    // Deliveries NATS made that never reached the stream (a node died with them in flight) are
+    // played here by another client pulling from the subscription's consumer and dropping what
+    // it gets. The ack wait is long: only noticing the gap can keep the order.
+    let bus = Bus::start(&[SOURCE], |_| {}).await;
+    let mut sub = bus.subscribe(sub_with("lossy", Duration::from_secs(60), 10), 1).await;
+    let events = bus.publish(6).await;
+    let first = sub.expect_next("event 0", SOON).await;
+    assert_eq!(delivered_id(&first), events[0].id);
+    bus::wait_stream_len(&bus.js, bus::EVENTS, 6, SOON).await;
+    // The stream's window (1) is full, so nothing else is pulled for it: take events 1..=3.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = bus
+        .js
+        .get_consumer_from_stream("sub_mhlw_lossy", bus::EVENTS)
+        .await
+        .expect("the subscription's consumer");
+    let mut stolen = consumer.fetch().max_messages(3).messages().await.expect("fetch");
+    let mut lost = 0;
+    while let Some(m) = futures::StreamExt::next(&mut stolen).await {
+        m.expect("a delivery");
+        lost += 1;
+    }
+    assert_eq!(lost, 3, "three deliveries lost in transit");
+    sub.expect_ack(vec![first.delivery_id]).await;
+    // Every event not yet delivered to the department now comes in publish order, first
+    // delivery unmarked; nothing newer overtakes the lost ones.
+    let mut order = Vec::new();
+    while order.len() < 5 {
+        let Some(d) = sub.next_within(SOON).await else { break };
+        let id = delivered_id(&d);
+        if !order.contains(&id) && id != events[0].id {
+            order.push(id);
+        }
+        sub.expect_ack(vec![d.delivery_id]).await;
+    }
+    let want: Vec<String> = events[1..].iter().map(|e| e.id.clone()).collect();
+    assert_eq!(order, want, "first deliveries in publish order (events 1..=5)");
+}
+
+#[tokio::test]
 async fn offline_department_catches_up_on_everything_in_publish_order() {
     let bus = Bus::start(&[SOURCE], |_| {}).await;
     let adapter = Adapter::start(adapter_config(&bus.nats)).await;

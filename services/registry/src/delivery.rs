@@ -45,6 +45,7 @@ pub struct DeliveryService {
     default_in_flight: u32,
     max_in_flight: u32,
     actor: String,
+    claims: crate::stream_claims::StreamClaims,
 }
 
 /// What delivery needs to keep readers to what they may see.
@@ -81,6 +82,7 @@ impl DeliveryService {
             default_in_flight,
             max_in_flight,
             actor,
+            claims: Default::default(),
         }
     }
 }
@@ -110,6 +112,12 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
             n => n.min(self.max_in_flight),
         } as usize;
         let consumer_name = sub.consumer_name();
+        let claim = self.claims.claim(&consumer_name, crate::stream_claims::CLAIM_WAIT).await.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "subscription {}.{} already has an open Subscribe stream on this registry: one stream reads a subscription at a time (order per key)",
+                open.department, open.subscription
+            ))
+        })?;
         let consumer: consumer::PullConsumer = self
             .js
             .get_consumer_from_stream(&consumer_name, subjects::STREAM_EVENTS)
@@ -149,6 +157,7 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
             actor: self.actor.clone(),
             in_flight,
             tx,
+            _claim: claim,
         };
         tokio::spawn(session.run(consumer, requests, marks));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
@@ -261,6 +270,8 @@ struct Session {
     actor: String,
     in_flight: usize,
     tx: mpsc::Sender<Result<EventDelivery, Status>>,
+    /// This stream's hold on its subscription, released when the session ends.
+    _claim: crate::stream_claims::Claim,
 }
 
 impl Session {
@@ -272,6 +283,9 @@ impl Session {
     ) {
         let mut unacked = Window::default();
         let mut next_id: u64 = 1;
+        // Consumer sequence of the last delivery NATS made to this stream: a jump means
+        // deliveries were lost on the way (a node died with them in flight).
+        let mut last_delivery: Option<u64> = None;
         'session: loop {
             let want = self.in_flight.saturating_sub(unacked.len());
             if want == 0 {
@@ -298,6 +312,17 @@ impl Session {
                 tokio::select! {
                     m = batch.next() => match m {
                         Some(Ok(msg)) => {
+                            let delivery = msg.info().map(|i| i.consumer_sequence).ok();
+                            if let (Some(last), Some(got)) = (last_delivery, delivery) {
+                                if got > last + 1 {
+                                    // Newer events must not overtake the lost ones: drop this
+                                    // batch and have everything unacked handed out again.
+                                    self.reset_after_loss(last, got).await;
+                                    last_delivery = None;
+                                    break;
+                                }
+                            }
+                            last_delivery = delivery.or(last_delivery);
                             if !self.deliver(msg, &mut next_id, &mut unacked, &mut marks).await {
                                 break 'session;
                             }
@@ -320,6 +345,31 @@ impl Session {
         for f in unacked.drain() {
             let _ = f.acker.ack_with(AckKind::Nak(None)).await;
             self.audit.record(f.into_record("nacked", "error", "subscriber disconnected")).await;
+        }
+    }
+
+    /// Deliveries `last + 1 .. got` never reached this stream (NATS counts them as delivered
+    /// and would resend them only after the ack wait, behind newer events). Resets the
+    /// consumer to its ack floor, so everything unacked is delivered again now, in stream
+    /// order; what the department may have seen is marked by the repeat marks.
+    async fn reset_after_loss(&self, last: u64, got: u64) {
+        tracing::warn!(subscription = %self.sub.name, last, got, "deliveries lost in transit; resetting the subscription to its ack floor to keep order");
+        for attempt in 1..=10 {
+            let reset = match self.js.get_stream(subjects::STREAM_EVENTS).await {
+                Ok(stream) => stream
+                    .reset_consumer(&self.consumer_name, None)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match reset {
+                Ok(()) => return,
+                Err(e) if attempt == 10 => {
+                    tracing::error!(subscription = %self.sub.name, error = %e, "subscription reset failed; the lost deliveries come back after the ack wait, possibly after newer events");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
         }
     }
 

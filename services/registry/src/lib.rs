@@ -22,6 +22,7 @@ pub mod pii;
 pub mod policy;
 pub mod repeats;
 pub mod store;
+pub mod stream_claims;
 pub mod subscriptions;
 pub mod validation;
 pub mod validator;

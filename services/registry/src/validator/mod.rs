@@ -350,7 +350,7 @@ impl Pinned<'_> {
         }
         tokio::select! {
             _ = shutdown.changed() => {}
-            _ = tokio::time::sleep(self.settings.failover * 2) => {}
+            _ = tokio::time::sleep(self.settings.failover) => {}
         }
         Ok(())
     }

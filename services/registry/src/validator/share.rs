@@ -1,8 +1,11 @@
 //! Spreads the ingress partitions over the registry instances. Each instance announces itself in
-//! `KH_CONFIG` (`validators.<id>`, refreshed every second) and keeps at most its fair share
-//! (partitions ÷ live instances, rounded up) of the partitions it is busy on, handing the rest
-//! to the others with an unpin. Only throughput depends on this: correctness does not, as NATS
-//! pins exactly one puller per partition consumer whatever the instances believe.
+//! `KH_CONFIG` (`validators.<id>` = how many partitions it is busy on, every second). One busy
+//! on more than its fair share (partitions ÷ live instances, rounded up) hands its highest
+//! partition over with an unpin, but only while another live instance is below its share: so a
+//! crashed instance (its last announcement still counts for a few seconds) is never handed
+//! anything, and partitions do not bounce between instances at their share. Only throughput
+//! depends on this: correctness does not, as NATS pins exactly one puller per partition
+//! consumer whatever the instances believe.
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
@@ -15,8 +18,8 @@ use tokio::sync::watch;
 const PREFIX: &str = "validators.";
 /// How often an instance announces itself.
 const ANNOUNCE: Duration = Duration::from_secs(1);
-/// An instance not heard from for this long no longer counts.
-const LIVE_FOR: Duration = Duration::from_secs(4);
+/// An instance not heard from for this long (two and a half announcements) no longer counts.
+const LIVE_FOR: Duration = Duration::from_millis(2500);
 
 /// This instance's view of who validates what.
 #[derive(Clone)]
@@ -28,8 +31,9 @@ struct Inner {
     partitions: usize,
     /// Partitions this instance received messages on, and when last.
     busy: Mutex<BTreeMap<u32, Instant>>,
-    /// Other instances, by announcement key, with when they were last heard from.
-    others: Mutex<HashMap<String, Instant>>,
+    /// Other instances, by announcement key: when they were last heard from, and how many
+    /// partitions they said they were busy on.
+    others: Mutex<HashMap<String, (Instant, usize)>>,
 }
 
 impl Share {
@@ -47,7 +51,7 @@ impl Share {
     /// Instances validating now, this one included.
     pub fn live(&self) -> usize {
         let others = self.inner.others.lock().unwrap_or_else(PoisonError::into_inner);
-        1 + others.values().filter(|seen| seen.elapsed() < LIVE_FOR).count()
+        1 + others.values().filter(|(seen, _)| seen.elapsed() < LIVE_FOR).count()
     }
 
     /// Most partitions this instance should be busy on.
@@ -69,12 +73,22 @@ impl Share {
     }
 
     /// Whether this instance should hand `partition` over: it is busy on more than its fair
-    /// share, and `partition` is the highest-numbered of them (one hand-over at a time, and
-    /// instances agree on which partitions move).
+    /// share, `partition` is the highest-numbered of them (one hand-over at a time), and a live
+    /// instance is below its share to take it.
     pub fn should_release(&self, partition: u32) -> bool {
         let fair = self.fair();
-        let busy = self.inner.busy.lock().unwrap_or_else(PoisonError::into_inner);
-        busy.len() > fair && busy.keys().next_back() == Some(&partition)
+        let over = {
+            let busy = self.inner.busy.lock().unwrap_or_else(PoisonError::into_inner);
+            busy.len() > fair && busy.keys().next_back() == Some(&partition)
+        };
+        over && {
+            let others = self.inner.others.lock().unwrap_or_else(PoisonError::into_inner);
+            others.values().any(|(seen, busy)| seen.elapsed() < LIVE_FOR && *busy < fair)
+        }
+    }
+
+    fn busy_count(&self) -> usize {
+        self.inner.busy.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Announces this instance every second and listens to the others' announcements until
@@ -94,8 +108,7 @@ impl Share {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = tick.tick() => {
-                    let now = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
-                    match kv.put(&key, now.into()).await {
+                    match kv.put(&key, self.busy_count().to_string().into()).await {
                         // Once per run of failures: others then see this instance as gone and
                         // take more partitions, which is safe, only slower.
                         Err(e) if !failing => {
@@ -119,13 +132,15 @@ impl Share {
                     let mut others = self.inner.others.lock().unwrap_or_else(PoisonError::into_inner);
                     match entry.operation {
                         kv::Operation::Put => {
-                            others.insert(entry.key, Instant::now());
+                            let busy = std::str::from_utf8(&entry.value).ok().and_then(|v| v.parse().ok());
+                            // An unreadable count (another version) counts as full: never a taker.
+                            others.insert(entry.key, (Instant::now(), busy.unwrap_or(usize::MAX)));
                         }
                         kv::Operation::Delete | kv::Operation::Purge => {
                             others.remove(&entry.key);
                         }
                     }
-                    others.retain(|_, seen| seen.elapsed() < LIVE_FOR * 4);
+                    others.retain(|_, (seen, _)| seen.elapsed() < LIVE_FOR * 4);
                 }
             }
         }
@@ -145,8 +160,17 @@ mod tests {
         }
         assert_eq!(share.fair(), 6);
         assert!(!share.should_release(5), "alone, every partition is its share");
-        share.inner.others.lock().unwrap_or_else(PoisonError::into_inner).insert("b".into(), Instant::now());
+        let others = |busy: usize, ago: Duration| {
+            let mut o = share.inner.others.lock().unwrap_or_else(PoisonError::into_inner);
+            o.insert("b".into(), (Instant::now() - ago, busy));
+        };
+        others(3, Duration::ZERO);
         assert_eq!(share.fair(), 3);
+        assert!(!share.should_release(5), "the other is at its share: nobody to hand over to");
+        others(0, LIVE_FOR * 2);
+        assert_eq!(share.fair(), 6, "a silent instance (crashed) no longer counts");
+        assert!(!share.should_release(5));
+        others(0, Duration::ZERO);
         assert!(share.should_release(5));
         assert!(!share.should_release(4), "one at a time, the highest first");
         share.forget(5, None);
