@@ -17,6 +17,7 @@ pub mod identity;
 pub mod ids;
 pub mod metrics;
 pub mod nats_auth;
+pub mod private_files;
 pub mod settings;
 pub mod streams;
 pub mod subjects;

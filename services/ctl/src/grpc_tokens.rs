@@ -19,7 +19,7 @@ fn random_token() -> Result<String, CtlError> {
 
 /// Writes a file only its owner can read (it holds secrets), replacing it atomically.
 fn write_private(path: &Path, text: &str) -> Result<(), CtlError> {
-    crate::private_file::write(path, text.as_bytes(), true)
+    kakehashi_proto::private_files::write_atomic(path, text.as_bytes(), true)
         .map_err(|e| CtlError::Usage(format!("cannot write {}: {e}", path.display())))
 }
 

@@ -15,7 +15,6 @@ pub mod nats_config;
 pub mod nats_server;
 pub mod output;
 pub mod pki;
-pub mod private_file;
 
 /// Runs a parsed command line.
 pub async fn run(cli: cli::Cli) -> Result<(), error::CtlError> {

@@ -216,7 +216,7 @@ pub fn write_pem(path: &Path, pem: &str, private: bool) -> Result<(), PkiError> 
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    crate::private_file::write(path, pem.as_bytes(), private).map_err(io)
+    kakehashi_proto::private_files::write_atomic(path, pem.as_bytes(), private).map_err(io)
 }
 
 #[cfg(test)]

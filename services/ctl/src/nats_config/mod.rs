@@ -294,5 +294,5 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> NatsConfigError {
 
 /// Writes a file only its owner can read (credentials, and the config naming who may do what).
 fn write_private(path: &Path, text: &str) -> Result<(), NatsConfigError> {
-    crate::private_file::write(path, text.as_bytes(), true).map_err(|e| file_err(path, e))
+    kakehashi_proto::private_files::write_atomic(path, text.as_bytes(), true).map_err(|e| file_err(path, e))
 }

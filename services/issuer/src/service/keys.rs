@@ -11,8 +11,8 @@
 //! Revocation lists are read when they are served, so a revocation (`kakehashi-issuer revoke`)
 //! takes effect without a restart; a key's `crlVersion` in the JWK Set is its list's `ctr`.
 
-use super::files::{create_dir, write_atomic};
 use crate::{derive_rid, IssuerKey, KeyError, KeyRing, RevocationList};
+use kakehashi_proto::private_files::{create_dir, write_atomic};
 use p256::elliptic_curve::zeroize::Zeroizing;
 use std::path::{Path, PathBuf};
 

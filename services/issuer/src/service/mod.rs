@@ -12,12 +12,10 @@
 //! - [`output`]: each card as PNG, SVG and `.smart-health-card` files.
 //! - [`tls`], [`https`]: the JWK Set and revocation lists over HTTPS with CORS.
 //! - [`worker`]: the event loop.
-//! - [`files`]: whole-file writes.
 
 pub mod bus;
 pub mod config;
 pub mod events;
-pub mod files;
 pub mod https;
 pub mod ids;
 pub mod issuing;

@@ -1,8 +1,8 @@
 //! Each issued card as files a holder or a clerk can use: `<certificate_id>.png` and `.svg` (the
 //! QR code) and `<certificate_id>.smart-health-card` (the card file of the specification).
 
-use super::files::{create_dir, write_atomic};
 use crate::HealthCard;
+use kakehashi_proto::private_files::{create_dir, write_atomic};
 use std::path::{Path, PathBuf};
 
 /// The files of one card.

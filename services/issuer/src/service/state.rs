@@ -92,23 +92,6 @@ pub struct State {
     answers: HashMap<String, Answer>,
 }
 
-/// Opens for appending, created readable by the owner only (it holds passport details).
-fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.create(true).append(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        options.mode(0o600);
-        let file = options.open(path)?;
-        // A file from an earlier version may have been created with a wider mode.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        Ok(file)
-    }
-    #[cfg(not(unix))]
-    options.open(path)
-}
-
 impl State {
     /// Opens (or creates) the state file and reads it. A last line without its newline (a crash
     /// while appending it: its delivery was never acked, so it comes again) is cut off.
@@ -119,7 +102,7 @@ impl State {
         }
         let mut state = Self {
             path: path.to_path_buf(),
-            file: open_private_append(path).map_err(io)?,
+            file: kakehashi_proto::private_files::open_private_append(path).map_err(io)?,
             records: HashMap::new(),
             record_ids: HashSet::new(),
             answers: HashMap::new(),

@@ -161,29 +161,10 @@ impl IssuerKey {
     }
 }
 
-/// Writes a secret file readable by the owner only; the mode is set on creation so the secret is
-/// never on disk with wider permissions.
+/// Writes a secret file readable by the owner only (created 0600, replaced whole).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
-    use std::io::Write as _;
-    let io = |source| KeyError::Io { path: path.display().to_string(), source };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        options.mode(0o600);
-        let mut file = options.open(path).map_err(io)?;
-        // An existing file keeps its old mode on open: tighten it before writing.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        file.write_all(bytes).map_err(io)?;
-        file.sync_all().map_err(io)
-    }
-    #[cfg(not(unix))]
-    {
-        let mut file = options.open(path).map_err(io)?;
-        file.write_all(bytes).map_err(io)?;
-        file.sync_all().map_err(io)
-    }
+    kakehashi_proto::private_files::write_atomic(path, bytes, true)
+        .map_err(|source| KeyError::Io { path: path.display().to_string(), source })
 }
 
 fn public_jwk(key: &VerifyingKey, kid: String) -> Jwk {
