@@ -6,8 +6,9 @@
 //! issuer killed between receiving a request and publishing answers exactly once after a
 //! restart, and the issuer only ever holds pseudonyms.
 
+use kakehashi_ctl::https_client::Fetcher;
 use kakehashi_issuer::service::config::IssuerConfig;
-use kakehashi_issuer::service::{https, ids, ServiceError};
+use kakehashi_issuer::service::{ids, ServiceError};
 use kakehashi_issuer::{Jwks, RevocationList, Verifier, VerifyOptions};
 use kakehashi_proto::v1::*;
 use kakehashi_tests::bus::{self, Subscriber};
@@ -89,8 +90,9 @@ impl Issuer {
         }
     }
 
-    fn ca(&self) -> Vec<u8> {
-        std::fs::read(self.config.dev_ca_file()).expect("the issuer's development CA")
+    /// The client a verifier uses, trusting the issuer's development CA.
+    fn fetcher(&self) -> Fetcher {
+        Fetcher::new(Some(&self.config.dev_ca_file())).expect("the issuer's development CA")
     }
 
     fn state(&self) -> String {
@@ -183,20 +185,18 @@ async fn a_recorded_vaccination_and_a_request_give_a_card_that_verifies_with_the
     assert_eq!(payload["smart_health_card"]["issuer"], issuer.url.as_str());
 
     // What a verifier does: fetch the keys and the revocation list from the issuer, over TLS.
-    let ca = issuer.ca();
-    let jwks =
-        https::fetch(&format!("{}/.well-known/jwks.json", issuer.url), &ca).await.expect("JWKS over HTTPS");
+    let https = issuer.fetcher();
+    let jwks = https.fetch(&format!("{}/.well-known/jwks.json", issuer.url)).await.expect("JWKS over HTTPS");
     assert_eq!(jwks.status, 200);
     assert_eq!(jwks.header("access-control-allow-origin"), Some("*"), "CORS on the JWK Set");
     assert!(jwks.header("content-type").is_some_and(|t| t.starts_with("application/json")));
     let jwks = Jwks::from_json(std::str::from_utf8(&jwks.body).expect("utf-8")).expect("a JWK Set");
     let kid = payload["smart_health_card"]["kid"].as_str().expect("kid").to_string();
-    let crl = https::fetch(&format!("{}/.well-known/crl/{kid}.json", issuer.url), &ca).await.expect("CRL");
+    let crl = https.fetch(&format!("{}/.well-known/crl/{kid}.json", issuer.url)).await.expect("CRL");
     assert_eq!(crl.status, 200);
     assert_eq!(crl.header("access-control-allow-origin"), Some("*"), "CORS on the revocation list");
     let crl = RevocationList::from_json(std::str::from_utf8(&crl.body).expect("utf-8")).expect("a list");
-    let missing =
-        https::fetch(&format!("{}/.well-known/crl/unknown.json", issuer.url), &ca).await.expect("404");
+    let missing = https.fetch(&format!("{}/.well-known/crl/unknown.json", issuer.url)).await.expect("404");
     assert_eq!(missing.status, 404);
     let verifier = Verifier::new(jwks.clone())
         .with_options(VerifyOptions { expected_issuer: Some(issuer.url.clone()), ..Default::default() })

@@ -10,6 +10,7 @@ pub mod clients;
 pub mod commands;
 pub mod error;
 pub mod grpc_tokens;
+pub mod https_client;
 pub mod nats_client;
 pub mod nats_config;
 pub mod nats_server;

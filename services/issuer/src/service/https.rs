@@ -6,12 +6,11 @@
 //! Every answer carries `Access-Control-Allow-Origin: *` (the spec requires CORS so that web
 //! verifiers can fetch keys), and `OPTIONS` pre-flights are answered. HTTP/1.1 over rustls
 //! (hyper's server connection, one task per connection, all ended with the server).
-//!
-//! Also a minimal HTTPS GET client ([`fetch`]) over the same crates, for the demo and tests.
+//! Verifiers (the CLI, the demo, the tests) fetch with `kakehashi_ctl::https_client`.
 
 use super::keys::{KeyStore, KeyStoreError};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty, Full};
+use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -130,82 +129,4 @@ pub async fn serve(
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
     }
-}
-
-/// An HTTPS GET that failed.
-#[derive(Debug, thiserror::Error)]
-#[error("GET {url}: {message}")]
-pub struct FetchError {
-    /// The URL.
-    pub url: String,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// An HTTP response.
-#[derive(Debug, Clone)]
-pub struct FetchResponse {
-    /// Status code.
-    pub status: u16,
-    /// Headers, names lowercase.
-    pub headers: Vec<(String, String)>,
-    /// The body.
-    pub body: Vec<u8>,
-}
-
-impl FetchResponse {
-    /// The first value of a header (name in any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// `GET url` over HTTPS, trusting only the CA certificates in `ca_pem` (e.g. the issuer's
-/// development CA), with an `Origin` header as a browser would send.
-pub async fn fetch(url: &str, ca_pem: &[u8]) -> Result<FetchResponse, FetchError> {
-    let err = |message: String| FetchError { url: url.to_string(), message };
-    let rest = url.strip_prefix("https://").ok_or_else(|| err("not an https URL".into()))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            (h, p.parse::<u16>().map_err(|_| err(format!("bad port {p:?}")))?)
-        }
-        _ => (authority, 443),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let config = super::tls::client_config(ca_pem).map_err(|e| err(e.to_string()))?;
-    let name = rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| err(format!("bad host {host:?}: {e}")))?;
-    let work = async {
-        let tcp = tokio::net::TcpStream::connect((host, port)).await.map_err(|e| err(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| err(format!("TLS: {e}")))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| err(e.to_string()))?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let request = Request::get(path)
-            .header(header::HOST, authority)
-            .header(header::ORIGIN, "https://verifier.invalid")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| err(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| err(e.to_string()))?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        let body = response.into_body().collect().await.map_err(|e| err(e.to_string()))?.to_bytes().to_vec();
-        driver.abort();
-        Ok(FetchResponse { status, headers, body })
-    };
-    tokio::time::timeout(Duration::from_secs(30), work).await.map_err(|_| err("timed out".into()))?
 }

@@ -109,21 +109,3 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
-
-/// A rustls client configuration trusting the CA certificates in `ca_pem`.
-pub fn client_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        let cert = cert.map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
-        roots.add(cert).map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Config("no CA certificate given".into()));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
