@@ -218,6 +218,29 @@ async fn a_recorded_vaccination_and_a_request_give_a_card_that_verifies_with_the
     for ext in ["svg", "smart-health-card"] {
         assert!(issuer.config.output_dir().join(format!("{certificate_id}.{ext}")).exists(), "{ext} written");
     }
+    // `kakehashi cert verify` on the PNG, as anyone would run it: keys and revocation list
+    // fetched from the card's issuer over HTTPS, trusting the issuer's development CA.
+    let mut cli =
+        kakehashi_ctl::cli::Conn::new("http://127.0.0.1:1", "http://127.0.0.1:1", "nats://127.0.0.1:1");
+    cli.ca = Some(issuer.config.dev_ca_file());
+    let args = kakehashi_ctl::cli::CertVerifyArgs {
+        input: png_path.display().to_string(),
+        jwks: None,
+        crl: None,
+        issuer: Some(issuer.url.clone()),
+        now: None,
+    };
+    kakehashi_ctl::commands::cert::verify(&cli, true, args)
+        .await
+        .expect("kakehashi cert verify passes on the PNG");
+    // A second implementation (jwcrypto, zlib) accepts the issued JWS with the served key set.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("card.jws"), jws).expect("write jws");
+    std::fs::write(dir.path().join("jwks.json"), jwks.to_json()).expect("write jwks");
+    let arg = |name: &str| dir.path().join(name).display().to_string();
+    let args = vec!["--jws".into(), arg("card.jws"), "--jwks".into(), arg("jwks.json")];
+    let out = kakehashi_tests::interop::run("shc_check.py", args, Duration::from_secs(60)).await;
+    kakehashi_tests::interop::expect_success("shc_check.py", &out);
     // A key that is not the issuer's: the same card fails.
     let other = Jwks { keys: vec![kakehashi_issuer::IssuerKey::generate().public_jwk()] };
     assert!(Verifier::new(other).verify_jws(jws).is_err(), "a card must not verify with another key");
