@@ -38,39 +38,31 @@
 //!   nats-server.
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use kakehashi_proto::subjects;
 use kakehashi_proto::v1::{
     delivery_client::DeliveryClient, subscribe_request, AckDeliveries, Event, EventDelivery,
     OpenSubscription, SubscribeRequest,
 };
+use kakehashi_tests::bench::{
+    child_pid, connect, cores, cpu_time, create_raw_streams, example_payload, keyed, new_event,
+    publish_bytes_pipelined, publish_pipelined, relay, setup_registry, status_kb, RAW_IN, RAW_OUT, READER,
+    SOURCE, TYPE,
+};
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{bus, NatsServer, Registry};
 use prost::Message as _;
 use std::collections::{HashMap, HashSet};
-use std::future::IntoFuture;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-const TYPE: &str = "health.vaccination.recorded";
-const SOURCE: &str = "city-shibuya";
-const READER: &str = "mhlw";
 const SUBSCRIPTION: &str = "bench";
-/// The validator's batch (registry default), used by the raw relay too.
-const BATCH: usize = 256;
 /// Subscribe's max_in_flight, and the raw consumer's max_ack_pending.
 const IN_FLIGHT: usize = 1024;
 /// Most delivery ids in one Subscribe ack.
 const ACK_BATCH: usize = 256;
-/// Unconfirmed publishes a publisher keeps in flight.
-const PUBLISH_WINDOW: usize = 1024;
-/// Raw baseline streams.
-const RAW_IN: &str = "RAW_IN";
-const RAW_OUT: &str = "RAW_OUT";
 /// Generous bound on any one phase, so a stall fails loudly instead of hanging.
 const PHASE_LIMIT: Duration = Duration::from_secs(900);
 
@@ -128,12 +120,7 @@ async fn run() {
 
     // Setup through a registry whose validator is off, so ingress can be filled before
     // validation starts.
-    let mut setup_config = registry_config(&nats);
-    setup_config.validator.enabled = false;
-    setup_config.instance = "registry-setup".into();
-    let setup = Registry::start(setup_config).await;
-    load_catalogue(&setup, &nats).await;
-    bus::put_policy(&setup.endpoint(), TYPE, &[SOURCE], &[READER]).await;
+    let setup = setup_registry(&nats).await;
     let mut sub = bus::subscription(READER, SUBSCRIPTION, TYPE);
     sub.ack_wait = bus::proto_duration(Duration::from_secs(30));
     bus::create_subscription(&setup.endpoint(), sub).await;
@@ -216,7 +203,7 @@ async fn run() {
 
     // ---- 2b. End to end ------------------------------------------------------------------
     eprintln!("phase 2b raw: publish {n} -> pull consumer");
-    let raw_subject = subjects::events(TYPE).replacen("kh.ev.", "kh.rawev.", 1);
+    let raw_subject = kakehashi_tests::bench::raw_events_subject();
     let probe = Probe::start(nats_pid);
     let t = Instant::now();
     let p = {
@@ -394,80 +381,7 @@ async fn run() {
     drop(nats);
 }
 
-// ---- Events --------------------------------------------------------------------------------
-
-fn example_payload() -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../schemas/health.vaccination.recorded/examples/valid-mr-second-dose.json");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// A vaccination event as an adapter would publish it: fresh id, time now.
-/// Event `i` of a backlog, with one of 1,000 record keys, and its ingress subject.
-fn keyed(payload: &[u8], i: usize) -> (String, Event) {
-    let mut e = new_event(payload);
-    e.subject = format!("resident-{}", i % 1000);
-    (subjects::ingress(SOURCE, TYPE, &e.subject), e)
-}
-
-fn new_event(payload: &[u8]) -> Event {
-    let mut e = Event {
-        id: kakehashi_proto::ids::new_event_id(),
-        source: SOURCE.into(),
-        r#type: TYPE.into(),
-        data_content_type: "application/json".into(),
-        data: payload.to_vec(),
-        ..Default::default()
-    };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let mut time = e.time.take().unwrap_or_default();
-    time.seconds = now.as_secs() as i64;
-    time.nanos = now.subsec_nanos() as i32;
-    e.time = Some(time);
-    e
-}
-
-async fn load_catalogue(registry: &Registry, nats: &NatsServer) {
-    let conn = kakehashi_tests::services::cli_conn(&registry.endpoint(), "", nats);
-    let mut schemas = kakehashi_ctl::clients::registry(&conn).await.expect("connect registry");
-    let catalogue = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas");
-    kakehashi_ctl::commands::schema::load(&mut schemas, &catalogue, true).await.expect("catalogue loads");
-}
-
 // ---- NATS ----------------------------------------------------------------------------------
-
-/// The raw baseline runs on the same secured server with the break-glass identity, whose
-/// permission checks cost the server no more than a service identity's.
-async fn connect(nats: &NatsServer) -> jetstream::Context {
-    let client = nats.admin().await;
-    let mut js = jetstream::new(client);
-    js.set_timeout(Duration::from_secs(30));
-    js
-}
-
-/// Copies of KH_INGRESS and KH_EVENTS for the baseline: same storage, retention, dedup window.
-async fn create_raw_streams(js: &jetstream::Context) {
-    let base = |name: &str, subject: &str| stream::Config {
-        name: name.to_string(),
-        subjects: vec![subject.to_string()],
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(2 * 3600),
-        max_message_size: 1024 * 1024,
-        ..Default::default()
-    };
-    js.create_stream(stream::Config {
-        retention: stream::RetentionPolicy::WorkQueue,
-        ..base(RAW_IN, "kh.rawin.>")
-    })
-    .await
-    .expect("RAW_IN");
-    js.create_stream(stream::Config {
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        ..base(RAW_OUT, "kh.rawev.>")
-    })
-    .await
-    .expect("RAW_OUT");
-}
 
 /// The baseline subscriber's durable consumer on RAW_OUT (created before the relay runs, as the
 /// subscription's consumer exists on KH_EVENTS before the validator runs).
@@ -483,36 +397,6 @@ async fn raw_consumer(js: &jetstream::Context) -> consumer::PullConsumer {
     })
     .await
     .expect("drain consumer")
-}
-
-/// Publishes everything with at most [`PUBLISH_WINDOW`] unconfirmed; panics on any failure.
-async fn publish_pipelined(js: &jetstream::Context, events: impl Iterator<Item = (String, Event)>) {
-    publish_bytes_pipelined(js, events.map(|(subject, e)| (subject, e.encode_to_vec(), Some(e.id)))).await
-}
-
-/// Publishes (subject, body, Nats-Msg-Id) with at most [`PUBLISH_WINDOW`] unconfirmed.
-async fn publish_bytes_pipelined(
-    js: &jetstream::Context,
-    messages: impl Iterator<Item = (String, Vec<u8>, Option<String>)>,
-) {
-    type Confirmation = <jetstream::context::PublishAckFuture as IntoFuture>::IntoFuture;
-    let mut pending: FuturesUnordered<Confirmation> = FuturesUnordered::new();
-    for (subject, body, id) in messages {
-        if pending.len() >= PUBLISH_WINDOW {
-            if let Some(r) = pending.next().await {
-                r.expect("publish confirmed");
-            }
-        }
-        let mut m = PublishMessage::build().payload(body.into());
-        if let Some(id) = id {
-            m = m.message_id(id);
-        }
-        let f = js.send_publish(subject, m).await.expect("publish sent");
-        pending.push(f.into_future());
-    }
-    while let Some(r) = pending.next().await {
-        r.expect("publish confirmed");
-    }
 }
 
 /// Publishes `n` events at `rate` per second, noting when each was sent.
@@ -543,48 +427,6 @@ fn latency(sent: &Mutex<HashMap<String, Instant>>, id: &str, at: Instant) -> f64
     let sent = sent.lock().unwrap_or_else(|p| p.into_inner());
     let t = sent.get(id).unwrap_or_else(|| panic!("received {id} that was not sent in this run"));
     at.saturating_duration_since(*t).as_secs_f64() * 1e3
-}
-
-/// The raw relay: the validator's shape without validation, audit or telemetry.
-async fn relay(js: jetstream::Context) {
-    let s = js.get_stream(RAW_IN).await.expect("RAW_IN");
-    let c: consumer::PullConsumer = s
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("relay".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(10),
-            max_deliver: -1,
-            max_ack_pending: BATCH as i64,
-            ..Default::default()
-        })
-        .await
-        .expect("relay consumer");
-    let messages = c
-        .stream()
-        .max_messages_per_batch(BATCH)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(10))
-        .messages()
-        .await
-        .expect("relay pull");
-    let mut chunks = messages.ready_chunks(BATCH);
-    let out = subjects::events(TYPE).replacen("kh.ev.", "kh.rawev.", 1);
-    while let Some(chunk) = chunks.next().await {
-        let batch: Vec<jetstream::Message> = chunk.into_iter().filter_map(Result::ok).collect();
-        let mut confirmations = Vec::with_capacity(batch.len());
-        for m in &batch {
-            let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
-            let mut p = PublishMessage::build().payload(m.payload.clone());
-            if let Some(id) = id {
-                p = p.message_id(id);
-            }
-            confirmations.push(js.send_publish(out.clone(), p).await.expect("relay publish"));
-        }
-        for (m, c) in batch.iter().zip(confirmations) {
-            c.await.expect("relay publish confirmed");
-            m.ack().await.expect("relay ack");
-        }
-    }
 }
 
 /// When a stream was first seen non-empty and when it reached its target.
@@ -860,17 +702,6 @@ impl Percentiles {
 
 // ---- /proc ---------------------------------------------------------------------------------
 
-/// A field of `/proc/<pid>/status` in kB (this process when `pid` is `None`); 0 when unreadable.
-fn status_kb(pid: Option<u32>, field: &str) -> u64 {
-    let path = pid.map_or("/proc/self/status".to_string(), |p| format!("/proc/{p}/status"));
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Peak RSS (kB) seen before any reset, this process and nats-server: the run's true peaks.
 static SELF_PEAK_KB: AtomicU64 = AtomicU64::new(0);
 static NATS_PEAK_KB: AtomicU64 = AtomicU64::new(0);
@@ -894,35 +725,6 @@ fn reset_hwm(pid: Option<u32>) -> bool {
     peak_of(pid).fetch_max(status_kb(pid, "VmHWM:"), Ordering::SeqCst);
     let path = pid.map_or("/proc/self/clear_refs".to_string(), |p| format!("/proc/{p}/clear_refs"));
     std::fs::write(path, "5").is_ok()
-}
-
-/// User + system CPU time of a process (all threads).
-fn cpu_time(pid: Option<u32>) -> Duration {
-    let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
-    let Ok(stat) = std::fs::read_to_string(path) else { return Duration::ZERO };
-    // Fields after the parenthesised command name: state is field 3; utime 14, stime 15.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis((ticks(14) + ticks(15)) * 10)
-}
-
-/// The pid of this process's child named `comm`.
-fn child_pid(comm: &str) -> Option<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-        let (head, rest) = stat.rsplit_once(')')?;
-        let name = head.split_once('(')?.1;
-        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-        (name == comm && ppid == me).then_some(pid)
-    })
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// CPU use over an idle interval, in % of one core.

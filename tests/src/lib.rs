@@ -14,7 +14,9 @@
 //! - [`interop`]: third-party clients (Python gRPC, nats-py, jwcrypto) running `tests/interop/`.
 //! - [`otlp`]: an OTLP/gRPC trace receiver that keeps the spans it is sent.
 //! - [`wait`]: polling for a condition under a timeout.
+//! - [`bench`]: what the benchmarks share: workload, setup, pipelined publishing, raw relay, `/proc`.
 
+pub mod bench;
 pub mod bus;
 pub mod cluster;
 pub mod collect;
