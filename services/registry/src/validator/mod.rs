@@ -257,13 +257,14 @@ impl Pinned<'_> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ValidatorError> {
         let (settings, stream, partition) = (self.settings, self.stream, self.partition);
-        let pull_expiry = settings.failover.max(Duration::from_millis(400));
+        // Two thirds of the failover time: the pinned instance re-pulls well before its pin
+        // lapses (a pull expiring exactly at `priority_timeout` let the pin move between live
+        // instances at idle moments), and a dead server is noticed as quickly.
+        let pull_expiry = (settings.failover * 2 / 3).max(Duration::from_millis(300));
         let messages = consumer
             .stream()
             .group(GROUP)
             .max_messages_per_batch(settings.batch)
-            // Expiry and heartbeats within the failover time: the pinned instance must re-pull
-            // before the pin lapses, and a dead server is noticed as quickly.
             .expires(pull_expiry)
             .heartbeat(pull_expiry / 2)
             .messages()
