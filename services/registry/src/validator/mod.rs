@@ -99,9 +99,23 @@ pub async fn run(
     settings: ValidatorSettings,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ValidatorError> {
-    let stream =
-        js.get_stream(subjects::STREAM_INGRESS).await.map_err(|e| ValidatorError::Consumer(e.to_string()))?;
-    retire_consumers(&stream, settings.partitions).await?;
+    // Set-up calls can fail while a cluster elects leaders: they are retried, never fatal (a
+    // validator that gave up here would leave its partitions to the others silently).
+    let mut setup = shutdown.clone();
+    let stream = loop {
+        match js.get_stream(subjects::STREAM_INGRESS).await {
+            Ok(stream) => break stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "validator: KH_INGRESS not reachable; retrying");
+                if pause(&mut setup).await {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    if let Err(e) = retire_consumers(&stream, settings.partitions).await {
+        tracing::warn!(error = %e, "validator: retired consumers not deleted (retried at the next start)");
+    }
     let share = share::Share::new(settings.partitions);
     // KV keys take `[-/_=.a-zA-Z0-9]` only (instance names such as `registry@host:pid` do not).
     let actor: String = settings
@@ -115,7 +129,6 @@ pub async fn run(
     for index in 0..settings.partitions {
         let partition =
             Partition { index, consumer: consumer_name(index), filter: subjects::partition_filter(index) };
-        let consumer = ensure_consumer(&stream, &partition, &settings).await?;
         let (js, stream, store, policy, settings, share, mut shutdown) = (
             js.clone(),
             stream.clone(),
@@ -126,6 +139,17 @@ pub async fn run(
             shutdown.clone(),
         );
         tasks.spawn(async move {
+            let consumer = loop {
+                match ensure_consumer(&stream, &partition, &settings).await {
+                    Ok(consumer) => break consumer,
+                    Err(e) => {
+                        tracing::warn!(error = %e, partition = partition.index, "validator consumer not ready; retrying");
+                        if pause(&mut shutdown).await {
+                            return;
+                        }
+                    }
+                }
+            };
             let p = Pinned {
                 js: &js,
                 stream: &stream,
@@ -149,6 +173,14 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     let _ = announcing.await;
     Ok(())
+}
+
+/// Waits a second before a set-up call is tried again; true when shutting down instead.
+async fn pause(shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => true,
+        _ = tokio::time::sleep(Duration::from_secs(1)) => *shutdown.borrow(),
+    }
 }
 
 /// Deletes the consumers no partition reads any more: the single consumer of versions before
