@@ -497,9 +497,8 @@ async fn resume(what: String, killed_at: Instant, recorder: &Recorder, published
 const PACE: Duration = Duration::from_millis(200);
 
 // Run with `cargo test -p kakehashi-tests --test cluster -- --ignored` (docs/delivery.md has the
-// results). Off in the default run: 1 of 7 full-suite runs failed (a registry's validator gave
-// up at start-up while the cluster was unsettled, fixed since; not yet seen passing 5 in a row
-// after that fix).
+// results). Off in the default run: after the fixes it found, 1 of 10 runs still failed (14
+// events never validated after the registry kill; cause not found).
 #[ignore = "cluster fault scenario: run with --ignored (docs/delivery.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing_and_keep_key_order() {
@@ -606,7 +605,7 @@ fn copy_store(from: &std::path::Path, to: &std::path::Path) {
     assert!(status.success(), "copying {} to {}", from.display(), to.display());
 }
 
-// Off in the default run: 1 of 7 runs showed 6 per-key inversions at the subscriber (first
+// Off in the default run: 1 of 18 runs showed 6 per-key inversions at the subscriber (first
 // deliveries at attempt 2–3 after newer events) although KH_EVENTS was in order — deliveries
 // lost across a consumer leader change that the delivery-sequence check does not catch.
 #[ignore = "cluster fault scenario with a known intermittent ordering bug: run with --ignored"]
