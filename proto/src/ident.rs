@@ -162,9 +162,28 @@ pub fn is_valid_event_type(s: &str) -> bool {
     tokens >= 2
 }
 
+/// The prefix of the registry's per-department My Number pseudonyms (`kh1:` + 32 hex digits):
+/// the registry writes them, departments such as the issuer check they received one.
+pub const PSEUDONYM_PREFIX: &str = "kh1:";
+
+/// Whether `value` is a pseudonym (`kh1:` + 32 hex digits), not a raw My Number.
+pub fn is_pseudonym(value: &str) -> bool {
+    value
+        .strip_prefix(PSEUDONYM_PREFIX)
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pseudonyms_are_told_from_raw_numbers() {
+        assert!(is_pseudonym("kh1:0123456789abcdef0123456789abcdef"));
+        assert!(!is_pseudonym("161803398872"));
+        assert!(!is_pseudonym("kh1:"));
+        assert!(!is_pseudonym("kh1:0123456789abcdef0123456789abcdeg"));
+    }
 
     /// Every string that differs from `s` (ASCII digits) in exactly one position, with the
     /// position and the replacement digit.

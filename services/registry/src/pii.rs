@@ -92,7 +92,7 @@ pub fn pseudonym(secret: &[u8], department: &str, value: &str) -> String {
     mac.update(&[0]);
     mac.update(value.as_bytes());
     let digest = mac.finalize().into_bytes();
-    format!("kh1:{}", hex::encode(&digest[..16]))
+    format!("{}{}", kakehashi_proto::ident::PSEUDONYM_PREFIX, hex::encode(&digest[..16]))
 }
 
 /// Replaces every string found at `paths` in `data` by its pseudonym; returns how many.

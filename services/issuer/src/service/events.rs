@@ -15,16 +15,6 @@ pub const ISSUED_VERSION: u32 = 2;
 /// `health.vaccination.certificate.refused`.
 pub const REFUSED: &str = "health.vaccination.certificate.refused";
 
-/// The prefix of the registry's per-department My Number pseudonyms.
-pub const PSEUDONYM_PREFIX: &str = "kh1:";
-
-/// Whether `value` is a pseudonym (`kh1:` + 32 hex digits), not a raw My Number.
-pub fn is_pseudonym(value: &str) -> bool {
-    value
-        .strip_prefix(PSEUDONYM_PREFIX)
-        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
 /// The person as delivered to the issuer: `my_number` is its pseudonym.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DeliveredPerson {
@@ -164,14 +154,6 @@ pub struct Refused {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pseudonyms_are_told_from_raw_numbers() {
-        assert!(is_pseudonym("kh1:0123456789abcdef0123456789abcdef"));
-        assert!(!is_pseudonym("161803398872"));
-        assert!(!is_pseudonym("kh1:"));
-        assert!(!is_pseudonym("kh1:0123456789abcdef0123456789abcdeg"));
-    }
 
     #[test]
     fn refusal_reasons_are_the_schema_enumeration() {

@@ -16,12 +16,13 @@
 
 use super::bus::{Bus, Stream};
 use super::config::IssuerConfig;
-use super::events::{self, is_pseudonym, Issued, Recorded, Requested};
+use super::events::{self, Issued, Recorded, Requested};
 use super::issuing::{self, Decision};
 use super::keys::KeyStore;
 use super::state::{Answer, State, StoredRecord};
 use super::{ids, output, ServiceError};
 use crate::HealthCard;
+use kakehashi_proto::ident::is_pseudonym;
 use kakehashi_proto::v1::{Event, EventDelivery};
 use std::path::PathBuf;
 use std::sync::Arc;
