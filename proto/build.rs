@@ -11,10 +11,13 @@ const PROTOS: &[&str] = &[
     "kakehashi/v1/delivery.proto",
     "kakehashi/v1/subscriptions.proto",
     "kakehashi/v1/flows.proto",
+    "kakehashi/v1/dead_letters.proto",
+    "io/cloudevents/v1/cloudevents.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=kakehashi");
+    println!("cargo:rerun-if-changed=io");
     let fds = protox::compile(PROTOS, ["."])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("kakehashi_descriptor.bin"), fds.encode_to_vec())?;

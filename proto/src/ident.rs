@@ -173,9 +173,81 @@ pub fn is_pseudonym(value: &str) -> bool {
         .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Overwrites with `*` every digit of each run that looks like a My Number — exactly
+/// [`MY_NUMBER_LEN`] digits, ASCII or full-width (`０`–`９`), optionally grouped by single
+/// spaces or hyphens, with no digit right before or after — whatever its check digit (a
+/// mistyped number is still someone's). The length in bytes is kept, so a protobuf envelope
+/// around the bytes still decodes. Returns how many runs were masked. For output shown to
+/// people (the console, dead letters through the API), as defence in depth.
+pub fn mask_my_number_like(bytes: &mut [u8]) -> usize {
+    // The width in bytes of the digit starting at `i` (1 ASCII, 3 full-width), or 0.
+    fn digit_at(b: &[u8], i: usize) -> usize {
+        match b.get(i..) {
+            Some([d, ..]) if d.is_ascii_digit() => 1,
+            Some([0xEF, 0xBC, 0x90..=0x99, ..]) => 3,
+            _ => 0,
+        }
+    }
+    let mut masked = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if digit_at(bytes, i) == 0 {
+            i += 1;
+            continue;
+        }
+        // A run: digits, each group separated from the next by at most one space or hyphen.
+        let mut digits: Vec<(usize, usize)> = Vec::new();
+        let mut j = i;
+        loop {
+            let w = digit_at(bytes, j);
+            if w > 0 {
+                digits.push((j, w));
+                j += w;
+            } else if matches!(bytes.get(j), Some(b' ' | b'-')) && digit_at(bytes, j + 1) > 0 {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if digits.len() == MY_NUMBER_LEN {
+            for (at, w) in &digits {
+                bytes[*at..*at + *w].fill(b'*');
+            }
+            masked += 1;
+        }
+        i = j.max(i + 1);
+    }
+    masked
+}
+
+/// [`mask_my_number_like`] on text.
+pub fn mask_my_number_like_str(text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    if mask_my_number_like(&mut bytes) == 0 {
+        return text.to_string();
+    }
+    // Whole characters (one ASCII or one three-byte full-width digit) become `*`s: still UTF-8.
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn my_number_like_runs_are_masked_keeping_length() {
+        let mut b = br#"{"my_number":"161803398873","n":1234567890123,"d":"2026-12-02"}"#.to_vec();
+        let len = b.len();
+        assert_eq!(mask_my_number_like(&mut b), 1);
+        assert_eq!(b.len(), len);
+        let s = String::from_utf8(b).unwrap_or_default();
+        assert!(s.contains(r#""my_number":"************""#), "{s}");
+        assert!(s.contains("1234567890123"), "13 digits (a corporate number) stay: {s}");
+        assert_eq!(mask_my_number_like_str("no 1234-5678-9012 here"), "no ****-****-**** here");
+        assert_eq!(mask_my_number_like_str("１２３４５６７８９０１８"), "*".repeat(36));
+        assert_eq!(mask_my_number_like_str("12345678901"), "12345678901");
+        assert_eq!(mask_my_number_like_str("x 123456789018."), "x ************.");
+    }
 
     #[test]
     fn pseudonyms_are_told_from_raw_numbers() {

@@ -683,7 +683,9 @@ async fn read_stream(js: &jetstream::Context, name: &str) -> Vec<Stored> {
         .iter()
         .map(|m| {
             let stored_ns = m.info().map(|i| i.published.unix_timestamp_nanos()).expect("message info");
-            let e = Event::decode(m.payload.as_ref()).expect("an Event envelope");
+            // KH_EVENTS holds binary-mode CloudEvents (KH_INGRESS, Event envelopes).
+            let e = kakehashi_proto::cloudevents::binary::from_events_message(m.headers.as_ref(), &m.payload)
+                .expect("an event");
             Stored { id: e.id, key: e.subject, stored_ns }
         })
         .collect()

@@ -7,7 +7,7 @@ running registry and adapter:
 
   a. grpc.health.v1.Health/Check is SERVING on both servers;
   b. server reflection lists the kakehashi.v1 services (registry: SchemaRegistry, Delivery,
-     Subscriptions, Policies, Flows; adapter: Publisher);
+     Subscriptions, Policies, Flows, DeadLetters; adapter: Publisher);
   c. the full flow: register a schema under a fresh subject, put a policy, create a subscription,
      open Delivery.Subscribe, publish one valid and one invalid event, receive the valid one (id ==
      PublishAck.event_id), ack it, and see that the invalid one is not delivered within 2 s.
@@ -40,7 +40,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from grpc_tools import protoc
 
 PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "proto"
-REGISTRY_SERVICES = {"SchemaRegistry", "Delivery", "Subscriptions", "Policies", "Flows"}
+REGISTRY_SERVICES = {"SchemaRegistry", "Delivery", "Subscriptions", "Policies", "Flows", "DeadLetters"}
 ADAPTER_SERVICES = {"Publisher"}
 PRODUCER, READER = "interop-dept", "interop-reader"
 

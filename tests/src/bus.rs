@@ -43,10 +43,14 @@ pub const LENIENT_SCHEMA: &str = r#"{"type":"object","properties":{"n":{"type":"
 /// Registers `schema` (JSON text, or a `serde_json::Value`) under `subject`; returns the answer.
 pub async fn register_schema(endpoint: &str, subject: &str, schema: impl Display) -> RegisterSchemaResponse {
     let mut c = SchemaRegistryClient::connect(endpoint.to_string()).await.expect("connect registry");
-    c.register_schema(RegisterSchemaRequest { subject: subject.into(), schema: schema.to_string() })
-        .await
-        .unwrap_or_else(|e| panic!("register {subject}: {e}"))
-        .into_inner()
+    c.register_schema(RegisterSchemaRequest {
+        subject: subject.into(),
+        schema: schema.to_string(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("register {subject}: {e}"))
+    .into_inner()
 }
 
 /// NATS, a registry with the validator off (so events stay in `KH_INGRESS`) and `event_type` registered.
@@ -464,7 +468,9 @@ pub async fn events_in_events_stream(js: &jetstream::Context) -> Vec<Event> {
             .expect("KH_EVENTS read stalled")
             .expect("KH_EVENTS read ended")
             .expect("KH_EVENTS message");
-        events.push(Event::decode(m.payload.as_ref()).expect("KH_EVENTS holds Event envelopes"));
+        // Binary-mode CloudEvents (or Event envelopes stored by older validators).
+        let event = kakehashi_proto::cloudevents::binary::from_events_message(m.headers.as_ref(), &m.payload);
+        events.push(event.expect("KH_EVENTS holds events"));
     }
     events
 }

@@ -354,6 +354,9 @@ impl Drop for NatsCluster {
         for i in 0..NODES.min(self.nodes.len()) {
             self.kill(i);
         }
+        for n in &self.nodes {
+            crate::process::keep_log(&n.dir.join("nats-server.log"), &format!("{}.log", n.name));
+        }
         check_violations(&violations, self.violations_expected.load(Ordering::Relaxed));
     }
 }

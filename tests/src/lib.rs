@@ -14,18 +14,21 @@
 //! - [`interop`]: third-party clients (Python gRPC, nats-py, jwcrypto) running `tests/interop/`.
 //! - [`otlp`]: an OTLP/gRPC trace receiver that keeps the spans it is sent.
 //! - [`wait`]: polling for a condition under a timeout.
+//! - [`console`]: the web console in-process; [`webdriver`]: headless chromium driving it.
 //! - [`bench`]: what the benchmarks share: workload, setup, pipelined publishing, raw relay, `/proc`.
 
 pub mod bench;
 pub mod bus;
 pub mod cluster;
 pub mod collect;
+pub mod console;
 pub mod interop;
 pub mod nats;
 pub mod otlp;
 pub mod process;
 pub mod services;
 pub mod wait;
+pub mod webdriver;
 
 pub use cluster::NatsCluster;
 pub use nats::NatsServer;

@@ -1,5 +1,6 @@
 //! A real OTLP/gRPC trace receiver (the `TraceService` of the published OpenTelemetry protos,
-//! served by tonic on `127.0.0.1:0`) that keeps every span it receives, for trace tests.
+//! served by tonic on `127.0.0.1:0`) that keeps every span it receives (kind, status and
+//! attributes included), for trace tests.
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -7,7 +8,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +33,29 @@ pub struct ReceivedSpan {
     pub status_code: String,
     /// Status message ("" when none).
     pub status_message: String,
+    /// Span kind as the protos name it (`SPAN_KIND_SERVER`, `SPAN_KIND_PRODUCER`, …).
+    pub kind: String,
+    /// Attributes, each value rendered as text (strings as they are).
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl ReceivedSpan {
+    /// The attribute `key`, if the span has it.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+/// An attribute value as text: strings as they are, other values as their debug form.
+fn text(kv: &KeyValue) -> String {
+    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
 }
 
 #[derive(Clone, Default)]
@@ -49,7 +77,7 @@ impl TraceService for Sink {
                 .and_then(|kv| kv.value.as_ref())
                 .and_then(|v| v.value.as_ref())
                 .map(|v| match v {
-                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => s.clone(),
+                    Value::StringValue(s) => s.clone(),
                     other => format!("{other:?}"),
                 })
                 .unwrap_or_default();
@@ -57,6 +85,7 @@ impl TraceService for Sink {
                 for s in ss.spans {
                     let status = s.status.unwrap_or_default();
                     let code = StatusCode::try_from(status.code).unwrap_or(StatusCode::Unset);
+                    let kind = SpanKind::try_from(s.kind).unwrap_or(SpanKind::Unspecified);
                     spans.push(ReceivedSpan {
                         service: service.clone(),
                         name: s.name,
@@ -65,6 +94,8 @@ impl TraceService for Sink {
                         parent_span_id: hex(&s.parent_span_id),
                         status_code: code.as_str_name().to_string(),
                         status_message: status.message,
+                        kind: kind.as_str_name().to_string(),
+                        attributes: s.attributes.iter().map(|kv| (kv.key.clone(), text(kv))).collect(),
                     });
                 }
             }

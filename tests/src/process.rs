@@ -157,9 +157,23 @@ impl RegistryProcess {
 impl Drop for RegistryProcess {
     fn drop(&mut self) {
         self.kill();
+        for n in 1..=self.starts {
+            keep_log(&self.log_path(n), &format!("{}-{n}.log", self.instance));
+        }
         if std::thread::panicking() {
             eprintln!("{}", self.log_tail(60));
         }
+    }
+}
+
+/// Copies a log file into the directory named by `KH_TEST_KEEP_LOGS` (when set) as `name`, so
+/// the logs of a failed fault run can be read after its temporary directories are gone.
+pub(crate) fn keep_log(from: &std::path::Path, name: &str) {
+    let Some(dir) = std::env::var_os("KH_TEST_KEEP_LOGS") else { return };
+    let dir = PathBuf::from(dir);
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(from, dir.join(name)).map(drop))
+    {
+        eprintln!("keeping {} in {}: {e}", from.display(), dir.display());
     }
 }
 

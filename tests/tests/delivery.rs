@@ -280,6 +280,68 @@ async fn deliveries_lost_in_transit_do_not_let_newer_events_overtake_them() {
 }
 
 #[tokio::test]
+async fn a_delivery_taken_by_a_stale_pull_before_the_first_one_does_not_let_newer_events_overtake_it() {
+    // A pull request nobody will read (a crashed stream's, still waiting on the server) sits in
+    // the consumer's queue when a new stream opens on a consumer with nothing unacked (so the
+    // stream does not reset it). NATS hands the next event to the stale request first: the
+    // very first delivery the new stream sees already follows a lost one. Once, the check for
+    // lost deliveries only started from the stream's first delivery and missed exactly this
+    // (the old-store cluster scenario: first deliveries at attempt 2-3 after newer events).
+    let bus = Bus::start(&[SOURCE], |_| {}).await;
+    let sub = sub_with("stale", Duration::from_secs(60), 10);
+    bus::create_subscription(&bus.registry.endpoint(), sub).await;
+    let consumer: async_nats::jetstream::consumer::PullConsumer = bus
+        .js
+        .get_consumer_from_stream("sub_mhlw_stale", bus::EVENTS)
+        .await
+        .expect("the subscription's consumer");
+    let mut stale = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("a stale pull request");
+    let consumer_info = |c: async_nats::jetstream::consumer::PullConsumer| async move {
+        let mut c = c;
+        c.info().await.ok().cloned()
+    };
+    wait::until("the stale request to wait on the server", SOON, || {
+        let c = consumer.clone();
+        async move { consumer_info(c).await.filter(|i| i.num_waiting == 1).map(drop) }
+    })
+    .await;
+    let mut sub = Subscriber::expect_open(&bus.registry.endpoint(), READER, "stale", 10).await;
+    wait::until("the stream's pull request to wait behind it", SOON, || {
+        let c = consumer.clone();
+        async move { consumer_info(c).await.filter(|i| i.num_waiting >= 2).map(drop) }
+    })
+    .await;
+    let events = bus.publish(6).await;
+    let taken =
+        futures::StreamExt::next(&mut stale).await.expect("the stale request got one").expect("a delivery");
+    // KH_EVENTS holds binary-mode CloudEvents (kakehashi_proto::cloudevents).
+    let taken =
+        kakehashi_proto::cloudevents::binary::from_events_message(taken.headers.as_ref(), &taken.payload)
+            .expect("an event")
+            .id;
+    assert_eq!(taken, events[0].id, "the stale request, first in the queue, takes event 0");
+    drop(stale);
+    // The ack wait is a minute: only noticing the jump keeps event 0 ahead of the others.
+    let mut order = Vec::new();
+    while order.len() < events.len() {
+        let Some(d) = sub.next_within(SOON).await else { break };
+        let id = delivered_id(&d);
+        if !order.contains(&id) {
+            order.push(id);
+        }
+        sub.expect_ack(vec![d.delivery_id]).await;
+    }
+    let want: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(order, want, "first deliveries in publish order, event 0 included (within {SOON:?})");
+}
+
+#[tokio::test]
 async fn offline_department_catches_up_on_everything_in_publish_order() {
     let bus = Bus::start(&[SOURCE], |_| {}).await;
     let adapter = Adapter::start(adapter_config(&bus.nats)).await;

@@ -379,3 +379,12 @@ fn grpc_servers_in_compose_and_kubernetes_require_tokens() {
         "docker-compose.yml: both the registry and the adapter read the token file"
     );
 }
+
+#[test]
+fn the_console_example_config_parses_strictly_into_the_defaults() {
+    let text = read(&deploy_dir().join("config").join("console.toml"));
+    let parsed: kakehashi_console::config::ConsoleConfig =
+        toml::from_str(&text).expect("deploy/config/console.toml parses into ConsoleConfig");
+    assert_eq!(parsed, kakehashi_console::config::ConsoleConfig::default());
+    parsed.check().expect("the example is a configuration the console accepts");
+}

@@ -161,6 +161,7 @@ async fn the_client_certificate_decides_the_department() {
         .register_schema(RegisterSchemaRequest {
             subject: TYPE.into(),
             schema: r#"{"type":"object"}"#.into(),
+            ..Default::default()
         })
         .await
         .expect("the admin certificate registers a schema");

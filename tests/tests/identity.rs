@@ -43,8 +43,11 @@ async fn tokens_decide_who_acts_and_only_admins_change_schemas_and_policies() {
     let mut subs = subscriptions_client::SubscriptionsClient::new(channel.clone());
     let mut delivery = delivery_client::DeliveryClient::new(channel);
 
-    let schema =
-        RegisterSchemaRequest { subject: "health.check.done".into(), schema: r#"{"type":"object"}"#.into() };
+    let schema = RegisterSchemaRequest {
+        subject: "health.check.done".into(),
+        schema: r#"{"type":"object"}"#.into(),
+        ..Default::default()
+    };
     let anonymous = schemas.register_schema(schema.clone()).await.expect_err("no token");
     assert_eq!(anonymous.code(), Code::Unauthenticated);
     let unknown = schemas.register_schema(with_token(schema.clone(), "forged")).await.expect_err("bad token");

@@ -48,6 +48,7 @@ impl TestBus {
                 .register_schema(RegisterSchemaRequest {
                     subject: subject.into(),
                     schema: schema.to_string(),
+                    ..Default::default()
                 })
                 .await
                 .expect("test schema");

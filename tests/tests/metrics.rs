@@ -65,7 +65,10 @@ async fn metrics_count_every_outcome_and_report_lag() {
     let sub = "sub_mhlw_m";
     let text = wait::until("metrics to show acks and lag", Duration::from_secs(20), || async move {
         let t = scrape(metrics).await;
-        let acked = sample(&t, &format!("kakehashi_events_acked_total{{subscription=\"{sub}\"}}"));
+        let acked = sample(
+            &t,
+            &format!("kakehashi_events_acked_total{{subscription=\"{sub}\",department=\"mhlw\"}}"),
+        );
         let lag = sample(
             &t,
             &format!("kakehashi_subscription_lag_events{{subscription=\"{sub}\",state=\"unacked\"}}"),
@@ -73,10 +76,19 @@ async fn metrics_count_every_outcome_and_report_lag() {
         (acked == Some(3.0) && lag == Some(1.0)).then_some(t)
     })
     .await;
-    assert_eq!(sample(&text, &format!("kakehashi_events_validated_total{{type=\"{TYPE}\"}}")), Some(4.0));
-    assert_eq!(sample(&text, "kakehashi_events_dead_lettered_total{reason=\"schema_violation\"}"), Some(1.0));
     assert_eq!(
-        sample(&text, &format!("kakehashi_events_delivered_total{{subscription=\"{sub}\"}}")),
+        sample(&text, &format!("kakehashi_events_validated_total{{source=\"city-x\",type=\"{TYPE}\"}}")),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&text, "kakehashi_events_dead_lettered_total{reason=\"schema_violation\",source=\"city-x\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("kakehashi_events_delivered_total{{subscription=\"{sub}\",department=\"mhlw\"}}")
+        ),
         Some(4.0)
     );
     assert_eq!(sample(&text, "kakehashi_publish_to_validated_seconds_count"), Some(4.0));

@@ -2,7 +2,10 @@
 //! sends its own W3C trace context with `Publish`, and the spans of the adapter (publish), the
 //! validator (validate), delivery (deliver) and the subscriber's ack all arrive in that trace,
 //! each the child of the hop before. A dead-lettered event's trace ends at its validate span,
-//! whose status is ERROR with the dead-letter reason.
+//! whose status is ERROR with the dead-letter reason. Spans carry the kinds and `messaging.*`
+//! attributes of the OpenTelemetry messaging conventions (docs/architecture.md): publish is a
+//! PRODUCER, validate and deliver are CONSUMERs, ack is a CLIENT settling the message, and each
+//! gRPC call is a SERVER span.
 
 use kakehashi_proto::v1::{flows_client, publisher_client, Event, TraceEventRequest};
 use kakehashi_tests::bus::{self, Flow};
@@ -19,6 +22,17 @@ const CLIENT_STATE: &str = "congo=t61rcWkgMzE";
 const TYPE: &str = "otel.check.done";
 const FLOW: Flow =
     Flow { event_type: TYPE, policy: TYPE, producers: &["city-x"], reader: "mhlw", subscription: "otel" };
+/// A reader that never acks: its one delivery is dead-lettered as `delivery_exhausted`.
+const EXHAUSTED_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4799";
+const EXHAUSTED_SPAN: &str = "11f067aa0ba902c8";
+const POISON_TYPE: &str = "otel.poison.done";
+const POISON: Flow = Flow {
+    event_type: POISON_TYPE,
+    policy: POISON_TYPE,
+    producers: &["city-x"],
+    reader: "mhlw",
+    subscription: "poison",
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
@@ -74,7 +88,9 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
             let has = |t: &str, n: &str| spans.iter().any(|s| s.trace_id == t && s.name == n);
             let delivered = ["publish", "validate", "deliver", "ack"].iter().all(|n| has(CLIENT_TRACE, n));
             let rejected = ["publish", "validate"].iter().all(|n| has(REJECTED_TRACE, n));
-            let own = ["publish", "validate", "deliver", "ack"].iter().all(|n| has(&own_trace, n));
+            let own = ["kakehashi.v1.Publisher/Publish", "publish", "validate", "deliver", "ack"]
+                .iter()
+                .all(|n| has(&own_trace, n));
             (delivered && rejected && own).then_some(spans)
         }
     })
@@ -113,7 +129,80 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
         !spans.iter().any(|s| s.trace_id == REJECTED_TRACE && s.name == "deliver"),
         "a dead-lettered event is not delivered"
     );
-    assert_eq!(span(&own_trace, "publish").parent_span_id, "", "the bus's publish span is the root");
+    // Without a client context the trace starts at the adapter's SERVER span of the call.
+    let own_call = span(&own_trace, "kakehashi.v1.Publisher/Publish");
+    assert_eq!(own_call.parent_span_id, "", "the adapter's gRPC span is the root");
+    assert_eq!(span(&own_trace, "publish").parent_span_id, own_call.span_id, "publish is the call's child");
+
+    // Span kinds and messaging attributes (OpenTelemetry messaging conventions).
+    let call = span(CLIENT_TRACE, "kakehashi.v1.Publisher/Publish");
+    assert_eq!(call.parent_span_id, CLIENT_SPAN, "the gRPC call joins the client's trace");
+    assert_eq!(call.kind, "SPAN_KIND_SERVER", "{call:?}");
+    assert_eq!(call.attribute("rpc.system"), Some("grpc"), "{call:?}");
+    assert_eq!(call.attribute("rpc.service"), Some("kakehashi.v1.Publisher"), "{call:?}");
+    assert_eq!(call.attribute("rpc.method"), Some("Publish"), "{call:?}");
+    for (s, kind, operation) in [
+        (publish, "SPAN_KIND_PRODUCER", "send"),
+        (validate, "SPAN_KIND_CONSUMER", "process"),
+        (deliver, "SPAN_KIND_CONSUMER", "process"),
+        (acked, "SPAN_KIND_CLIENT", "settle"),
+        (r_validate, "SPAN_KIND_CONSUMER", "process"),
+    ] {
+        assert_eq!(s.kind, kind, "{}: {s:?}", s.name);
+        assert_eq!(s.attribute("messaging.system"), Some("nats"), "{}: {s:?}", s.name);
+        assert_eq!(s.attribute("messaging.operation.type"), Some(operation), "{}: {s:?}", s.name);
+    }
+    for s in [publish, validate, deliver, acked] {
+        assert_eq!(s.attribute("messaging.message.id"), Some(ack.event_id.as_str()), "{}: {s:?}", s.name);
+    }
+    let ingress = publish.attribute("messaging.destination.name").unwrap_or_default();
+    assert!(
+        ingress.starts_with("kh.in.city-x.") && ingress.ends_with(TYPE),
+        "publish names the ingress subject: {publish:?}"
+    );
+    assert_eq!(
+        validate.attribute("messaging.destination.name"),
+        Some(ingress),
+        "validate reads what publish sent"
+    );
+    assert!(
+        validate.attribute("messaging.consumer.group.name").is_some_and(|g| g.starts_with("validator-")),
+        "validate names its partition's durable consumer: {validate:?}"
+    );
+    assert_eq!(deliver.attribute("messaging.destination.name"), Some(format!("kh.ev.{TYPE}").as_str()));
+    assert_eq!(deliver.attribute("messaging.consumer.group.name"), Some("sub_mhlw_otel"), "{deliver:?}");
+    assert_eq!(r_validate.attribute("error.type"), Some("schema_violation"), "{r_validate:?}");
+    assert_eq!(validate.attribute("error.type"), None, "a validated event has no error.type");
+
+    // A delivery past max_deliveries is dead-lettered: its deliver span ends the trace with
+    // ERROR too, and is counted by trace backends' error filters like a rejected validate.
+    POISON
+        .prepare_with(&registry.endpoint(), r#"{"type":"object"}"#, |s| {
+            s.max_deliveries = 1;
+            s.ack_wait = bus::proto_duration(Duration::from_secs(1));
+        })
+        .await;
+    let mut poisoned = POISON.open(&registry.endpoint(), 4).await;
+    let sent = bus::traced_publish("city-x", POISON_TYPE, b"{}", EXHAUSTED_TRACE, EXHAUSTED_SPAN);
+    let poison = publisher.publish(sent).await.expect("publish").into_inner();
+    poisoned.expect_next("the only delivery, never acked", Duration::from_secs(20)).await;
+    let exhausted =
+        wait::until("the deliver span of the exhausted delivery", Duration::from_secs(30), || {
+            let spans = receiver.spans();
+            async move {
+                spans.into_iter().find(|s| {
+                    s.trace_id == EXHAUSTED_TRACE
+                        && s.name == "deliver"
+                        && s.status_code == "STATUS_CODE_ERROR"
+                })
+            }
+        })
+        .await;
+    assert_eq!(exhausted.kind, "SPAN_KIND_CONSUMER", "{exhausted:?}");
+    assert_eq!(exhausted.attribute("error.type"), Some("delivery_exhausted"), "{exhausted:?}");
+    assert!(exhausted.status_message.starts_with("delivery_exhausted: "), "{exhausted:?}");
+    assert_eq!(exhausted.attribute("messaging.message.id"), Some(poison.event_id.as_str()));
+    assert_eq!(exhausted.attribute("messaging.consumer.group.name"), Some("sub_mhlw_poison"));
 
     // The audit trail names the same trace as the exported spans, hop by hop.
     for (event_id, trace) in [(&ack.event_id, CLIENT_TRACE), (&own.event_id, own_trace.as_str())] {

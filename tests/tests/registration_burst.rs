@@ -51,6 +51,7 @@ async fn two_hundred_concurrent_registrations_on_two_instances_all_succeed() {
                 c.register_schema(RegisterSchemaRequest {
                     subject: SUBJECT.into(),
                     schema: schema.to_string(),
+                    ..Default::default()
                 })
                 .await
                 .map(|r| r.into_inner())

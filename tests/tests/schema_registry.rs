@@ -26,7 +26,9 @@ async fn register(
     subject: &str,
     schema: String,
 ) -> Result<RegisterSchemaResponse, tonic::Status> {
-    c.register_schema(RegisterSchemaRequest { subject: subject.into(), schema }).await.map(|r| r.into_inner())
+    c.register_schema(RegisterSchemaRequest { subject: subject.into(), schema, ..Default::default() })
+        .await
+        .map(|r| r.into_inner())
 }
 
 #[tokio::test]
@@ -280,6 +282,7 @@ async fn compatibility_modes_apply_per_subject_and_report_every_problem_with_poi
             subject: "compat.case".into(),
             schema: breaking.clone(),
             version: 0,
+            ..Default::default()
         })
         .await
         .expect("check")
@@ -344,6 +347,7 @@ async fn compatibility_modes_apply_per_subject_and_report_every_problem_with_poi
             subject: "compat.t".into(),
             schema: candidate.clone(),
             version: 0,
+            ..Default::default()
         })
         .await
         .expect("check")
@@ -360,6 +364,7 @@ async fn compatibility_modes_apply_per_subject_and_report_every_problem_with_poi
             subject: "compat.t".into(),
             schema: candidate,
             version: 0,
+            ..Default::default()
         })
         .await
         .expect("check")

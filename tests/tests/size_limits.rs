@@ -71,7 +71,7 @@ async fn an_8_mb_schema_is_refused_by_the_registry_naming_max_schema_bytes() {
     let mut c = SchemaRegistryClient::connect(registry.endpoint()).await.expect("connect registry");
     let schema = json!({"type": "object", "description": "x".repeat(8 * MB)}).to_string();
     let refused = c
-        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema })
+        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema, ..Default::default() })
         .await
         .expect_err("over max_schema_bytes");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
@@ -99,12 +99,20 @@ async fn requests_over_max_request_bytes_are_refused_by_the_transport_naming_the
     let schema = |bytes: usize| json!({"type": "object", "description": "x".repeat(bytes)}).to_string();
 
     let ours = c
-        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema(MB) })
+        .register_schema(RegisterSchemaRequest {
+            subject: TYPE.into(),
+            schema: schema(MB),
+            ..Default::default()
+        })
         .await
         .expect_err("over max_schema_bytes");
     assert_eq!(ours.code(), Code::ResourceExhausted, "under the bound the service answers: {ours:?}");
     let absurd = c
-        .register_schema(RegisterSchemaRequest { subject: TYPE.into(), schema: schema(3 * MB) })
+        .register_schema(RegisterSchemaRequest {
+            subject: TYPE.into(),
+            schema: schema(3 * MB),
+            ..Default::default()
+        })
         .await
         .expect_err("over max_request_bytes");
     assert_eq!(absurd.code(), Code::OutOfRange, "{absurd:?}");

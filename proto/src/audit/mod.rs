@@ -135,6 +135,8 @@ pub struct AuditWriter {
     tx: mpsc::Sender<AuditRecord>,
     actor: String,
     chain: String,
+    /// When the anchored head last matched the stored chain (Unix µs; 0 = not yet), for metrics.
+    anchored: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl AuditWriter {
@@ -146,9 +148,26 @@ impl AuditWriter {
         let (tx, rx) = mpsc::channel(topology.audit_queue.max(1));
         let anchor_every = std::time::Duration::from_millis(topology.audit_anchor_ms);
         let chain = now_us().to_string();
-        let anchor = writer::Anchor::new(heads, actor.clone(), chain.clone(), anchor_every);
+        let anchored = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let anchor = writer::Anchor::new(heads, actor.clone(), chain.clone(), anchor_every, anchored.clone());
         tokio::spawn(writer::write_loop(js, anchor, rx));
-        Self { tx, actor, chain }
+        Self { tx, actor, chain, anchored }
+    }
+
+    /// Records waiting in the queue to be written.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Records the queue holds at most (`topology.audit_queue`).
+    pub fn queue_capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
+    /// When the anchored chain head last matched the stored chain, in Unix µs (0 = not yet):
+    /// its age is how much of the newest trail could vanish undetected.
+    pub fn anchored_at_us(&self) -> i64 {
+        self.anchored.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The actor this writer records as.

@@ -135,13 +135,22 @@ pub(super) struct Anchor {
     actor: String,
     chain: String,
     every: std::time::Duration,
+    /// When the anchored head last matched the stored prefix (Unix µs), for metrics.
+    current_at: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Anchor {
     /// Anchoring of `actor`'s chain `chain` in `heads`, every `every`.
-    pub(super) fn new(heads: kv::Store, actor: String, chain: String, every: std::time::Duration) -> Self {
+    pub(super) fn new(
+        heads: kv::Store,
+        actor: String,
+        chain: String,
+        every: std::time::Duration,
+        current_at: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    ) -> Self {
         let key = head_key(&chain_name(&actor, &chain));
-        Self { heads, key, actor, chain, every: every.max(std::time::Duration::from_millis(10)) }
+        let every = every.max(std::time::Duration::from_millis(10));
+        Self { heads, key, actor, chain, every, current_at }
     }
 
     /// Puts the head whenever it moved, every `every`; once the writer is gone, puts the last.
@@ -155,6 +164,10 @@ impl Anchor {
             let (seq, hash, time_us) = head.borrow_and_update().clone();
             if seq != anchored && self.put(seq, hash, time_us).await {
                 anchored = seq;
+            }
+            // Current when nothing stored is left unanchored (an idle chain stays current).
+            if seq == anchored {
+                self.current_at.store(now_us(), std::sync::atomic::Ordering::Relaxed);
             }
             if writer_gone {
                 return;

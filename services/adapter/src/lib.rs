@@ -5,6 +5,7 @@
 //! - [`config`]: the typed configuration.
 //! - [`envelope`]: defaults, limits and the NATS message of an event.
 //! - [`publisher`]: the gRPC service.
+//! - [`cloudevent`]: `PublishCloudEvent`'s CloudEvent (JSON or protobuf format) as an `Event`.
 //! - [`schemas`]: the adapter's mirror of the registered schema subjects (`KH_SCHEMAS`).
 //! - [`sdk`]: the adapter SDK — connect as a department, turn records into events, publish
 //!   with retries, pipelined (`docs/adapters.md`).
@@ -15,6 +16,7 @@
 //! [`run`] is the whole service; `main.rs` only parses arguments and calls it (or
 //! [`import::run`] for `ingest`).
 
+pub mod cloudevent;
 pub mod config;
 pub mod envelope;
 pub mod import;
@@ -98,6 +100,8 @@ pub async fn run(
         &config.topology,
     );
     let metrics = kakehashi_proto::metrics::Registry::new();
+    kakehashi_proto::process_metrics::register(&metrics, "adapter", js.client(), audit.clone());
+    let grpc_metrics = kakehashi_proto::grpc::GrpcMetrics::new(&metrics);
     let identities = kakehashi_proto::identity::Identities::new(config.credentials.clone(), Vec::new())
         .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()));
     identities.log_mode("adapter", config.grpc_tls.as_ref());
@@ -124,13 +128,14 @@ pub async fn run(
         kakehashi_proto::grpc::max_decoding_bytes(config.max_request_bytes, config.max_payload_bytes);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "adapter serving");
     server
+        .trace_fn(kakehashi_proto::grpc::server_span)
         .layer(kakehashi_proto::identity::peer_cert_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(
+        .add_service(grpc_metrics.wrap(
             v1::publisher_server::PublisherServer::new(service).max_decoding_message_size(max_decoding),
-        )
+        ))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await?;
     let _ = stop_tx.send(true);

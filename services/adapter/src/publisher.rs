@@ -20,7 +20,7 @@ use kakehashi_proto::identity::Identities;
 use kakehashi_proto::metrics::{CounterVec, Registry};
 use kakehashi_proto::telemetry;
 use kakehashi_proto::v1::publisher_server::Publisher;
-use kakehashi_proto::v1::{Event, PublishAck, PublishError};
+use kakehashi_proto::v1::{Event, PublishAck, PublishCloudEventRequest, PublishError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -124,9 +124,17 @@ impl PublisherService {
     /// Starts one publish inside a `publish` span (child of the caller's trace context); once
     /// confirmed, the event is counted and its `published` hop recorded.
     async fn start(&self, event: Event) -> AckFuture {
+        // PRODUCER (`send`): its context is the creation context the next hops continue from.
         let span = tracing::info_span!(
             "kakehashi.publish",
             otel.name = "publish",
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.name =
+                %kakehashi_proto::subjects::ingress(&event.source, &event.r#type, &event.subject),
+            messaging.message.id = %event.id,
             event_id = %event.id,
             source = %event.source,
             trace_id = tracing::field::Empty
@@ -257,6 +265,16 @@ impl Publisher for PublisherService {
             Some(e) => Err(Status::unavailable(e.message)),
             None => Ok(Response::new(ack)),
         }
+    }
+
+    async fn publish_cloud_event(
+        &self,
+        request: Request<PublishCloudEventRequest>,
+    ) -> Result<Response<PublishAck>, Status> {
+        let (metadata, extensions, request) = request.into_parts();
+        // Mapped onto an `Event`, then exactly `Publish`: the source must be the caller.
+        let event = crate::cloudevent::to_event(request).map_err(|r| r.to_status())?;
+        self.publish(Request::from_parts(metadata, extensions, event)).await
     }
 
     type PublishStreamStream = Pin<Box<dyn Stream<Item = Result<PublishAck, Status>> + Send>>;

@@ -1,5 +1,10 @@
-//! A schema catalogue on disk (`<dir>/<subject>/<version>.json`, examples under
-//! `<subject>/examples/`), ordered so every schema comes after the schemas it `$ref`s.
+//! A schema catalogue on disk (`<dir>/<subject>/<version>.json`, or `<version>.proto` for a
+//! protobuf subject; examples under `<subject>/examples/`), ordered so every schema comes after
+//! the schemas it `$ref`s or imports.
+//!
+//! A catalogue `.proto` names its payload message in a `// payload: <full name>` line, is
+//! registered as the file `<subject>/<version>.proto`, and imports another catalogue protobuf
+//! subject by that name (`import "common.person.pb/1.proto";`), which becomes a reference.
 
 use crate::error::CtlError;
 use kakehashi_registry::store::record::external_refs;
@@ -19,6 +24,42 @@ pub struct Entry {
     pub text: String,
     /// Schemas it references, as (subject, version).
     pub refs: Vec<(String, u32)>,
+    /// Protobuf: the payload message's full name (`None` for a JSON Schema).
+    pub protobuf: Option<String>,
+}
+
+/// The name a catalogue `.proto` is registered (and imported) under.
+pub fn proto_file_name(subject: &str, version: u32) -> String {
+    format!("{subject}/{version}.proto")
+}
+
+/// The payload message (`// payload: <name>`) and the catalogue imports of a `.proto` file.
+fn proto_header(path: &Path, text: &str) -> Result<(String, Vec<(String, u32)>), CtlError> {
+    let mut message = None;
+    let mut refs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("// payload:") {
+            message = Some(m.trim().to_string());
+        }
+        let import = line.strip_prefix("import").map(str::trim).and_then(|l| l.strip_suffix(';'));
+        if let Some(name) = import.map(|l| l.trim().trim_matches('"')) {
+            let parsed = name.strip_suffix(".proto").and_then(|n| n.rsplit_once('/'));
+            if let Some((subject, version)) = parsed {
+                if let (true, Ok(version)) =
+                    (kakehashi_proto::ident::is_valid_event_type(subject), version.parse())
+                {
+                    refs.push((subject.to_string(), version));
+                }
+            }
+        }
+    }
+    let message = message.ok_or_else(|| CtlError::BadFile {
+        path: path.to_path_buf(),
+        message: "a catalogue .proto names its payload message in a `// payload: <full name>` line".into(),
+    })?;
+    refs.sort();
+    refs.dedup();
+    Ok((message, refs))
 }
 
 /// One example payload and what its name says it should do.
@@ -46,21 +87,26 @@ pub fn read(dir: &Path) -> Result<Vec<Entry>, CtlError> {
             std::fs::read_dir(sub.path()).map_err(|source| CtlError::Read { path: sub.path(), source })?;
         for f in files.flatten() {
             let path = f.path();
-            let Some(version) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(|v| v.parse::<u32>().ok())
-            else {
-                continue;
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let (stem, is_proto) = match (name.strip_suffix(".json"), name.strip_suffix(".proto")) {
+                (Some(stem), _) => (stem, false),
+                (_, Some(stem)) => (stem, true),
+                _ => continue,
             };
+            let Ok(version) = stem.parse::<u32>() else { continue };
             let text = crate::error::read(&path)?;
-            let value: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| CtlError::BadFile { path: path.clone(), message: format!("not JSON: {e}") })?;
-            let refs = external_refs(&value);
+            let (refs, protobuf) = if is_proto {
+                let (message, refs) = proto_header(&path, &text)?;
+                (refs, Some(message))
+            } else {
+                let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    CtlError::BadFile { path: path.clone(), message: format!("not JSON: {e}") }
+                })?;
+                (external_refs(&value), None)
+            };
             entries.insert(
                 (subject.clone(), version),
-                Entry { subject: subject.clone(), version, path, text, refs },
+                Entry { subject: subject.clone(), version, path, text, refs, protobuf },
             );
         }
     }

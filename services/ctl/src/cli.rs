@@ -264,12 +264,14 @@ pub struct DevArgs {
 /// `kakehashi schema …`.
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
-    /// Register a schema file under a subject.
+    /// Register a schema under a subject: a JSON Schema file, or `.proto` files with
+    /// `--type protobuf --message <full name>`.
     Register {
         /// Subject (event type).
         subject: String,
-        /// JSON Schema file.
-        file: PathBuf,
+        /// The schema.
+        #[command(flatten)]
+        source: SchemaSource,
     },
     /// Show a version (latest by default) or a schema by global id.
     Get {
@@ -296,12 +298,13 @@ pub enum SchemaCommand {
         #[arg(long)]
         include_deleted: bool,
     },
-    /// Check a schema file's compatibility with a subject, with the reasons.
+    /// Check a candidate schema's compatibility with a subject, with the reasons.
     Check {
         /// Subject.
         subject: String,
-        /// Candidate JSON Schema file.
-        file: PathBuf,
+        /// The candidate.
+        #[command(flatten)]
+        source: SchemaSource,
         /// Only against this version (0 = as the mode requires).
         #[arg(long, default_value_t = 0)]
         version: u32,
@@ -313,7 +316,7 @@ pub enum SchemaCommand {
     Validate {
         /// Subject.
         subject: String,
-        /// JSON payload file.
+        /// Payload file: JSON, or protobuf bytes for a protobuf subject.
         file: PathBuf,
         /// Version (0 = latest).
         #[arg(long, default_value_t = 0)]
@@ -329,11 +332,43 @@ pub enum SchemaCommand {
         #[arg(long)]
         permanent: bool,
     },
-    /// Load a whole catalogue directory (`<subject>/<version>.json`) in dependency order.
+    /// Print the JSON Schema of a protobuf subject's canonical JSON form (for JSON-only tools).
+    DeriveJson {
+        /// Subject (a PROTOBUF one).
+        subject: String,
+        /// Version (0 = latest).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Load a whole catalogue directory (`<subject>/<version>.json` or `.proto`) in dependency order.
     Load {
         /// Catalogue directory.
         dir: PathBuf,
     },
+}
+
+/// A schema given on the command line: one JSON Schema file, or `.proto` files.
+#[derive(Debug, clap::Args)]
+pub struct SchemaSource {
+    /// The JSON Schema file, or the `.proto` files.
+    #[arg(required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Schema type: json or protobuf.
+    #[arg(long = "type", default_value = "json", value_parser = ["json", "protobuf"])]
+    pub schema_type: String,
+    /// Protobuf: the fully-qualified name of the payload message.
+    #[arg(long)]
+    pub message: Option<String>,
+    /// Protobuf: a registered protobuf version whose files are imported (repeatable).
+    #[arg(long = "ref", value_name = "SUBJECT/VERSION")]
+    pub references: Vec<String>,
+    /// Protobuf: files are named (as imports spell them) relative to this directory; default:
+    /// their file names.
+    #[arg(long)]
+    pub proto_root: Option<PathBuf>,
+    /// Protobuf: accept payloads carrying fields the schema does not declare.
+    #[arg(long)]
+    pub allow_unknown_fields: bool,
 }
 
 /// `kakehashi schema compat …`.
@@ -398,6 +433,10 @@ pub enum SubCommand {
         /// Start with all retained events, not only new ones.
         #[arg(long)]
         from_start: bool,
+        /// Form of protobuf-typed payloads: application/json or application/protobuf
+        /// (default: as published).
+        #[arg(long, default_value = "")]
+        content_type: String,
     },
     /// List subscriptions.
     List {

@@ -13,12 +13,12 @@ use crate::validator::reason::Reason;
 use async_nats::jetstream::{self, consumer, message::Acker, AckKind};
 use futures::{Stream, StreamExt};
 use kakehashi_proto::audit::{AuditRecord, AuditWriter};
+use kakehashi_proto::cloudevents::binary::{envelope_bytes, from_events_message};
 use kakehashi_proto::identity::Identities;
 use kakehashi_proto::metrics::{Counter, Histogram};
 use kakehashi_proto::subjects;
 use kakehashi_proto::telemetry;
 use kakehashi_proto::v1::{subscribe_request, EventDelivery, SubscribeRequest};
-use prost::Message as _;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -127,6 +127,9 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
         // instance) left unacked is handed out again now, before anything newer, instead of
         // after its ack wait. The reset restarts NATS's delivery counts; the repeat marks
         // below still flag those events.
+        // The consumer's last delivery sequence as this stream starts: a delivery NATS makes
+        // to anyone else from now on (a dead stream's pull request) shows as a jump.
+        let mut last_delivery = consumer.cached_info().delivered.consumer_sequence;
         if consumer.cached_info().num_ack_pending > 0 {
             if consumer.cached_info().num_waiting > 0 {
                 tokio::time::sleep(PULL_EXPIRY + Duration::from_millis(100)).await;
@@ -136,10 +139,12 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
                 .get_stream(subjects::STREAM_EVENTS)
                 .await
                 .map_err(|e| Status::unavailable(format!("KH_EVENTS: {e}")))?;
-            stream
+            let reset = stream
                 .reset_consumer(&consumer_name, None)
                 .await
                 .map_err(|e| Status::unavailable(format!("subscription consumer reset: {e}")))?;
+            // A reset restarts the consumer's delivery sequence.
+            last_delivery = reset.info.delivered.consumer_sequence;
         }
         let marks = crate::repeats::RepeatMarks::open(self.subscriptions.bucket().clone(), &consumer_name)
             .await
@@ -148,18 +153,19 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
         let session = Session {
             js: self.js.clone(),
             consumer_name: consumer_name.clone(),
+            delivered: self.metrics.delivered.with(&[&consumer_name, &sub.department]),
+            acked: self.metrics.acked.with(&[&consumer_name, &sub.department]),
             sub,
             privacy: self.privacy.clone(),
             audit: self.audit.clone(),
-            delivered: self.metrics.delivered.with(&[&consumer_name]),
-            acked: self.metrics.acked.with(&[&consumer_name]),
             latency: self.metrics.validated_to_acked.with(&[&consumer_name]),
+            dead_lettered: self.metrics.dead_lettered.clone(),
             actor: self.actor.clone(),
             in_flight,
             tx,
             _claim: claim,
         };
-        tokio::spawn(session.run(consumer, requests, marks));
+        tokio::spawn(session.run(consumer, requests, marks, last_delivery));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
@@ -267,6 +273,8 @@ struct Session {
     delivered: Counter,
     acked: Counter,
     latency: Histogram,
+    /// Dead letters by reason and source (`delivery_exhausted`, undecodable stored events).
+    dead_lettered: kakehashi_proto::metrics::CounterVec,
     actor: String,
     in_flight: usize,
     tx: mpsc::Sender<Result<EventDelivery, Status>>,
@@ -280,12 +288,16 @@ impl Session {
         consumer: consumer::PullConsumer,
         mut requests: Streaming<SubscribeRequest>,
         mut marks: crate::repeats::RepeatMarks,
+        last_delivery: u64,
     ) {
         let mut unacked = Window::default();
         let mut next_id: u64 = 1;
-        // Consumer sequence of the last delivery NATS made to this stream: a jump means
-        // deliveries were lost on the way (a node died with them in flight).
-        let mut last_delivery: Option<u64> = None;
+        // Consumer sequence of the last delivery NATS made (to this stream, or as the stream
+        // opened or reset): a jump means deliveries were lost on the way (a node died with them
+        // in flight, or NATS handed them to a pull request nobody reads any more). Checked from
+        // the first delivery on: an unchecked first delivery after a reset let a delivery lost
+        // to a stale pull request come back only after the ack wait, behind newer events.
+        let mut last_delivery: Option<u64> = Some(last_delivery);
         'session: loop {
             let want = self.in_flight.saturating_sub(unacked.len());
             if want == 0 {
@@ -308,27 +320,40 @@ impl Session {
                     continue;
                 }
             };
+            // async-nats ends a fetch whose server never answers (the consumer leader's node
+            // died with the pull request) only 5 s after the request expired: measured as 7.7 s
+            // without deliveries after such a kill. Pull again one second after the server
+            // went quiet past the expiry instead, so a new leader is asked once there is one;
+            // anything the dropped request still took shows as a jump and is reset.
+            let quiet = tokio::time::sleep(PULL_EXPIRY + Duration::from_secs(1));
+            tokio::pin!(quiet);
             loop {
                 tokio::select! {
+                    _ = &mut quiet => break,
                     m = batch.next() => match m {
                         Some(Ok(msg)) => {
                             let delivery = msg.info().map(|i| i.consumer_sequence).ok();
                             if let (Some(last), Some(got)) = (last_delivery, delivery) {
                                 if got > last + 1 {
                                     // Newer events must not overtake the lost ones: drop this
-                                    // batch and have everything unacked handed out again.
-                                    self.reset_after_loss(last, got).await;
-                                    last_delivery = None;
-                                    break;
+                                    // batch (so its pull request takes nothing more) and have
+                                    // everything unacked handed out again.
+                                    drop(batch);
+                                    last_delivery = self.reset_after_loss(&consumer, last, got).await;
+                                    continue 'session;
                                 }
                             }
                             last_delivery = delivery.or(last_delivery);
-                            if !self.deliver(msg, &mut next_id, &mut unacked, &mut marks).await {
+                            if !self.deliver(msg, &mut next_id, &mut unacked, &mut marks, &mut requests).await {
                                 break 'session;
                             }
+                            quiet.as_mut().reset(tokio::time::Instant::now() + PULL_EXPIRY + Duration::from_secs(1));
                         }
                         Some(Err(e)) => {
+                            // E.g. no responders while the consumer has no leader: pull again
+                            // shortly, not in a tight loop (thousands a second were seen).
                             tracing::debug!(error = %e, "fetch batch ended");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                             break;
                         }
                         None => break,
@@ -352,25 +377,39 @@ impl Session {
     /// and would resend them only after the ack wait, behind newer events). Resets the
     /// consumer to its ack floor, so everything unacked is delivered again now, in stream
     /// order; what the department may have seen is marked by the repeat marks.
-    async fn reset_after_loss(&self, last: u64, got: u64) {
+    /// Returns the consumer's delivery sequence after the reset (the reset restarts it), to
+    /// check the next delivery against; `None` when the reset failed.
+    async fn reset_after_loss(&self, consumer: &consumer::PullConsumer, last: u64, got: u64) -> Option<u64> {
         tracing::warn!(subscription = %self.sub.name, last, got, "deliveries lost in transit; resetting the subscription to its ack floor to keep order");
+        // A pull request nobody reads (a dead stream's, or one whose interest NATS has not
+        // dropped yet) would take the first deliveries after the reset and lose them again:
+        // let such requests expire first, as a stream opening after a crash does.
+        let mut consumer = consumer.clone();
+        if consumer.info().await.is_ok_and(|i| i.num_waiting > 0) {
+            tokio::time::sleep(PULL_EXPIRY + Duration::from_millis(100)).await;
+        }
+        let began = std::time::Instant::now();
         for attempt in 1..=10 {
             let reset = match self.js.get_stream(subjects::STREAM_EVENTS).await {
                 Ok(stream) => stream
                     .reset_consumer(&self.consumer_name, None)
                     .await
-                    .map(drop)
+                    .map(|r| r.info.delivered.consumer_sequence)
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match reset {
-                Ok(()) => return,
+                Ok(delivered) => {
+                    tracing::info!(subscription = %self.sub.name, attempt, took_ms = began.elapsed().as_millis() as u64, "subscription reset to its ack floor");
+                    return Some(delivered);
+                }
                 Err(e) if attempt == 10 => {
                     tracing::error!(subscription = %self.sub.name, error = %e, "subscription reset failed; the lost deliveries come back after the ack wait, possibly after newer events");
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
+        None
     }
 
     /// Sends one event to the client; false when the client is gone.
@@ -380,6 +419,7 @@ impl Session {
         next_id: &mut u64,
         unacked: &mut Window,
         marks: &mut crate::repeats::RepeatMarks,
+        requests: &mut Streaming<SubscribeRequest>,
     ) -> bool {
         let (attempt, seq) =
             msg.info().map(|i| (i.delivered.max(1) as u32, i.stream_sequence)).unwrap_or((1, 0));
@@ -389,9 +429,15 @@ impl Session {
             .and_then(|h| h.get(subjects::HEADER_SCHEMA_VERSION))
             .and_then(|v| v.as_str().parse().ok())
             .unwrap_or(0);
-        let event = kakehashi_proto::v1::Event::decode(msg.payload.as_ref())
-            .map_err(|e| Withheld::Broken(format!("stored event undecodable: {e}")))
-            .and_then(|e| self.for_reader(e, schema_version));
+        // A binary-mode CloudEvent, or an Event envelope stored before (kakehashi_proto::cloudevents).
+        let event = from_events_message(msg.headers.as_ref(), &msg.payload)
+            .map_err(|e| Withheld::Broken(e.to_string()))
+            .and_then(|e| self.for_reader(e, schema_version))
+            .and_then(|e| {
+                // The reader's chosen form (protobuf ↔ canonical JSON), after pseudonymising.
+                let (store, wanted) = (&self.privacy.store, &self.sub.content_type);
+                crate::protobuf::in_reader_form(store, e, schema_version, wanted).map_err(Withheld::Broken)
+            });
         let validated_at = msg.info().map(|i| i.published).ok();
         let (msg, acker) = msg.split();
         if let Err(Withheld::NotPermitted) = event {
@@ -399,7 +445,7 @@ impl Session {
             tracing::warn!(subscription = %self.sub.name, "event withheld: the policy no longer lets the reader read it");
             unacked.forget(seq);
             let _ = acker.ack_with(AckKind::Term).await;
-            if let Ok(e) = kakehashi_proto::v1::Event::decode(msg.payload.as_ref()) {
+            if let Ok(e) = from_events_message(msg.headers.as_ref(), &msg.payload) {
                 let mut r = AuditRecord::hop(&e, "withheld", "rejected");
                 r.detail = "reader no longer permitted".into();
                 r.department = self.sub.department.clone();
@@ -416,12 +462,22 @@ impl Session {
                     format!("not acked after {} deliveries to {}", self.sub.max_deliveries, self.sub.name),
                 ),
             };
+            // This hop's span ends the trace with ERROR, as validate's does for its dead letters.
+            let event_id = event.as_ref().map_or("", |e| e.id.as_str());
+            let span = self.deliver_span(&msg.subject, event_id, attempt);
+            let context = event.as_ref().ok().map(|e| &e.extensions);
+            telemetry::adopt(&span, telemetry::context_from(msg.headers.as_ref(), context));
+            span.record("error.type", reason.code());
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", format!("{}: {message}", reason.code()).as_str());
+            let source = event.as_ref().map_or("unknown", |e| e.source.as_str());
+            let dead_lettered = self.dead_lettered.with(&[reason.code(), source]);
             let out = dead_letter::build(dead_letter::Details {
                 reason,
                 message,
                 violations: Vec::new(),
                 original_subject: &msg.subject,
-                raw: &msg.payload,
+                raw: &envelope_bytes(msg.headers.as_ref(), &msg.payload),
                 event: event.as_ref().ok(),
                 actor: &self.actor,
                 subscription: &self.consumer_name,
@@ -437,6 +493,7 @@ impl Session {
             };
             // Terminate only once the dead letter is stored; otherwise it comes back later.
             if confirmed {
+                dead_lettered.inc();
                 unacked.forget(seq);
                 let _ = acker.ack_with(AckKind::Term).await;
                 if let Ok(e) = &event {
@@ -451,25 +508,17 @@ impl Session {
         }
         let Ok(mut event) = event else { return true };
         // Every delivery the department may have seen before says so, whatever NATS counted.
-        let attempt = match marks.before_delivery(seq).await {
-            Ok(true) => attempt.max(2),
-            Ok(false) => attempt,
-            Err(e) => {
-                tracing::warn!(error = %e, subscription = %self.sub.name, "repeat mark not stored; the event is redelivered later");
-                let _ = acker.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
-                return true;
+        let attempt = match self.mark(seq, &acker, marks, requests, unacked).await {
+            Some(true) => attempt.max(2),
+            Some(false) => attempt,
+            None => {
+                let _ = acker.ack_with(AckKind::Nak(None)).await;
+                return false;
             }
         };
         let id = *next_id;
         *next_id += 1;
-        let span = tracing::info_span!(
-            "kakehashi.deliver",
-            otel.name = "deliver",
-            event_id = %event.id,
-            subscription = %self.consumer_name,
-            attempt,
-            trace_id = tracing::field::Empty
-        );
+        let span = self.deliver_span(&msg.subject, &event.id, attempt);
         telemetry::adopt(&span, telemetry::context_from(msg.headers.as_ref(), Some(&event.extensions)));
         span.record(
             "trace_id",
@@ -493,6 +542,76 @@ impl Session {
         true
     }
 
+    /// The `deliver` span of one event for this subscription: CONSUMER (`process`) of
+    /// `KH_EVENTS` through the subscription's durable consumer (docs/architecture.md).
+    fn deliver_span(&self, subject: &str, event_id: &str, attempt: u32) -> tracing::Span {
+        tracing::info_span!(
+            "kakehashi.deliver",
+            otel.name = "deliver",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.operation.name = "deliver",
+            messaging.destination.name = %subject,
+            messaging.destination.subscription.name = %self.sub.name,
+            messaging.consumer.group.name = %self.consumer_name,
+            messaging.message.id = %event_id,
+            event_id = %event_id,
+            subscription = %self.consumer_name,
+            attempt,
+            trace_id = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty
+        )
+    }
+
+    /// Raises the repeat mark before the event at `seq` is sent, retrying until it is stored:
+    /// `Some(repeat)`, or `None` when the client left meanwhile. Nothing newer goes out while
+    /// the mark cannot be stored (`KH_CONFIG` without a leader after its node died): an event
+    /// nacked while the stream went on was overtaken by newer events of its key (docs/delivery.md,
+    /// "Cluster fault runs"). Client acks are handled and the event kept alive meanwhile.
+    async fn mark(
+        &self,
+        seq: u64,
+        acker: &Acker,
+        marks: &mut crate::repeats::RepeatMarks,
+        requests: &mut Streaming<SubscribeRequest>,
+        unacked: &mut Window,
+    ) -> Option<bool> {
+        let mut backoff = Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            match marks.before_delivery(seq).await {
+                Ok(repeat) => {
+                    if warned {
+                        tracing::info!(subscription = %self.sub.name, seq, "repeat mark stored; delivery goes on");
+                    }
+                    return Some(repeat);
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(error = %e, subscription = %self.sub.name, seq, "repeat mark not stored; holding delivery until it is");
+                        warned = true;
+                    }
+                    let _ = acker.ack_with(AckKind::Progress).await;
+                    let pause = tokio::time::sleep(backoff);
+                    tokio::pin!(pause);
+                    loop {
+                        tokio::select! {
+                            _ = &mut pause => break,
+                            r = requests.message() => match r {
+                                Ok(Some(r)) => self.handle(r, unacked).await,
+                                _ => return None,
+                            },
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
     /// The event as this reader may see it: read permission checked, personal identifiers
     /// pseudonymised unless the policy grants them raw. Fails closed.
     fn for_reader(
@@ -509,6 +628,19 @@ impl Session {
             return Ok(event);
         }
         let subject = if event.schema.is_empty() { event.r#type.clone() } else { event.schema.clone() };
+        // A protobuf subject's My Numbers (bytes or proto3 JSON) are found through its descriptors.
+        use crate::protobuf::Pseudonymised;
+        let (data, form) = (&event.data, &event.data_content_type);
+        match crate::protobuf::pseudonymise(&p.store, &subject, schema_version, data, form, &p.secret, dept)
+            .map_err(Withheld::Broken)?
+        {
+            Pseudonymised::NotProtobuf => {}
+            Pseudonymised::Unchanged => return Ok(event),
+            Pseudonymised::Replaced(data) => {
+                event.data = data;
+                return Ok(event);
+            }
+        }
         let paths = p
             .store
             .pii_paths(&subject, schema_version)
@@ -528,8 +660,7 @@ impl Session {
             Some(subscribe_request::Request::Ack(a)) => {
                 for id in a.delivery_ids {
                     if let Some(f) = unacked.take(id) {
-                        let ack_span =
-                            tracing::info_span!(parent: &f.span, "kakehashi.ack", otel.name = "ack");
+                        let ack_span = settle_span(&f.span, "ack", &f.record.event_id);
                         // Plain (pipelined) ack: a lost ack means a redelivery, which the
                         // audit trail then shows as another "delivered" hop.
                         match f.acker.ack().instrument(ack_span).await {
@@ -547,8 +678,7 @@ impl Session {
             }
             Some(subscribe_request::Request::Nack(n)) => {
                 if let Some(f) = unacked.take(n.delivery_id) {
-                    let nack_span =
-                        tracing::info_span!(parent: &f.span, "kakehashi.nack", otel.name = "nack");
+                    let nack_span = settle_span(&f.span, "nack", &f.record.event_id);
                     let delay = n.delay.and_then(|d| Duration::try_from(d).ok());
                     let _ = f.acker.ack_with(AckKind::Nak(delay)).instrument(nack_span).await;
                     let detail = delay.map(|d| format!("redeliver after {d:?}")).unwrap_or_default();
@@ -560,4 +690,19 @@ impl Session {
             }
         }
     }
+}
+
+/// The span of an ack or nack: CLIENT (`settle`: the registry settles the message with
+/// JetStream), child of the delivery it settles.
+fn settle_span(delivery: &tracing::Span, operation: &'static str, event_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        parent: delivery,
+        "kakehashi.settle",
+        otel.name = operation,
+        otel.kind = "client",
+        messaging.system = "nats",
+        messaging.operation.type = "settle",
+        messaging.operation.name = operation,
+        messaging.message.id = %event_id,
+    )
 }

@@ -4,10 +4,12 @@
 //! Layout:
 //! - [`config`]: the typed configuration.
 //! - [`store`]: versioned schemas in `KH_SCHEMAS`, cached, with compiled validators.
-//! - [`compat`]: the JSON Schema compatibility checker.
+//! - [`compat`]: the JSON Schema and protobuf compatibility checkers.
+//! - [`protobuf`]: protobuf schemas compiled at registration, protobuf payloads checked.
 //! - [`validator`]: `KH_INGRESS` → `KH_EVENTS` | `KH_DLQ`.
 //! - [`policy`], [`subscriptions`], [`delivery`]: who may do what, and the Subscribe stream.
 //! - [`api`]: the gRPC services.
+//! - [`redrive`]: dead letters read from `KH_DLQ` and put back on ingress (API and CLI).
 //!
 //! [`run`] is the whole service; `main.rs` only reads configuration and calls it, so tests run
 //! the real thing in-process on `127.0.0.1:0`.
@@ -20,6 +22,8 @@ pub mod delivery;
 pub mod metrics;
 pub mod pii;
 pub mod policy;
+pub mod protobuf;
+pub mod redrive;
 pub mod repeats;
 pub mod store;
 pub mod stream_claims;
@@ -126,8 +130,10 @@ pub async fn run_with(
         config.instance.clone(),
         &config.topology,
     );
-    let metrics = metrics::RegistryMetrics::new(store.clone());
-    metrics.watch_lag(js.clone(), subs.clone(), Duration::from_secs(5));
+    let metrics = metrics::RegistryMetrics::new();
+    metrics.watch_lag(js.clone(), subs.clone(), store.clone(), Duration::from_secs(5));
+    kakehashi_proto::process_metrics::register(&metrics.registry, "registry", js.client(), audit.clone());
+    let grpc_metrics = kakehashi_proto::grpc::GrpcMetrics::new(&metrics.registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_metrics = stop_rx.clone();
     // One set of limits for the validator and the dry run, so they cannot disagree.
@@ -160,12 +166,16 @@ pub async fn run_with(
     health.set_serving::<v1::subscriptions_server::SubscriptionsServer<api::subscriptions::SubscriptionsService>>().await;
     health.set_serving::<v1::policies_server::PoliciesServer<api::subscriptions::PoliciesService>>().await;
     health.set_serving::<v1::flows_server::FlowsServer<api::flows::FlowsService>>().await;
+    health
+        .set_serving::<v1::dead_letters_server::DeadLettersServer<api::dead_letters::DeadLettersService>>()
+        .await;
     const SERVED: &[&str] = &[
         "kakehashi.v1.SchemaRegistry",
         "kakehashi.v1.Delivery",
         "kakehashi.v1.Subscriptions",
         "kakehashi.v1.Policies",
         "kakehashi.v1.Flows",
+        "kakehashi.v1.DeadLetters",
     ];
     let reflection = kakehashi_proto::grpc::reflection_v1(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
@@ -189,6 +199,13 @@ pub async fn run_with(
         secret: Arc::from(config.pseudonym_secret.as_bytes()),
     };
     let flows = api::flows::FlowsService::new(js.clone(), identities.clone(), config.limits.max_audit_scan);
+    let dead_letters = api::dead_letters::DeadLettersService::new(
+        js.clone(),
+        identities.clone(),
+        store.clone(),
+        audit.clone(),
+        config.limits.max_audit_scan,
+    );
     let delivery = delivery::DeliveryService::new(
         js.clone(),
         identities.clone(),
@@ -222,30 +239,41 @@ pub async fn run_with(
         config.limits.max_request_bytes,
         config.limits.max_schema_bytes.max(config.limits.max_payload_bytes),
     );
+    let dead_letters = grpc_metrics.wrap(
+        v1::dead_letters_server::DeadLettersServer::new(dead_letters).max_decoding_message_size(max_decoding),
+    );
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), instance = %config.instance, "registry serving");
+    // Our services, each call counted by method and status code.
+    let schema_registry = grpc_metrics.wrap(
+        v1::schema_registry_server::SchemaRegistryServer::new(registry)
+            .max_decoding_message_size(max_decoding),
+    );
+    let delivery = grpc_metrics
+        .wrap(v1::delivery_server::DeliveryServer::new(delivery).max_decoding_message_size(max_decoding));
+    let subscriptions = grpc_metrics.wrap(
+        v1::subscriptions_server::SubscriptionsServer::new(subscriptions)
+            .max_decoding_message_size(max_decoding),
+    );
+    let policies = grpc_metrics.wrap(
+        v1::policies_server::PoliciesServer::new(api::subscriptions::PoliciesService::new(
+            policies, identities,
+        ))
+        .max_decoding_message_size(max_decoding),
+    );
+    let flows =
+        grpc_metrics.wrap(v1::flows_server::FlowsServer::new(flows).max_decoding_message_size(max_decoding));
     let served = server
+        .trace_fn(kakehashi_proto::grpc::server_span)
         .layer(kakehashi_proto::identity::peer_cert_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(
-            v1::schema_registry_server::SchemaRegistryServer::new(registry)
-                .max_decoding_message_size(max_decoding),
-        )
-        .add_service(
-            v1::delivery_server::DeliveryServer::new(delivery).max_decoding_message_size(max_decoding),
-        )
-        .add_service(
-            v1::subscriptions_server::SubscriptionsServer::new(subscriptions)
-                .max_decoding_message_size(max_decoding),
-        )
-        .add_service(
-            v1::policies_server::PoliciesServer::new(api::subscriptions::PoliciesService::new(
-                policies, identities,
-            ))
-            .max_decoding_message_size(max_decoding),
-        )
-        .add_service(v1::flows_server::FlowsServer::new(flows).max_decoding_message_size(max_decoding))
+        .add_service(schema_registry)
+        .add_service(delivery)
+        .add_service(subscriptions)
+        .add_service(policies)
+        .add_service(flows)
+        .add_service(dead_letters)
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await;
     let _ = stop_tx.send(true);

@@ -65,7 +65,8 @@ impl RepeatMarks {
         }
     }
 
-    /// Stores `target` unless another stream stored a higher mark (compare-and-set).
+    /// Stores `target` unless another stream stored a higher mark (compare-and-set). Only a
+    /// lost race is tried again; any other failure (no leader, timeout) is returned as it is.
     async fn raise(&mut self, target: u64) -> Result<(), String> {
         for _ in 0..16 {
             match read(&self.kv, &self.key).await? {
@@ -74,30 +75,69 @@ impl RepeatMarks {
                     return Ok(());
                 }
                 Some((_, revision)) => {
-                    if self.kv.update(&self.key, target.to_string().into(), revision).await.is_ok() {
+                    match within(self.kv.update(&self.key, target.to_string().into(), revision))
+                        .await
+                        .map_err(|e| format!("{}: {e}", self.key))?
+                    {
+                        Ok(_) => {
+                            self.mark = target;
+                            return Ok(());
+                        }
+                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                        Err(e) => return Err(format!("{}: {e}", self.key)),
+                    }
+                }
+                None => match within(self.kv.create(&self.key, target.to_string().into()))
+                    .await
+                    .map_err(|e| format!("{}: {e}", self.key))?
+                {
+                    Ok(_) => {
                         self.mark = target;
                         return Ok(());
                     }
-                }
-                None => {
-                    if self.kv.create(&self.key, target.to_string().into()).await.is_ok() {
-                        self.mark = target;
-                        return Ok(());
-                    }
-                }
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(format!("{}: {e}", self.key)),
+                },
             }
         }
         Err(format!("{}: too many concurrent updates", self.key))
     }
 }
 
+/// The mark and its revision, read from the bucket's stream leader: a KV get is a direct get
+/// that any replica may answer, and a replica still catching up (a node just restarted)
+/// answers with an old mark, which would leave repeats unmarked at `open` and make every
+/// compare-and-set of `raise` fail.
 async fn read(kv: &kv::Store, key: &str) -> Result<Option<(u64, u64)>, String> {
-    match kv.entry(key).await {
-        Ok(Some(e)) if e.operation == kv::Operation::Put => {
-            let v = std::str::from_utf8(&e.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            Ok(Some((v, e.revision)))
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", kv.prefix);
+    match within(kv.stream.get_last_raw_message_by_subject(&subject))
+        .await
+        .map_err(|e| format!("{key}: {e}"))?
+    {
+        Ok(m) => {
+            let removed = m.headers.get(KV_OPERATION).is_some_and(|op| op.as_str() != "PUT");
+            if removed {
+                return Ok(None);
+            }
+            let v = std::str::from_utf8(&m.payload).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            Ok(Some((v, m.sequence)))
         }
-        Ok(_) => Ok(None),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(format!("{key}: {e}")),
     }
 }
+
+/// How long one mark read or write may take. Shorter than the JetStream request timeout (5 s):
+/// while the bucket has no leader every call fails only at its timeout, and a delivery held
+/// for its mark should notice the new leader within a second of its election.
+const MARK_CALL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `call`, unless it takes longer than [`MARK_CALL`].
+async fn within<T>(call: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(MARK_CALL, call).await.map_err(|_| format!("no answer within {MARK_CALL:?}"))
+}
+
+/// Header in which the KV layer marks a delete or purge (`DEL`, `PURGE`; absent or `PUT` for a
+/// value).
+const KV_OPERATION: &str = "KV-Operation";

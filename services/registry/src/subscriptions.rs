@@ -27,6 +27,10 @@ pub struct SubscriptionRecord {
     pub created_at: String,
     /// Start from all retained events rather than only new ones.
     pub deliver_all: bool,
+    /// Form of protobuf-typed payloads for this reader ("" = as published); records written
+    /// before the option existed have none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content_type: String,
 }
 
 impl SubscriptionRecord {
@@ -76,6 +80,11 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// The JetStream context the consumers live in (for their statistics).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     /// The `KH_CONFIG` bucket the subscriptions live in (delivery keeps its repeat marks there).
     pub fn bucket(&self) -> &kv::Store {
         &self.kv

@@ -32,6 +32,8 @@ const ISSUER: &str = kakehashi_issuer::service::config::DEFAULT_DEPARTMENT;
 const CITIZEN_PORTAL: &str = "mynaportal";
 /// Where the dev issuer serves its JWK Set (another free port if taken).
 const ISSUER_HTTPS: ([u8; 4], u16) = ([127, 0, 0, 1], 50443);
+/// Where the web console listens (plain HTTP: loopback only).
+const CONSOLE_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 50080);
 
 fn addr_of(endpoint: &str) -> Result<SocketAddr, CtlError> {
     endpoint
@@ -188,10 +190,31 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
     let adapter_listener = tokio::net::TcpListener::bind(adapter_addr)
         .await
         .map_err(|e| CtlError::Dev(format!("cannot listen on {adapter_addr}: {e}")))?;
+    // The web console, on loopback only (plain HTTP is refused anywhere else): people log in
+    // with a department's token from the token file; it has no credential of its own.
+    let console_listener = match tokio::net::TcpListener::bind(SocketAddr::from(CONSOLE_ADDR)).await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| CtlError::Dev(format!("cannot listen for the console: {e}")))?,
+    };
+    let console_addr =
+        console_listener.local_addr().map_err(|e| CtlError::Dev(format!("console listener: {e}")))?;
+    let console_cfg = kakehashi_console::config::ConsoleConfig {
+        listen_addr: console_addr,
+        registry_url: conn.registry.clone(),
+        ..Default::default()
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let console_stop = stopped(stop_rx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = kakehashi_console::run(console_cfg, console_listener, console_stop).await {
+            eprintln!("kakehashi: console: {e}");
+        }
+    });
     let registry =
         tokio::spawn(kakehashi_registry::run(registry_cfg, registry_listener, stopped(stop_rx.clone())));
     let adapter =
@@ -217,6 +240,7 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
         );
         println!("  adapter   {}  (Publisher; health; reflection)", conn.adapter);
         println!("  metrics   http://{}/metrics", args.metrics);
+        println!("  console   http://{console_addr}/  (web console: log in with a department's token from the gRPC token file below)");
         println!(
             "  issuer    {}  ({ISSUER}: /.well-known/jwks.json and /.well-known/crl/<kid>.json; CA {})",
             issuer_info.url,

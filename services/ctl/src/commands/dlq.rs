@@ -4,18 +4,13 @@ use crate::cli::{Conn, DlqCommand};
 use crate::error::CtlError;
 use crate::output::emit;
 use async_nats::jetstream::{self, consumer};
-use kakehashi_proto::subjects::STREAM_DLQ;
-use kakehashi_proto::v1::{DeadLetter, Event};
+use kakehashi_proto::v1::Event;
 use prost::Message as _;
 use serde_json::json;
 
-/// A dead letter with its place in the stream.
-pub struct Stored {
-    /// KH_DLQ sequence.
-    pub seq: u64,
-    /// The record.
-    pub letter: DeadLetter,
-}
+/// A dead letter with its place in the stream (shared with the registry's `DeadLetters` API).
+pub use kakehashi_registry::redrive::Stored;
+use kakehashi_registry::redrive::{self, Redriven};
 
 async fn connect(conn: &Conn) -> Result<jetstream::Context, CtlError> {
     Ok(jetstream::new(crate::nats_client::connect(conn).await?))
@@ -23,22 +18,7 @@ async fn connect(conn: &Conn) -> Result<jetstream::Context, CtlError> {
 
 /// Every dead letter on `filter` (a `kh.dlq.…` subject pattern), oldest first.
 pub async fn read_all(js: &jetstream::Context, filter: &str) -> Result<Vec<Stored>, CtlError> {
-    let (raw, _) = kakehashi_proto::streams::read(
-        js,
-        STREAM_DLQ,
-        filter,
-        consumer::DeliverPolicy::All,
-        usize::MAX,
-        std::time::Duration::from_secs(2),
-    )
-    .await
-    .map_err(CtlError::Nats)?;
-    Ok(raw
-        .into_iter()
-        .filter_map(|(seq, payload)| {
-            DeadLetter::decode(payload.as_ref()).ok().map(|letter| Stored { seq, letter })
-        })
-        .collect())
+    redrive::read_all(js, filter, usize::MAX).await.map_err(|e| CtlError::Nats(e.to_string()))
 }
 
 fn summary_json(s: &Stored) -> serde_json::Value {
@@ -86,16 +66,9 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
         }
         DlqCommand::Replay { seqs, reason, source, event_type, wait } => {
             let letters = if !seqs.is_empty() {
-                let stream = js.get_stream(STREAM_DLQ).await.map_err(|e| CtlError::Nats(e.to_string()))?;
                 let mut out = Vec::new();
                 for seq in seqs {
-                    let m = stream
-                        .get_raw_message(seq)
-                        .await
-                        .map_err(|e| CtlError::Nats(format!("KH_DLQ #{seq}: {e}")))?;
-                    let letter = DeadLetter::decode(m.payload.as_ref())
-                        .map_err(|e| CtlError::Nats(format!("KH_DLQ #{seq} is not a DeadLetter: {e}")))?;
-                    out.push(Stored { seq, letter });
+                    out.push(redrive::get(&js, seq).await.map_err(|e| CtlError::Nats(e.to_string()))?);
                 }
                 out
             } else if reason.is_some() || source.is_some() || event_type.is_some() {
@@ -117,13 +90,8 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
             replay(&js, letters, std::time::Duration::from_secs(wait), json_mode).await?;
         }
         DlqCommand::Show { seq } => {
-            let stream = js.get_stream(STREAM_DLQ).await.map_err(|e| CtlError::Nats(e.to_string()))?;
-            let m = stream
-                .get_raw_message(seq)
-                .await
-                .map_err(|e| CtlError::Nats(format!("KH_DLQ #{seq}: {e}")))?;
-            let letter = DeadLetter::decode(m.payload.as_ref())
-                .map_err(|e| CtlError::Nats(format!("KH_DLQ #{seq} is not a DeadLetter: {e}")))?;
+            let Stored { letter, .. } =
+                redrive::get(&js, seq).await.map_err(|e| CtlError::Nats(e.to_string()))?;
             let event = Event::decode(letter.raw.as_ref()).ok();
             let payload =
                 event.as_ref().and_then(|e| serde_json::from_slice::<serde_json::Value>(&e.data).ok());
@@ -171,27 +139,11 @@ async fn replay(
     let mut results = Vec::new();
     for s in &letters {
         let l = &s.letter;
-        if !l.original_subject.starts_with("kh.in.") {
-            results.push((s.seq, l.event_id.clone(), "skipped: only ingress rejections are replayed (this one was already validated and delivered to others)".to_string()));
-            continue;
-        }
-        // A replay id per dead letter: replaying the same letter twice is deduplicated, while
-        // the event's own id (already seen by ingress) would be.
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(l.raw.clone().into())
-            .message_id(format!("replay-dlq-{}", s.seq));
-        let ack = js
-            .send_publish(l.original_subject.clone(), publish)
-            .await
-            .map_err(|e| CtlError::Nats(e.to_string()))?
-            .await
-            .map_err(|e| CtlError::Nats(e.to_string()))?;
-        let outcome = if ack.duplicate {
-            "already replayed (deduplicated)".to_string()
-        } else if l.event_id.is_empty() {
-            "replayed (no event id to follow)".to_string()
-        } else {
-            follow(js, &l.event_id, started_us, wait).await
+        let outcome = match redrive::redrive(js, s).await.map_err(|e| CtlError::Nats(e.to_string()))? {
+            Redriven::Skipped(why) => format!("skipped: {why}"),
+            Redriven::Duplicate => "already replayed (deduplicated)".to_string(),
+            Redriven::Published if l.event_id.is_empty() => "replayed (no event id to follow)".to_string(),
+            Redriven::Published => follow(js, &l.event_id, started_us, wait).await,
         };
         results.push((s.seq, l.event_id.clone(), outcome));
     }

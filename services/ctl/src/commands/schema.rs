@@ -1,7 +1,7 @@
 //! `kakehashi schema …`.
 
 use crate::catalogue;
-use crate::cli::{CompatCommand, Conn, SchemaCommand};
+use crate::cli::{CompatCommand, Conn, SchemaCommand, SchemaSource};
 use crate::clients;
 use crate::error::{read, CtlError};
 use crate::output::emit;
@@ -24,12 +24,9 @@ fn parse_mode(s: &str) -> Result<CompatibilityMode, CtlError> {
 pub async fn run(conn: &Conn, json_mode: bool, cmd: SchemaCommand) -> Result<(), CtlError> {
     let mut c = clients::registry(conn).await?;
     match cmd {
-        SchemaCommand::Register { subject, file } => {
-            let schema = read(&file)?;
-            let r = c
-                .register_schema(RegisterSchemaRequest { subject: subject.clone(), schema })
-                .await?
-                .into_inner();
+        SchemaCommand::Register { subject, source } => {
+            let request = schema_request(&subject, &source)?;
+            let r = c.register_schema(request).await?.into_inner();
             emit(
                 json_mode,
                 json!({"subject": subject, "version": r.version, "id": r.id, "created": r.created, "warnings": r.warnings}),
@@ -51,6 +48,31 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SchemaCommand) -> Result<(),
                 .get_schema(GetSchemaRequest { subject, version, id: id.unwrap_or_default() })
                 .await?
                 .into_inner();
+            if r.schema_type == SchemaType::Protobuf as i32 {
+                let files: Vec<serde_json::Value> =
+                    r.proto_files.iter().map(|f| json!({"name": f.name, "content": f.content})).collect();
+                emit(
+                    json_mode,
+                    json!({"subject": r.subject, "version": r.version, "id": r.id, "deleted": r.deleted,
+                           "references": r.references, "schema_type": "PROTOBUF", "message": r.message_name,
+                           "allow_unknown_fields": r.allow_unknown_fields, "files": files}),
+                    || {
+                        let mut s = format!(
+                            "{} version {} (id {}){}: PROTOBUF, payload message {}",
+                            r.subject,
+                            r.version,
+                            r.id,
+                            if r.deleted { " [deleted]" } else { "" },
+                            r.message_name
+                        );
+                        for f in &r.proto_files {
+                            s.push_str(&format!("\n// ---- {}\n{}", f.name, f.content));
+                        }
+                        s
+                    },
+                );
+                return Ok(());
+            }
             let schema: serde_json::Value =
                 serde_json::from_str(&r.schema).unwrap_or(serde_json::Value::Null);
             emit(
@@ -79,10 +101,19 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SchemaCommand) -> Result<(),
                 r.versions.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
             });
         }
-        SchemaCommand::Check { subject, file, version } => {
-            let schema = read(&file)?;
+        SchemaCommand::Check { subject, source, version } => {
+            let r = schema_request(&subject, &source)?;
             let r = c
-                .check_compatibility(CheckCompatibilityRequest { subject, schema, version })
+                .check_compatibility(CheckCompatibilityRequest {
+                    subject,
+                    schema: r.schema,
+                    version,
+                    schema_type: r.schema_type,
+                    proto_files: r.proto_files,
+                    message_name: r.message_name,
+                    references: r.references,
+                    allow_unknown_fields: r.allow_unknown_fields,
+                })
                 .await?
                 .into_inner();
             let problems: Vec<serde_json::Value> = r
@@ -148,7 +179,8 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SchemaCommand) -> Result<(),
             });
         }
         SchemaCommand::Validate { subject, file, version } => {
-            let payload = read(&file)?.into_bytes();
+            let payload =
+                std::fs::read(&file).map_err(|source| CtlError::Read { path: file.clone(), source })?;
             let r = c
                 .validate_payload(ValidatePayloadRequest { subject: subject.clone(), version, payload })
                 .await?
@@ -197,8 +229,93 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SchemaCommand) -> Result<(),
             });
         }
         SchemaCommand::Load { dir } => load(&mut c, &dir, json_mode).await?,
+        SchemaCommand::DeriveJson { subject, version } => {
+            let r = c
+                .get_schema(GetSchemaRequest { subject: subject.clone(), version, id: 0 })
+                .await?
+                .into_inner();
+            if r.schema_type != SchemaType::Protobuf as i32 {
+                return Err(CtlError::Usage(format!(
+                    "{subject} version {} is not a protobuf schema",
+                    r.version
+                )));
+            }
+            let derived = kakehashi_registry::protobuf::derive::from_descriptor_set(
+                &r.descriptor_set,
+                &r.message_name,
+                r.allow_unknown_fields,
+            )
+            .map_err(|e| CtlError::Usage(format!("{subject} version {}: {e}", r.version)))?;
+            // The schema itself is the output, in either mode.
+            println!("{}", serde_json::to_string_pretty(&derived).unwrap_or_default());
+        }
     }
     Ok(())
+}
+
+/// The registration a command line's schema stands for.
+fn schema_request(subject: &str, source: &SchemaSource) -> Result<RegisterSchemaRequest, CtlError> {
+    if source.schema_type == "protobuf" {
+        let message_name = source
+            .message
+            .clone()
+            .ok_or_else(|| CtlError::Usage("--type protobuf needs --message <full name>".into()))?;
+        return protobuf_request(
+            subject,
+            &source.files,
+            message_name,
+            &source.references,
+            source.proto_root.as_deref(),
+            source.allow_unknown_fields,
+        );
+    }
+    let [file] = source.files.as_slice() else {
+        return Err(CtlError::Usage("a JSON Schema is one file".into()));
+    };
+    Ok(RegisterSchemaRequest { subject: subject.to_string(), schema: read(file)?, ..Default::default() })
+}
+
+/// A protobuf registration from `.proto` files on disk; `--ref` values are `subject/version`.
+fn protobuf_request(
+    subject: &str,
+    files: &[std::path::PathBuf],
+    message_name: String,
+    references: &[String],
+    proto_root: Option<&std::path::Path>,
+    allow_unknown_fields: bool,
+) -> Result<RegisterSchemaRequest, CtlError> {
+    let mut proto_files = Vec::new();
+    for path in files {
+        let name = match proto_root {
+            Some(root) => path.strip_prefix(root).map_err(|_| {
+                CtlError::Usage(format!("{} is not under --proto-root {}", path.display(), root.display()))
+            })?,
+            None => std::path::Path::new(path.file_name().unwrap_or(path.as_os_str())),
+        };
+        // Imports spell names with `/` whatever the platform.
+        let name = name.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+        proto_files.push(ProtoFile { name, content: read(path)? });
+    }
+    let references = references
+        .iter()
+        .map(|r| {
+            let (s, v) = r
+                .rsplit_once('/')
+                .ok_or_else(|| CtlError::Usage(format!("--ref {r}: expected SUBJECT/VERSION")))?;
+            let version =
+                v.parse().map_err(|_| CtlError::Usage(format!("--ref {r}: the version is not a number")))?;
+            Ok(SchemaReference { subject: s.to_string(), version })
+        })
+        .collect::<Result<Vec<_>, CtlError>>()?;
+    Ok(RegisterSchemaRequest {
+        subject: subject.to_string(),
+        schema_type: SchemaType::Protobuf as i32,
+        proto_files,
+        message_name,
+        references,
+        allow_unknown_fields,
+        ..Default::default()
+    })
 }
 
 /// Registers a catalogue in dependency order, with a progress line per schema on stderr.
@@ -212,9 +329,29 @@ pub async fn load(
     let mut results = Vec::new();
     let mut failed = 0;
     for (i, e) in entries.iter().enumerate() {
-        let outcome = c
-            .register_schema(RegisterSchemaRequest { subject: e.subject.clone(), schema: e.text.clone() })
-            .await;
+        let request = match &e.protobuf {
+            None => RegisterSchemaRequest {
+                subject: e.subject.clone(),
+                schema: e.text.clone(),
+                ..Default::default()
+            },
+            Some(message) => RegisterSchemaRequest {
+                subject: e.subject.clone(),
+                schema_type: SchemaType::Protobuf as i32,
+                proto_files: vec![ProtoFile {
+                    name: catalogue::proto_file_name(&e.subject, e.version),
+                    content: e.text.clone(),
+                }],
+                message_name: message.clone(),
+                references: e
+                    .refs
+                    .iter()
+                    .map(|(subject, version)| SchemaReference { subject: subject.clone(), version: *version })
+                    .collect(),
+                ..Default::default()
+            },
+        };
+        let outcome = c.register_schema(request).await;
         let line = match &outcome {
             Ok(r) if r.get_ref().created && !r.get_ref().warnings.is_empty() => format!(
                 "registered as version {} (warning: {})",

@@ -16,7 +16,7 @@ fn to_json(s: &Subscription) -> serde_json::Value {
 /// Runs a sub subcommand.
 pub async fn run(conn: &Conn, json_mode: bool, cmd: SubCommand) -> Result<(), CtlError> {
     match cmd {
-        SubCommand::Create { department, name, pattern, from_start } => {
+        SubCommand::Create { department, name, pattern, from_start, content_type } => {
             let mut c = clients::subscriptions(conn).await?;
             let s = c
                 .create_subscription(CreateSubscriptionRequest {
@@ -25,6 +25,7 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: SubCommand) -> Result<(), Ct
                         name,
                         type_pattern: pattern,
                         deliver_all: from_start,
+                        content_type,
                         ..Default::default()
                     }),
                 })

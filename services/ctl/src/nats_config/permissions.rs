@@ -60,6 +60,9 @@ impl Service {
         match self {
             Service::Registry => {
                 publish.extend(strings(&["kh.ev.>", "kh.dlq.>", "kh.audit.>"]));
+                // Redriving a dead letter (`DeadLetters` API) puts its raw bytes back on its
+                // source's ingress, for a caller the gRPC layer proved may.
+                publish.push("kh.in.*.>".into());
                 publish.push(format!("$KV.{BUCKET_SCHEMAS}.>"));
                 publish.push(format!("$KV.{BUCKET_CONFIG}.>"));
                 publish.extend(topology_setup());

@@ -1,5 +1,6 @@
 //! gRPC services of the registry.
 
+pub mod dead_letters;
 pub mod flows;
 pub mod schema_registry;
 pub mod status;

@@ -1,7 +1,8 @@
 //! `SchemaRegistry`: the store's operations over gRPC.
 
 use crate::compat::Mode;
-use crate::store::{record::SchemaRecord, SchemaStore, StoreError};
+use crate::store::record::{ProtoFile as StoredFile, SchemaRecord, SchemaType as StoredType};
+use crate::store::{PayloadSchema, ProtoRequest, SchemaStore, StoreError};
 use crate::validator::{self, CheckLimits};
 use kakehashi_proto::identity::Identities;
 use kakehashi_proto::v1::schema_registry_server::SchemaRegistry;
@@ -25,19 +26,64 @@ impl SchemaRegistryService {
 }
 
 fn to_proto(r: &SchemaRecord) -> SchemaVersion {
-    SchemaVersion {
+    use base64::Engine as _;
+    let registered_at =
+        time::OffsetDateTime::parse(&r.registered_at, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(|t| prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 });
+    let mut out = SchemaVersion {
         subject: r.subject.clone(),
         version: r.version,
         id: r.id,
         schema: r.schema.clone(),
         deleted: r.deleted,
-        registered_at: time::OffsetDateTime::parse(
-            &r.registered_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .ok()
-        .map(|t| prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 }),
+        registered_at,
         references: r.references.clone(),
+        schema_type: SchemaType::Json as i32,
+        ..Default::default()
+    };
+    if let (StoredType::Protobuf, Some(p)) = (r.schema_type, &r.protobuf) {
+        out.schema_type = SchemaType::Protobuf as i32;
+        out.schema = p.files.first().map(|f| f.source.clone()).unwrap_or_default();
+        out.proto_files =
+            p.files.iter().map(|f| ProtoFile { name: f.name.clone(), content: f.source.clone() }).collect();
+        out.message_name = p.message.clone();
+        out.allow_unknown_fields = p.allow_unknown_fields;
+        out.descriptor_set =
+            base64::engine::general_purpose::STANDARD.decode(&p.descriptor_set).unwrap_or_default();
+    }
+    out
+}
+
+/// The protobuf part of a register or check request (`schema` alone = one file "schema.proto").
+fn proto_request(
+    schema: String,
+    files: Vec<ProtoFile>,
+    message: String,
+    references: Vec<SchemaReference>,
+    allow_unknown_fields: bool,
+) -> Result<ProtoRequest, Status> {
+    if message.is_empty() {
+        return Err(Status::invalid_argument("a PROTOBUF schema needs message_name (the payload message)"));
+    }
+    let mut files: Vec<StoredFile> =
+        files.into_iter().map(|f| StoredFile { name: f.name, source: f.content }).collect();
+    if files.is_empty() && !schema.is_empty() {
+        files.push(StoredFile { name: "schema.proto".into(), source: schema });
+    }
+    Ok(ProtoRequest {
+        files,
+        message,
+        references: references.into_iter().map(|r| (r.subject, r.version)).collect(),
+        allow_unknown_fields,
+    })
+}
+
+fn is_protobuf(schema_type: i32) -> Result<bool, Status> {
+    match SchemaType::try_from(schema_type) {
+        Ok(SchemaType::Unspecified | SchemaType::Json) => Ok(false),
+        Ok(SchemaType::Protobuf) => Ok(true),
+        Err(_) => Err(Status::invalid_argument(format!("unknown schema_type {schema_type}"))),
     }
 }
 
@@ -76,7 +122,13 @@ impl SchemaRegistry for SchemaRegistryService {
     ) -> Result<Response<RegisterSchemaResponse>, Status> {
         self.identities.require_admin(&request)?;
         let r = request.into_inner();
-        let done = self.store.register(&r.subject, &r.schema).await?;
+        let done = if is_protobuf(r.schema_type)? {
+            let proto =
+                proto_request(r.schema, r.proto_files, r.message_name, r.references, r.allow_unknown_fields)?;
+            self.store.register_protobuf(&r.subject, proto).await?
+        } else {
+            self.store.register(&r.subject, &r.schema).await?
+        };
         Ok(Response::new(RegisterSchemaResponse {
             id: done.record.id,
             version: done.record.version,
@@ -122,7 +174,13 @@ impl SchemaRegistry for SchemaRegistryService {
     ) -> Result<Response<CheckCompatibilityResponse>, Status> {
         self.identities.require_caller(&request)?;
         let r = request.into_inner();
-        let (mode, problems) = self.store.check_compatibility(&r.subject, &r.schema, r.version)?;
+        let (mode, problems) = if is_protobuf(r.schema_type)? {
+            let proto =
+                proto_request(r.schema, r.proto_files, r.message_name, r.references, r.allow_unknown_fields)?;
+            self.store.check_protobuf_compatibility(&r.subject, proto, r.version)?
+        } else {
+            self.store.check_compatibility(&r.subject, &r.schema, r.version)?
+        };
         Ok(Response::new(CheckCompatibilityResponse {
             compatible: problems.is_empty(),
             mode: mode_to_proto(mode) as i32,
@@ -185,8 +243,14 @@ impl SchemaRegistry for SchemaRegistryService {
     ) -> Result<Response<ValidatePayloadResponse>, Status> {
         self.identities.require_caller(&request)?;
         let r = request.into_inner();
-        let (validator, version) = self.store.validator(&r.subject, r.version)?;
-        let (reason, violations) = match validator::check_payload(&r.payload, &validator, self.limits) {
+        let (schema, version) = self.store.payload_schema(&r.subject, r.version)?;
+        let checked = match &schema {
+            PayloadSchema::Json(validator) => validator::check_payload(&r.payload, validator, self.limits),
+            PayloadSchema::Protobuf(proto) => {
+                crate::protobuf::payload::check_payload(&r.payload, proto, self.limits)
+            }
+        };
+        let (reason, violations) = match checked {
             Ok(()) => (String::new(), Vec::new()),
             // A refusal without field violations (size, not JSON) is reported as one at the
             // root, so a client that lists violations still shows why.

@@ -45,6 +45,7 @@ fn to_proto(r: &SubscriptionRecord) -> Subscription {
         .ok()
         .map(|t| prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: 0 }),
         deliver_all: r.deliver_all,
+        content_type: r.content_type.clone(),
     }
 }
 
@@ -73,6 +74,7 @@ impl SubscriptionsApi for SubscriptionsService {
             },
             created_at: now_rfc3339(),
             deliver_all: s.deliver_all,
+            content_type: crate::protobuf::reader_content_type(&s.content_type)?.to_string(),
         };
         Ok(Response::new(to_proto(&self.subs.create(rec).await?)))
     }
@@ -91,6 +93,52 @@ impl SubscriptionsApi for SubscriptionsService {
         Ok(Response::new(ListSubscriptionsResponse { subscriptions }))
     }
 
+    async fn get_subscription_stats(
+        &self,
+        request: Request<ListSubscriptionsRequest>,
+    ) -> Result<Response<SubscriptionStatsResponse>, Status> {
+        let department = &request.get_ref().department;
+        // Scoped like ListSubscriptions; a department asking for "all" gets its own.
+        let department = match self.identities.scope(&request)? {
+            Scope::All => department.clone(),
+            Scope::Department(d) if department.is_empty() || *department == d => d,
+            Scope::Department(d) => {
+                return Err(Status::permission_denied(format!(
+                    "{d} may not read {department}'s subscriptions"
+                )))
+            }
+        };
+        let js = self.subs.jetstream();
+        let stream = js
+            .get_stream(kakehashi_proto::subjects::STREAM_EVENTS)
+            .await
+            .map_err(|e| Status::unavailable(format!("KH_EVENTS: {e}")))?;
+        let mut stats = Vec::new();
+        for rec in self.subs.list(&department) {
+            let mut s = SubscriptionStats {
+                department: rec.department.clone(),
+                name: rec.name.clone(),
+                type_pattern: rec.type_pattern.clone(),
+                ..Default::default()
+            };
+            // A consumer being recreated just now has no info: the row shows zeros.
+            if let Ok(info) = stream.consumer_info(&rec.consumer_name()).await {
+                s.pending = info.num_pending;
+                s.unacked = info.num_ack_pending as u64;
+                s.redelivered = info.num_redelivered as u64;
+                s.delivered = info.delivered.consumer_sequence;
+                s.waiting = info.num_waiting as u64;
+                s.last_delivered = info.delivered.last_active.map(timestamp);
+                s.last_acked = info.ack_floor.last_active.map(timestamp);
+                if s.pending + s.unacked > 0 {
+                    s.oldest_unacked_age = oldest_unacked_age(&stream, &info).await;
+                }
+            }
+            stats.push(s);
+        }
+        Ok(Response::new(SubscriptionStatsResponse { stats }))
+    }
+
     async fn delete_subscription(
         &self,
         request: Request<DeleteSubscriptionRequest>,
@@ -100,6 +148,27 @@ impl SubscriptionsApi for SubscriptionsService {
         self.subs.delete(&r.department, &r.name).await?;
         Ok(Response::new(DeleteSubscriptionResponse {}))
     }
+}
+
+fn timestamp(t: time::OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 }
+}
+
+/// How long the first event past the consumer's ack floor (the oldest one not acked) has been
+/// in `KH_EVENTS`.
+async fn oldest_unacked_age(
+    stream: &async_nats::jetstream::stream::Stream,
+    info: &async_nats::jetstream::consumer::Info,
+) -> Option<prost_types::Duration> {
+    let filter = match info.config.filter_subjects.first() {
+        Some(f) => f.clone(),
+        None if !info.config.filter_subject.is_empty() => info.config.filter_subject.clone(),
+        None => kakehashi_proto::subjects::EVENTS_ALL.to_string(),
+    };
+    let next = info.ack_floor.stream_sequence + 1;
+    let m = stream.raw_message_builder().sequence(next).next_by_subject(filter).send().await.ok()?;
+    let age = (time::OffsetDateTime::now_utc() - m.time).max(time::Duration::ZERO);
+    Some(prost_types::Duration { seconds: age.whole_seconds(), nanos: age.subsec_nanoseconds() })
 }
 
 /// The Policies service.
@@ -159,6 +228,15 @@ impl PoliciesApi for PoliciesService {
             .map(policy_to_proto)
             .collect();
         Ok(Response::new(ListPoliciesResponse { policies }))
+    }
+
+    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
+        if !self.identities.enforced() {
+            return Ok(Response::new(WhoAmIResponse { department: String::new(), admin: true }));
+        }
+        let department = self.identities.department(&request, "")?;
+        let admin = self.identities.scope(&request)? == Scope::All;
+        Ok(Response::new(WhoAmIResponse { department, admin }))
     }
 
     async fn delete_policy(

@@ -34,6 +34,7 @@ mod object_model;
 mod opaque;
 mod pattern;
 mod pii;
+pub mod protobuf;
 mod refs;
 mod report;
 mod scalar;

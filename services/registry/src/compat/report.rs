@@ -156,6 +156,35 @@ kinds! {
     /// The `x-kakehashi-pii` annotation of some data location was added, removed or changed,
     /// which changes how that value is pseudonymized at delivery.
     PiiAnnotationChanged = "PII_ANNOTATION_CHANGED", inverse PiiAnnotationChanged;
+    /// The subject's schema type changed (JSON Schema ↔ protobuf).
+    SchemaTypeChanged = "SCHEMA_TYPE_CHANGED", inverse SchemaTypeChanged;
+    /// Protobuf: a field number now carries a field of another name (renamed or reused), or a
+    /// new field took a number the other version reserved.
+    FieldNumberReused = "FIELD_NUMBER_REUSED", inverse FieldNumberReused;
+    /// Protobuf: a field's type changed outside its wire-compatible group, or to another
+    /// message or enum type.
+    FieldTypeChanged = "FIELD_TYPE_CHANGED", inverse FieldTypeChanged;
+    /// Protobuf: a field's type changed within its wire group but its JSON form differs
+    /// (bool ↔ integer, enum ↔ integer).
+    FieldJsonTypeChanged = "FIELD_JSON_TYPE_CHANGED", inverse FieldJsonTypeChanged;
+    /// Protobuf: singular ↔ repeated ↔ map, or `required` added or removed.
+    FieldCardinalityChanged = "FIELD_CARDINALITY_CHANGED", inverse FieldCardinalityChanged;
+    /// Protobuf: the reader tracks presence (`optional`) of a field the writer does not.
+    FieldPresenceChanged = "FIELD_PRESENCE_CHANGED", inverse FieldPresenceChanged;
+    /// Protobuf: the reader has a field in a `oneof` the writer did not have it in.
+    FieldOneofChanged = "FIELD_ONEOF_CHANGED", inverse FieldOneofChanged;
+    /// Protobuf: a field was removed without its number being reserved.
+    FieldRemovedNotReserved = "FIELD_REMOVED_NOT_RESERVED", inverse FieldRemovedNotReserved;
+    /// Protobuf: an enum value was removed without its number being reserved.
+    EnumValueRemovedNotReserved = "ENUM_VALUE_REMOVED_NOT_RESERVED", inverse EnumValueRemovedNotReserved;
+    /// Protobuf: an enum number now has another name (its JSON form changed).
+    EnumValueRenamed = "ENUM_VALUE_RENAMED", inverse EnumValueRenamed;
+    /// Protobuf: a field kept its name and number but its JSON name (`json_name`) changed.
+    JsonNameChanged = "JSON_NAME_CHANGED", inverse JsonNameChanged;
+    /// Protobuf: the payload message's package changed.
+    PackageChanged = "PACKAGE_CHANGED", inverse PackageChanged;
+    /// Protobuf: the payload message has another name.
+    PayloadMessageRenamed = "PAYLOAD_MESSAGE_RENAMED", inverse PayloadMessageRenamed;
 }
 
 impl fmt::Display for IncompatibilityKind {

@@ -20,8 +20,8 @@ use async_nats::jetstream::kv;
 use compile::VersionIndex;
 use futures::StreamExt;
 use record::{
-    compat_key, external_refs, parse_version_key, schema_uri, version_key, SchemaRecord, GLOBAL_COMPAT_KEY,
-    NEXT_ID_KEY,
+    compat_key, external_refs, parse_version_key, schema_uri, version_key, ProtoFile, ProtoImport,
+    ProtobufSchema, SchemaRecord, SchemaType, GLOBAL_COMPAT_KEY, NEXT_ID_KEY,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +61,8 @@ struct Inner {
     validators: Mutex<PerVersion<jsonschema::Validator>>,
     /// Where each version's payloads hold personal identifiers.
     pii: Mutex<PerVersion<crate::pii::PiiPaths>>,
+    /// Loaded protobuf versions (descriptors decoded once), like `validators`.
+    protos: Mutex<PerVersion<crate::protobuf::ProtoSchema>>,
     /// Validator cache hits and misses, for metrics.
     cache_hits: std::sync::atomic::AtomicU64,
     cache_misses: std::sync::atomic::AtomicU64,
@@ -69,6 +71,39 @@ struct Inner {
     default_mode: Mode,
     max_schema_bytes: usize,
     max_cached_validators: usize,
+}
+
+/// A protobuf schema offered for registration or a compatibility check.
+#[derive(Debug, Clone, Default)]
+pub struct ProtoRequest {
+    /// The `.proto` files (at least one).
+    pub files: Vec<ProtoFile>,
+    /// Fully-qualified name of the payload message.
+    pub message: String,
+    /// Registered protobuf versions whose files these import.
+    pub references: Vec<(String, u32)>,
+    /// Whether payloads may carry undeclared fields.
+    pub allow_unknown_fields: bool,
+}
+
+/// A payload schema of either type, as the validator uses it.
+#[derive(Clone)]
+pub enum PayloadSchema {
+    /// A compiled JSON Schema.
+    Json(Arc<jsonschema::Validator>),
+    /// A protobuf payload message.
+    Protobuf(Arc<crate::protobuf::ProtoSchema>),
+}
+
+/// A schema checked and ready to be stored.
+struct Pending {
+    schema_type: SchemaType,
+    canonical: String,
+    references: Vec<String>,
+    /// The JSON Schema document (JSON only).
+    json: Option<Value>,
+    /// The compiled payload message and what is stored (PROTOBUF only).
+    protobuf: Option<(prost_reflect::MessageDescriptor, ProtobufSchema)>,
 }
 
 /// Outcome of a registration.
@@ -97,6 +132,7 @@ impl SchemaStore {
             latest: RwLock::new(HashMap::new()),
             validators: Mutex::new(HashMap::new()),
             pii: Mutex::new(HashMap::new()),
+            protos: Mutex::new(HashMap::new()),
             cache_hits: Default::default(),
             cache_misses: Default::default(),
             register_lock: tokio::sync::Mutex::new(()),
@@ -157,7 +193,119 @@ impl SchemaStore {
         let warnings = unknown_format_warnings(subject, &schema);
         let canonical =
             serde_json::to_string(&schema).map_err(|e| StoreError::InvalidSchema(e.to_string()))?;
+        let pending = Pending {
+            schema_type: SchemaType::Json,
+            canonical,
+            references,
+            json: Some(schema),
+            protobuf: None,
+        };
+        self.commit(subject, pending, warnings).await
+    }
 
+    /// Registers a protobuf schema under `subject`: compiled with protox (imports from the
+    /// referenced versions and the well-known types), refused with the compiler's message and
+    /// location; identical content returns the existing version.
+    pub async fn register_protobuf(
+        &self,
+        subject: &str,
+        request: ProtoRequest,
+    ) -> Result<Registered, StoreError> {
+        if !kakehashi_proto::ident::is_valid_event_type(subject) {
+            return Err(StoreError::InvalidSubject(subject.to_string()));
+        }
+        let pending = self.prepare_protobuf(request)?;
+        self.commit(subject, pending, Vec::new()).await
+    }
+
+    /// Checks and compiles a protobuf schema (size, references, sources, message).
+    fn prepare_protobuf(&self, request: ProtoRequest) -> Result<Pending, StoreError> {
+        use base64::Engine as _;
+        let size: usize = request.files.iter().map(|f| f.name.len() + f.source.len()).sum();
+        if size > self.inner.max_schema_bytes {
+            return Err(StoreError::TooLarge { size, limit: self.inner.max_schema_bytes });
+        }
+        let mut imports: Vec<ProtoImport> = request
+            .references
+            .iter()
+            .map(|(subject, version)| ProtoImport { subject: subject.clone(), version: *version })
+            .collect();
+        imports.sort();
+        imports.dedup();
+        let imported = self.imported_files(&imports)?;
+        let compiled = crate::protobuf::compile(&request.files, &imported, &request.message)
+            .map_err(|e| StoreError::InvalidSchema(e.to_string()))?;
+        let stored = ProtobufSchema {
+            files: request.files,
+            message: compiled.message.full_name().to_string(),
+            imports,
+            allow_unknown_fields: request.allow_unknown_fields,
+            descriptor_set: base64::engine::general_purpose::STANDARD.encode(&compiled.descriptor_set),
+        };
+        // What identity is judged on: sources, message, imports and the flag (not the
+        // descriptor bytes, which a newer compiler could encode differently).
+        let canonical = serde_json::to_string(&serde_json::json!({
+            "files": stored.files,
+            "message": stored.message,
+            "imports": stored.imports,
+            "allow_unknown_fields": stored.allow_unknown_fields,
+        }))
+        .map_err(|e| StoreError::InvalidSchema(e.to_string()))?;
+        let references = stored.imports.iter().map(|i| format!("{}/{}", i.subject, i.version)).collect();
+        Ok(Pending {
+            schema_type: SchemaType::Protobuf,
+            canonical,
+            references,
+            json: None,
+            protobuf: Some((compiled.message, stored)),
+        })
+    }
+
+    /// The files of the imported versions and, transitively, of what they import, by name.
+    fn imported_files(&self, imports: &[ProtoImport]) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut files = BTreeMap::new();
+        let mut todo: Vec<ProtoImport> = imports.to_vec();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(i) = todo.pop() {
+            if !seen.insert(i.clone()) {
+                continue;
+            }
+            let named = format!("{}/{}", i.subject, i.version);
+            let record = self.get(&i.subject, i.version).map_err(|_| {
+                StoreError::InvalidSchema(format!("reference to {named}, which is not registered"))
+            })?;
+            if record.deleted {
+                return Err(StoreError::InvalidSchema(format!("reference to {named}, which is deleted")));
+            }
+            let Some(p) = record.protobuf.as_ref().filter(|_| record.schema_type == SchemaType::Protobuf)
+            else {
+                return Err(StoreError::InvalidSchema(format!(
+                    "reference to {named}, which is a JSON Schema (a .proto can import protobuf versions only)"
+                )));
+            };
+            for f in &p.files {
+                if let Some(other) = files.insert(f.name.clone(), f.source.clone()) {
+                    if other != f.source {
+                        return Err(StoreError::InvalidSchema(format!(
+                            "two referenced versions define different files named {}",
+                            f.name
+                        )));
+                    }
+                }
+            }
+            todo.extend(p.imports.iter().cloned());
+        }
+        Ok(files)
+    }
+
+    /// Allocates an id and the next version for a checked schema (or returns the identical one).
+    async fn commit(
+        &self,
+        subject: &str,
+        pending: Pending,
+        warnings: Vec<String>,
+    ) -> Result<Registered, StoreError> {
+        let inner = &self.inner;
         // One registration at a time per instance; the compile above ran in parallel.
         let _turn = tokio::time::timeout(REGISTER_QUEUE_WAIT, inner.register_lock.lock())
             .await
@@ -167,11 +315,14 @@ impl SchemaStore {
         let mut id = None;
         loop {
             let versions = self.versions_of(subject);
-            if let Some(existing) = versions.iter().find(|r| !r.deleted && r.schema == canonical) {
+            if let Some(existing) = versions
+                .iter()
+                .find(|r| !r.deleted && r.schema_type == pending.schema_type && r.schema == pending.canonical)
+            {
                 return Ok(Registered { record: existing.clone(), created: false, warnings });
             }
             let next_version = versions.last().map_or(1, |r| r.version + 1);
-            if let Some(id) = schema.get("$id") {
+            if let Some(id) = pending.json.as_ref().and_then(|s| s.get("$id")) {
                 let expected = schema_uri(subject, next_version);
                 if id.as_str() != Some(expected.as_str()) {
                     return Err(StoreError::InvalidSchema(format!(
@@ -179,13 +330,9 @@ impl SchemaStore {
                     )));
                 }
             }
-            let live: Vec<(u32, Value)> = versions
-                .iter()
-                .filter(|r| !r.deleted)
-                .filter_map(|r| Some((r.version, serde_json::from_str(&r.schema).ok()?)))
-                .collect();
             let mode = self.mode_of(subject).0;
-            let problems = self.check_against(mode, &schema, &live);
+            let live: Vec<Arc<SchemaRecord>> = versions.iter().filter(|r| !r.deleted).cloned().collect();
+            let problems = self.problems(mode, &pending, &live);
             if !problems.is_empty() {
                 return Err(StoreError::Incompatible {
                     subject: subject.into(),
@@ -201,10 +348,12 @@ impl SchemaStore {
                 subject: subject.to_string(),
                 version: next_version,
                 id,
-                schema: canonical.clone(),
+                schema: pending.canonical.clone(),
                 deleted: false,
                 registered_at: now_rfc3339(),
-                references: references.clone(),
+                references: pending.references.clone(),
+                schema_type: pending.schema_type,
+                protobuf: pending.protobuf.as_ref().map(|(_, p)| p.clone()),
             };
             let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Storage(e.to_string()))?;
             match inner.kv.create(version_key(subject, next_version), bytes.into()).await {
@@ -225,6 +374,68 @@ impl SchemaStore {
         }
     }
 
+    /// Every compatibility problem of a pending schema against the live versions `live`
+    /// (oldest first) under `mode`, whichever its type.
+    fn problems(
+        &self,
+        mode: Mode,
+        pending: &Pending,
+        live: &[Arc<SchemaRecord>],
+    ) -> Vec<compat::Incompatibility> {
+        if mode == Mode::None {
+            return Vec::new();
+        }
+        let against: &[Arc<SchemaRecord>] =
+            if mode.is_transitive() { live } else { live.last().map_or(&[], std::slice::from_ref) };
+        // A subject keeps one schema type: readers cannot follow a switch of wire format.
+        let switched: Vec<compat::Incompatibility> = against
+            .iter()
+            .filter(|r| r.schema_type != pending.schema_type)
+            .map(|r| compat::Incompatibility {
+                pointer: String::new(),
+                kind: compat::IncompatibilityKind::SchemaTypeChanged,
+                message: format!(
+                    "version {} is {} and the new schema is {} (use a new subject, or mode NONE)",
+                    r.version,
+                    r.schema_type.as_str(),
+                    pending.schema_type.as_str()
+                ),
+                against_version: Some(r.version),
+            })
+            .collect();
+        if !switched.is_empty() {
+            return switched;
+        }
+        match (&pending.json, &pending.protobuf) {
+            (Some(schema), _) => {
+                let parsed: Vec<(u32, Value)> = live
+                    .iter()
+                    .filter(|r| r.schema_type == SchemaType::Json)
+                    .filter_map(|r| Some((r.version, serde_json::from_str(&r.schema).ok()?)))
+                    .collect();
+                self.check_against(mode, schema, &parsed)
+            }
+            (None, Some((message, _))) => {
+                let previous: Vec<(u32, prost_reflect::MessageDescriptor)> = live
+                    .iter()
+                    .filter_map(|r| {
+                        let p = r.protobuf.as_ref()?;
+                        match crate::protobuf::ProtoSchema::from_record(p) {
+                            Ok(loaded) => Some((r.version, loaded.message)),
+                            Err(e) => {
+                                // Compiled here at registration: only a damaged record gets here.
+                                tracing::warn!(subject = %r.subject, version = r.version, error = %e, "stored protobuf version unreadable; not compared");
+                                None
+                            }
+                        }
+                    })
+                    .collect();
+                compat::protobuf::check(mode, message, &previous)
+            }
+            (None, None) => Vec::new(),
+        }
+    }
+
     /// Checks a candidate against the subject (all of the mode's versions, or only `version`).
     pub fn check_compatibility(
         &self,
@@ -234,11 +445,37 @@ impl SchemaStore {
     ) -> Result<(Mode, Vec<compat::Incompatibility>), StoreError> {
         let schema: Value =
             serde_json::from_str(text).map_err(|e| StoreError::InvalidSchema(format!("not JSON: {e}")))?;
-        let versions = self.versions_of(subject);
-        let live: Vec<(u32, Value)> = versions
-            .iter()
+        let pending = Pending {
+            schema_type: SchemaType::Json,
+            canonical: String::new(),
+            references: Vec::new(),
+            json: Some(schema),
+            protobuf: None,
+        };
+        self.check_pending(subject, &pending, version)
+    }
+
+    /// [`Self::check_compatibility`] for a protobuf candidate (compiled first).
+    pub fn check_protobuf_compatibility(
+        &self,
+        subject: &str,
+        request: ProtoRequest,
+        version: u32,
+    ) -> Result<(Mode, Vec<compat::Incompatibility>), StoreError> {
+        let pending = self.prepare_protobuf(request)?;
+        self.check_pending(subject, &pending, version)
+    }
+
+    fn check_pending(
+        &self,
+        subject: &str,
+        pending: &Pending,
+        version: u32,
+    ) -> Result<(Mode, Vec<compat::Incompatibility>), StoreError> {
+        let live: Vec<Arc<SchemaRecord>> = self
+            .versions_of(subject)
+            .into_iter()
             .filter(|r| !r.deleted && (version == 0 || r.version == version))
-            .filter_map(|r| Some((r.version, serde_json::from_str(&r.schema).ok()?)))
             .collect();
         if version != 0 && live.is_empty() {
             return Err(StoreError::NotFound(format!("{subject} version {version}")));
@@ -246,7 +483,7 @@ impl SchemaStore {
         let mode = self.mode_of(subject).0;
         // Asked about one version: the mode's direction applies to it alone.
         let mode = if version == 0 { mode } else { non_transitive(mode) };
-        Ok((mode, self.check_against(mode, &schema, &live)))
+        Ok((mode, self.problems(mode, pending, &live)))
     }
 
     fn check_against(
@@ -388,12 +625,61 @@ impl SchemaStore {
         }
         self.inner.cache_misses.fetch_add(1, Relaxed);
         let record = self.get(subject, v)?;
+        if record.schema_type != SchemaType::Json {
+            return Err(StoreError::InvalidSchema(format!(
+                "{subject} version {v} is a {} schema, not a JSON Schema",
+                record.schema_type.as_str()
+            )));
+        }
         let schema: Value =
             serde_json::from_str(&record.schema).map_err(|e| StoreError::Storage(e.to_string()))?;
         let compiled =
             Arc::new(compile::compile(&schema, &self.inner.index).map_err(StoreError::InvalidSchema)?);
         remember(&self.inner.validators, subject, v, compiled.clone(), self.inner.max_cached_validators);
         Ok((compiled, v))
+    }
+
+    /// The payload schema of a version (0 = latest live) whatever its type, loaded once and
+    /// cached: a JSON Schema validator or a protobuf message.
+    pub fn payload_schema(&self, subject: &str, version: u32) -> Result<(PayloadSchema, u32), StoreError> {
+        let v = self.resolve_version(subject, version)?;
+        if let Some(found) = cached(&self.inner.protos, subject, v) {
+            self.inner.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok((PayloadSchema::Protobuf(found), v));
+        }
+        if let Some(found) = cached(&self.inner.validators, subject, v) {
+            self.inner.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok((PayloadSchema::Json(found), v));
+        }
+        let record = self.get(subject, v)?;
+        match (record.schema_type, record.protobuf.as_ref()) {
+            (SchemaType::Protobuf, Some(p)) => {
+                self.inner.cache_misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let loaded = Arc::new(
+                    crate::protobuf::ProtoSchema::from_record(p)
+                        .map_err(|e| StoreError::InvalidSchema(e.to_string()))?,
+                );
+                remember(&self.inner.protos, subject, v, loaded.clone(), self.inner.max_cached_validators);
+                Ok((PayloadSchema::Protobuf(loaded), v))
+            }
+            (SchemaType::Protobuf, None) => {
+                Err(StoreError::Storage(format!("{subject} version {v} is PROTOBUF without its sources")))
+            }
+            (SchemaType::Json, _) => self.validator(subject, v).map(|(j, v)| (PayloadSchema::Json(j), v)),
+        }
+    }
+
+    /// Whether a version (0 = latest live) is a protobuf schema, without compiling anything
+    /// (delivery asks for every event, JSON ones included).
+    pub fn is_protobuf(&self, subject: &str, version: u32) -> Result<bool, StoreError> {
+        let v = self.resolve_version(subject, version)?;
+        if cached(&self.inner.protos, subject, v).is_some() {
+            return Ok(true);
+        }
+        if cached(&self.inner.validators, subject, v).is_some() {
+            return Ok(false);
+        }
+        Ok(self.get(subject, v)?.schema_type == SchemaType::Protobuf)
     }
 
     /// Validator cache (hits, misses) since start.
@@ -409,6 +695,10 @@ impl SchemaStore {
             return Ok(found);
         }
         let record = self.get(subject, v)?;
+        if record.schema_type != SchemaType::Json {
+            // Protobuf My Numbers are found through the descriptors (`payload_schema`), never here.
+            return Err(StoreError::InvalidSchema(format!("{subject} version {v} is not a JSON Schema")));
+        }
         let schema: Value =
             serde_json::from_str(&record.schema).map_err(|e| StoreError::Storage(e.to_string()))?;
         let resolver = IndexResolver { index: self.inner.index.clone() };
@@ -530,6 +820,9 @@ impl Inner {
                 m.remove(&version);
             }
             if let Some(m) = self.pii.lock().unwrap_or_else(|p| p.into_inner()).get_mut(subject) {
+                m.remove(&version);
+            }
+            if let Some(m) = self.protos.lock().unwrap_or_else(|p| p.into_inner()).get_mut(subject) {
                 m.remove(&version);
             }
         }

@@ -32,9 +32,76 @@ pub struct SchemaRecord {
     pub deleted: bool,
     /// Registration time, RFC 3339.
     pub registered_at: String,
-    /// Other schemas this one `$ref`s, as `subject/version`.
+    /// Other schemas this one `$ref`s (JSON) or imports (protobuf), as `subject/version`.
     #[serde(default)]
     pub references: Vec<String>,
+    /// JSON Schema or protobuf; records written before protobuf existed have no field: JSON.
+    #[serde(default, skip_serializing_if = "SchemaType::is_json")]
+    pub schema_type: SchemaType,
+    /// The protobuf sources and compiled descriptors (PROTOBUF versions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protobuf: Option<ProtobufSchema>,
+}
+
+/// What kind of schema a version is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SchemaType {
+    /// A JSON Schema (draft 2020-12) for JSON payloads.
+    #[default]
+    Json,
+    /// `.proto` sources naming the payload message, for protobuf payloads.
+    Protobuf,
+}
+
+impl SchemaType {
+    /// Whether this is the default (JSON), which is not written to records.
+    pub fn is_json(&self) -> bool {
+        *self == SchemaType::Json
+    }
+
+    /// The API/CLI name (`JSON`, `PROTOBUF`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaType::Json => "JSON",
+            SchemaType::Protobuf => "PROTOBUF",
+        }
+    }
+}
+
+/// A protobuf version: its sources, payload message and compiled descriptor set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProtobufSchema {
+    /// The `.proto` files as registered (name as imported, source text).
+    pub files: Vec<ProtoFile>,
+    /// Fully-qualified name of the payload message (`kakehashi.catalogue.health.v1.Vaccination`).
+    pub message: String,
+    /// Other registered versions whose files this one imports.
+    #[serde(default)]
+    pub imports: Vec<ProtoImport>,
+    /// Whether payloads may carry fields this version does not declare (default: refused).
+    #[serde(default)]
+    pub allow_unknown_fields: bool,
+    /// The compiled `FileDescriptorSet` (imports included), base64.
+    pub descriptor_set: String,
+}
+
+/// One `.proto` file of a version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProtoFile {
+    /// Name other files import it by (`vaccination.proto`, `kakehashi/catalogue/person.proto`).
+    pub name: String,
+    /// Source text.
+    pub source: String,
+}
+
+/// A registered version a protobuf version imports files from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProtoImport {
+    /// The referenced subject.
+    pub subject: String,
+    /// Its version.
+    pub version: u32,
 }
 
 /// KV key of a version.
@@ -105,6 +172,18 @@ mod tests {
         assert_eq!(parse_schema_uri(&u), Some(("common.person", 1)));
         assert_eq!(parse_schema_uri(&format!("{u}#/$defs/name")), Some(("common.person", 1)));
         assert_eq!(parse_schema_uri("https://example.com/x/1"), None);
+    }
+
+    #[test]
+    fn records_without_a_schema_type_are_json_and_json_records_keep_their_old_shape() {
+        let old =
+            r#"{"subject":"a.b","version":1,"id":1,"schema":"{}","registered_at":"2026-01-01T00:00:00Z"}"#;
+        let r: SchemaRecord = serde_json::from_str(old).expect("old record reads");
+        assert_eq!((r.schema_type, r.protobuf.is_none()), (SchemaType::Json, true));
+        let written = serde_json::to_value(&r).expect("json");
+        assert!(written.get("schema_type").is_none() && written.get("protobuf").is_none(), "{written}");
+        let proto = SchemaRecord { schema_type: SchemaType::Protobuf, ..r };
+        assert_eq!(serde_json::to_value(&proto).expect("json")["schema_type"], "PROTOBUF");
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub fn check(
         let message = format!("type {:?} does not match the subject's type {subject_type:?}", event.r#type);
         return Err(reject(Reason::MalformedEnvelope, message, Some(event)));
     }
+    // KH_EVENTS carries `time` as a CloudEvents (RFC 3339) timestamp.
+    if let Some(problem) = kakehashi_proto::cloudevents::time_problem(&event) {
+        return Err(reject(Reason::MalformedEnvelope, format!("event time: {problem}"), Some(event)));
+    }
     if let Some(bucket) = parsed.bucket {
         // A wrong bucket would put this key's events in two partitions, out of order.
         let expected = subjects::key_bucket(&event.source, &event.r#type, &event.subject);
@@ -109,10 +113,13 @@ pub fn check(
             return Err(reject(Reason::MalformedEnvelope, message, Some(event)));
         }
     }
-    if !matches!(event.data_content_type.as_str(), "" | "application/json") {
-        let message = format!("data_content_type {:?} is not application/json", event.data_content_type);
+    let Some(content_type) = crate::protobuf::ContentType::parse(&event.data_content_type) else {
+        let message = format!(
+            "data_content_type {:?} is not application/json or application/protobuf",
+            event.data_content_type
+        );
         return Err(reject(Reason::MalformedEnvelope, message, Some(event)));
-    }
+    };
     if let Err(r) = check_size(&event.data, limits) {
         return Err(r.into_rejected(Some(event), 0));
     }
@@ -121,14 +128,14 @@ pub fn check(
         return Err(reject(Reason::NotPermitted, message, Some(event)));
     }
     let schema_subject = if event.schema.is_empty() { event.r#type.as_str() } else { event.schema.as_str() };
-    let (validator, version) = match store.validator(schema_subject, event.schema_version) {
+    let (schema, version) = match store.payload_schema(schema_subject, event.schema_version) {
         Ok(v) => v,
         Err(StoreError::NotFound(what)) => {
             return Err(reject(Reason::UnknownType, format!("no schema: {what}"), Some(event)));
         }
         Err(e) => return Err(reject(Reason::UnknownType, format!("schema unusable: {e}"), Some(event))),
     };
-    if let Err(r) = check_payload(&event.data, &validator, limits) {
+    if let Err(r) = crate::protobuf::check_event_payload(&event.data, content_type, &schema, limits) {
         return Err(r.into_rejected(Some(event), version));
     }
     Ok(Accepted { event, schema_version: version })
@@ -159,7 +166,7 @@ impl PayloadRejected {
 
 /// The payload size limit; checked before the producer policy and the schema lookup too, so an
 /// oversized payload is refused as such whatever else is wrong with it.
-fn check_size(data: &[u8], limits: CheckLimits) -> Result<(), PayloadRejected> {
+pub(crate) fn check_size(data: &[u8], limits: CheckLimits) -> Result<(), PayloadRejected> {
     if data.len() <= limits.max_payload_bytes {
         return Ok(());
     }

@@ -1,0 +1,318 @@
+//! `DeadLetters`: dead letters listed and redriven through the API, scoped by the caller — a
+//! department sees (and may redrive) the letters of events it published, administrators all.
+//! The raw bytes leave the registry with My Numbers overwritten: the letters keep what was
+//! received (for a byte-exact redrive), people looking at them need not see identifiers.
+
+use crate::pii::{PiiPaths, Step};
+use crate::redrive::{self, RedriveError, Redriven, Stored};
+use crate::store::SchemaStore;
+use async_nats::jetstream::{self, consumer};
+use kakehashi_proto::audit::{AuditRecord, AuditWriter};
+use kakehashi_proto::identity::{Identities, Scope};
+use kakehashi_proto::v1::dead_letters_server::DeadLetters;
+use kakehashi_proto::v1::*;
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+/// Letters per page when the request says 0, and the most a page may hold.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+/// Most letters one redrive request names.
+const MAX_REDRIVE: usize = 1000;
+/// Annotated values shorter than this are not searched for in the raw bytes (they would mask
+/// unrelated bytes); the 12-digit rule still covers them.
+const MIN_MASKED_VALUE: usize = 4;
+
+/// The DeadLetters service.
+#[derive(Clone)]
+pub struct DeadLettersService {
+    js: jetstream::Context,
+    identities: Identities,
+    store: SchemaStore,
+    audit: AuditWriter,
+    /// Most KH_DLQ messages one list request reads.
+    max_scan: usize,
+}
+
+impl DeadLettersService {
+    /// New service; `max_scan` bounds the messages one list request reads.
+    pub fn new(
+        js: jetstream::Context,
+        identities: Identities,
+        store: SchemaStore,
+        audit: AuditWriter,
+        max_scan: usize,
+    ) -> Self {
+        Self { js, identities, store, audit, max_scan }
+    }
+
+    /// The letter as the API shows it: raw bytes and texts masked, the envelope decoded.
+    fn present(&self, s: Stored) -> StoredDeadLetter {
+        let redrivable = redrive::is_redrivable(&s.letter);
+        let mut letter = s.letter;
+        let masked = mask_raw(&self.store, &mut letter.raw);
+        letter.message = kakehashi_proto::ident::mask_my_number_like_str(&letter.message);
+        for v in &mut letter.violations {
+            v.message = kakehashi_proto::ident::mask_my_number_like_str(&v.message);
+        }
+        let event = Event::decode(letter.raw.as_slice()).ok();
+        StoredDeadLetter { id: s.seq, letter: Some(letter), raw_masked: masked, event, redrivable }
+    }
+}
+
+/// Whether a department may see this letter.
+fn visible(scope: &Scope, letter: &DeadLetter) -> bool {
+    match scope {
+        Scope::All => true,
+        Scope::Department(d) => letter.source == *d,
+    }
+}
+
+fn status(e: RedriveError) -> Status {
+    match e {
+        RedriveError::NotFound(seq) => Status::not_found(format!("no dead letter #{seq}")),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+fn micros(t: &Option<prost_types::Timestamp>) -> Option<i64> {
+    t.as_ref().map(|t| t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos) / 1000)
+}
+
+/// Overwrites My Numbers in raw dead-letter bytes: values of fields the event's schema
+/// annotates as one (found in the decoded payload, then overwritten wherever they occur in the
+/// bytes), then anything else that looks like one. Lengths are kept. Returns whether anything
+/// was overwritten.
+pub fn mask_raw(store: &SchemaStore, raw: &mut [u8]) -> bool {
+    let mut changed = false;
+    if let Ok(event) = Event::decode(&*raw) {
+        let subject = if event.schema.is_empty() { event.r#type.clone() } else { event.schema.clone() };
+        let paths = store.pii_paths(&subject, event.schema_version).ok();
+        let data = serde_json::from_slice::<serde_json::Value>(&event.data).ok();
+        if let (Some(paths), Some(data)) = (paths, data) {
+            let mut values = Vec::new();
+            collect(&data, &paths, &mut values);
+            for v in values.iter().filter(|v| v.len() >= MIN_MASKED_VALUE) {
+                changed |= overwrite_all(raw, v.as_bytes());
+            }
+        }
+    }
+    changed | (kakehashi_proto::ident::mask_my_number_like(raw) > 0)
+}
+
+/// The strings found at `paths` in `data`.
+fn collect(data: &serde_json::Value, paths: &PiiPaths, out: &mut Vec<String>) {
+    fn at(node: &serde_json::Value, path: &[Step], out: &mut Vec<String>) {
+        match path.split_first() {
+            None => {
+                if let Some(s) = node.as_str() {
+                    out.push(s.to_string());
+                }
+            }
+            Some((Step::Key(k), rest)) => {
+                if let Some(child) = node.get(k.as_str()) {
+                    at(child, rest, out);
+                }
+            }
+            Some((Step::AnyItem, rest)) => {
+                for item in node.as_array().into_iter().flatten() {
+                    at(item, rest, out);
+                }
+            }
+        }
+    }
+    for p in paths {
+        at(data, p, out);
+    }
+}
+
+/// Overwrites every occurrence of `needle` in `hay` with `*`; whether there was one.
+fn overwrite_all(hay: &mut [u8], needle: &[u8]) -> bool {
+    if needle.is_empty() || needle.len() > hay.len() {
+        return false;
+    }
+    let mut found = false;
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        if &hay[i..i + needle.len()] == needle {
+            hay[i..i + needle.len()].fill(b'*');
+            found = true;
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+#[tonic::async_trait]
+impl DeadLetters for DeadLettersService {
+    async fn list_dead_letters(
+        &self,
+        request: Request<ListDeadLettersRequest>,
+    ) -> Result<Response<ListDeadLettersResponse>, Status> {
+        let scope = self.identities.scope(&request)?;
+        let r = request.into_inner();
+        // A department's source is itself; naming another is refused rather than answered
+        // with an empty page, so a mistake is not mistaken for "no dead letters".
+        let source = match &scope {
+            Scope::All => r.source.clone(),
+            Scope::Department(d) if r.source.is_empty() || r.source == *d => d.clone(),
+            Scope::Department(d) => {
+                return Err(Status::permission_denied(format!("{d} may see only its own dead letters")))
+            }
+        };
+        if !source.is_empty() && !kakehashi_proto::ident::is_valid_department_id(&source) {
+            return Err(Status::invalid_argument("source must be a department id"));
+        }
+        if !r.r#type.is_empty() && !kakehashi_proto::ident::is_valid_event_type(&r.r#type) {
+            return Err(Status::invalid_argument("type must be an event type"));
+        }
+        let (since, until) = (micros(&r.since), micros(&r.until));
+        let wanted = |l: &DeadLetter| {
+            let at = micros(&l.dead_lettered_at).unwrap_or(0);
+            (r.reason.is_empty() || l.reason == r.reason)
+                && (source.is_empty() || l.source == source)
+                && (r.r#type.is_empty() || l.r#type == r.r#type)
+                && (r.event_id.is_empty() || l.event_id == r.event_id)
+                && since.is_none_or(|s| at >= s)
+                && until.is_none_or(|u| at < u)
+                && visible(&scope, l)
+        };
+        if !r.ids.is_empty() {
+            let mut out = Vec::new();
+            for seq in r.ids.iter().take(MAX_PAGE) {
+                match redrive::get(&self.js, *seq).await {
+                    // Another department's letter answers like a missing one: no oracle.
+                    Ok(s) if wanted(&s.letter) => out.push(self.present(s)),
+                    Ok(_) | Err(RedriveError::NotFound(_)) | Err(RedriveError::Decode { .. }) => {}
+                    Err(e) => return Err(status(e)),
+                }
+            }
+            return Ok(Response::new(ListDeadLettersResponse {
+                dead_letters: out,
+                next_page_token: String::new(),
+                truncated: false,
+            }));
+        }
+        let page = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        let start = if !r.page_token.is_empty() {
+            let seq: u64 = r.page_token.parse().map_err(|_| Status::invalid_argument("bad page_token"))?;
+            consumer::DeliverPolicy::ByStartSequence { start_sequence: seq.max(1) }
+        } else if let Some(s) = &r.since {
+            let start_time = time::OffsetDateTime::from_unix_timestamp(s.seconds)
+                .map_err(|_| Status::invalid_argument("since is out of range"))?;
+            consumer::DeliverPolicy::ByStartTime { start_time }
+        } else {
+            consumer::DeliverPolicy::All
+        };
+        let mut found: Vec<Stored> = Vec::new();
+        let mut next = String::new();
+        let truncated =
+            redrive::scan(&self.js, &redrive::filter(&source, &r.r#type), start, self.max_scan, |s| {
+                if !wanted(&s.letter) {
+                    return true;
+                }
+                if found.len() == page {
+                    // One more match than the page holds: the next page starts there.
+                    next = s.seq.to_string();
+                    return false;
+                }
+                found.push(s);
+                true
+            })
+            .await
+            .map_err(status)?;
+        let dead_letters = found.into_iter().map(|s| self.present(s)).collect();
+        Ok(Response::new(ListDeadLettersResponse { dead_letters, next_page_token: next, truncated }))
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<RedriveDeadLettersRequest>,
+    ) -> Result<Response<RedriveDeadLettersResponse>, Status> {
+        let scope = self.identities.scope(&request)?;
+        // Who asked, for the audit record: the authenticated department (nobody is
+        // authenticated in development mode, and the record says so).
+        let caller = if self.identities.enforced() {
+            self.identities.department(&request, "")?
+        } else {
+            "an unauthenticated caller (development mode)".to_string()
+        };
+        let ids = request.into_inner().ids;
+        if ids.len() > MAX_REDRIVE {
+            return Err(Status::invalid_argument(format!("at most {MAX_REDRIVE} ids per request")));
+        }
+        let mut outcomes = Vec::new();
+        for seq in ids {
+            let stored = match redrive::get(&self.js, seq).await {
+                Ok(s) if visible(&scope, &s.letter) => s,
+                Ok(_) | Err(RedriveError::NotFound(_)) | Err(RedriveError::Decode { .. }) => {
+                    outcomes.push(RedriveOutcome {
+                        id: seq,
+                        outcome: "not_found".into(),
+                        detail: format!("no dead letter #{seq} visible to the caller"),
+                        ..Default::default()
+                    });
+                    continue;
+                }
+                Err(e) => return Err(status(e)),
+            };
+            let event_id = stored.letter.event_id.clone();
+            let (outcome, detail) = match redrive::redrive(&self.js, &stored).await.map_err(status)? {
+                Redriven::Published => {
+                    ("redriven", format!("published again to {}", stored.letter.original_subject))
+                }
+                Redriven::Duplicate => ("duplicate", "already redriven (deduplicated)".to_string()),
+                Redriven::Skipped(why) => ("skipped", why.to_string()),
+            };
+            if outcome == "redriven" {
+                tracing::info!(caller = %caller, seq, event_id = %event_id, "dead letter redriven");
+                if kakehashi_proto::ids::is_valid_event_id(&event_id) {
+                    self.audit
+                        .record(AuditRecord {
+                            event_id: event_id.clone(),
+                            hop: "redriven".into(),
+                            outcome: "ok".into(),
+                            detail: format!("by {caller} from KH_DLQ #{seq}"),
+                            department: stored.letter.source.clone(),
+                            event_type: stored.letter.r#type.clone(),
+                            time_us: kakehashi_proto::audit::now_us(),
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            }
+            outcomes.push(RedriveOutcome { id: seq, event_id, outcome: outcome.into(), detail });
+        }
+        Ok(Response::new(RedriveDeadLettersResponse { outcomes }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overwrites_every_occurrence_keeping_length() {
+        let mut b = b"abc secret-1 def secret-1".to_vec();
+        assert!(overwrite_all(&mut b, b"secret-1"));
+        assert_eq!(b, b"abc ******** def ********".to_vec());
+        assert!(!overwrite_all(&mut b, b"absent"));
+    }
+
+    #[test]
+    fn collects_annotated_strings() {
+        let data = serde_json::json!({"person": {"my_number": "1234-5678"}, "kids": [{"my_number": "x1"}, {"my_number": 3}]});
+        let paths = vec![
+            vec![Step::Key("person".into()), Step::Key("my_number".into())],
+            vec![Step::Key("kids".into()), Step::AnyItem, Step::Key("my_number".into())],
+        ];
+        let mut out = Vec::new();
+        collect(&data, &paths, &mut out);
+        assert_eq!(out, vec!["1234-5678".to_string(), "x1".to_string()]);
+    }
+}

@@ -1,0 +1,483 @@
+//! The dashboards and alerts under `deploy/observability/` against the bus they describe:
+//! - the alert rules pass `promtool check rules` and their unit tests (`promtool test rules`),
+//!   and every alert has a case that fires and one that does not;
+//! - the Grafana dashboard has the structure Grafana needs (a JSON Schema of the fields we rely
+//!   on) and every panel queries something;
+//! - every metric any dashboard or alert expression names is in a scrape of a running bus (real
+//!   nats-server, registry and adapter, after a valid and an invalid event went through), and
+//!   the scrape types counters as counters named `…_total`.
+//!
+//! promtool comes from Debian's `prometheus` package, installed by
+//! `deploy/scripts/ensure-tools.sh --with-interop-clients` (what `deploy/test.sh` runs).
+
+use kakehashi_proto::v1::{publisher_client::PublisherClient, Event};
+use kakehashi_tests::bus::Flow;
+use kakehashi_tests::services::{adapter_config, registry_config};
+use kakehashi_tests::{Adapter, NatsServer, Registry};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TYPE: &str = "observability.check.done";
+const FLOW: Flow =
+    Flow { event_type: TYPE, policy: TYPE, producers: &["city-x"], reader: "mhlw", subscription: "dash" };
+
+fn observability_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observability")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Runs promtool in the rules directory; fails the test with its output unless it succeeds.
+fn promtool(args: &[&str]) -> String {
+    let dir = observability_dir().join("prometheus");
+    let out = Command::new("promtool").args(args).current_dir(&dir).output().unwrap_or_else(|e| {
+        panic!(
+            "promtool not runnable ({e}): install it with `bash deploy/scripts/ensure-tools.sh \
+             --with-interop-clients` (Debian package prometheus)"
+        )
+    });
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {} failed:\n{said}", args.join(" "));
+    said
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let checked = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(checked.contains("SUCCESS"), "{checked}");
+    let tested = promtool(&["test", "rules", "alerts.test.yml"]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    let config = promtool(&["check", "config", "prometheus.yml"]);
+    assert!(config.contains("SUCCESS"), "{config}");
+}
+
+/// Every deployment file turns the metrics endpoint on, and only where the scraper reaches it:
+/// loopback in the example files and on the compose host, the pod address in Kubernetes with
+/// the port declared, the scrape annotations, and a NetworkPolicy limiting who connects.
+#[test]
+fn every_deployment_exposes_metrics_to_the_scraper_only() {
+    let deploy = observability_dir().join("..");
+    for (file, addr) in
+        [("config/registry.toml", "127.0.0.1:9464"), ("config/adapter.toml", "127.0.0.1:9465")]
+    {
+        let text = read(&deploy.join(file));
+        assert!(
+            text.lines().any(|l| l == format!("metrics_addr = \"{addr}\"")),
+            "{file}: metrics_addr = {addr:?}"
+        );
+    }
+    // And the services read them so (both parse their files strictly).
+    let registry =
+        kakehashi_registry::config::RegistryConfig::load(Some(&deploy.join("config/registry.toml")))
+            .expect("config/registry.toml loads");
+    assert_eq!(registry.metrics_addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9464"));
+    let adapter = kakehashi_adapter::config::AdapterConfig::load(Some(&deploy.join("config/adapter.toml")))
+        .expect("config/adapter.toml loads");
+    assert_eq!(adapter.metrics_addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9465"));
+    let config = read(&deploy.join("k8s/kakehashi-config.yaml"));
+    assert_eq!(
+        config.matches("    metrics_addr = \"0.0.0.0:9464\"").count(),
+        2,
+        "k8s: both services' metrics_addr"
+    );
+    for file in ["k8s/registry.yaml", "k8s/adapter.yaml"] {
+        let text = read(&deploy.join(file));
+        for wanted in [
+            "name: metrics",
+            "containerPort: 9464",
+            "prometheus.io/scrape: \"true\"",
+            "prometheus.io/port: \"9464\"",
+        ] {
+            assert!(text.contains(wanted), "{file}: {wanted}");
+        }
+    }
+    let policy = read(&deploy.join("k8s/metrics-access.yaml"));
+    assert!(policy.contains("kind: NetworkPolicy") && policy.contains("port: 9464"), "metrics-access.yaml");
+    assert!(read(&deploy.join("k8s/kustomization.yaml")).contains("- metrics-access.yaml"), "kustomization");
+    let compose = read(&deploy.join("docker-compose.yml"));
+    assert_eq!(compose.matches("KAKEHASHI_METRICS_ADDR: 0.0.0.0:9464").count(), 2, "compose: both services");
+    for published in ["\"127.0.0.1:9464:9464\"", "\"127.0.0.1:9465:9464\""] {
+        assert!(compose.contains(published), "compose publishes metrics on the host's loopback: {published}");
+    }
+    for open in ["- \"9464:", "- \"9465:", "- \"0.0.0.0:946"] {
+        assert!(!compose.contains(open), "compose publishes metrics on loopback only, not {open}");
+    }
+}
+
+/// The alerts of `alerts.yml` (`- alert: Name` lines).
+fn alert_names(rules: &str) -> BTreeSet<String> {
+    rules.lines().filter_map(|l| l.trim().strip_prefix("- alert:")).map(|n| n.trim().to_string()).collect()
+}
+
+#[test]
+fn every_alert_has_a_firing_and_a_quiet_case() {
+    let dir = observability_dir().join("prometheus");
+    let alerts = alert_names(&read(&dir.join("alerts.yml")));
+    assert!(alerts.len() >= 5, "alerts: {alerts:?}");
+    // In the test file, `alertname: X` is followed by `exp_alerts: []` (quiet) or by
+    // `exp_alerts:` and a list (fires).
+    let tests = read(&dir.join("alerts.test.yml"));
+    let lines: Vec<&str> =
+        tests.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let mut cases: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(name) = line.strip_prefix("alertname:") else { continue };
+        let next = lines.get(i + 1).copied().unwrap_or_default();
+        let case = cases.entry(name.trim().to_string()).or_default();
+        match next {
+            "exp_alerts: []" => case.1 = true,
+            "exp_alerts:" => case.0 = true,
+            other => panic!("alertname {name} is followed by {other:?}, not exp_alerts"),
+        }
+    }
+    for alert in &alerts {
+        let (fires, quiet) = cases.get(alert).copied().unwrap_or_default();
+        assert!(fires, "{alert}: no case in alerts.test.yml where it fires");
+        assert!(quiet, "{alert}: no case in alerts.test.yml where it stays quiet");
+    }
+    let unknown: Vec<_> = cases.keys().filter(|n| !alerts.contains(*n)).collect();
+    assert!(unknown.is_empty(), "alerts.test.yml tests alerts alerts.yml does not have: {unknown:?}");
+}
+
+/// The Grafana dashboard fields we rely on: the JSON model Grafana imports (title, uid,
+/// schemaVersion, a datasource variable) and panels that each have a type, a title, a place on
+/// the grid and, unless they are rows, Prometheus queries.
+fn dashboard_schema() -> serde_json::Value {
+    serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["title", "uid", "schemaVersion", "panels", "templating", "time"],
+        "properties": {
+            "title": {"type": "string", "minLength": 1},
+            "uid": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,40}$"},
+            "schemaVersion": {"type": "integer", "minimum": 30},
+            "time": {"type": "object", "required": ["from", "to"]},
+            "templating": {
+                "type": "object",
+                "required": ["list"],
+                "properties": {"list": {"type": "array", "contains": {
+                    "type": "object",
+                    "required": ["name", "type", "query"],
+                    "properties": {"name": {"const": "datasource"}, "type": {"const": "datasource"}, "query": {"const": "prometheus"}}
+                }}}
+            },
+            "panels": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/panel"}}
+        },
+        "$defs": {
+            "panel": {
+                "type": "object",
+                "required": ["id", "type", "title", "gridPos"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "type": {"enum": ["row", "timeseries", "stat", "table", "heatmap", "gauge", "bargauge"]},
+                    "title": {"type": "string", "minLength": 1},
+                    "gridPos": {
+                        "type": "object",
+                        "required": ["x", "y", "w", "h"],
+                        "properties": {
+                            "x": {"type": "integer", "minimum": 0, "maximum": 23},
+                            "y": {"type": "integer", "minimum": 0},
+                            "w": {"type": "integer", "minimum": 1, "maximum": 24},
+                            "h": {"type": "integer", "minimum": 1}
+                        }
+                    }
+                },
+                "if": {"properties": {"type": {"const": "row"}}},
+                "then": {"properties": {"panels": {"type": "array"}}},
+                "else": {
+                    "required": ["datasource", "targets"],
+                    "properties": {
+                        "datasource": {"type": "object", "required": ["uid"], "properties": {"uid": {"const": "${datasource}"}}},
+                        "targets": {"type": "array", "minItems": 1, "items": {
+                            "type": "object",
+                            "required": ["refId", "expr"],
+                            "properties": {"refId": {"type": "string"}, "expr": {"type": "string", "minLength": 1}}
+                        }}
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn dashboard() -> serde_json::Value {
+    let path = observability_dir().join("grafana/kakehashi.json");
+    serde_json::from_str(&read(&path)).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+#[test]
+fn the_dashboard_has_the_structure_grafana_imports() {
+    let dashboard = dashboard();
+    let validator = jsonschema::draft202012::new(&dashboard_schema()).expect("the schema compiles");
+    let problems: Vec<String> =
+        validator.iter_errors(&dashboard).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(problems.is_empty(), "kakehashi.json: {problems:#?}");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let ids: BTreeSet<_> = panels.iter().filter_map(|p| p["id"].as_i64()).collect();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+    // The schema must be able to fail: a panel without queries is refused.
+    let mut broken = dashboard.clone();
+    broken["panels"][1]["targets"] = serde_json::json!([]);
+    assert!(!validator.is_valid(&broken), "a panel without targets passes the schema");
+}
+
+/// Every PromQL expression of the dashboard's panels and of `alerts.yml`.
+fn queried_expressions() -> Vec<(String, String)> {
+    let mut exprs = Vec::new();
+    for panel in dashboard()["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(e) = target["expr"].as_str() {
+                exprs.push((format!("panel {:?}", panel["title"]), e.to_string()));
+            }
+        }
+    }
+    // The rules file keeps every `expr` a block scalar (`expr: |` and indented lines) or a
+    // single line, as its header says.
+    let rules = read(&observability_dir().join("prometheus/alerts.yml"));
+    let lines: Vec<&str> = rules.lines().collect();
+    let mut alert = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(name) = line.trim().strip_prefix("- alert:") {
+            alert = name.trim().to_string();
+        }
+        let Some(rest) = line.trim_start().strip_prefix("expr:") else { continue };
+        let rest = rest.trim();
+        let expr = if rest == "|" || rest == ">" {
+            let indent = line.len() - line.trim_start().len();
+            lines[i + 1..]
+                .iter()
+                .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+                .map(|l| l.trim())
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            rest.trim_matches(|c| c == '"' || c == '\'').to_string()
+        };
+        exprs.push((format!("alert {alert}"), expr));
+    }
+    exprs
+}
+
+/// PromQL words that are not metric names: operators, modifiers, and the aggregation operators
+/// (which may be followed by `by (…)` instead of `(`).
+const KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+];
+
+/// The metric names a PromQL expression reads, by a deliberately simple rule: drop string
+/// literals, label matchers `{…}` and ranges `[…]`, and the label lists after `by`, `without`,
+/// `on`, `ignoring`, `group_left` and `group_right`; what is left are identifiers, numbers and
+/// operators. An identifier followed by `(` is a function (`rate`, `time`…), a keyword or an
+/// aggregation operator (`sum by (le) (…)`) is not a name, and a token starting with a digit is
+/// a number or a duration (`0.05`, `1e6`, `10m`). Every other identifier is a metric name.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    // Strings, matchers and ranges out (none of ours nests them).
+    let mut plain = String::new();
+    let mut closing: Option<char> = None;
+    for c in expr.chars() {
+        match closing {
+            Some(end) if c == end => {
+                closing = None;
+                plain.push(' ');
+            }
+            Some(_) => {}
+            None => match c {
+                '"' => closing = Some('"'),
+                '\'' => closing = Some('\''),
+                '{' => closing = Some('}'),
+                '[' => closing = Some(']'),
+                c => plain.push(c),
+            },
+        }
+    }
+    let chars: Vec<char> = plain.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let mut skip_list = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || chars[i] == '_')
+            {
+                i += 1;
+            }
+            continue;
+        }
+        if !(c.is_ascii_alphabetic() || c == '_' || c == ':') {
+            if c == '(' && skip_list {
+                // The label list of by/without/on/ignoring/group_*: skip to its `)`.
+                while i < chars.len() && chars[i] != ')' {
+                    i += 1;
+                }
+                skip_list = false;
+            }
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+            i += 1;
+        }
+        let word: String = chars[start..i].iter().collect();
+        let next = chars[i..].iter().find(|c| !c.is_whitespace()).copied();
+        if ["by", "without", "on", "ignoring", "group_left", "group_right"].contains(&word.as_str()) {
+            skip_list = true;
+        } else if KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) || next == Some('(') {
+            // A keyword or a function call.
+        } else {
+            names.insert(word);
+        }
+    }
+    names
+}
+
+#[test]
+fn the_name_rule_finds_metrics_and_only_metrics() {
+    let names = metric_names(
+        r#"histogram_quantile(0.95, sum by (le, subscription) (rate(kakehashi_a_bucket{x="y{"}[$__rate_interval])))
+           / on() group_left (s) kakehashi_b > 1e6 and time() - kakehashi_c offset 10m or vector(0) * 2"#,
+    );
+    let expected: BTreeSet<String> =
+        ["kakehashi_a_bucket", "kakehashi_b", "kakehashi_c"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(names, expected);
+}
+
+/// `GET /metrics` from `addr`.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The sample names (metric names of the sample lines) and the `# TYPE` of each family.
+fn parse_scrape(text: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
+    let mut samples = BTreeSet::new();
+    let mut types = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = t.split_once(' ') {
+                types.insert(name.to_string(), kind.to_string());
+            }
+        } else if line.starts_with("kakehashi_") {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            samples.insert(line[..end].to_string());
+        }
+    }
+    (samples, types)
+}
+
+/// A port the OS says is free now, for a service that binds its own listener.
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_and_alerts_query_is_in_a_scrape_of_a_running_bus() {
+    let nats = NatsServer::start();
+    let (registry, registry_metrics) = Registry::start_with_metrics(registry_config(&nats)).await;
+    let mut adapter_config = adapter_config(&nats);
+    let adapter_metrics = free_port();
+    adapter_config.metrics_addr = Some(adapter_metrics);
+    let adapter = Adapter::start(adapter_config).await;
+    FLOW.prepare(&registry.endpoint(), r#"{"type":"object","required":["n"]}"#).await;
+    let mut subscriber = FLOW.open(&registry.endpoint(), 4).await;
+
+    // A valid event (published twice: the second is a duplicate) and an invalid one.
+    let mut publisher = PublisherClient::connect(adapter.endpoint()).await.expect("adapter");
+    let valid_id = kakehashi_proto::ids::new_event_id();
+    for (id, data) in [(&valid_id, &br#"{"n":1}"#[..]), (&valid_id, br#"{"n":1}"#), (&String::new(), b"{}")] {
+        let event = Event {
+            id: id.clone(),
+            source: "city-x".into(),
+            r#type: TYPE.into(),
+            data: data.to_vec(),
+            ..Default::default()
+        };
+        let ack = publisher.publish(event).await.expect("publish").into_inner();
+        assert!(ack.error.is_none(), "the adapter accepts all three; the validator rejects one: {ack:?}");
+    }
+    subscriber.expect_and_ack("the valid event", Duration::from_secs(20)).await;
+
+    let queried: Vec<(String, String)> = queried_expressions();
+    let wanted: BTreeMap<String, String> = queried
+        .iter()
+        .flat_map(|(from, expr)| metric_names(expr).into_iter().map(move |n| (n, from.clone())))
+        .collect();
+    assert!(wanted.len() >= 15, "names found in the expressions: {wanted:?}");
+    let foreign: Vec<_> = wanted.keys().filter(|n| !n.starts_with("kakehashi_")).collect();
+    assert!(foreign.is_empty(), "the dashboard and alerts query only kakehashi_* metrics: {foreign:?}");
+
+    // The lag poller runs every 5 s: scrape until everything is there or 30 s have passed, then
+    // name what is missing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let scraped = loop {
+        let text = format!("{}\n{}", scrape(registry_metrics).await, scrape(adapter_metrics).await);
+        let (samples, _) = parse_scrape(&text);
+        if wanted.keys().all(|n| samples.contains(n)) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (samples, types) = parse_scrape(&scraped);
+    let missing: Vec<_> = wanted.iter().filter(|(n, _)| !samples.contains(*n)).collect();
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
+
+    // Counters are typed as counters and named `…_total`, and only they are.
+    for (name, kind) in &types {
+        assert_eq!(kind == "counter", name.ends_with("_total"), "{name} is a {kind}");
+    }
+    for family in ["kakehashi_grpc_requests_total", "kakehashi_schema_cache_lookups_total"] {
+        assert_eq!(types.get(family).map(String::as_str), Some("counter"), "{family}");
+    }
+    // Dead letters are counted by source department; gRPC calls by method and code.
+    assert!(
+        scraped
+            .contains(r#"kakehashi_events_dead_lettered_total{reason="schema_violation",source="city-x"} 1"#),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains(
+            r#"kakehashi_grpc_requests_total{method="/kakehashi.v1.Publisher/Publish",code="OK"} 3"#
+        ),
+        "{scraped}"
+    );
+    assert!(scraped.contains(r#"kakehashi_nats_connected 1"#), "{scraped}");
+    assert!(scraped.contains(r#"kakehashi_events_duplicate_total{source="city-x"} 1"#), "{scraped}");
+}
