@@ -15,6 +15,7 @@ pub mod audit;
 pub mod cloudevents;
 pub mod formats;
 pub mod grpc;
+pub mod http_server;
 pub mod ident;
 pub mod identity;
 pub mod ids;

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use config::ConsoleConfig;
-use hyper_util::rt::TokioIo;
+use kakehashi_proto::http_server::{serve_http1, ConnectionLimits};
 use session::{Login, Session, Sessions};
 use std::future::Future;
 use std::sync::Arc;
@@ -314,47 +314,9 @@ pub async fn run(
     let app = Arc::new(App { config, registry, sessions, tls: tls.is_some() });
     let router = router(app);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    // Dropping the set (server stopped) ends every connection.
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => a,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "console accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let acceptor = acceptor.clone();
-        connections.spawn(async move {
-            let http = hyper::server::conn::http1::Builder::new();
-            match acceptor {
-                Some(acceptor) => {
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
-                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-                }
-                None => {
-                    let conn = http.serve_connection(TokioIo::new(tcp), service);
-                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-                }
-            }
-        });
-    }
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let limits = ConnectionLimits { handshake: HANDSHAKE_TIMEOUT, connection: CONNECTION_TIMEOUT };
+    serve_http1(listener, acceptor, service, limits, "console", shutdown).await;
     Ok(())
 }
 

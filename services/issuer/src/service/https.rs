@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use kakehashi_proto::http_server::{serve_http1, ConnectionLimits};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -92,41 +92,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    // Dropping the set (server stopped or its task aborted) ends every connection.
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => a,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "HTTPS accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let keys = keys.clone();
-        connections.spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = route(&keys, req.method(), req.uri().path());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-        });
-    }
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let response = route(&keys, req.method(), req.uri().path());
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let limits = ConnectionLimits { handshake: HANDSHAKE_TIMEOUT, connection: CONNECTION_TIMEOUT };
+    serve_http1(listener, Some(acceptor), service, limits, "issuer HTTPS", shutdown).await;
 }

@@ -1,0 +1,80 @@
+//! The accept-and-serve loop of our small HTTP/1 endpoints (the console, the issuer's JWKS and
+//! revocation lists): optional TLS, a handshake deadline, a whole-connection deadline, and no
+//! busy loop when `accept` fails (e.g. out of file descriptors).
+
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Deadlines of one served connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time allowed for the TLS handshake.
+    pub handshake: Duration,
+    /// Time allowed for the whole connection, so an idle or slow client cannot hold it.
+    pub connection: Duration,
+}
+
+/// Serves `service` over HTTP/1 on `listener` (behind TLS when `tls` is given) until `shutdown`
+/// completes; every open connection ends with it. `what` names the endpoint in log lines.
+pub async fn serve_http1<S, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: S,
+    limits: ConnectionLimits,
+    what: &'static str,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // Dropping the set (server stopped or its task aborted) ends every connection.
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, endpoint = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, endpoint = what, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(limits.connection, conn).await;
+                }
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(tcp), service);
+                    let _ = tokio::time::timeout(limits.connection, conn).await;
+                }
+            }
+        });
+    }
+}
