@@ -43,12 +43,7 @@ pub fn check(schema: &ProtoSchema, data: &[u8], max: usize) -> Result<DynamicMes
     if violations.is_empty() {
         return Ok(msg);
     }
-    let message = violations
-        .iter()
-        .map(|v| format!("{}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Err(ProtoRejected { message, violations })
+    Err(ProtoRejected::of(violations))
 }
 
 /// Every check the bus applies to a protobuf subject's payload published as JSON: the size

@@ -35,6 +35,18 @@ pub struct ProtoRejected {
     pub violations: Vec<FieldViolation>,
 }
 
+impl ProtoRejected {
+    /// A rejection for these field violations, its message listing each as `pointer: message`.
+    pub(crate) fn of(violations: Vec<FieldViolation>) -> Self {
+        let message = violations
+            .iter()
+            .map(|v| format!("{}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self { message, violations }
+    }
+}
+
 impl ProtoSchema {
     /// Loads a stored protobuf version.
     pub fn from_record(p: &ProtobufSchema) -> Result<Self, ProtoError> {
@@ -89,12 +101,7 @@ impl ProtoSchema {
         if violations.is_empty() {
             return Ok(msg);
         }
-        let message = violations
-            .iter()
-            .map(|v| format!("{}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        Err(ProtoRejected { message, violations })
+        Err(ProtoRejected::of(violations))
     }
 
     fn walk(
