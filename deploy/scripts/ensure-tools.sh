@@ -116,6 +116,24 @@ if [ "${1:-}" = "--with-interop-clients" ] && ! chromium_ok; then
     chromium chromium-driver fonts-ipafont-gothic >/dev/null
 fi
 
+# An old nats-server (tests only, with --with-interop-clients as deploy/test.sh passes):
+# tests/tests/old_server.rs checks that the registry refuses a server older than the minimum.
+# Debian's own package (2.9) is unpacked into the tools directory, not installed, so no
+# service is started or changed on the machine.
+old_nats="$tools/nats-server-debian/usr/sbin/nats-server"
+if [ "${1:-}" = "--with-interop-clients" ] && [ ! -x "$old_nats" ]; then
+  echo "kakehashi: unpacking Debian's nats-server package into $tools/nats-server-debian (old-server test)" >&2
+  deb_tmp="$(mktemp -d)"
+  if ! (cd "$deb_tmp" && apt-get download nats-server >/dev/null 2>&1); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    (cd "$deb_tmp" && apt-get download nats-server >/dev/null)
+  fi
+  dpkg-deb -x "$deb_tmp"/nats-server_*.deb "$tools/nats-server-debian"
+  rm -rf "$deb_tmp"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "kakehashi: cargo not found; install Rust (rustup) first" >&2
   exit 1

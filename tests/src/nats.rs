@@ -243,7 +243,7 @@ fn spawn(store: &Path, port: Option<u16>) -> Option<(Child, u16)> {
 
 /// The listeners a nats-server reported in its ports file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ports {
+pub struct Ports {
     /// Client port.
     pub client: u16,
     /// Cluster (route) port, when the configuration has a cluster block.
@@ -262,11 +262,22 @@ pub(crate) fn spawn_server(
     port: Option<u16>,
     args: &[OsString],
 ) -> Option<(Child, Ports)> {
+    spawn_binary(&server_binary(), dir, conf, port, args)
+}
+
+/// [`spawn_server`] with another nats-server binary `bin` (say, one older than the bus needs).
+pub fn spawn_binary(
+    bin: &Path,
+    dir: &Path,
+    conf: &Path,
+    port: Option<u16>,
+    args: &[OsString],
+) -> Option<(Child, Ports)> {
     let ports_dir = dir.join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir).expect("ports dir");
     let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
-    let mut child = Command::new(server_binary())
+    let mut child = Command::new(bin)
         .arg("-c")
         .arg(conf)
         .args(["-a", "127.0.0.1", "-p", &port_arg])

@@ -550,16 +550,18 @@ async fn resume(what: String, killed_at: Instant, recorder: &Recorder, published
     fault
 }
 
+/// The fault scenarios run one at a time: each measures how long delivery pauses, which a second
+/// cluster loading the same two cores would distort.
+static ONE_FAULT_SCENARIO_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Per key, this pause between events: 20 keys make about 100 events a second.
 const PACE: Duration = Duration::from_millis(200);
 
-// Run with `cargo test -p kakehashi-tests --test cluster -- --ignored` (docs/delivery.md, "Cluster
-// fault runs", has the results; `KH_TEST_KEEP_LOGS=<dir>` keeps every log of a run). Off in the
-// default run: it takes most of a minute, and one earlier failure (14 events never validated
-// after the registry kill) was never reproduced nor explained.
-#[ignore = "cluster fault scenario: run with --ignored (docs/delivery.md)"]
+// In the default run (about 35 s): docs/delivery.md, "Cluster fault runs", has the results of
+// repeated runs; `KH_TEST_KEEP_LOGS=<dir>` keeps every log of a run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing_and_keep_key_order() {
+    let _alone = ONE_FAULT_SCENARIO_AT_A_TIME.lock().await;
     let began = Instant::now();
     let mut cluster = NatsCluster::start().await;
     let toml = format!("{FAST_RECOVERY_TOML}\n[topology]\nreplicas = 3\n");
@@ -677,15 +679,12 @@ fn copy_store(from: &std::path::Path, to: &std::path::Path) {
     assert!(status.success(), "copying {} to {}", from.display(), to.display());
 }
 
-// Off in the default run, as the scenario above. Its one failure (1 of 18 runs: 6 per-key
-// inversions at the subscriber, first deliveries at attempt 2–3) fits the repeat-mark path fixed
-// on 2026-12-02 (docs/delivery.md, "Cluster fault runs").
-#[ignore = "cluster fault scenario: run with --ignored (docs/delivery.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_back_with_an_old_store_catches_up_and_nothing_is_lost() {
     // A node restored from an old backup: its store lacks everything published since. NATS's
     // raft brings it up to date from the others; the bus must then lose nothing even once that
     // node is one of the only two left.
+    let _alone = ONE_FAULT_SCENARIO_AT_A_TIME.lock().await;
     let mut cluster = NatsCluster::start().await;
     let registry = Registry::start(registry_config(&cluster, 0)).await;
     let adapter = Adapter::start(adapter_config(&cluster, 0)).await;
