@@ -317,6 +317,26 @@ cluster {{
         self.index_of(leader)
     }
 
+    /// The node leading `stream` as the first running node's monitoring endpoint (`/jsz`)
+    /// reports it: no client connection, so it answers at once while clients reconnect.
+    pub async fn stream_leader_by_monitoring(&self, stream: &str) -> Option<usize> {
+        for i in (0..NODES).filter(|&i| self.is_running(i)) {
+            let Some(port) = self.nodes[i].ports.monitoring else { continue };
+            let Some(v) = http_get_json(port, "/jsz?accounts=true&streams=true").await else { continue };
+            let accounts = v.get("account_details").and_then(|a| a.as_array());
+            let streams = accounts.into_iter().flatten().filter_map(|a| a.get("stream_detail")?.as_array());
+            for s in streams.flatten() {
+                if s.get("name").and_then(|n| n.as_str()) == Some(stream) {
+                    let leader = s.get("cluster").and_then(|c| c.get("leader")).and_then(|l| l.as_str());
+                    if let Some(n) = leader.and_then(|l| self.index_of(l)) {
+                        return Some(n);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Waits until `stream` has a leader, and returns its node.
     pub async fn wait_stream_leader(&self, stream: &str, limit: Duration) -> usize {
         crate::wait::until(&format!("a leader of {stream}"), limit, || self.node_of_stream_leader(stream))

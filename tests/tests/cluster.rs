@@ -491,6 +491,10 @@ struct Fault {
     longest_gap: Duration,
     /// From the kill to the adapter's first confirmed publish.
     publish_resumed: Option<Duration>,
+    /// For a node's kill: from the kill until NATS had elected a new leader of what that node
+    /// led (`KH_EVENTS`, or the JetStream meta group), the part of the pause the bus cannot
+    /// shorten.
+    nats_elected: Option<Duration>,
 }
 
 impl std::fmt::Display for Fault {
@@ -503,7 +507,11 @@ impl std::fmt::Display for Fault {
                 r.as_secs_f64(),
                 self.longest_gap.as_secs_f64(),
                 self.publish_resumed.unwrap_or(r).as_secs_f64()
-            ),
+            )
+            .and_then(|()| match self.nats_elected {
+                Some(e) => write!(f, "; NATS elected a new leader after {:.1}s", e.as_secs_f64()),
+                None => Ok(()),
+            }),
             None => write!(f, "{}: NOT resumed within {RESUME_LIMIT:?}", self.what),
         }
     }
@@ -545,9 +553,25 @@ async fn resume(what: String, killed_at: Instant, recorder: &Recorder, published
         last = a.at;
     }
     let publish_resumed = published.first_confirmed_after(killed_at).map(|t| t - killed_at);
-    let fault = Fault { what, resumed: resumed.map(|t| t - killed_at), longest_gap, publish_resumed };
-    println!("cluster failover: {fault}");
-    fault
+    Fault { what, resumed: resumed.map(|t| t - killed_at), longest_gap, publish_resumed, nats_elected: None }
+}
+
+/// From `killed_at` until `leader` names a node other than `dead` (polled every 50 ms).
+async fn elected<F, Fut>(killed_at: Instant, dead: usize, leader: F) -> Option<Duration>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<usize>>,
+{
+    tokio::time::timeout(RESUME_LIMIT, async {
+        loop {
+            if leader().await.is_some_and(|n| n != dead) {
+                return killed_at.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .ok()
 }
 
 /// The fault scenarios run one at a time: each measures how long delivery pauses, which a second
@@ -603,7 +627,13 @@ async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing
         published.confirmed(),
         (killed_at - flow_began).as_secs_f64()
     );
-    faults.push(resume(what, killed_at, &recorder, &published).await);
+    let (mut fault, led) = tokio::join!(
+        resume(what, killed_at, &recorder, &published),
+        elected(killed_at, node, || cluster.stream_leader_by_monitoring(bus::EVENTS))
+    );
+    fault.nats_elected = led;
+    println!("cluster failover: {fault}");
+    faults.push(fault);
     gate.send_replace(1200);
     restart_and_report(&mut cluster, node).await;
 
@@ -620,7 +650,13 @@ async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing
         published.confirmed(),
         (killed_at - flow_began).as_secs_f64()
     );
-    faults.push(resume(what, killed_at, &recorder, &published).await);
+    let (mut fault, led) = tokio::join!(
+        resume(what, killed_at, &recorder, &published),
+        elected(killed_at, node, || cluster.meta_leader())
+    );
+    fault.nats_elected = led;
+    println!("cluster failover: {fault}");
+    faults.push(fault);
     gate.send_replace(1700);
     restart_and_report(&mut cluster, node).await;
 
@@ -635,7 +671,9 @@ async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing
         published.confirmed(),
         (killed_at - flow_began).as_secs_f64()
     );
-    faults.push(resume(what, killed_at, &recorder, &published).await);
+    let fault = resume(what, killed_at, &recorder, &published).await;
+    println!("cluster failover: {fault}");
+    faults.push(fault);
     gate.send_replace(usize::MAX);
 
     publisher.await.expect("publisher");
