@@ -1,5 +1,7 @@
-//! Kakehashi contracts: the protobuf envelope and services (`kakehashi.v1`), plus small helpers
-//! on them — identifier rules, NATS subject names, event ids and header names.
+//! Kakehashi contracts: the protobuf envelope and services (`kakehashi.v1`), plus what every
+//! party on the bus must agree on byte for byte — identifier rules, NATS subject and stream
+//! names, event ids, header names and the CloudEvents encodings. Nothing here opens a socket,
+//! reads a file or keeps process state; that is `kakehashi-runtime` (`services/runtime`).
 //!
 //! Layout:
 //! - [`v1`]: generated messages, clients and servers.
@@ -9,26 +11,12 @@
 //! - [`ids`]: new event ids (UUIDv7).
 //! - [`cloudevents`]: `Event` as a CloudEvent: NATS binary mode (`KH_EVENTS`), JSON and
 //!   protobuf formats.
-//! - [`identity`], [`tls`]: who is calling (client certificate, then bearer token), and gRPC TLS.
 
-pub mod audit;
 pub mod cloudevents;
 pub mod formats;
-pub mod grpc;
-pub mod http_server;
 pub mod ident;
-pub mod identity;
 pub mod ids;
-pub mod metrics;
-pub mod nats_auth;
-pub mod private_files;
-pub mod process_metrics;
-pub mod settings;
-pub mod streams;
 pub mod subjects;
-pub mod telemetry;
-pub mod tls;
-pub mod topology;
 
 /// Generated code, nested by protobuf package so that the paths prost writes between packages
 /// (`super::super::io::cloudevents::v1`) resolve.

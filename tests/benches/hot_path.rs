@@ -103,7 +103,7 @@ async fn run() {
     let lat_n = env_usize("KH_BENCH_LATENCY_EVENTS", 2_000);
     let lat_rate = env_usize("KH_BENCH_LATENCY_RATE", 500);
     let telemetry = (std::env::var("KH_BENCH_TELEMETRY").is_ok_and(|v| v == "1"))
-        .then(|| kakehashi_proto::telemetry::init("kakehashi-bench", "info").expect("telemetry"));
+        .then(|| kakehashi_runtime::telemetry::init("kakehashi-bench", "info").expect("telemetry"));
 
     let payload = example_payload();
     let sample = new_event(&payload).encode_to_vec();
@@ -645,13 +645,13 @@ async fn audit_like(
     .await
     .expect("audit-like stream");
     let template = {
-        let mut r = kakehashi_proto::audit::AuditRecord::hop(&new_event(b"{}"), "delivered", "ok");
+        let mut r = kakehashi_runtime::audit::AuditRecord::hop(&new_event(b"{}"), "delivered", "ok");
         r.actor = "registry-bench".into();
         r.department = READER.into();
         r.subscription = format!("sub_{READER}_{SUBSCRIPTION}");
         r.detail = "attempt 1".into();
         r.schema_version = 1;
-        r.time_us = kakehashi_proto::audit::now_us();
+        r.time_us = kakehashi_runtime::audit::now_us();
         r.prev_hash = "0".repeat(64);
         r.hash = "f".repeat(64);
         r

@@ -39,9 +39,9 @@
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use futures::StreamExt;
-use kakehashi_proto::audit::AuditRecord;
 use kakehashi_proto::subjects;
 use kakehashi_proto::v1::Event;
+use kakehashi_runtime::audit::AuditRecord;
 use kakehashi_tests::bench::{
     child_pid, connect, cores, cpu_ticks, create_raw_streams, example_payload, keyed, new_event,
     publish_pipelined, relay, setup_registry, KEYS, RAW_IN, RAW_OUT,

@@ -13,7 +13,7 @@
 
 use crate::nats::{check_violations, spawn_server, violations_in, Ports, TEST_DEPARTMENTS};
 use kakehashi_ctl::nats_config::{self, permissions::Service, Generated, Plan};
-use kakehashi_proto::nats_auth::NatsAuthConfig;
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Child;

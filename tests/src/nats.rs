@@ -4,7 +4,7 @@
 //! least-privilege identities and nothing connects anonymously.
 
 use kakehashi_ctl::nats_config::{self, permissions::Service, Generated, Plan};
-use kakehashi_proto::nats_auth::NatsAuthConfig;
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -149,9 +149,9 @@ impl OtlpReceiver {
         &self,
         service: &'static str,
         log_filter: &str,
-    ) -> kakehashi_proto::telemetry::TelemetryGuard {
+    ) -> kakehashi_runtime::telemetry::TelemetryGuard {
         std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", self.addr));
         std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
-        kakehashi_proto::telemetry::init(service, log_filter).expect("telemetry")
+        kakehashi_runtime::telemetry::init(service, log_filter).expect("telemetry")
     }
 }

@@ -5,10 +5,10 @@
 use async_nats::jetstream::{self, kv};
 use kakehashi_adapter::config::AdapterConfig;
 use kakehashi_ctl::cli::Conn;
-use kakehashi_proto::audit::AuditRecord;
-use kakehashi_proto::topology::TopologyConfig;
 use kakehashi_proto::v1::{flows_client, publisher_client, Event, Hop, TraceEventRequest};
 use kakehashi_registry::config::RegistryConfig;
+use kakehashi_runtime::audit::AuditRecord;
+use kakehashi_runtime::topology::TopologyConfig;
 use kakehashi_tests::bus::{self, Flow, Subscriber};
 use kakehashi_tests::services::{adapter_config, registry_config};
 use kakehashi_tests::{wait, Adapter, NatsServer, Registry};
@@ -178,7 +178,7 @@ async fn anchored_records(
     wait::until("the records stored and their chain heads anchored", Duration::from_secs(20), || {
         let (js, bucket) = (js.clone(), bucket.clone());
         async move {
-            let heads = kakehashi_proto::audit::read_heads(&bucket).await.ok()?;
+            let heads = kakehashi_runtime::audit::read_heads(&bucket).await.ok()?;
             let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
             let all_acked = r.iter().filter(|(_, r)| r.hop == "acked").count() == acked;
             let covered =
@@ -201,7 +201,7 @@ async fn audit_verify_names_a_tampered_record() {
     deliver_doses(&mut bus, &mut subscriber, 1..=3).await;
     let (js, bucket) = audit_store(&bus).await;
     let records = anchored_records(&js, &bucket, 3).await;
-    assert!(kakehashi_proto::audit::verify(&records, &[], 0).is_empty(), "intact before tampering");
+    assert!(kakehashi_runtime::audit::verify(&records, &[], 0).is_empty(), "intact before tampering");
     let conn = conn(&bus);
     kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
 
@@ -221,9 +221,9 @@ async fn audit_verify_names_a_tampered_record() {
     .expect("stored");
 
     let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
-    let broken = kakehashi_proto::audit::verify(&after, &[], 0);
+    let broken = kakehashi_runtime::audit::verify(&after, &[], 0);
     assert_eq!(broken.len(), 1, "{broken:?}");
-    let chain = kakehashi_proto::audit::chain_name(&victim.actor, &victim.chain);
+    let chain = kakehashi_runtime::audit::chain_name(&victim.actor, &victim.chain);
     assert_eq!((broken[0].actor.as_str(), broken[0].seq), (chain.as_str(), victim.seq));
     assert!(broken[0].problem.contains("altered"), "{}", broken[0].problem);
     let err = kakehashi_ctl::commands::audit::verify(&conn, true).await.expect_err("verify fails");
@@ -250,11 +250,11 @@ async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
         .expect("registry records");
     js.get_stream("KH_AUDIT").await.expect("stream").delete_message(newest_seq).await.expect("delete");
     let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
-    assert!(kakehashi_proto::audit::verify(&after, &[], 0).is_empty(), "undetectable without the head");
-    let heads = kakehashi_proto::audit::read_heads(&bucket).await.expect("heads");
-    let broken = kakehashi_proto::audit::verify(&after, &heads, 0);
+    assert!(kakehashi_runtime::audit::verify(&after, &[], 0).is_empty(), "undetectable without the head");
+    let heads = kakehashi_runtime::audit::read_heads(&bucket).await.expect("heads");
+    let broken = kakehashi_runtime::audit::verify(&after, &heads, 0);
     assert_eq!(broken.len(), 1, "{broken:?}");
-    let chain = kakehashi_proto::audit::chain_name(&newest.actor, &newest.chain);
+    let chain = kakehashi_runtime::audit::chain_name(&newest.actor, &newest.chain);
     assert_eq!((broken[0].actor.as_str(), broken[0].seq), (chain.as_str(), newest.seq));
     assert!(broken[0].problem.contains("missing at the end"), "{}", broken[0].problem);
     let err = kakehashi_ctl::commands::audit::verify(&conn, true).await.expect_err("verify fails");
@@ -282,7 +282,7 @@ async fn audit_verify_tells_records_expired_by_retention_from_deleted_ones() {
     let records = anchored_records(&js, &bucket, 1).await;
     assert!(records.iter().all(|(_, r)| r.seq > 1), "every chain's beginning expired: {records:?}");
     assert!(
-        !kakehashi_proto::audit::verify(&records, &[], 0).is_empty(),
+        !kakehashi_runtime::audit::verify(&records, &[], 0).is_empty(),
         "without the retention horizon the expired beginning looks deleted"
     );
     kakehashi_ctl::commands::audit::verify(&conn(&bus), true).await.expect("expiry is not tampering");

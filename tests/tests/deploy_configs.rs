@@ -4,7 +4,7 @@
 //! by the pinned nats-server with the generated authorization, not only read.
 
 use kakehashi_ctl::nats_config::{self, permissions::Service, Generated, Plan};
-use kakehashi_proto::nats_auth::NatsAuthConfig;
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
 use kakehashi_tests::nats::server_binary;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -4,8 +4,8 @@
 //! `ListPolicies` shows a department only the policies naming it.
 
 use kakehashi_ctl::pki::{Ca, Issued};
-use kakehashi_proto::tls::GrpcTls;
 use kakehashi_proto::v1::*;
+use kakehashi_runtime::tls::GrpcTls;
 use kakehashi_tests::services::{adapter_config, registry_config};
 use kakehashi_tests::{Adapter, NatsServer, Registry};
 use prost::Message as _;

@@ -3,9 +3,9 @@
 //! subject form without a bucket still works, a wrong bucket is refused, and the partition
 //! count only changes while `KH_INGRESS` is empty.
 
-use kakehashi_proto::audit::AuditRecord;
 use kakehashi_proto::subjects;
 use kakehashi_proto::v1::Event;
+use kakehashi_runtime::audit::AuditRecord;
 use kakehashi_tests::bus::{self, Flow};
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{wait, NatsServer, Registry, RegistryProcess};

@@ -71,7 +71,7 @@ impl TestBus {
 
     fn config(&self) -> AdapterConfig {
         // `ingest` runs as the department itself, with its own NATS identity.
-        let nats_auth = kakehashi_proto::nats_auth::NatsAuthConfig {
+        let nats_auth = kakehashi_runtime::nats_auth::NatsAuthConfig {
             credentials: Some(self.nats.department_creds(SOURCE)),
             ..Default::default()
         };

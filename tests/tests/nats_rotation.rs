@@ -3,7 +3,7 @@
 //! moves to its new key without an outage and the old key is refused afterwards.
 
 use kakehashi_ctl::nats_config::department_identity;
-use kakehashi_proto::nats_auth::NatsAuthConfig;
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
 use kakehashi_tests::NatsServer;
 use std::path::Path;
 use std::time::Duration;

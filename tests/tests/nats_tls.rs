@@ -5,7 +5,7 @@
 
 use kakehashi_adapter::sdk::Bus;
 use kakehashi_ctl::nats_config::permissions::Service;
-use kakehashi_proto::nats_auth::NatsAuthConfig;
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
 use kakehashi_tests::bus::{self, Flow};
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{NatsServer, Registry};

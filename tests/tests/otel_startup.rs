@@ -23,7 +23,7 @@ async fn a_span_recorded_at_start_up_arrives_at_the_first_scheduled_export() {
     std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", receiver.addr));
     std::env::remove_var("OTEL_BSP_SCHEDULE_DELAY");
     let started = Instant::now();
-    let telemetry = kakehashi_proto::telemetry::init("kakehashi-startup", "warn").expect("telemetry");
+    let telemetry = kakehashi_runtime::telemetry::init("kakehashi-startup", "warn").expect("telemetry");
     tracing::info_span!("startup-probe").in_scope(|| tracing::info!("recorded at start-up"));
 
     wait::until("the start-up span at the receiver", Duration::from_secs(30), || {

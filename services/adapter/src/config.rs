@@ -1,9 +1,9 @@
 //! Adapter configuration: defaults that work locally, a TOML file, then environment overrides.
 
-use kakehashi_proto::nats_auth::NatsAuthConfig;
-use kakehashi_proto::settings;
-pub use kakehashi_proto::settings::ConfigError;
-use kakehashi_proto::topology::TopologyConfig;
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
+use kakehashi_runtime::settings;
+pub use kakehashi_runtime::settings::ConfigError;
+use kakehashi_runtime::topology::TopologyConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,7 +40,7 @@ pub struct AdapterConfig {
     pub credentials_file: Option<std::path::PathBuf>,
     /// TLS of the gRPC server (`KAKEHASHI_GRPC_TLS_*`); none = plaintext. With a client CA, a
     /// verified client certificate identifies the publishing department.
-    pub grpc_tls: Option<kakehashi_proto::tls::GrpcTls>,
+    pub grpc_tls: Option<kakehashi_runtime::tls::GrpcTls>,
 }
 
 impl Default for AdapterConfig {
@@ -49,11 +49,11 @@ impl Default for AdapterConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_auth: NatsAuthConfig::default(),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
-            instance: kakehashi_proto::settings::default_instance("adapter"),
+            instance: kakehashi_runtime::settings::default_instance("adapter"),
             metrics_addr: None,
             topology: TopologyConfig::default(),
             max_payload_bytes: 512 * 1024,
-            max_request_bytes: kakehashi_proto::grpc::DEFAULT_MAX_REQUEST_BYTES,
+            max_request_bytes: kakehashi_runtime::grpc::DEFAULT_MAX_REQUEST_BYTES,
             stream_window: 256,
             credentials: BTreeMap::new(),
             credentials_file: None,
@@ -73,7 +73,7 @@ impl AdapterConfig {
         // The adapter's own variable wins, so one environment can configure both services.
         settings::env_parse("KAKEHASHI_ADAPTER_GRPC_ADDR", &mut cfg.grpc_addr)?;
         settings::env_string("KAKEHASHI_INSTANCE", &mut cfg.instance);
-        kakehashi_proto::tls::GrpcTls::apply_env(&mut cfg.grpc_tls)?;
+        kakehashi_runtime::tls::GrpcTls::apply_env(&mut cfg.grpc_tls)?;
         if std::env::var("KAKEHASHI_METRICS_ADDR").is_ok() {
             let mut addr = SocketAddr::from(([127, 0, 0, 1], 9465));
             settings::env_parse("KAKEHASHI_METRICS_ADDR", &mut addr)?;

@@ -45,13 +45,13 @@ pub enum RunError {
     },
     /// Streams could not be set up.
     #[error(transparent)]
-    Topology(#[from] kakehashi_proto::topology::TopologyError),
+    Topology(#[from] kakehashi_runtime::topology::TopologyError),
     /// Startup of a component failed.
     #[error("startup: {0}")]
     Startup(String),
     /// The gRPC TLS files could not be used.
     #[error("gRPC TLS: {0}")]
-    Tls(#[from] kakehashi_proto::tls::TlsError),
+    Tls(#[from] kakehashi_runtime::tls::TlsError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -60,7 +60,7 @@ pub enum RunError {
 /// Connects to NATS with the settings every adapter component uses.
 pub async fn connect(
     url: &str,
-    auth: &kakehashi_proto::nats_auth::NatsAuthConfig,
+    auth: &kakehashi_runtime::nats_auth::NatsAuthConfig,
     name: &str,
 ) -> Result<async_nats::jetstream::Context, RunError> {
     let client = auth
@@ -81,28 +81,28 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     // TLS files are checked first: a bad certificate fails startup before anything connects.
-    let server = kakehashi_proto::tls::server_builder(config.grpc_tls.as_ref())?;
+    let server = kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?;
     let js = connect(&config.nats_url, &config.nats_auth, &config.instance).await?;
-    let buckets = kakehashi_proto::topology::ensure(&js, &config.topology).await?;
+    let buckets = kakehashi_runtime::topology::ensure(&js, &config.topology).await?;
     // Direct reads of single versions: the adapter's identity may create no consumers.
     let schemas = schemas::SchemaIndex::open_direct(js.client());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<v1::publisher_server::PublisherServer<publisher::PublisherService>>().await;
     const SERVED: &[&str] = &["kakehashi.v1.Publisher"];
-    let reflection = kakehashi_proto::grpc::reflection_v1(SERVED)
+    let reflection = kakehashi_runtime::grpc::reflection_v1(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
-    let reflection_alpha = kakehashi_proto::grpc::reflection_v1alpha(SERVED)
+    let reflection_alpha = kakehashi_runtime::grpc::reflection_v1alpha(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
-    let audit = kakehashi_proto::audit::AuditWriter::start(
+    let audit = kakehashi_runtime::audit::AuditWriter::start(
         js.clone(),
         buckets.config.clone(),
         config.instance.clone(),
         &config.topology,
     );
-    let metrics = kakehashi_proto::metrics::Registry::new();
-    kakehashi_proto::process_metrics::register(&metrics, "adapter", js.client(), audit.clone());
-    let grpc_metrics = kakehashi_proto::grpc::GrpcMetrics::new(&metrics);
-    let identities = kakehashi_proto::identity::Identities::new(config.credentials.clone(), Vec::new())
+    let metrics = kakehashi_runtime::metrics::Registry::new();
+    kakehashi_runtime::process_metrics::register(&metrics, "adapter", js.client(), audit.clone());
+    let grpc_metrics = kakehashi_runtime::grpc::GrpcMetrics::new(&metrics);
+    let identities = kakehashi_runtime::identity::Identities::new(config.credentials.clone(), Vec::new())
         .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()));
     identities.log_mode("adapter", config.grpc_tls.as_ref());
     let service = publisher::PublisherService::new(
@@ -118,18 +118,18 @@ pub async fn run(
             .await
             .map_err(|e| RunError::Startup(format!("metrics listener {addr}: {e}")))?;
         let mut stop = stop_rx;
-        tokio::spawn(kakehashi_proto::metrics::serve(metrics, l, async move {
+        tokio::spawn(kakehashi_runtime::metrics::serve(metrics, l, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }
     // Above the payload limit, so an oversized event is answered by `Publish` naming
     // `max_payload_bytes`, not by tonic's 4 MiB default.
     let max_decoding =
-        kakehashi_proto::grpc::max_decoding_bytes(config.max_request_bytes, config.max_payload_bytes);
+        kakehashi_runtime::grpc::max_decoding_bytes(config.max_request_bytes, config.max_payload_bytes);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "adapter serving");
     server
-        .trace_fn(kakehashi_proto::grpc::server_span)
-        .layer(kakehashi_proto::identity::peer_cert_layer())
+        .trace_fn(kakehashi_runtime::grpc::server_span)
+        .layer(kakehashi_runtime::identity::peer_cert_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -83,7 +83,7 @@ enum ProgressMode {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Some(Command::Ingest(_))) { "warn" } else { "info" };
-    let _telemetry = match kakehashi_proto::telemetry::init("kakehashi-adapter", default_level) {
+    let _telemetry = match kakehashi_runtime::telemetry::init("kakehashi-adapter", default_level) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("kakehashi-adapter: {e}");
@@ -111,7 +111,7 @@ async fn serve(config: AdapterConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match kakehashi_adapter::run(config, listener, kakehashi_proto::settings::shutdown_signal()).await {
+    match kakehashi_adapter::run(config, listener, kakehashi_runtime::settings::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kakehashi-adapter: {e}");

@@ -1,8 +1,8 @@
 //! Console configuration: defaults that work locally, a TOML file, then environment overrides
 //! (the same order as every Kakehashi service).
 
-use kakehashi_proto::settings;
-pub use kakehashi_proto::settings::ConfigError;
+use kakehashi_runtime::settings;
+pub use kakehashi_runtime::settings::ConfigError;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

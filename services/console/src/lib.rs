@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use config::ConsoleConfig;
-use kakehashi_proto::http_server::{serve_http1, ConnectionLimits};
+use kakehashi_runtime::http_server::{serve_http1, ConnectionLimits};
 use session::{Login, Session, Sessions};
 use std::future::Future;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub enum ConsoleError {
     Registry(#[from] registry::RegistryError),
     /// The certificate or key could not be used.
     #[error("TLS: {0}")]
-    Tls(#[from] kakehashi_proto::tls::TlsError),
+    Tls(#[from] kakehashi_runtime::tls::TlsError),
     /// rustls refused the certificate and key.
     #[error("TLS with certificate {cert}: {message}")]
     TlsConfig {
@@ -263,11 +263,11 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// The rustls server configuration of the console's certificate: the files are first checked
-/// the way every Kakehashi TLS listener checks them (`kakehashi_proto::tls`).
+/// the way every Kakehashi TLS listener checks them (`kakehashi_runtime::tls`).
 fn tls_config(tls: &config::ConsoleTls) -> Result<Arc<rustls::ServerConfig>, ConsoleError> {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let checked = kakehashi_proto::tls::GrpcTls {
+    let checked = kakehashi_runtime::tls::GrpcTls {
         cert_file: tls.cert_file.clone(),
         key_file: tls.key_file.clone(),
         client_ca_file: None,

@@ -6,14 +6,14 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _telemetry = match kakehashi_proto::telemetry::init("kakehashi-console", "info") {
+    let _telemetry = match kakehashi_runtime::telemetry::init("kakehashi-console", "info") {
         Ok(g) => g,
         Err(e) => {
             eprintln!("kakehashi-console: {e}");
             return ExitCode::from(2);
         }
     };
-    let file = kakehashi_proto::settings::config_path();
+    let file = kakehashi_runtime::settings::config_path();
     let config = match ConsoleConfig::load(file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match kakehashi_console::run(config, listener, kakehashi_proto::settings::shutdown_signal()).await {
+    match kakehashi_console::run(config, listener, kakehashi_runtime::settings::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kakehashi-console: {e}");

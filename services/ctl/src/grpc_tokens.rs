@@ -19,7 +19,7 @@ fn random_token() -> Result<String, CtlError> {
 
 /// Writes a file only its owner can read (it holds secrets), replacing it atomically.
 fn write_private(path: &Path, text: &str) -> Result<(), CtlError> {
-    kakehashi_proto::private_files::write_atomic(path, text.as_bytes(), true)
+    kakehashi_runtime::private_files::write_atomic(path, text.as_bytes(), true)
         .map_err(|e| CtlError::Usage(format!("cannot write {}: {e}", path.display())))
 }
 
@@ -31,7 +31,7 @@ pub fn ensure(path: &Path, departments: &BTreeSet<String>) -> Result<BTreeMap<St
             return Err(CtlError::Usage(format!("{d:?} is not a department id ([a-z0-9-]+)")));
         }
     }
-    let mut tokens = match kakehashi_proto::settings::read_token_file(path) {
+    let mut tokens = match kakehashi_runtime::settings::read_token_file(path) {
         Ok(t) => t,
         Err(_) if !path.exists() => BTreeMap::new(),
         Err(e) => return Err(CtlError::BadFile { path: path.to_path_buf(), message: e.to_string() }),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     // Quiet by default (the CLI prints its own results); the dev bus's services log warnings.
-    let _telemetry = match kakehashi_proto::telemetry::init("kakehashi", "warn") {
+    let _telemetry = match kakehashi_runtime::telemetry::init("kakehashi", "warn") {
         Ok(g) => g,
         Err(e) => {
             eprintln!("kakehashi: {e}");

@@ -2,7 +2,7 @@
 
 use crate::cli::Conn;
 use crate::error::CtlError;
-use kakehashi_proto::nats_auth::NatsAuthConfig;
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
 
 /// Connects to `conn.nats` as `conn.nats_credentials` (TLS when `conn.nats_ca` is set).
 pub async fn connect(conn: &Conn) -> Result<async_nats::Client, CtlError> {

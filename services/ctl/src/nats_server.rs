@@ -3,7 +3,7 @@
 //! binary — never whatever happens to answer on 4222.
 
 use crate::error::CtlError;
-use kakehashi_proto::nats_auth::NatsAuthConfig;
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// The nats-server version `deploy/scripts/ensure-tools.sh` installs.
 pub const PINNED_VERSION: &str = "2.15.1";
 /// The oldest nats-server the bus runs on (the services refuse older ones too).
-pub const MIN_VERSION: (u32, u32) = kakehashi_proto::topology::MIN_SERVER_VERSION;
+pub const MIN_VERSION: (u32, u32) = kakehashi_runtime::topology::MIN_SERVER_VERSION;
 
 /// The nats-server to run: `KAKEHASHI_NATS_SERVER`, else the one `ensure-tools.sh` installed
 /// (`${KAKEHASHI_TOOLS:-~/.cache/kakehashi}/nats-server-<version>/nats-server`).
@@ -43,7 +43,7 @@ pub fn check_version(bin: &Path) -> Result<String, CtlError> {
         .map_err(|e| CtlError::Dev(format!("cannot run {}: {e}", bin.display())))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let version = text.rsplit('v').next().unwrap_or("").to_string();
-    let found = kakehashi_proto::topology::parse_server_version(&version).unwrap_or((0, 0));
+    let found = kakehashi_runtime::topology::parse_server_version(&version).unwrap_or((0, 0));
     if found < MIN_VERSION {
         return Err(CtlError::Dev(format!(
             "{} is nats-server {version:?}; Kakehashi needs {}.{} or later (run `bash deploy/scripts/ensure-tools.sh`)",

@@ -4,7 +4,7 @@
 //! ECDSA P-256, made with ring. Nothing here is ever committed: certificates are generated
 //! where they are used and written as PEM files, private keys readable by their owner only.
 
-use kakehashi_proto::tls::DEPARTMENT_URI_PREFIX;
+use kakehashi_runtime::tls::DEPARTMENT_URI_PREFIX;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyPair, KeyUsagePurpose, SanType,
@@ -216,7 +216,7 @@ pub fn write_pem(path: &Path, pem: &str, private: bool) -> Result<(), PkiError> 
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    kakehashi_proto::private_files::write_atomic(path, pem.as_bytes(), private).map_err(io)
+    kakehashi_runtime::private_files::write_atomic(path, pem.as_bytes(), private).map_err(io)
 }
 
 #[cfg(test)]
@@ -227,12 +227,12 @@ mod tests {
     fn department_certificates_name_their_department() {
         let ca = Ca::generate("kakehashi test CA").expect("ca");
         let mhlw = ca.issue_department("mhlw").expect("client");
-        assert_eq!(kakehashi_proto::tls::department_of(&mhlw.cert_der).expect("department"), "mhlw");
+        assert_eq!(kakehashi_runtime::tls::department_of(&mhlw.cert_der).expect("department"), "mhlw");
         // Without the URI SAN the CommonName decides.
         let plain = ca.issue_client("city-shibuya", &[]).expect("client");
-        assert_eq!(kakehashi_proto::tls::department_of(&plain.cert_der).expect("cn"), "city-shibuya");
+        assert_eq!(kakehashi_runtime::tls::department_of(&plain.cert_der).expect("cn"), "city-shibuya");
         let odd = ca.issue_client("Not A Department", &[]).expect("client");
-        assert!(kakehashi_proto::tls::department_of(&odd.cert_der).is_err());
+        assert!(kakehashi_runtime::tls::department_of(&odd.cert_der).is_err());
         assert!(ca.issue_department("Bad_Id").is_err());
         assert!(ca.issue_server(&[]).is_err());
         ca.issue_server(&["localhost".into(), "127.0.0.1".into()]).expect("server");

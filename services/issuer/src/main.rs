@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
             args.push(a);
         }
     }
-    let file = kakehashi_proto::settings::config_path();
+    let file = kakehashi_runtime::settings::config_path();
     let config = match IssuerConfig::load(file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -80,14 +80,14 @@ async fn main() -> ExitCode {
         }
         _ => return usage(),
     }
-    let _telemetry = match kakehashi_proto::telemetry::init(NAME, "info") {
+    let _telemetry = match kakehashi_runtime::telemetry::init(NAME, "info") {
         Ok(g) => g,
         Err(e) => {
             eprintln!("{NAME}: {e}");
             return ExitCode::from(2);
         }
     };
-    match service::run(config, kakehashi_proto::settings::shutdown_signal()).await {
+    match service::run(config, kakehashi_runtime::settings::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{NAME}: {e}");

@@ -1,9 +1,9 @@
 //! Registry configuration: defaults that work locally, a TOML file, then environment overrides.
 
-use kakehashi_proto::nats_auth::NatsAuthConfig;
-pub use kakehashi_proto::settings::ConfigError;
-use kakehashi_proto::settings::{self, default_instance};
-use kakehashi_proto::topology::TopologyConfig;
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
+pub use kakehashi_runtime::settings::ConfigError;
+use kakehashi_runtime::settings::{self, default_instance};
+use kakehashi_runtime::topology::TopologyConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -51,7 +51,7 @@ pub struct RegistryConfig {
     pub admins: Vec<String>,
     /// TLS of the gRPC server (`KAKEHASHI_GRPC_TLS_*`); none = plaintext. With a client CA, a
     /// verified client certificate identifies the department.
-    pub grpc_tls: Option<kakehashi_proto::tls::GrpcTls>,
+    pub grpc_tls: Option<kakehashi_runtime::tls::GrpcTls>,
 }
 
 /// Explicit limits on what the registry accepts.
@@ -132,7 +132,7 @@ impl Default for Limits {
             max_violations: 100,
             max_cached_validators: 10_000,
             max_audit_scan: 100_000,
-            max_request_bytes: kakehashi_proto::grpc::DEFAULT_MAX_REQUEST_BYTES,
+            max_request_bytes: kakehashi_runtime::grpc::DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -171,7 +171,7 @@ impl RegistryConfig {
             settings::env_parse("KAKEHASHI_METRICS_ADDR", &mut addr)?;
             cfg.metrics_addr = Some(addr);
         }
-        kakehashi_proto::tls::GrpcTls::apply_env(&mut cfg.grpc_tls)?;
+        kakehashi_runtime::tls::GrpcTls::apply_env(&mut cfg.grpc_tls)?;
         settings::env_string("KAKEHASHI_PSEUDONYM_SECRET", &mut cfg.pseudonym_secret);
         if cfg.pseudonym_secret.len() < 16 {
             return Err(ConfigError::Env {

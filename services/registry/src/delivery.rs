@@ -12,13 +12,13 @@ use crate::subscriptions::{SubscriptionRecord, Subscriptions};
 use crate::validator::reason::Reason;
 use async_nats::jetstream::{self, consumer, message::Acker, AckKind};
 use futures::{Stream, StreamExt};
-use kakehashi_proto::audit::{AuditRecord, AuditWriter};
 use kakehashi_proto::cloudevents::binary::{envelope_bytes, from_events_message};
-use kakehashi_proto::identity::Identities;
-use kakehashi_proto::metrics::{Counter, Histogram};
 use kakehashi_proto::subjects;
-use kakehashi_proto::telemetry;
 use kakehashi_proto::v1::{subscribe_request, EventDelivery, SubscribeRequest};
+use kakehashi_runtime::audit::{AuditRecord, AuditWriter};
+use kakehashi_runtime::identity::Identities;
+use kakehashi_runtime::metrics::{Counter, Histogram};
+use kakehashi_runtime::telemetry;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -274,7 +274,7 @@ struct Session {
     acked: Counter,
     latency: Histogram,
     /// Dead letters by reason and source (`delivery_exhausted`, undecodable stored events).
-    dead_lettered: kakehashi_proto::metrics::CounterVec,
+    dead_lettered: kakehashi_runtime::metrics::CounterVec,
     actor: String,
     in_flight: usize,
     tx: mpsc::Sender<Result<EventDelivery, Status>>,

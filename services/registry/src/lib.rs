@@ -53,7 +53,7 @@ pub enum RunError {
     },
     /// Streams or buckets could not be set up.
     #[error(transparent)]
-    Topology(#[from] kakehashi_proto::topology::TopologyError),
+    Topology(#[from] kakehashi_runtime::topology::TopologyError),
     /// Bad configuration value.
     #[error("configuration: {0}")]
     Config(String),
@@ -62,7 +62,7 @@ pub enum RunError {
     Startup(String),
     /// The gRPC TLS files could not be used.
     #[error("gRPC TLS: {0}")]
-    Tls(#[from] kakehashi_proto::tls::TlsError),
+    Tls(#[from] kakehashi_runtime::tls::TlsError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -93,7 +93,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     // TLS files are checked first: a bad certificate fails startup before anything connects.
-    let server = kakehashi_proto::tls::server_builder(config.grpc_tls.as_ref())?;
+    let server = kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?;
     let default_mode: compat::Mode = config
         .default_compatibility
         .parse()
@@ -108,8 +108,8 @@ pub async fn run_with(
         .await
         .map_err(|source| RunError::Connect { url: config.nats_url.clone(), source })?;
     let js = async_nats::jetstream::new(client);
-    let buckets = kakehashi_proto::topology::ensure(&js, &config.topology).await?;
-    kakehashi_proto::topology::ensure_ingress_partitions(&js, &config.topology).await?;
+    let buckets = kakehashi_runtime::topology::ensure(&js, &config.topology).await?;
+    kakehashi_runtime::topology::ensure_ingress_partitions(&js, &config.topology).await?;
     let store = store::SchemaStore::open(
         buckets.schemas,
         default_mode,
@@ -124,7 +124,7 @@ pub async fn run_with(
         .await
         .map_err(|e| RunError::Startup(e.to_string()))?;
 
-    let audit = kakehashi_proto::audit::AuditWriter::start(
+    let audit = kakehashi_runtime::audit::AuditWriter::start(
         js.clone(),
         buckets.config.clone(),
         config.instance.clone(),
@@ -132,8 +132,8 @@ pub async fn run_with(
     );
     let metrics = metrics::RegistryMetrics::new();
     metrics.watch_lag(js.clone(), subs.clone(), store.clone(), Duration::from_secs(5));
-    kakehashi_proto::process_metrics::register(&metrics.registry, "registry", js.client(), audit.clone());
-    let grpc_metrics = kakehashi_proto::grpc::GrpcMetrics::new(&metrics.registry);
+    kakehashi_runtime::process_metrics::register(&metrics.registry, "registry", js.client(), audit.clone());
+    let grpc_metrics = kakehashi_runtime::grpc::GrpcMetrics::new(&metrics.registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_metrics = stop_rx.clone();
     // One set of limits for the validator and the dry run, so they cannot disagree.
@@ -177,13 +177,13 @@ pub async fn run_with(
         "kakehashi.v1.Flows",
         "kakehashi.v1.DeadLetters",
     ];
-    let reflection = kakehashi_proto::grpc::reflection_v1(SERVED)
+    let reflection = kakehashi_runtime::grpc::reflection_v1(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
-    let reflection_alpha = kakehashi_proto::grpc::reflection_v1alpha(SERVED)
+    let reflection_alpha = kakehashi_runtime::grpc::reflection_v1alpha(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
 
     let identities =
-        kakehashi_proto::identity::Identities::new(config.credentials.clone(), config.admins.clone())
+        kakehashi_runtime::identity::Identities::new(config.credentials.clone(), config.admins.clone())
             .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()));
     identities.log_mode("registry", config.grpc_tls.as_ref());
     let registry =
@@ -224,7 +224,7 @@ pub async fn run_with(
     if let Some(metrics_listener) = metrics_listener {
         let addr = metrics_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut stop = stop_rx_metrics;
-        tokio::spawn(kakehashi_proto::metrics::serve(
+        tokio::spawn(kakehashi_runtime::metrics::serve(
             metrics.registry.clone(),
             metrics_listener,
             async move {
@@ -235,7 +235,7 @@ pub async fn run_with(
     }
     // Above every configured limit, so an oversized schema or payload is answered by the
     // service naming its limit, not by tonic's 4 MiB default.
-    let max_decoding = kakehashi_proto::grpc::max_decoding_bytes(
+    let max_decoding = kakehashi_runtime::grpc::max_decoding_bytes(
         config.limits.max_request_bytes,
         config.limits.max_schema_bytes.max(config.limits.max_payload_bytes),
     );
@@ -263,8 +263,8 @@ pub async fn run_with(
     let flows =
         grpc_metrics.wrap(v1::flows_server::FlowsServer::new(flows).max_decoding_message_size(max_decoding));
     let served = server
-        .trace_fn(kakehashi_proto::grpc::server_span)
-        .layer(kakehashi_proto::identity::peer_cert_layer())
+        .trace_fn(kakehashi_runtime::grpc::server_span)
+        .layer(kakehashi_runtime::identity::peer_cert_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -5,8 +5,8 @@
 use crate::store::SchemaStore;
 use crate::subscriptions::Subscriptions;
 use async_nats::jetstream;
-use kakehashi_proto::metrics::{CounterVec, HistogramVec, Registry, DEFAULT_LATENCY_BUCKETS};
 use kakehashi_proto::subjects::{STREAM_EVENTS, STREAM_INGRESS};
+use kakehashi_runtime::metrics::{CounterVec, HistogramVec, Registry, DEFAULT_LATENCY_BUCKETS};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _telemetry = match kakehashi_proto::telemetry::init("kakehashi-registry", "warn") {
+    let _telemetry = match kakehashi_runtime::telemetry::init("kakehashi-registry", "warn") {
         Ok(t) => t,
         Err(e) => {
             eprintln!("kh-registry: {e}");

@@ -5,10 +5,10 @@ use super::record::ToEvent;
 use super::retry::Retry;
 use crate::schemas::SchemaIndex;
 use async_nats::jetstream::{self, context};
-use kakehashi_proto::nats_auth::NatsAuthConfig;
-use kakehashi_proto::topology::{self, TopologyConfig, TopologyError};
 use kakehashi_proto::v1::Event;
 use kakehashi_proto::{ident, subjects};
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
+use kakehashi_runtime::topology::{self, TopologyConfig, TopologyError};
 use std::time::Duration;
 
 /// The bus's confirmation of one event.

@@ -5,8 +5,8 @@ use crate::cli::Conn;
 use crate::error::CtlError;
 use crate::output::emit;
 use async_nats::jetstream::{self, consumer};
-use kakehashi_proto::audit::{chain_name, read_heads, verify_trail, AuditRecord, Trail};
 use kakehashi_proto::subjects::{AUDIT_ALL, BUCKET_CONFIG, STREAM_AUDIT};
+use kakehashi_runtime::audit::{chain_name, read_heads, verify_trail, AuditRecord, Trail};
 use serde_json::json;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub async fn read_trail(js: &jetstream::Context) -> Result<Trail, CtlError> {
 }
 
 async fn read_each(js: &jetstream::Context, mut each: impl FnMut(u64, AuditRecord)) -> Result<(), CtlError> {
-    kakehashi_proto::streams::read_each(
+    kakehashi_runtime::streams::read_each(
         js,
         STREAM_AUDIT,
         AUDIT_ALL,
@@ -64,7 +64,7 @@ pub async fn verify(conn: &Conn, json_mode: bool) -> Result<(), CtlError> {
     let horizon = if max_age.is_zero() {
         0
     } else {
-        kakehashi_proto::audit::now_us()
+        kakehashi_runtime::audit::now_us()
             .saturating_sub(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX))
     };
     let chains: std::collections::BTreeSet<String> = trail

@@ -11,9 +11,9 @@ use crate::error::CtlError;
 use crate::nats_config::{self, permissions::Service, Generated, Plan};
 use crate::{clients, commands, nats_server};
 use kakehashi_adapter::config::AdapterConfig;
-use kakehashi_proto::nats_auth::NatsAuthConfig;
 use kakehashi_proto::v1::*;
 use kakehashi_registry::config::RegistryConfig;
+use kakehashi_runtime::nats_auth::NatsAuthConfig;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -283,7 +283,7 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
     if outcome.is_ok() && !args.exit_after_demo {
         println!("\nServing until Ctrl-C.");
         // SIGTERM too (`kill`, `timeout`, a container stop): the nats-server we started goes with us.
-        kakehashi_proto::settings::shutdown_signal().await;
+        kakehashi_runtime::settings::shutdown_signal().await;
     }
     let _ = stop_tx.send(true);
     // The issuer first: it is a client of the registry and the adapter.

@@ -135,7 +135,7 @@ async fn replay(
     wait: std::time::Duration,
     json_mode: bool,
 ) -> Result<(), CtlError> {
-    let started_us = kakehashi_proto::audit::now_us();
+    let started_us = kakehashi_runtime::audit::now_us();
     let mut results = Vec::new();
     for s in &letters {
         let l = &s.letter;

@@ -15,7 +15,7 @@ pub mod permissions;
 pub mod render;
 
 use kakehashi_proto::ident;
-use kakehashi_proto::nats_auth::Credentials;
+use kakehashi_runtime::nats_auth::Credentials;
 use permissions::Service;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -294,5 +294,5 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> NatsConfigError {
 
 /// Writes a file only its owner can read (credentials, and the config naming who may do what).
 fn write_private(path: &Path, text: &str) -> Result<(), NatsConfigError> {
-    kakehashi_proto::private_files::write_atomic(path, text.as_bytes(), true).map_err(|e| file_err(path, e))
+    kakehashi_runtime::private_files::write_atomic(path, text.as_bytes(), true).map_err(|e| file_err(path, e))
 }

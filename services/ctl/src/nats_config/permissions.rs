@@ -81,7 +81,7 @@ impl Service {
                 // Any department's ingress: the adapter publishes for the caller its gRPC
                 // credentials proved, never for a claimed source.
                 publish.extend(strings(&["kh.in.*.>", "kh.audit.>"]));
-                publish.push(format!("$KV.{BUCKET_CONFIG}.{}>", kakehashi_proto::audit::HEAD_PREFIX));
+                publish.push(format!("$KV.{BUCKET_CONFIG}.{}>", kakehashi_runtime::audit::HEAD_PREFIX));
                 publish.extend(topology_setup());
                 // Schema versions by direct get only: no consumers at all, so the adapter has
                 // no way to point a consumer's deliver subject into a stream (nats-server

@@ -60,7 +60,7 @@ pub fn resolve_token(cfg: &IssuerConfig) -> Result<Option<String>, BusError> {
     }
     let Some(path) = &cfg.token_file else { return Ok(None) };
     let tokens =
-        kakehashi_proto::settings::read_token_file(path).map_err(|e| BusError::Config(e.to_string()))?;
+        kakehashi_runtime::settings::read_token_file(path).map_err(|e| BusError::Config(e.to_string()))?;
     tokens.get(&cfg.department).cloned().map(Some).ok_or_else(|| {
         BusError::Config(format!("{} has no token for department {}", path.display(), cfg.department))
     })

@@ -2,7 +2,7 @@
 //! (`--config FILE` or `KAKEHASHI_CONFIG`), then `KAKEHASHI_*` environment variables. Every key
 //! is shown with its default in `deploy/config/issuer.toml`.
 
-use kakehashi_proto::settings;
+use kakehashi_runtime::settings;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use kakehashi_proto::http_server::{serve_http1, ConnectionLimits};
+use kakehashi_runtime::http_server::{serve_http1, ConnectionLimits};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;

@@ -12,7 +12,7 @@
 //! takes effect without a restart; a key's `crlVersion` in the JWK Set is its list's `ctr`.
 
 use crate::{derive_rid, IssuerKey, KeyError, KeyRing, RevocationList};
-use kakehashi_proto::private_files::{create_dir, write_atomic};
+use kakehashi_runtime::private_files::{create_dir, write_atomic};
 use p256::elliptic_curve::zeroize::Zeroizing;
 use std::path::{Path, PathBuf};
 

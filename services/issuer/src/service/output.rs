@@ -2,7 +2,7 @@
 //! QR code) and `<certificate_id>.smart-health-card` (the card file of the specification).
 
 use crate::HealthCard;
-use kakehashi_proto::private_files::{create_dir, write_atomic};
+use kakehashi_runtime::private_files::{create_dir, write_atomic};
 use std::path::{Path, PathBuf};
 
 /// The files of one card.

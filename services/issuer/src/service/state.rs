@@ -102,7 +102,7 @@ impl State {
         }
         let mut state = Self {
             path: path.to_path_buf(),
-            file: kakehashi_proto::private_files::open_private_append(path).map_err(io)?,
+            file: kakehashi_runtime::private_files::open_private_append(path).map_err(io)?,
             records: HashMap::new(),
             record_ids: HashSet::new(),
             answers: HashMap::new(),

@@ -2,7 +2,7 @@
 //! one generated on first start in `<data_dir>/tls/` — a CA (`ca.pem`, which clients trust; its
 //! key is not kept) and a server certificate for `tls_hostnames` (`cert.pem`, `key.pem` 0600).
 
-use kakehashi_proto::private_files::{create_dir, write_atomic};
+use kakehashi_runtime::private_files::{create_dir, write_atomic};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -163,7 +163,7 @@ impl IssuerKey {
 
 /// Writes a secret file readable by the owner only (created 0600, replaced whole).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
-    kakehashi_proto::private_files::write_atomic(path, bytes, true)
+    kakehashi_runtime::private_files::write_atomic(path, bytes, true)
         .map_err(|source| KeyError::Io { path: path.display().to_string(), source })
 }
 

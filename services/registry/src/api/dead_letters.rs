@@ -7,10 +7,10 @@ use crate::pii::{PiiPaths, Step};
 use crate::redrive::{self, RedriveError, Redriven, Stored};
 use crate::store::SchemaStore;
 use async_nats::jetstream::{self, consumer};
-use kakehashi_proto::audit::{AuditRecord, AuditWriter};
-use kakehashi_proto::identity::{Identities, Scope};
 use kakehashi_proto::v1::dead_letters_server::DeadLetters;
 use kakehashi_proto::v1::*;
+use kakehashi_runtime::audit::{AuditRecord, AuditWriter};
+use kakehashi_runtime::identity::{Identities, Scope};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -280,7 +280,7 @@ impl DeadLetters for DeadLettersService {
                             detail: format!("by {caller} from KH_DLQ #{seq}"),
                             department: stored.letter.source.clone(),
                             event_type: stored.letter.r#type.clone(),
-                            time_us: kakehashi_proto::audit::now_us(),
+                            time_us: kakehashi_runtime::audit::now_us(),
                             ..Default::default()
                         })
                         .await;

@@ -1,11 +1,11 @@
 //! `Flows`: where did an event go? Answered from the audit trail in `KH_AUDIT`.
 
 use async_nats::jetstream::{self, consumer};
-use kakehashi_proto::audit::AuditRecord;
-use kakehashi_proto::identity::{Identities, Scope};
 use kakehashi_proto::subjects;
 use kakehashi_proto::v1::flows_server::Flows;
 use kakehashi_proto::v1::*;
+use kakehashi_runtime::audit::AuditRecord;
+use kakehashi_runtime::identity::{Identities, Scope};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -43,7 +43,7 @@ pub async fn read_audit(
     max: usize,
 ) -> Result<(Vec<(u64, AuditRecord)>, bool), Status> {
     let mut out = Vec::new();
-    let truncated = kakehashi_proto::streams::read_each(
+    let truncated = kakehashi_runtime::streams::read_each(
         js,
         subjects::STREAM_AUDIT,
         filter,
@@ -57,7 +57,7 @@ pub async fn read_audit(
     )
     .await
     .map_err(Status::unavailable)?;
-    kakehashi_proto::audit::drop_repeats(&mut out);
+    kakehashi_runtime::audit::drop_repeats(&mut out);
     Ok((out, truncated))
 }
 

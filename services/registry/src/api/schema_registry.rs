@@ -4,9 +4,9 @@ use crate::compat::Mode;
 use crate::store::record::{ProtoFile as StoredFile, SchemaRecord, SchemaType as StoredType};
 use crate::store::{PayloadSchema, ProtoRequest, SchemaStore, StoreError};
 use crate::validator::{self, CheckLimits};
-use kakehashi_proto::identity::Identities;
 use kakehashi_proto::v1::schema_registry_server::SchemaRegistry;
 use kakehashi_proto::v1::*;
+use kakehashi_runtime::identity::Identities;
 use tonic::{Request, Response, Status};
 
 /// The SchemaRegistry service.

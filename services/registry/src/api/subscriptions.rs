@@ -3,10 +3,10 @@
 use crate::policy::{Policies, PolicyRecord};
 use crate::store::now_rfc3339;
 use crate::subscriptions::{SubscriptionRecord, Subscriptions};
-use kakehashi_proto::identity::{Identities, Scope};
 use kakehashi_proto::v1::policies_server::Policies as PoliciesApi;
 use kakehashi_proto::v1::subscriptions_server::Subscriptions as SubscriptionsApi;
 use kakehashi_proto::v1::*;
+use kakehashi_runtime::identity::{Identities, Scope};
 use tonic::{Request, Response, Status};
 
 /// The Subscriptions service.

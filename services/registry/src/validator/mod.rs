@@ -31,9 +31,9 @@ use crate::store::SchemaStore;
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream::Stream, AckKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use kakehashi_proto::audit::AuditRecord;
 use kakehashi_proto::subjects::{self, HEADER_SCHEMA_VERSION, HEADER_TRACEPARENT, HEADER_TRACESTATE};
-use kakehashi_proto::telemetry;
+use kakehashi_runtime::audit::AuditRecord;
+use kakehashi_runtime::telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -80,7 +80,7 @@ pub struct ValidatorSettings {
     /// (the consumer's `priority_timeout`: the failover time after a crash).
     pub failover: Duration,
     /// Where the validator's hops are recorded.
-    pub audit: kakehashi_proto::audit::AuditWriter,
+    pub audit: kakehashi_runtime::audit::AuditWriter,
     /// Counters and latencies.
     pub metrics: crate::metrics::RegistryMetrics,
     /// Partitions of `KH_INGRESS` (`topology.ingress_partitions`).

@@ -25,7 +25,7 @@ pub(super) async fn write_loop(js: jetstream::Context, anchor: Anchor, mut rx: m
         prev = r.hash.clone();
         prev_time = r.time_us;
         let pending = Pending {
-            subject: crate::subjects::audit(&r.event_id),
+            subject: kakehashi_proto::subjects::audit(&r.event_id),
             seq,
             hash: r.hash.clone(),
             time_us: r.time_us,

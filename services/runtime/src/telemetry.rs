@@ -154,7 +154,7 @@ pub fn context_from(
     extensions: Option<&HashMap<String, String>>,
 ) -> opentelemetry::Context {
     let p = TraceContextPropagator::new();
-    if let Some(h) = headers.filter(|h| h.get(crate::subjects::HEADER_TRACEPARENT).is_some()) {
+    if let Some(h) = headers.filter(|h| h.get(kakehashi_proto::subjects::HEADER_TRACEPARENT).is_some()) {
         return p.extract(&HeaderExtractor(h));
     }
     extensions.map_or_else(opentelemetry::Context::new, |e| p.extract(&MapExtractor(e)))

@@ -232,7 +232,7 @@ impl Identities {
     /// as is; otherwise the credentials decide and a different claimed source is refused.
     pub fn department<'a>(&self, c: impl Into<Credentials<'a>>, claimed: &str) -> Result<String, Status> {
         if !self.enforced() {
-            if !crate::ident::is_valid_department_id(claimed) {
+            if !kakehashi_proto::ident::is_valid_department_id(claimed) {
                 return Err(Status::invalid_argument("source must be a department id ([a-z0-9-]+)"));
             }
             return Ok(claimed.to_string());

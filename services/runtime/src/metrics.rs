@@ -19,7 +19,7 @@
 //! into a key (one allocation per value) and takes a read lock for a hash lookup.
 //!
 //! ```
-//! use kakehashi_proto::metrics::{Registry, DEFAULT_LATENCY_BUCKETS};
+//! use kakehashi_runtime::metrics::{Registry, DEFAULT_LATENCY_BUCKETS};
 //!
 //! let registry = Registry::new();
 //! let published = registry.counter(
@@ -47,12 +47,12 @@
 //! Serving it, with the listener bound by the caller (tests bind `127.0.0.1:0`):
 //!
 //! ```no_run
-//! # async fn run(registry: kakehashi_proto::metrics::Registry) -> std::io::Result<()> {
+//! # async fn run(registry: kakehashi_runtime::metrics::Registry) -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:9464").await?;
 //! let shutdown = async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! };
-//! kakehashi_proto::metrics::serve(registry, listener, shutdown).await;
+//! kakehashi_runtime::metrics::serve(registry, listener, shutdown).await;
 //! # Ok(())
 //! # }
 //! ```

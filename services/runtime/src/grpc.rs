@@ -15,7 +15,7 @@ const HEALTH: &str = "grpc.health.v1.Health";
 
 fn builder(services: &[&str], reflection: &str) -> Builder<'static> {
     let mut b = Builder::configure()
-        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(kakehashi_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(HEALTH)
         .with_service_name(reflection);

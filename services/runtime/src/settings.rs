@@ -73,7 +73,7 @@ pub fn read_token_file(path: &Path) -> Result<std::collections::BTreeMap<String,
             name: "credentials_file",
             message: format!("{} is not `department = \"token\"` lines", path.display()),
         })?;
-    if let Some(d) = tokens.keys().find(|d| !crate::ident::is_valid_department_id(d)) {
+    if let Some(d) = tokens.keys().find(|d| !kakehashi_proto::ident::is_valid_department_id(d)) {
         return Err(ConfigError::Env {
             name: "credentials_file",
             message: format!("{}: {d:?} is not a department id", path.display()),

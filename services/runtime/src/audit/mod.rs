@@ -63,7 +63,7 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// A record of `hop` for `event` with `outcome`; the caller adds what else applies.
-    pub fn hop(event: &crate::v1::Event, hop: &str, outcome: &str) -> Self {
+    pub fn hop(event: &kakehashi_proto::v1::Event, hop: &str, outcome: &str) -> Self {
         Self {
             event_id: event.id.clone(),
             hop: hop.to_string(),

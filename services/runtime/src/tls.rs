@@ -249,7 +249,7 @@ pub fn department_of(cert_der: &[u8]) -> Result<String, CertIdentityError> {
         Some(id) => id,
         None => common_name(&tbs.subject).ok_or(CertIdentityError::NoName)?,
     };
-    if crate::ident::is_valid_department_id(&name) {
+    if kakehashi_proto::ident::is_valid_department_id(&name) {
         Ok(name)
     } else {
         Err(CertIdentityError::NotADepartment(name))

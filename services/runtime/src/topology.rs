@@ -1,11 +1,11 @@
 //! The JetStream streams and KV buckets of the bus, created idempotently by every process at
 //! start, so any service can come up first on an empty server.
 
-use crate::subjects::{
+use async_nats::jetstream::{self, kv, stream};
+use kakehashi_proto::subjects::{
     self, AUDIT_ALL, BUCKET_CONFIG, BUCKET_SCHEMAS, DLQ_ALL, EVENTS_ALL, INGRESS_STREAM, STREAM_AUDIT,
     STREAM_DLQ, STREAM_EVENTS, STREAM_INGRESS,
 };
-use async_nats::jetstream::{self, kv, stream};
 use serde::Deserialize;
 use std::time::Duration;
 
