@@ -6,7 +6,7 @@
 
 use futures::TryStreamExt as _;
 use kakehashi_ctl::nats_config::{self, permissions::Service, Plan};
-use kakehashi_proto::topology::{parse_server_version, MIN_SERVER_VERSION};
+use kakehashi_runtime::topology::{parse_server_version, MIN_SERVER_VERSION};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -81,7 +81,7 @@ async fn a_registry_refuses_a_nats_server_older_than_the_minimum_before_creating
     assert!(line.contains("ensure-tools.sh"), "the line does not say what to do: {line}");
 
     // Nothing was created on the old server: no stream, no bucket.
-    let admin = kakehashi_proto::nats_auth::NatsAuthConfig {
+    let admin = kakehashi_runtime::nats_auth::NatsAuthConfig {
         credentials: Some(auth.service(Service::Admin)),
         ..Default::default()
     };
