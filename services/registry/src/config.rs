@@ -49,6 +49,10 @@ pub struct RegistryConfig {
     /// Departments that administer the bus: register schemas, manage policies and any
     /// department's subscriptions.
     pub admins: Vec<String>,
+    /// Identities (a client certificate's or token's department id, e.g. `kakehashi-console`)
+    /// trusted to act for any department they name in `x-kakehashi-on-behalf-of`; they have
+    /// no rights of their own (`KAKEHASHI_DELEGATES`, comma-separated). Default: none.
+    pub delegates: Vec<String>,
     /// TLS of the gRPC server (`KAKEHASHI_GRPC_TLS_*`); none = plaintext. With a client CA, a
     /// verified client certificate identifies the department.
     pub grpc_tls: Option<kakehashi_runtime::tls::GrpcTls>,
@@ -119,6 +123,7 @@ impl Default for RegistryConfig {
             credentials: Default::default(),
             credentials_file: None,
             admins: Vec::new(),
+            delegates: Vec::new(),
             grpc_tls: None,
         }
     }
@@ -163,6 +168,10 @@ impl RegistryConfig {
         settings::merge_token_file(&mut cfg.credentials_file, &mut cfg.credentials)?;
         if let Ok(v) = std::env::var("KAKEHASHI_ADMINS") {
             cfg.admins = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        }
+        if let Ok(v) = std::env::var("KAKEHASHI_DELEGATES") {
+            cfg.delegates =
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
         }
         settings::env_parse("KAKEHASHI_GRPC_ADDR", &mut cfg.grpc_addr)?;
         settings::env_string("KAKEHASHI_INSTANCE", &mut cfg.instance);

@@ -9,13 +9,41 @@
 //!    configuration.
 //!
 //! That department — never a field the caller fills in — becomes an event's source and decides
-//! whose resources a call may touch. With neither tokens nor a client CA configured the bus runs
+//! whose resources a call may touch.
+//!
+//! **Delegation**: an identity configured as a *delegate* (the web console, which cannot present
+//! a department's client certificate because its key stays in the browser) has no rights of its
+//! own; it acts only for the department it names in [`ON_BEHALF_OF`], and then exactly as that
+//! department. The header from anyone else is refused (`PERMISSION_DENIED`), never ignored. With neither tokens nor a client CA configured the bus runs
 //! in development mode: callers are not authenticated (logged loudly at startup).
 
 use crate::tls::GrpcTls;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Request, Status};
+
+/// The metadata a delegate names the department it acts for with.
+pub const ON_BEHALF_OF: &str = "x-kakehashi-on-behalf-of";
+
+/// An authenticated caller: the department it acts as, and the delegate it acts through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The department whose rights apply.
+    pub department: String,
+    /// The delegate identity that authenticated and named the department, if any.
+    pub via: Option<String>,
+}
+
+/// `mhlw`, or `mhlw via kakehashi-console` — what logs and audit records name.
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.via {
+            Some(delegate) => write!(f, "{} via {delegate}", self.department),
+            None => f.write_str(&self.department),
+        }
+    }
+}
 
 /// What the verified client certificate of a request said; set by [`peer_cert_layer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +120,7 @@ pub struct Identities {
     tokens: BTreeMap<String, String>,
     admins: BTreeSet<String>,
     client_certs: bool,
+    delegates: BTreeSet<String>,
 }
 
 impl Identities {
@@ -99,7 +128,14 @@ impl Identities {
     /// bus (schemas, policies, any department's subscriptions); no tokens (and no client
     /// certificates, see [`Identities::with_client_certs`]) means development mode.
     pub fn new(tokens: BTreeMap<String, String>, admins: impl IntoIterator<Item = String>) -> Self {
-        Self { tokens, admins: admins.into_iter().collect(), client_certs: false }
+        Self { tokens, admins: admins.into_iter().collect(), client_certs: false, delegates: BTreeSet::new() }
+    }
+
+    /// Identities (as authenticated by certificate or token) that may act for any department
+    /// by naming it in [`ON_BEHALF_OF`], and have no rights of their own.
+    pub fn with_delegates(mut self, delegates: impl IntoIterator<Item = String>) -> Self {
+        self.delegates = delegates.into_iter().collect();
+        self
     }
 
     /// Also identify callers by their verified client certificate (the server has a client CA).
@@ -130,6 +166,7 @@ impl Identities {
                 transport,
                 tokens = self.tokens.len(),
                 client_certificates = self.client_certs,
+                delegates = ?self.delegates,
                 "callers are authenticated"
             );
         } else {
@@ -142,9 +179,63 @@ impl Identities {
         }
     }
 
-    /// The authenticated department: the verified certificate's, else the bearer token's.
-    /// A refusal is logged here, once, with what was claimed (never a token).
-    fn caller(&self, c: Credentials<'_>) -> Result<String, Status> {
+    /// The caller: the authenticated identity, or the department a delegate names. A refusal
+    /// is logged here, once, with what was claimed (never a token).
+    fn caller(&self, c: Credentials<'_>) -> Result<Caller, Status> {
+        let identity = self.authenticated(c)?;
+        let delegate = self.delegates.contains(&identity);
+        let mut named = c.metadata.get_all(ON_BEHALF_OF).iter();
+        let (first, second) = (named.next(), named.next());
+        match (first, delegate) {
+            (None, false) => Ok(Caller { department: identity, via: None }),
+            (None, true) => Err(Self::denied(
+                &identity,
+                format!(
+                    "{identity} is a delegate: it has no rights of its own and must name the department it acts for in {ON_BEHALF_OF}"
+                ),
+            )),
+            (Some(_), false) => Err(Self::denied(
+                &identity,
+                format!("{identity} is not a delegate of this server: {ON_BEHALF_OF} is refused"),
+            )),
+            (Some(value), true) => {
+                let department = value.to_str().unwrap_or_default();
+                let refused = |why: String| {
+                    tracing::warn!(caller = %identity, reason = %why, "delegated call refused");
+                    Err(Status::invalid_argument(why))
+                };
+                if second.is_some() {
+                    return refused(format!("{ON_BEHALF_OF} must name one department"));
+                }
+                if !kakehashi_proto::ident::is_valid_department_id(department) {
+                    return refused(format!("{ON_BEHALF_OF} must be a department id ([a-z0-9-]+)"));
+                }
+                if self.delegates.contains(department) {
+                    return Err(Self::denied(
+                        &identity,
+                        format!("{identity} may not act for {department}, which is a delegate"),
+                    ));
+                }
+                tracing::debug!(department, via = %identity, "delegated call");
+                Ok(Caller { department: department.to_string(), via: Some(identity) })
+            }
+        }
+    }
+
+    /// Refuses [`ON_BEHALF_OF`] in development mode: nobody is authenticated, so nobody is a
+    /// delegate, and the header is never silently ignored.
+    fn no_delegation_unauthenticated(c: Credentials<'_>) -> Result<(), Status> {
+        if c.metadata.get(ON_BEHALF_OF).is_some() {
+            let message = format!(
+                "{ON_BEHALF_OF} needs an authenticated delegate; this server does not authenticate callers (development mode)"
+            );
+            return Err(Self::denied("nobody", message));
+        }
+        Ok(())
+    }
+
+    /// The authenticated identity: the verified certificate's, else the bearer token's.
+    fn authenticated(&self, c: Credentials<'_>) -> Result<String, Status> {
         let mut certificate_problem = None;
         if self.client_certs {
             match c.extensions.get::<PeerCert>() {
@@ -185,63 +276,90 @@ impl Identities {
 
     /// Refuses unless the caller is an administrator (anyone in development mode).
     pub fn require_admin<'a>(&self, c: impl Into<Credentials<'a>>) -> Result<(), Status> {
+        let c = c.into();
         if !self.enforced() {
-            return Ok(());
+            return Self::no_delegation_unauthenticated(c);
         }
-        let dept = self.caller(c.into())?;
-        if self.admins.contains(&dept) {
+        let caller = self.caller(c)?;
+        if self.admins.contains(&caller.department) {
             Ok(())
         } else {
-            Err(Self::denied(&dept, format!("{dept} is not an administrator of the bus")))
+            let dept = &caller.department;
+            Err(Self::denied(&caller.to_string(), format!("{dept} is not an administrator of the bus")))
         }
     }
 
     /// Refuses unless the caller is an authenticated department (anyone in development mode).
     pub fn require_caller<'a>(&self, c: impl Into<Credentials<'a>>) -> Result<(), Status> {
+        let c = c.into();
         if self.enforced() {
-            self.caller(c.into())?;
+            self.caller(c)?;
+            Ok(())
+        } else {
+            Self::no_delegation_unauthenticated(c)
         }
-        Ok(())
+    }
+
+    /// Who is calling, for logs and audit records: `mhlw`, or `mhlw via kakehashi-console`
+    /// for a delegated call; `None` in development mode (nobody is authenticated).
+    pub fn actor<'a>(&self, c: impl Into<Credentials<'a>>) -> Result<Option<Caller>, Status> {
+        let c = c.into();
+        if !self.enforced() {
+            Self::no_delegation_unauthenticated(c)?;
+            return Ok(None);
+        }
+        self.caller(c).map(Some)
     }
 
     /// Whose data the caller may read: everything for administrators (and in development
     /// mode), else only its own department's.
     pub fn scope<'a>(&self, c: impl Into<Credentials<'a>>) -> Result<Scope, Status> {
+        let c = c.into();
         if !self.enforced() {
+            Self::no_delegation_unauthenticated(c)?;
             return Ok(Scope::All);
         }
-        let dept = self.caller(c.into())?;
+        let dept = self.caller(c)?.department;
         Ok(if self.admins.contains(&dept) { Scope::All } else { Scope::Department(dept) })
     }
 
     /// The department a request acts for on `department`'s resources: itself, or any
     /// department when the caller is an administrator.
     pub fn acting_for<'a>(&self, c: impl Into<Credentials<'a>>, department: &str) -> Result<String, Status> {
+        let c = c.into();
         if !self.enforced() {
+            Self::no_delegation_unauthenticated(c)?;
             return Ok(department.to_string());
         }
-        let dept = self.caller(c.into())?;
-        if dept == department || self.admins.contains(&dept) {
+        let caller = self.caller(c)?;
+        let dept = &caller.department;
+        if dept == department || self.admins.contains(dept) {
             Ok(department.to_string())
         } else {
-            Err(Self::denied(&dept, format!("{dept} may not act for {department}")))
+            Err(Self::denied(&caller.to_string(), format!("{dept} may not act for {department}")))
         }
     }
 
     /// The department a request speaks for. In development mode the claimed source is taken
     /// as is; otherwise the credentials decide and a different claimed source is refused.
     pub fn department<'a>(&self, c: impl Into<Credentials<'a>>, claimed: &str) -> Result<String, Status> {
+        let c = c.into();
         if !self.enforced() {
+            Self::no_delegation_unauthenticated(c)?;
             if !kakehashi_proto::ident::is_valid_department_id(claimed) {
                 return Err(Status::invalid_argument("source must be a department id ([a-z0-9-]+)"));
             }
             return Ok(claimed.to_string());
         }
-        let dept = self.caller(c.into())?;
+        let caller = self.caller(c)?;
+        let dept = &caller.department;
         if !claimed.is_empty() && claimed != dept {
-            return Err(Self::denied(&dept, format!("caller is {dept}; it may not publish as {claimed}")));
+            return Err(Self::denied(
+                &caller.to_string(),
+                format!("caller is {dept}; it may not publish as {claimed}"),
+            ));
         }
-        Ok(dept)
+        Ok(caller.department)
     }
 }
 
@@ -290,5 +408,102 @@ mod tests {
         assert!(cert_only.enforced());
         let (m, e) = creds(None, None);
         assert_eq!(cert_only.scope((&m, &e)).expect_err("nobody").code(), tonic::Code::Unauthenticated);
+    }
+
+    fn with_header(mut m: MetadataMap, value: &str) -> MetadataMap {
+        m.append(ON_BEHALF_OF, value.parse().expect("ascii"));
+        m
+    }
+
+    fn delegating() -> Identities {
+        Identities::new(
+            [("tok-a".to_string(), "dept-a".to_string()), ("tok-console".to_string(), "console".to_string())]
+                .into(),
+            ["admin".to_string()],
+        )
+        .with_client_certs(true)
+        .with_delegates(["console".to_string()])
+    }
+
+    #[test]
+    fn a_delegate_acts_as_the_department_it_names() {
+        let ids = delegating();
+        let (m, e) = creds(None, Some(PeerCert::Department("console".into())));
+        let m = with_header(m, "dept-b");
+        assert_eq!(ids.department((&m, &e), "").expect("delegated"), "dept-b");
+        assert_eq!(ids.scope((&m, &e)).expect("scope"), Scope::Department("dept-b".into()));
+        let actor = ids.actor((&m, &e)).expect("actor").expect("authenticated");
+        assert_eq!(actor.to_string(), "dept-b via console");
+        // Exactly that department's rights: not another's, not an administrator's.
+        let other = ids.acting_for((&m, &e), "dept-c").expect_err("another department");
+        assert_eq!(other.code(), tonic::Code::PermissionDenied);
+        assert_eq!(ids.require_admin((&m, &e)).expect_err("not admin").code(), tonic::Code::PermissionDenied);
+        // Acting for an administrator is acting as one.
+        let (m, e) = creds(Some("tok-console"), None);
+        let m = with_header(m, "admin");
+        assert_eq!(ids.scope((&m, &e)).expect("admin scope"), Scope::All);
+    }
+
+    #[test]
+    fn a_delegate_without_the_header_has_no_rights() {
+        let ids = delegating();
+        for (m, e) in
+            [creds(None, Some(PeerCert::Department("console".into()))), creds(Some("tok-console"), None)]
+        {
+            for refused in [
+                ids.require_caller((&m, &e)),
+                ids.scope((&m, &e)).map(|_| ()),
+                ids.department((&m, &e), "").map(|_| ()),
+                ids.acting_for((&m, &e), "console").map(|_| ()),
+            ] {
+                let status = refused.expect_err("a delegate on its own");
+                assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+                assert!(status.message().contains(ON_BEHALF_OF), "{status:?}");
+            }
+        }
+        // Even a delegate listed as an administrator.
+        let admin_delegate = delegating().with_delegates(["admin".to_string()]);
+        let (m, e) = creds(None, Some(PeerCert::Department("admin".into())));
+        assert!(admin_delegate.require_admin((&m, &e)).is_err());
+    }
+
+    #[test]
+    fn the_header_from_anyone_else_is_refused() {
+        let ids = delegating();
+        for (m, e) in [creds(None, Some(PeerCert::Department("dept-a".into()))), creds(Some("tok-a"), None)] {
+            let m = with_header(m, "dept-b");
+            let status = ids.scope((&m, &e)).expect_err("not a delegate");
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+            let status = ids.department((&m, &e), "dept-a").expect_err("not even for itself");
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        }
+        // Unauthenticated with the header: still unauthenticated first.
+        let (m, e) = creds(None, None);
+        let m = with_header(m, "dept-b");
+        assert_eq!(ids.scope((&m, &e)).expect_err("nobody").code(), tonic::Code::Unauthenticated);
+        // Development mode has no delegates: the header is refused, not ignored.
+        let dev = Identities::default();
+        assert_eq!(dev.scope((&m, &e)).expect_err("dev").code(), tonic::Code::PermissionDenied);
+        assert_eq!(dev.require_caller((&m, &e)).expect_err("dev").code(), tonic::Code::PermissionDenied);
+        let (m, e) = creds(None, None);
+        assert_eq!(dev.scope((&m, &e)).expect("dev without the header"), Scope::All);
+    }
+
+    #[test]
+    fn the_named_department_is_checked() {
+        let ids = delegating();
+        for bad in ["", "Dept-B", "dept b", "dept.b", "*", "../admin"] {
+            let (m, e) = creds(Some("tok-console"), None);
+            let m = with_header(m, bad);
+            let status = ids.scope((&m, &e)).expect_err(bad);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}: {status:?}");
+        }
+        // Two departments at once, or another delegate: refused.
+        let (m, e) = creds(Some("tok-console"), None);
+        let m = with_header(with_header(m, "dept-a"), "dept-b");
+        assert_eq!(ids.scope((&m, &e)).expect_err("two").code(), tonic::Code::InvalidArgument);
+        let (m, e) = creds(Some("tok-console"), None);
+        let m = with_header(m, "console");
+        assert_eq!(ids.scope((&m, &e)).expect_err("itself").code(), tonic::Code::PermissionDenied);
     }
 }

@@ -235,12 +235,12 @@ impl DeadLetters for DeadLettersService {
         request: Request<RedriveDeadLettersRequest>,
     ) -> Result<Response<RedriveDeadLettersResponse>, Status> {
         let scope = self.identities.scope(&request)?;
-        // Who asked, for the audit record: the authenticated department (nobody is
-        // authenticated in development mode, and the record says so).
-        let caller = if self.identities.enforced() {
-            self.identities.department(&request, "")?
-        } else {
-            "an unauthenticated caller (development mode)".to_string()
+        // Who asked, for the audit record: the authenticated department, and the delegate it
+        // came through (`mhlw via kakehashi-console`); nobody is authenticated in development
+        // mode, and the record says so.
+        let caller = match self.identities.actor(&request)? {
+            Some(caller) => caller.to_string(),
+            None => "an unauthenticated caller (development mode)".to_string(),
         };
         let ids = request.into_inner().ids;
         if ids.len() > MAX_REDRIVE {
