@@ -470,7 +470,7 @@ async fn https_with_a_certificate_and_plain_http_only_on_loopback() {
     let server = ca.issue_server(&["127.0.0.1".into()]).expect("server certificate");
     let (cert_file, key_file) = server.write(dir.path(), "console").expect("write certificate");
     let config = ConsoleConfig {
-        tls: Some(kakehashi_console::config::ConsoleTls { cert_file, key_file }),
+        tls: Some(kakehashi_console::config::ConsoleTls { cert_file, key_file, client_ca_file: None }),
         // Never called: the login form needs no registry.
         registry_url: "http://127.0.0.1:9".into(),
         ..Default::default()

@@ -19,6 +19,12 @@ pub struct ConsoleConfig {
     /// PEM CA the registry's certificate chains to, for an `https://` registry
     /// (`KAKEHASHI_CA`); none = the system's roots.
     pub registry_ca_file: Option<PathBuf>,
+    /// The console's own client certificate (PEM chain) for an `https://` registry
+    /// (`KAKEHASHI_CONSOLE_REGISTRY_CERT`), used only for certificate logins: the console then
+    /// acts through it as a delegate of the registry (`x-kakehashi-on-behalf-of`).
+    pub registry_cert_file: Option<PathBuf>,
+    /// Its private key (`KAKEHASHI_CONSOLE_REGISTRY_KEY`).
+    pub registry_key_file: Option<PathBuf>,
     /// HTTPS for the console itself (`KAKEHASHI_CONSOLE_TLS_CERT`, `KAKEHASHI_CONSOLE_TLS_KEY`);
     /// none = plain HTTP, on loopback only.
     pub tls: Option<ConsoleTls>,
@@ -46,6 +52,10 @@ pub struct ConsoleTls {
     pub cert_file: PathBuf,
     /// Private key: PKCS#8, PKCS#1 or SEC1.
     pub key_file: PathBuf,
+    /// CA(s) of people's client certificates (`KAKEHASHI_CONSOLE_TLS_CLIENT_CA`): when set, a
+    /// browser may present one (optional) and log in with it.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ConsoleConfig {
@@ -54,6 +64,8 @@ impl Default for ConsoleConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50080)),
             registry_url: "http://127.0.0.1:50051".into(),
             registry_ca_file: None,
+            registry_cert_file: None,
+            registry_key_file: None,
             tls: None,
             session_idle_secs: 900,
             session_max_secs: 8 * 3600,
@@ -77,7 +89,10 @@ impl ConsoleConfig {
         settings::env_string("KAKEHASHI_CONSOLE_TRACE_URL", &mut cfg.trace_url_template);
         let path = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         match (path("KAKEHASHI_CONSOLE_TLS_CERT"), path("KAKEHASHI_CONSOLE_TLS_KEY")) {
-            (Some(cert_file), Some(key_file)) => cfg.tls = Some(ConsoleTls { cert_file, key_file }),
+            (Some(cert_file), Some(key_file)) => {
+                let client_ca_file = cfg.tls.take().and_then(|t| t.client_ca_file);
+                cfg.tls = Some(ConsoleTls { cert_file, key_file, client_ca_file })
+            }
             (None, None) => {}
             (cert, _) => {
                 return Err(ConfigError::Env {
@@ -90,6 +105,24 @@ impl ConsoleConfig {
                         .into(),
                 })
             }
+        }
+        if let Some(ca) = path("KAKEHASHI_CONSOLE_TLS_CLIENT_CA") {
+            match &mut cfg.tls {
+                Some(tls) => tls.client_ca_file = Some(ca),
+                None => {
+                    return Err(ConfigError::Env {
+                        name: "KAKEHASHI_CONSOLE_TLS_CLIENT_CA",
+                        message: "client certificates need HTTPS ([tls] or KAKEHASHI_CONSOLE_TLS_CERT/_KEY)"
+                            .into(),
+                    })
+                }
+            }
+        }
+        if let Some(cert) = path("KAKEHASHI_CONSOLE_REGISTRY_CERT") {
+            cfg.registry_cert_file = Some(cert);
+        }
+        if let Some(key) = path("KAKEHASHI_CONSOLE_REGISTRY_KEY") {
+            cfg.registry_key_file = Some(key);
         }
         cfg.check()?;
         Ok(cfg)
@@ -109,6 +142,20 @@ impl ConsoleConfig {
         }
         if self.registry_ca_file.is_some() && !self.registry_url.starts_with("https://") {
             return bad("registry_ca_file", "needs an https:// registry_url");
+        }
+        if self.registry_cert_file.is_some() != self.registry_key_file.is_some() {
+            return bad("registry_cert_file", "registry_cert_file and registry_key_file go together");
+        }
+        if self.registry_cert_file.is_some() && !self.registry_url.starts_with("https://") {
+            return bad("registry_cert_file", "a client certificate needs an https:// registry_url");
+        }
+        let client_certs = self.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+        if client_certs != self.registry_cert_file.is_some() {
+            return bad(
+                "client_ca_file",
+                "certificate login needs both [tls] client_ca_file (people's certificates) and \
+                 registry_cert_file/registry_key_file (the console's own, a delegate of the registry)",
+            );
         }
         if self.session_idle_secs == 0 || self.session_max_secs == 0 || self.max_sessions == 0 {
             return bad("session_idle_secs", "session limits must be above 0");
@@ -135,7 +182,10 @@ mod tests {
             "listen_addr",
             "registry_url",
             "registry_ca_file",
+            "registry_cert_file",
+            "registry_key_file",
             "[tls]",
+            "client_ca_file",
             "cert_file",
             "key_file",
             "session_idle_secs",
@@ -158,8 +208,23 @@ mod tests {
         let mut c =
             ConsoleConfig { listen_addr: "0.0.0.0:8080".parse().expect("addr"), ..Default::default() };
         assert!(c.check().is_err());
-        c.tls = Some(ConsoleTls { cert_file: "c.pem".into(), key_file: "k.pem".into() });
+        c.tls =
+            Some(ConsoleTls { cert_file: "c.pem".into(), key_file: "k.pem".into(), client_ca_file: None });
         assert!(c.check().is_ok());
+        // Certificate login needs the console's own registry certificate, over https.
+        c.tls = Some(ConsoleTls {
+            cert_file: "c.pem".into(),
+            key_file: "k.pem".into(),
+            client_ca_file: Some("ca.pem".into()),
+        });
+        assert!(c.check().is_err());
+        c.registry_cert_file = Some("console.pem".into());
+        c.registry_key_file = Some("console-key.pem".into());
+        assert!(c.check().is_err(), "http:// registry");
+        c.registry_url = "https://registry:50051".into();
+        assert!(c.check().is_ok());
+        c.registry_key_file = None;
+        assert!(c.check().is_err());
         let bad_template = ConsoleConfig { trace_url_template: "http://x/".into(), ..Default::default() };
         assert!(bad_template.check().is_err());
     }

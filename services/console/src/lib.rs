@@ -2,9 +2,12 @@
 //! subscriptions) over the registry's gRPC APIs.
 //!
 //! The console holds no privilege of its own. A person logs in with the bearer token of their
-//! department (the same one the gRPC APIs accept); the token stays in a server-side session and
-//! every page is a registry call made with it, so a department sees exactly what the registry
-//! lets that identity see, and access control lives in one place.
+//! department (the same one the gRPC APIs accept), or with their client certificate when the
+//! console has a client CA; the session stays on the server and every page is a registry call
+//! as that department — with the token, or for a certificate login through the console's own
+//! certificate as a *delegate* the registry trusts to name a department and nothing more — so a
+//! department sees exactly what the registry lets that identity see, and access control lives in
+//! one place.
 //!
 //! Layout:
 //! - [`config`]: the typed configuration.
@@ -74,6 +77,9 @@ pub struct App {
     pub sessions: Sessions,
     /// Whether the console is served over TLS (cookies are then `Secure`).
     pub tls: bool,
+    /// Whether people may log in with a client certificate (a client CA and the console's own
+    /// registry identity are configured).
+    pub client_certs: bool,
 }
 
 /// A logged-in request: its session id, the session and its login.
@@ -237,11 +243,50 @@ pub fn param<'a>(pairs: &'a [(String, String)], key: &str) -> &'a str {
     pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim()).unwrap_or("")
 }
 
+/// Ends a certificate session whose request does not come over a connection presenting the
+/// certificate it logged in with: a session id alone (a stolen cookie) is not enough to act as
+/// a department that logged in by certificate.
+async fn bind_certificate_sessions(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(session::cookie_id)
+        .map(str::to_string);
+    if let Some(id) = id {
+        if let Some(Some(session::Login {
+            credential: session::Credential::Certificate(bound),
+            department,
+            ..
+        })) = app.sessions.peek(&id).map(|s| s.login)
+        {
+            let presented = request
+                .extensions()
+                .get::<kakehashi_runtime::http_server::PeerCertificates>()
+                .and_then(|p| p.leaf());
+            if presented != Some(bound.as_slice()) {
+                tracing::warn!(
+                    department = %department,
+                    "console session ended: a request of a certificate login came without that certificate"
+                );
+                app.sessions.end(&id);
+            }
+        }
+    }
+    next.run(request).await
+}
+
 /// The router of every page.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(|| async { redirect("/flows") }))
         .route("/login", get(pages::login::form).post(pages::login::submit))
+        .route("/login/certificate", post(pages::login::certificate))
         .route("/logout", post(pages::login::logout))
         .route("/flows", get(pages::flows::page))
         .route("/trace", get(pages::trace::page))
@@ -259,6 +304,7 @@ pub fn router(app: Arc<App>) -> Router {
                 html::page("Not found", html::Nav::None, None, "<p><a href=\"/flows\">Back</a></p>"),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), bind_certificate_sessions))
         .with_state(app)
 }
 
@@ -270,7 +316,7 @@ fn tls_config(tls: &config::ConsoleTls) -> Result<Arc<rustls::ServerConfig>, Con
     let checked = kakehashi_runtime::tls::GrpcTls {
         cert_file: tls.cert_file.clone(),
         key_file: tls.key_file.clone(),
-        client_ca_file: None,
+        client_ca_file: tls.client_ca_file.clone(),
         require_client_cert: false,
     };
     checked.server_config()?;
@@ -280,13 +326,32 @@ fn tls_config(tls: &config::ConsoleTls) -> Result<Arc<rustls::ServerConfig>, Con
         .and_then(|i| i.collect::<Result<_, _>>())
         .map_err(|e| failed(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| failed(e.to_string()))?;
-    let config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| failed(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| failed(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(e.to_string()))?;
+    let builder = match &tls.client_ca_file {
+        // A client certificate is optional (the token login stays), but one that is presented
+        // must chain to the client CA, or the handshake fails.
+        Some(ca_file) => {
+            let ca_failed =
+                |message: String| ConsoleError::TlsConfig { cert: ca_file.display().to_string(), message };
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| ca_failed(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| ca_failed(e.to_string()))?)
+                    .map_err(|e| ca_failed(e.to_string()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| ca_failed(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(certs, key).map_err(|e| failed(e.to_string()))?;
     Ok(Arc::new(config))
 }
 
@@ -298,11 +363,18 @@ pub async fn run(
 ) -> Result<(), ConsoleError> {
     config.check()?;
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
+    let identity = match (&config.registry_cert_file, &config.registry_key_file) {
+        (Some(cert), Some(key)) => Some(registry::ClientIdentity { cert, key }),
+        _ => None,
+    };
     let registry = registry::Registry::new(
         &config.registry_url,
         config.registry_ca_file.as_deref(),
+        identity,
         Duration::from_secs(config.registry_timeout_secs.max(1)),
     )?;
+    let client_certs =
+        config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()) && registry.delegates();
     let sessions = Sessions::new(session::Limits {
         idle: Duration::from_secs(config.session_idle_secs),
         max_age: Duration::from_secs(config.session_max_secs),
@@ -310,8 +382,13 @@ pub async fn run(
     });
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(addr = %local, registry = %config.registry_url, "console serving at {scheme}://{local}/");
-    let app = Arc::new(App { config, registry, sessions, tls: tls.is_some() });
+    tracing::info!(
+        addr = %local,
+        registry = %config.registry_url,
+        certificate_login = client_certs,
+        "console serving at {scheme}://{local}/"
+    );
+    let app = Arc::new(App { config, registry, sessions, tls: tls.is_some(), client_certs });
     let router = router(app);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let service = hyper_util::service::TowerToHyperService::new(router);

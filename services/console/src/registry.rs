@@ -1,13 +1,21 @@
-//! The registry's gRPC APIs, called as the logged-in department: every request carries that
-//! department's token, so the registry — not the console — decides what each page may show.
+//! The registry's gRPC APIs, called as the logged-in department, so the registry — not the
+//! console — decides what each page may show. A token login's requests carry that department's
+//! token; a certificate login's go over a second channel on which the console presents its own
+//! client certificate, a delegate of the registry, and name the department in
+//! `x-kakehashi-on-behalf-of` (the registry refuses that header from anyone not configured as a
+//! delegate, and a delegate without it has no rights).
 
+use crate::session::{Credential, Login};
 use kakehashi_proto::v1::{
     dead_letters_client::DeadLettersClient, flows_client::FlowsClient, policies_client::PoliciesClient,
     schema_registry_client::SchemaRegistryClient, subscriptions_client::SubscriptionsClient,
 };
+use kakehashi_runtime::identity::ON_BEHALF_OF;
+use std::path::Path;
 use std::time::Duration;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Why the registry connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +29,8 @@ pub enum RegistryError {
         #[source]
         source: tonic::transport::Error,
     },
-    /// The CA file could not be read.
-    #[error("registry CA {path}: {source}")]
+    /// A CA, certificate or key file could not be read.
+    #[error("registry TLS file {path}: {source}")]
     Ca {
         /// The file.
         path: String,
@@ -32,67 +40,140 @@ pub enum RegistryError {
     },
 }
 
-/// A lazily connected channel to the registry (reconnects by itself).
+/// Lazily connected channels to the registry (they reconnect by themselves): one for token
+/// logins, and one presenting the console's own certificate for certificate logins.
 #[derive(Clone, Debug)]
 pub struct Registry {
     channel: Channel,
+    delegate: Option<Channel>,
+}
+
+/// The console's own client certificate and key files (PEM).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIdentity<'a> {
+    /// Certificate chain.
+    pub cert: &'a Path,
+    /// Private key.
+    pub key: &'a Path,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, RegistryError> {
+    std::fs::read(path).map_err(|source| RegistryError::Ca { path: path.display().to_string(), source })
 }
 
 impl Registry {
-    /// A channel to `url` (TLS for `https://`, trusting `ca` or the system's roots); nothing is
-    /// connected until the first call, so the console starts while the registry is down.
-    pub fn new(url: &str, ca: Option<&std::path::Path>, timeout: Duration) -> Result<Self, RegistryError> {
+    /// Channels to `url` (TLS for `https://`, trusting `ca` or the system's roots; with
+    /// `identity`, a second channel presenting it); nothing is connected until the first call,
+    /// so the console starts while the registry is down.
+    pub fn new(
+        url: &str,
+        ca: Option<&Path>,
+        identity: Option<ClientIdentity<'_>>,
+        timeout: Duration,
+    ) -> Result<Self, RegistryError> {
         let endpoint_err = |source| RegistryError::Endpoint { url: url.to_string(), source };
-        let mut endpoint = Endpoint::from_shared(url.to_string())
+        let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(endpoint_err)?
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5));
-        if url.starts_with("https://") {
-            let tls = match ca {
-                Some(path) => {
-                    let pem = std::fs::read(path)
-                        .map_err(|source| RegistryError::Ca { path: path.display().to_string(), source })?;
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
-                }
-                None => ClientTlsConfig::new().with_native_roots(),
-            };
-            endpoint = endpoint.tls_config(tls).map_err(endpoint_err)?;
+        if !url.starts_with("https://") {
+            return Ok(Self { channel: endpoint.connect_lazy(), delegate: None });
         }
-        Ok(Self { channel: endpoint.connect_lazy() })
+        let tls = match ca {
+            Some(path) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(path)?)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        let delegate = match identity {
+            Some(id) => {
+                let tls = tls.clone().identity(Identity::from_pem(read(id.cert)?, read(id.key)?));
+                Some(endpoint.clone().tls_config(tls).map_err(endpoint_err)?.connect_lazy())
+            }
+            None => None,
+        };
+        let channel = endpoint.tls_config(tls).map_err(endpoint_err)?.connect_lazy();
+        Ok(Self { channel, delegate })
     }
 
-    /// Schema registry client.
-    pub fn schemas(&self) -> SchemaRegistryClient<Channel> {
-        SchemaRegistryClient::new(self.channel.clone())
+    /// Whether certificate logins can be served (the console has its own registry identity).
+    pub fn delegates(&self) -> bool {
+        self.delegate.is_some()
     }
 
-    /// Flows (trace, find, summary) client.
-    pub fn flows(&self) -> FlowsClient<Channel> {
-        FlowsClient::new(self.channel.clone())
+    /// The clients of `login`'s department.
+    pub fn as_login(&self, login: &Login) -> As {
+        match &login.credential {
+            Credential::Token(token) => self.with_token(token),
+            Credential::Certificate(_) => self.on_behalf_of(&login.department),
+        }
     }
 
-    /// Dead letters client.
-    pub fn dead_letters(&self) -> DeadLettersClient<Channel> {
-        DeadLettersClient::new(self.channel.clone())
+    /// The clients of the department `token` is (a token that cannot be a header value is sent
+    /// without one, which the registry answers UNAUTHENTICATED).
+    pub fn with_token(&self, token: &str) -> As {
+        let header = MetadataValue::try_from(format!("Bearer {token}")).ok().map(|v| ("authorization", v));
+        As { channel: self.channel.clone(), header: AddHeader(header) }
     }
 
-    /// Subscriptions client.
-    pub fn subscriptions(&self) -> SubscriptionsClient<Channel> {
-        SubscriptionsClient::new(self.channel.clone())
-    }
-
-    /// Policies (and WhoAmI) client.
-    pub fn policies(&self) -> PoliciesClient<Channel> {
-        PoliciesClient::new(self.channel.clone())
+    /// The clients of `department`, through the console's delegate identity. Without one (or
+    /// for a department id that cannot be a header value) the calls carry no credential and
+    /// the registry refuses them.
+    pub fn on_behalf_of(&self, department: &str) -> As {
+        let header = AsciiMetadataValue::try_from(department).ok().map(|v| (ON_BEHALF_OF, v));
+        let channel = self.delegate.clone().unwrap_or_else(|| self.channel.clone());
+        As { channel, header: AddHeader(header.filter(|_| self.delegate.is_some())) }
     }
 }
 
-/// `message` as a request carrying `authorization: Bearer <token>`. A token that cannot be a
-/// header value is sent without one, which the registry answers UNAUTHENTICATED.
-pub fn as_user<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    if let Ok(v) = MetadataValue::try_from(format!("Bearer {token}")) {
-        r.metadata_mut().insert("authorization", v);
+/// Adds the credential header of a login to every request.
+#[derive(Clone, Debug)]
+pub struct AddHeader(Option<(&'static str, AsciiMetadataValue)>);
+
+impl tonic::service::Interceptor for AddHeader {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some((name, value)) = &self.0 {
+            request.metadata_mut().insert(*name, value.clone());
+        }
+        Ok(request)
     }
-    r
+}
+
+/// A client channel that speaks as one department.
+pub type Client = InterceptedService<Channel, AddHeader>;
+
+/// The registry's clients for one department.
+#[derive(Clone, Debug)]
+pub struct As {
+    channel: Channel,
+    header: AddHeader,
+}
+
+impl As {
+    fn client(&self) -> Client {
+        InterceptedService::new(self.channel.clone(), self.header.clone())
+    }
+
+    /// Schema registry client.
+    pub fn schemas(&self) -> SchemaRegistryClient<Client> {
+        SchemaRegistryClient::new(self.client())
+    }
+
+    /// Flows (trace, find, summary) client.
+    pub fn flows(&self) -> FlowsClient<Client> {
+        FlowsClient::new(self.client())
+    }
+
+    /// Dead letters client.
+    pub fn dead_letters(&self) -> DeadLettersClient<Client> {
+        DeadLettersClient::new(self.client())
+    }
+
+    /// Subscriptions client.
+    pub fn subscriptions(&self) -> SubscriptionsClient<Client> {
+        SubscriptionsClient::new(self.client())
+    }
+
+    /// Policies (and WhoAmI) client.
+    pub fn policies(&self) -> PoliciesClient<Client> {
+        PoliciesClient::new(self.client())
+    }
 }

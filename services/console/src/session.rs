@@ -1,6 +1,7 @@
 //! Server-side sessions: the browser holds only a random session id (cookie: HttpOnly,
 //! SameSite=Strict, Secure over TLS); the department's token stays here and is sent to the
-//! registry on each page. Sessions expire when idle and after a maximum age; logout ends one.
+//! registry on each page. A certificate login stores no secret: only the certificate the
+//! session is bound to, which every request of it must present again. Sessions expire when idle and after a maximum age; logout ends one.
 //! Each session carries a CSRF token every POST form must echo.
 
 use rand_core::{OsRng, RngCore};
@@ -11,11 +12,22 @@ use std::time::{Duration, Instant};
 /// Name of the session cookie.
 pub const COOKIE: &str = "kh_console";
 
+/// How a login proved its department.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// The bearer token the registry accepts for the department, sent on every call.
+    Token(String),
+    /// A client certificate (DER of the leaf the browser presented and the console's client CA
+    /// verified). The console calls the registry as its delegate for the department; every
+    /// request of the session must come over a connection presenting this same certificate.
+    Certificate(Vec<u8>),
+}
+
 /// Who is logged in.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Login {
-    /// The bearer token the registry accepts for the department.
-    pub token: String,
+    /// What the department proved itself with.
+    pub credential: Credential,
     /// The department the registry says the token is ("" in development mode).
     pub department: String,
     /// Whether the registry says it is an administrator.
@@ -25,8 +37,12 @@ pub struct Login {
 // Never prints the token, whatever logs a session.
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let credential = match self.credential {
+            Credential::Token(_) => "token <redacted>",
+            Credential::Certificate(_) => "client certificate",
+        };
         f.debug_struct("Login")
-            .field("token", &"<redacted>")
+            .field("credential", &credential)
             .field("department", &self.department)
             .field("admin", &self.admin)
             .finish()
@@ -133,6 +149,12 @@ impl Sessions {
         Some(s.clone())
     }
 
+    /// The live session of `id`, not touched (nothing is removed either).
+    pub fn peek(&self, id: &str) -> Option<Session> {
+        let now = Instant::now();
+        self.lock().get(id).filter(|s| self.live(s, now)).cloned()
+    }
+
     /// Ends a session (logout, or a token the registry no longer accepts).
     pub fn end(&self, id: &str) {
         self.lock().remove(id);
@@ -194,7 +216,7 @@ mod tests {
     }
 
     fn login() -> Login {
-        Login { token: "t".into(), department: "mhlw".into(), admin: false }
+        Login { credential: Credential::Token("t".into()), department: "mhlw".into(), admin: false }
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! The accept-and-serve loop of our small HTTP/1 endpoints (the console, the issuer's JWKS and
 //! revocation lists): optional TLS, a handshake deadline, a whole-connection deadline, and no
-//! busy loop when `accept` fails (e.g. out of file descriptors).
+//! busy loop when `accept` fails (e.g. out of file descriptors). Over TLS, the client
+//! certificate chain the connection presented (verified by the acceptor's configuration) is put
+//! in each request's extensions as [`PeerCertificates`].
 
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::CertificateDer;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -17,6 +21,43 @@ pub struct ConnectionLimits {
     pub handshake: Duration,
     /// Time allowed for the whole connection, so an idle or slow client cannot hold it.
     pub connection: Duration,
+}
+
+/// The client certificate chain (leaf first) of the TLS connection a request came on, as the
+/// acceptor's rustls configuration verified it. Only the server sets request extensions, so
+/// unlike a header a client cannot forge it; absent when the connection had no certificate.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+
+impl PeerCertificates {
+    /// The client's own certificate (DER).
+    pub fn leaf(&self) -> Option<&[u8]> {
+        self.0.first().map(|c| c.as_ref())
+    }
+}
+
+/// `inner`, with the connection's [`PeerCertificates`] set on every request.
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: Option<PeerCertificates>,
+}
+
+impl<S> Service<Request<Incoming>> for WithPeer<S>
+where
+    S: Service<Request<Incoming>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().remove::<PeerCertificates>();
+        if let Some(peer) = &self.peer {
+            request.extensions_mut().insert(peer.clone());
+        }
+        self.inner.call(request)
+    }
 }
 
 /// Serves `service` over HTTP/1 on `listener` (behind TLS when `tls` is given) until `shutdown`
@@ -67,6 +108,12 @@ pub async fn serve_http1<S, B>(
                         }
                         Err(_) => return,
                     };
+                    let peer = stream.get_ref().1.peer_certificates().filter(|chain| !chain.is_empty()).map(
+                        |chain| {
+                            PeerCertificates(Arc::new(chain.iter().map(|c| c.clone().into_owned()).collect()))
+                        },
+                    );
+                    let service = WithPeer { inner: service, peer };
                     let conn = http.serve_connection(TokioIo::new(stream), service);
                     let _ = tokio::time::timeout(limits.connection, conn).await;
                 }

@@ -4,7 +4,6 @@
 
 use super::{ago, span_secs};
 use crate::html::{self, esc, esc_id, esc_token, q, Nav};
-use crate::registry::as_user;
 use crate::{html_response, pairs, param, App, Ctx, PageError};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -68,8 +67,7 @@ async fn list_body(app: &App, ctx: &Ctx, qp: &[(String, String)]) -> Result<Stri
         event_id: event_id.into(),
         ..Default::default()
     };
-    let r =
-        app.registry.dead_letters().list_dead_letters(as_user(&ctx.login.token, request)).await?.into_inner();
+    let r = app.registry.as_login(&ctx.login).dead_letters().list_dead_letters(request).await?.into_inner();
     let mut out = String::new();
     let _ = write!(out, "<form class=\"filters box\" method=\"get\" id=\"dlq-filters\">Reason <select name=\"reason\"><option value=\"\">any</option>");
     for code in REASONS {
@@ -144,8 +142,9 @@ async fn fetch(app: &App, ctx: &Ctx, ids: Vec<u64>) -> Result<Vec<StoredDeadLett
     let request = ListDeadLettersRequest { ids, ..Default::default() };
     Ok(app
         .registry
+        .as_login(&ctx.login)
         .dead_letters()
-        .list_dead_letters(as_user(&ctx.login.token, request))
+        .list_dead_letters(request)
         .await?
         .into_inner()
         .dead_letters)
@@ -328,8 +327,9 @@ async fn confirm(app: &App, ctx: &Ctx, ids: Vec<u64>) -> Result<String, PageErro
 async fn perform(app: &App, ctx: &Ctx, ids: Vec<u64>) -> Result<String, PageError> {
     let r = app
         .registry
+        .as_login(&ctx.login)
         .dead_letters()
-        .redrive_dead_letters(as_user(&ctx.login.token, RedriveDeadLettersRequest { ids }))
+        .redrive_dead_letters(RedriveDeadLettersRequest { ids })
         .await?
         .into_inner();
     let mut out = String::from(

@@ -3,7 +3,6 @@
 
 use super::ago;
 use crate::html::{self, esc, Nav};
-use crate::registry::as_user;
 use crate::{html_response, pairs, param, App, PageError};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -28,7 +27,7 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap, RawQuery(quer
         },
     };
     let request = SummarizeFlowsRequest { since: Some(ago(i64::from(minutes) * 60)) };
-    let r = match app.registry.flows().summarize_flows(as_user(&ctx.login.token, request)).await {
+    let r = match app.registry.as_login(&ctx.login).flows().summarize_flows(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => return app.error_page(&ctx, s.into()),
     };

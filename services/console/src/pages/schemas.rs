@@ -4,7 +4,6 @@
 
 use crate::diff::{self, Row};
 use crate::html::{self, esc, q, Nav};
-use crate::registry::as_user;
 use crate::{html_response, pairs, param, App, Ctx, PageError};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -39,17 +38,10 @@ pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 }
 
 async fn list_body(app: &App, ctx: &Ctx) -> Result<String, PageError> {
-    let token = &ctx.login.token;
-    let mut c = app.registry.schemas();
-    let subjects = c
-        .list_subjects(as_user(token, ListSubjectsRequest { include_deleted: false }))
-        .await?
-        .into_inner()
-        .subjects;
-    let global = c
-        .get_compatibility(as_user(token, GetCompatibilityRequest { subject: String::new() }))
-        .await?
-        .into_inner();
+    let mut c = app.registry.as_login(&ctx.login).schemas();
+    let subjects =
+        c.list_subjects(ListSubjectsRequest { include_deleted: false }).await?.into_inner().subjects;
+    let global = c.get_compatibility(GetCompatibilityRequest { subject: String::new() }).await?.into_inner();
     let mut out = format!(
         "<p>Global default compatibility: <strong id=\"global-mode\">{}</strong>. {} subjects.</p><table id=\"subjects\"><tr><th>subject</th><th>versions</th><th>mode</th></tr>",
         mode_name(global.mode),
@@ -57,14 +49,11 @@ async fn list_body(app: &App, ctx: &Ctx) -> Result<String, PageError> {
     );
     for s in &subjects {
         let versions = c
-            .list_versions(as_user(token, ListVersionsRequest { subject: s.clone(), include_deleted: true }))
+            .list_versions(ListVersionsRequest { subject: s.clone(), include_deleted: true })
             .await?
             .into_inner()
             .versions;
-        let mode = c
-            .get_compatibility(as_user(token, GetCompatibilityRequest { subject: s.clone() }))
-            .await?
-            .into_inner();
+        let mode = c.get_compatibility(GetCompatibilityRequest { subject: s.clone() }).await?.into_inner();
         let _ = write!(
             out,
             "<tr class=\"subject\"><td><a href=\"/schemas/{}\">{}</a></td><td>{}</td><td>{}{}</td></tr>",
@@ -109,17 +98,13 @@ async fn subject_body(
     if !kakehashi_proto::ident::is_valid_event_type(subject) {
         return Err(PageError::BadRequest("not a subject name".into()));
     }
-    let token = &ctx.login.token;
-    let mut c = app.registry.schemas();
+    let mut c = app.registry.as_login(&ctx.login).schemas();
     let versions = c
-        .list_versions(as_user(token, ListVersionsRequest { subject: subject.into(), include_deleted: true }))
+        .list_versions(ListVersionsRequest { subject: subject.into(), include_deleted: true })
         .await?
         .into_inner()
         .versions;
-    let mode = c
-        .get_compatibility(as_user(token, GetCompatibilityRequest { subject: subject.into() }))
-        .await?
-        .into_inner();
+    let mode = c.get_compatibility(GetCompatibilityRequest { subject: subject.into() }).await?.into_inner();
     let parse = |k: &str| -> Result<Option<u32>, PageError> {
         match param(qp, k) {
             "" => Ok(None),
@@ -150,14 +135,10 @@ async fn subject_body(
         options(a),
         options(b)
     );
-    let old = c
-        .get_schema(as_user(token, GetSchemaRequest { subject: subject.into(), version: a, id: 0 }))
-        .await?
-        .into_inner();
-    let new = c
-        .get_schema(as_user(token, GetSchemaRequest { subject: subject.into(), version: b, id: 0 }))
-        .await?
-        .into_inner();
+    let old =
+        c.get_schema(GetSchemaRequest { subject: subject.into(), version: a, id: 0 }).await?.into_inner();
+    let new =
+        c.get_schema(GetSchemaRequest { subject: subject.into(), version: b, id: 0 }).await?.into_inner();
     let check = CheckCompatibilityRequest {
         subject: subject.into(),
         schema: new.schema.clone(),
@@ -173,7 +154,7 @@ async fn subject_body(
             .collect(),
         allow_unknown_fields: new.allow_unknown_fields,
     };
-    let verdict = c.check_compatibility(as_user(token, check)).await?.into_inner();
+    let verdict = c.check_compatibility(check).await?.into_inner();
     let _ = write!(
         out,
         "<p id=\"verdict\" class=\"{}\">Version {b} is {} with version {a} under {}.</p>",

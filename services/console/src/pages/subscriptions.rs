@@ -2,7 +2,6 @@
 //! unacked event is (`Subscriptions.GetSubscriptionStats`, from each subscription's consumer).
 
 use crate::html::{self, esc, Nav};
-use crate::registry::as_user;
 use crate::{html_response, App};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -19,8 +18,9 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     };
     // Administrators ask for every department; a department for its own.
     let department = if ctx.login.admin { String::new() } else { ctx.login.department.clone() };
-    let request = as_user(&ctx.login.token, ListSubscriptionsRequest { department });
-    let stats = match app.registry.subscriptions().get_subscription_stats(request).await {
+    let request = ListSubscriptionsRequest { department };
+    let stats = match app.registry.as_login(&ctx.login).subscriptions().get_subscription_stats(request).await
+    {
         Ok(r) => r.into_inner().stats,
         Err(s) => return app.error_page(&ctx, s.into()),
     };

@@ -4,7 +4,6 @@
 
 use super::{ago, span_secs};
 use crate::html::{self, esc, esc_id, q, Nav};
-use crate::registry::as_user;
 use crate::{html_response, pairs, param, App, Ctx, PageError};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -76,8 +75,9 @@ fn trace_link(app: &App, trace_id: &str) -> String {
 async fn one_event(app: &App, ctx: &Ctx, event_id: &str) -> Result<String, PageError> {
     let r = app
         .registry
+        .as_login(&ctx.login)
         .flows()
-        .trace_event(as_user(&ctx.login.token, TraceEventRequest { event_id: event_id.to_string() }))
+        .trace_event(TraceEventRequest { event_id: event_id.to_string() })
         .await?
         .into_inner();
     let hops = &r.hops;
@@ -170,16 +170,14 @@ async fn find(app: &App, ctx: &Ctx, source: &str, ty: &str, since: &str) -> Resu
         span_secs(since).ok_or_else(|| PageError::BadRequest("since: use 30s, 15m, 2h or 1d".into()))?;
     let r = app
         .registry
+        .as_login(&ctx.login)
         .flows()
-        .find_events(as_user(
-            &ctx.login.token,
-            FindEventsRequest {
-                source: source.into(),
-                r#type: ty.into(),
-                since: Some(ago(secs)),
-                limit: 200,
-            },
-        ))
+        .find_events(FindEventsRequest {
+            source: source.into(),
+            r#type: ty.into(),
+            since: Some(ago(secs)),
+            limit: 200,
+        })
         .await?
         .into_inner();
     let mut out = String::new();
