@@ -53,6 +53,10 @@ pub struct RegistryConfig {
     /// trusted to act for any department they name in `x-kakehashi-on-behalf-of`; they have
     /// no rights of their own (`KAKEHASHI_DELEGATES`, comma-separated). Default: none.
     pub delegates: Vec<String>,
+    /// Whether delegates may also act for administrators (`KAKEHASHI_DELEGATES_FOR_ADMINS`).
+    /// Default false: a delegate's key is then worth a department's rights, never an
+    /// administrator's.
+    pub delegates_for_admins: bool,
     /// TLS of the gRPC server (`KAKEHASHI_GRPC_TLS_*`); none = plaintext. With a client CA, a
     /// verified client certificate identifies the department.
     pub grpc_tls: Option<kakehashi_runtime::tls::GrpcTls>,
@@ -124,6 +128,7 @@ impl Default for RegistryConfig {
             credentials_file: None,
             admins: Vec::new(),
             delegates: Vec::new(),
+            delegates_for_admins: false,
             grpc_tls: None,
         }
     }
@@ -173,6 +178,7 @@ impl RegistryConfig {
             cfg.delegates =
                 v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
         }
+        settings::env_parse("KAKEHASHI_DELEGATES_FOR_ADMINS", &mut cfg.delegates_for_admins)?;
         settings::env_parse("KAKEHASHI_GRPC_ADDR", &mut cfg.grpc_addr)?;
         settings::env_string("KAKEHASHI_INSTANCE", &mut cfg.instance);
         if std::env::var("KAKEHASHI_METRICS_ADDR").is_ok() {

@@ -185,7 +185,8 @@ pub async fn run_with(
     let identities =
         kakehashi_runtime::identity::Identities::new(config.credentials.clone(), config.admins.clone())
             .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()))
-            .with_delegates(config.delegates.clone());
+            .with_delegates(config.delegates.clone())
+            .with_delegates_for_admins(config.delegates_for_admins);
     identities.log_mode("registry", config.grpc_tls.as_ref());
     let registry =
         api::schema_registry::SchemaRegistryService::new(store.clone(), identities.clone(), check_limits);

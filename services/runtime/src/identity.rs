@@ -121,6 +121,8 @@ pub struct Identities {
     admins: BTreeSet<String>,
     client_certs: bool,
     delegates: BTreeSet<String>,
+    /// Whether a delegate may act for an administrator (off unless configured).
+    delegate_admins: bool,
 }
 
 impl Identities {
@@ -128,13 +130,27 @@ impl Identities {
     /// bus (schemas, policies, any department's subscriptions); no tokens (and no client
     /// certificates, see [`Identities::with_client_certs`]) means development mode.
     pub fn new(tokens: BTreeMap<String, String>, admins: impl IntoIterator<Item = String>) -> Self {
-        Self { tokens, admins: admins.into_iter().collect(), client_certs: false, delegates: BTreeSet::new() }
+        Self {
+            tokens,
+            admins: admins.into_iter().collect(),
+            client_certs: false,
+            delegates: BTreeSet::new(),
+            delegate_admins: false,
+        }
     }
 
     /// Identities (as authenticated by certificate or token) that may act for any department
     /// by naming it in [`ON_BEHALF_OF`], and have no rights of their own.
     pub fn with_delegates(mut self, delegates: impl IntoIterator<Item = String>) -> Self {
         self.delegates = delegates.into_iter().collect();
+        self
+    }
+
+    /// Also lets delegates act for administrators. Off by default: a delegate's key is then
+    /// worth only a department's rights, and administrators use their own token or certificate
+    /// with the APIs (or a token in the console).
+    pub fn with_delegates_for_admins(mut self, allowed: bool) -> Self {
+        self.delegate_admins = allowed;
         self
     }
 
@@ -214,6 +230,14 @@ impl Identities {
                     return Err(Self::denied(
                         &identity,
                         format!("{identity} may not act for {department}, which is a delegate"),
+                    ));
+                }
+                if self.admins.contains(department) && !self.delegate_admins {
+                    return Err(Self::denied(
+                        &identity,
+                        format!(
+                            "{identity} may not act for {department}, an administrator (delegates act for administrators only when the registry sets delegates_for_admins)"
+                        ),
                     ));
                 }
                 tracing::debug!(department, via = %identity, "delegated call");
@@ -438,9 +462,13 @@ mod tests {
         let other = ids.acting_for((&m, &e), "dept-c").expect_err("another department");
         assert_eq!(other.code(), tonic::Code::PermissionDenied);
         assert_eq!(ids.require_admin((&m, &e)).expect_err("not admin").code(), tonic::Code::PermissionDenied);
-        // Acting for an administrator is acting as one.
+        // Acting for an administrator is refused unless configured, and then it is acting as one.
         let (m, e) = creds(Some("tok-console"), None);
         let m = with_header(m, "admin");
+        let status = ids.scope((&m, &e)).expect_err("an administrator, not configured");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("delegates_for_admins"), "{status:?}");
+        let ids = ids.with_delegates_for_admins(true);
         assert_eq!(ids.scope((&m, &e)).expect("admin scope"), Scope::All);
     }
 

@@ -205,7 +205,12 @@ pub async fn certificate(
                 "<p class=\"err\" id=\"error\">The registry refused the certificate login: {}</p>",
                 esc(s.message())
             );
-            form_page(&app, &pre.csrf, certificate, &notice, StatusCode::BAD_GATEWAY)
+            // A refusal is the registry's answer about this person, not a failure to reach it.
+            let status = match s.code() {
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            form_page(&app, &pre.csrf, certificate, &notice, status)
         }
     }
 }
