@@ -269,6 +269,23 @@ struct Tenure {
     last: u64,
     /// Whether a tenure has started since the pull began.
     started: bool,
+    /// Consumer (delivery) sequence of the last message handled in this tenure when it was a
+    /// first delivery to this instance: see [`Tenure::follows_directly`].
+    first_delivery: Option<u64>,
+}
+
+impl Tenure {
+    /// Whether a first delivery with consumer sequence `delivery` came straight after the last
+    /// message this tenure handled, itself a first delivery to this instance. Then no message of
+    /// the partition can lie unhandled between the two in the stream: NATS hands out new
+    /// messages in stream order, nothing was delivered to anyone in between (the consumer's
+    /// delivery sequence did not jump), and what a previous holder took precedes the earlier
+    /// first delivery, so the gap read at the start of the tenure covered it. Only then is the
+    /// stream gap between them (other partitions' messages) not read back: a read per message
+    /// was a JetStream API round trip on every event of a partitioned `KH_INGRESS`.
+    fn follows_directly(&self, delivery: u64, delivered: i64) -> bool {
+        delivered == 1 && self.first_delivery.is_some_and(|d| d + 1 == delivery)
+    }
 }
 
 /// What one partition's task works with.
@@ -305,7 +322,7 @@ impl Pinned<'_> {
             .await
             .map_err(|e| ValidatorError::Consumer(e.to_string()))?;
         let mut chunks = messages.ready_chunks(settings.batch);
-        let mut tenure = Tenure { pin: None, last: 0, started: false };
+        let mut tenure = Tenure { pin: None, last: 0, started: false, first_delivery: None };
         let idle_every = settings.failover.max(Duration::from_millis(500));
         let mut idle = tokio::time::interval(idle_every);
         let mut stalled = Stalled::default();
@@ -340,7 +357,8 @@ impl Pinned<'_> {
                     .consumer_info(&partition.consumer)
                     .await
                     .map_err(|e| ValidatorError::Consumer(format!("consumer info: {e}")))?;
-                tenure = Tenure { pin, last: info.ack_floor.stream_sequence, started: true };
+                tenure =
+                    Tenure { pin, last: info.ack_floor.stream_sequence, started: true, first_delivery: None };
                 settings.metrics.validator_takeovers.with(&[]).inc();
                 tracing::info!(actor = %settings.actor, partition = partition.index, ack_floor = tenure.last, "validator pinned: validating from the ack floor");
             }
@@ -355,7 +373,12 @@ impl Pinned<'_> {
                 .filter_map(|m| m.info().ok().map(|i| (i.stream_sequence, i.delivered)))
                 .collect();
             for m in delivered {
-                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let (seq, delivery, count) = m
+                    .info()
+                    .map(|i| (i.stream_sequence, i.consumer_sequence, i.delivered))
+                    .unwrap_or((0, 0, 0));
+                let follows = tenure.follows_directly(delivery, count);
+                tenure.first_delivery = None;
                 if seq <= tenure.last {
                     // Handled in this tenure already (read from the stream at the takeover, or
                     // its ack was lost), or a redelivery of a message of this very chunk: acked
@@ -366,7 +389,7 @@ impl Pinned<'_> {
                     handled.push(m);
                     continue;
                 }
-                if seq > tenure.last + 1 {
+                if seq > tenure.last + 1 && !follows {
                     let before = work.len();
                     read_gap(stream, &partition.filter, tenure.last + 1, seq, &mut work).await?;
                     gaps.push((
@@ -376,6 +399,7 @@ impl Pinned<'_> {
                     ));
                 }
                 tenure.last = seq;
+                tenure.first_delivery = (count == 1 && delivery > 0).then_some(delivery);
                 work.push(Ingress::delivered(m));
             }
             tracing::debug!(actor = %settings.actor, partition = partition.index, pin = ?tenure.pin, last = tenure.last, ?received, ?acked_only, ?gaps, "validator chunk");
@@ -692,5 +716,22 @@ fn outcome(
                 });
             (out.subject, p, record, Verdict::DeadLettered(rejected.reason.code()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tenure;
+
+    #[test]
+    fn only_a_first_delivery_straight_after_a_first_delivery_skips_the_gap_read() {
+        let mut t = Tenure { pin: None, last: 10, started: true, first_delivery: None };
+        // The tenure's first message: no earlier first delivery to follow.
+        assert!(!t.follows_directly(5, 1));
+        t.first_delivery = Some(5);
+        assert!(t.follows_directly(6, 1), "the very next delivery, a first one");
+        assert!(!t.follows_directly(7, 1), "a delivery in between went elsewhere or was lost");
+        assert!(!t.follows_directly(6, 2), "a redelivery");
+        assert!(!t.follows_directly(5, 1), "a reset restarted the delivery sequence");
     }
 }
