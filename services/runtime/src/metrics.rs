@@ -107,6 +107,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use crate::http_server::{serve_http1, ConnectionLimits};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -114,7 +115,6 @@ use hyper::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE as CONTENT_TYPE_HEADER, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
@@ -125,8 +125,6 @@ use prometheus_client::metrics::MetricType;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 /// Distinct label sets a family holds, by default, before new ones fold into `_overflow`.
 pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
@@ -986,20 +984,16 @@ impl ScrapeAccess {
 // HTTP endpoint
 // ---------------------------------------------------------------------------------------------
 
-/// Limits of the scrape endpoint. Tests shorten the timeout; [`serve`] uses the defaults.
-#[derive(Debug, Clone, Copy)]
-struct ServerLimits {
-    /// Whole-connection budget, from accept to close; a connection over it is dropped.
-    connection_timeout: Duration,
-    /// Connections handled at once; further ones wait in the listen backlog.
-    max_connections: usize,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        Self { connection_timeout: Duration::from_secs(5), max_connections: 64 }
-    }
-}
+/// Limits of the scrape endpoint (tests shorten the timeout): one request per connection, a
+/// whole-connection budget of 5 s from accept to close, 64 connections at once (further ones
+/// wait in the listen backlog), 8 KiB of request head. No TLS, so no handshake.
+const LIMITS: ConnectionLimits = ConnectionLimits {
+    handshake: Duration::from_secs(5),
+    connection: Duration::from_secs(5),
+    max_connections: 64,
+    max_request_head: MAX_REQUEST_HEAD,
+    keep_alive: false,
+};
 
 /// Bytes hyper buffers for a request head before answering 431 (its minimum).
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -1016,82 +1010,31 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// `HEAD` is answered like `GET` without the body. One request per connection
 /// (`Connection: close`); each connection runs in its own task and is dropped if not done within
 /// 5 seconds; at most 64 are handled at once. Input is never trusted and never causes a panic.
+/// The accept loop is the shared [`serve_http1`].
 ///
-/// When `shutdown` completes, no new connections are accepted; the function returns once the
-/// connections in flight have finished (each bounded by its timeout).
+/// When `shutdown` completes, no new connections are accepted and the function returns; a
+/// scrape still in flight is cut (Prometheus retries at its next interval).
 pub async fn serve(
     registry: Registry,
     listener: TcpListener,
     access: ScrapeAccess,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    serve_with(registry, listener, access, ServerLimits::default(), shutdown).await;
+    serve_with(registry, listener, access, LIMITS, shutdown).await;
 }
 
 async fn serve_with(
     registry: Registry,
     listener: TcpListener,
     access: ScrapeAccess,
-    limits: ServerLimits,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut connections = JoinSet::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // One request per connection, a bounded head, and a deadline for it.
-    http.keep_alive(false)
-        .max_buf_size(MAX_REQUEST_HEAD)
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.connection_timeout);
-    loop {
-        let accept = async {
-            // Wait for a free slot before accepting, so excess clients queue in the backlog.
-            let permit = Arc::clone(&permits).acquire_owned().await;
-            (permit, listener.accept().await)
-        };
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(joined) = connections.join_next(), if !connections.is_empty() => log_join(joined),
-            (permit, accepted) = accept => {
-                let Ok(permit) = permit else { break };
-                match accepted {
-                    Ok((stream, peer)) => {
-                        let registry = registry.clone();
-                        let access = access.clone();
-                        let service = hyper::service::service_fn(move |request| {
-                            let response = respond(&request, &registry, &access);
-                            async move { Ok::<_, Infallible>(response) }
-                        });
-                        let connection = http.serve_connection(TokioIo::new(stream), service);
-                        connections.spawn(async move {
-                            let _permit = permit;
-                            match tokio::time::timeout(limits.connection_timeout, connection).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics connection failed"),
-                                Err(_) => tracing::debug!(%peer, "metrics connection timed out"),
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        // Typically out of file descriptors: back off instead of spinning.
-                        tracing::warn!(error = %e, "metrics endpoint failed to accept");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        }
-    }
-    drop(listener);
-    while let Some(joined) = connections.join_next().await {
-        log_join(joined);
-    }
-}
-
-fn log_join(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined {
-        tracing::error!(error = %e, "metrics connection task failed");
-    }
+    let service = hyper::service::service_fn(move |request| {
+        let response = respond(&request, &registry, &access);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    serve_http1(listener, None, service, limits, "metrics", shutdown).await;
 }
 
 /// The response to one request (hyper leaves out the body of a `HEAD` answer).
@@ -1151,7 +1094,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     use tokio::sync::oneshot;
-    use tokio::task::JoinHandle;
+    use tokio::task::{JoinHandle, JoinSet};
 
     /// The 0.0.4 text with the samples of each counter and gauge family sorted, since a
     /// family's series come in hash order (histogram samples keep their order).
@@ -1546,11 +1489,15 @@ kh_events_total{department="b",event_type="x"} 1
     }
 
     impl TestServer {
-        async fn start(registry: Registry, limits: ServerLimits) -> Self {
+        async fn start(registry: Registry, limits: ConnectionLimits) -> Self {
             Self::start_with(registry, limits, None).await
         }
 
-        async fn start_with(registry: Registry, limits: ServerLimits, token: Option<ScrapeToken>) -> Self {
+        async fn start_with(
+            registry: Registry,
+            limits: ConnectionLimits,
+            token: Option<ScrapeToken>,
+        ) -> Self {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("local addr");
             let access = ScrapeAccess::check(addr, token).expect("loopback");
@@ -1605,7 +1552,7 @@ kh_events_total{department="b",event_type="x"} 1
     #[tokio::test]
     async fn get_metrics_returns_200_with_exposition_text() {
         let registry = sample_registry();
-        let server = TestServer::start(registry.clone(), ServerLimits::default()).await;
+        let server = TestServer::start(registry.clone(), LIMITS).await;
         let response = server.get("/metrics").await;
         assert_eq!(status_of(&response), "HTTP/1.1 200 OK");
         assert!(
@@ -1622,7 +1569,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn healthz_returns_ok_and_query_strings_are_ignored() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let health = server.get("/healthz").await;
         assert_eq!(status_of(&health), "HTTP/1.1 200 OK");
         assert_eq!(body_of(&health), "ok");
@@ -1633,7 +1580,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn head_request_gets_headers_without_body() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let response = server.exchange(b"HEAD /metrics HTTP/1.0\r\n\r\n").await;
         assert_eq!(status_of(&response), "HTTP/1.0 200 OK");
         assert_eq!(body_of(&response), "");
@@ -1642,7 +1589,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn unknown_path_returns_404_and_wrong_method_405() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         assert_eq!(status_of(&server.get("/").await), "HTTP/1.1 404 Not Found");
         assert_eq!(status_of(&server.get("/metrics/extra").await), "HTTP/1.1 404 Not Found");
         let post = server.exchange(b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").await;
@@ -1653,7 +1600,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn oversized_request_head_gets_431_and_server_keeps_serving() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let mut huge = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
         huge.resize(20 * 1024, b'a');
         let response = server.exchange(&huge).await;
@@ -1664,7 +1611,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn garbage_requests_are_refused_and_server_keeps_serving() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let cases: [&[u8]; 7] = [
             b"\x00\xff\xfe garbage\r\n\r\n",
             b"GET\r\n\r\n",
@@ -1690,7 +1637,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn request_cut_short_by_the_client_gets_no_metrics() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let mut stream = TcpStream::connect(server.addr).await.expect("connect");
         stream.write_all(b"GET /metr").await.expect("write");
         stream.shutdown().await.expect("half-close");
@@ -1708,8 +1655,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn silent_client_is_dropped_after_the_timeout_and_others_are_served_meanwhile() {
-        let limits =
-            ServerLimits { connection_timeout: Duration::from_millis(300), ..ServerLimits::default() };
+        let limits = ConnectionLimits { connection: Duration::from_millis(300), ..LIMITS };
         let server = TestServer::start(sample_registry(), limits).await;
         let mut silent = TcpStream::connect(server.addr).await.expect("connect");
         silent.write_all(b"GET /metrics HTTP/1.1\r\n").await.expect("write");
@@ -1726,7 +1672,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn shutdown_stops_accepting_and_serve_returns() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let addr = server.addr;
         assert_eq!(status_of(&server.get("/healthz").await), "HTTP/1.1 200 OK");
         server.stop().await;
@@ -1745,7 +1691,7 @@ kh_events_total{department="b",event_type="x"} 1
     #[tokio::test]
     async fn with_a_token_only_the_right_bearer_token_reads_metrics() {
         let token = ScrapeToken::new(TOKEN).expect("token");
-        let server = TestServer::start_with(sample_registry(), ServerLimits::default(), Some(token)).await;
+        let server = TestServer::start_with(sample_registry(), LIMITS, Some(token)).await;
         for (what, authorization, challenge) in [
             ("no token", None, "www-authenticate: Bearer realm=\"kakehashi-metrics\"\r\n"),
             ("wrong token", Some(format!("Bearer {}", TOKEN.replace('0', "1"))), "error=\"invalid_token\""),
