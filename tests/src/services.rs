@@ -93,10 +93,18 @@ impl Registry {
 
     /// Starts a registry that also serves Prometheus metrics on a port the OS picks.
     pub async fn start_with_metrics(config: RegistryConfig) -> (Self, SocketAddr) {
+        Self::start_with_metrics_on(config, "127.0.0.1:0").await
+    }
+
+    /// Like [`Registry::start_with_metrics`], the metrics listener bound on `bind` (e.g.
+    /// `0.0.0.0:0`: every interface, as a deployment does); the address returned is the
+    /// loopback one of that port.
+    pub async fn start_with_metrics_on(config: RegistryConfig, bind: &str) -> (Self, SocketAddr) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
-        let metrics_addr = metrics.local_addr().expect("metrics addr");
+        let metrics = tokio::net::TcpListener::bind(bind).await.expect("bind metrics");
+        let metrics_addr =
+            SocketAddr::from(([127, 0, 0, 1], metrics.local_addr().expect("metrics addr").port()));
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async {

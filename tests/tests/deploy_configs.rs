@@ -1,7 +1,9 @@
 //! The deployment files are secure by default: every NATS configuration under `deploy/`
 //! includes the authorization `kakehashi nats config` generates (and so refuses to start until
 //! it has been generated), and none opens a listener without authentication. The files are run
-//! by the pinned nats-server with the generated authorization, not only read.
+//! by the pinned nats-server with the generated authorization, not only read. Every Kakehashi
+//! process of compose and Kubernetes authenticates each listener it opens: gRPC with bearer
+//! tokens, metrics with the scrape token, the console with TLS plus department logins.
 
 use kakehashi_ctl::nats_config::{self, permissions::Service, Generated, Plan};
 use kakehashi_runtime::nats_auth::NatsAuthConfig;
@@ -387,4 +389,152 @@ fn the_console_example_config_parses_strictly_into_the_defaults() {
         toml::from_str(&text).expect("deploy/config/console.toml parses into ConsoleConfig");
     assert_eq!(parsed, kakehashi_console::config::ConsoleConfig::default());
     parsed.check().expect("the example is a configuration the console accepts");
+}
+
+/// The services of a compose file: (name, its block without comments).
+fn compose_services(compose: &str) -> Vec<(String, String)> {
+    let mut services: Vec<(String, String)> = Vec::new();
+    let mut inside = false;
+    for line in uncommented(compose).lines() {
+        if !line.starts_with(' ') && !line.trim().is_empty() {
+            inside = line == "services:";
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let name = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')).and_then(|l| l.strip_suffix(':'));
+        match (name, services.last_mut()) {
+            (Some(name), _) => services.push((name.to_string(), String::new())),
+            (None, Some((_, block))) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    services
+}
+
+/// The containers of a Kubernetes manifest: (name, its block without comments).
+fn k8s_containers(manifest: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut indent = None;
+    for line in uncommented(manifest).lines() {
+        let depth = line.len() - line.trim_start().len();
+        if line.trim() == "containers:" {
+            indent = Some(depth);
+            continue;
+        }
+        let Some(base) = indent else { continue };
+        if !line.trim().is_empty() && depth <= base && !line.trim_start().starts_with("- ") {
+            indent = None;
+            continue;
+        }
+        if let Some(name) = line.trim_start().strip_prefix("- name: ").filter(|_| depth == base + 2) {
+            out.push((name.to_string(), String::new()));
+        } else if let Some((_, block)) = out.last_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    out
+}
+
+/// What a Kakehashi process in a deployment file lacks to authenticate every listener it opens
+/// (its command names the binary; `env` is how the file sets variables: `NAME: value` in
+/// compose, `- name: NAME` in Kubernetes).
+fn unauthenticated_listeners(file: &str, name: &str, block: &str, kubernetes: bool) -> Vec<String> {
+    let has = |var: &str| {
+        if kubernetes {
+            block.contains(&format!("- name: {var}\n"))
+        } else {
+            block.contains(&format!("{var}: "))
+        }
+    };
+    let mut found = Vec::new();
+    let mut need = |var: &str, why: &str| {
+        if !has(var) {
+            found.push(format!("{file}: {name}: no {var} ({why})"));
+        }
+    };
+    if block.contains("\"kakehashi-registry\"") || block.contains("\"kakehashi-adapter\"") {
+        need("KAKEHASHI_CREDENTIALS_FILE", "gRPC without bearer tokens");
+        // Compose sets the metrics address and token by environment; Kubernetes in the
+        // ConfigMap (checked in tests/tests/observability.rs), the token file from the Secret.
+        if kubernetes {
+            if !block.contains("- name: metrics-token\n") {
+                found.push(format!("{file}: {name}: the scrape token is not mounted"));
+            }
+        } else {
+            need("KAKEHASHI_METRICS_ADDR", "metrics not exposed");
+            need("KAKEHASHI_METRICS_TOKEN_FILE", "metrics without the scrape token");
+        }
+    } else if block.contains("\"kakehashi-console\"") {
+        need("KAKEHASHI_CONSOLE_TLS_CERT", "console without TLS");
+        need("KAKEHASHI_CONSOLE_TLS_KEY", "console without TLS");
+    }
+    found
+}
+
+/// Listeners of third-party images in the files, and why each is acceptable; anything else
+/// that is not a Kakehashi process or NATS (checked above) fails the test.
+const OTHER_LISTENERS: &[(&str, &str)] = &[(
+    "otel-collector",
+    "OTLP receiver and health check of the collector, published on the host's loopback only: \
+     receives spans, serves no bus data (not authenticated: an open item)",
+)];
+
+#[test]
+fn no_listener_in_compose_or_kubernetes_is_unauthenticated() {
+    let dir = deploy_dir();
+    let compose = read(&dir.join("docker-compose.yml"));
+    let services = compose_services(&compose);
+    let names: Vec<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
+    for wanted in ["nats-config", "nats", "registry", "adapter", "console", "otel-collector"] {
+        assert!(names.contains(&wanted), "compose has no service {wanted}: {names:?}");
+    }
+    let mut problems = Vec::new();
+    for (name, block) in &services {
+        if block.contains("image: kakehashi:") && name != "nats-config" {
+            problems.extend(unauthenticated_listeners("docker-compose.yml", name, block, false));
+        } else if !["nats", "nats-config"].contains(&name.as_str())
+            && !OTHER_LISTENERS.iter().any(|(n, _)| n == name)
+        {
+            problems.push(format!("docker-compose.yml: {name}: a listener nobody checked"));
+        }
+    }
+    let mut containers = Vec::new();
+    for file in ["k8s/registry.yaml", "k8s/adapter.yaml", "k8s/console.yaml"] {
+        for (name, block) in k8s_containers(&read(&dir.join(file))) {
+            problems.extend(unauthenticated_listeners(file, &name, &block, true));
+            containers.push(name);
+        }
+    }
+    assert_eq!(containers, ["registry", "adapter", "console"], "the Kakehashi containers of deploy/k8s");
+    let kustomization = read(&dir.join("k8s/kustomization.yaml"));
+    assert!(kustomization.contains("  - console.yaml\n"), "kustomization.yaml deploys the console");
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn the_listener_check_finds_each_kind_of_gap() {
+    let compose = read(&deploy_dir().join("docker-compose.yml"));
+    let services = compose_services(&compose);
+    let block = |name: &str| services.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone()).expect(name);
+    for (name, var) in [
+        ("registry", "KAKEHASHI_METRICS_TOKEN_FILE"),
+        ("registry", "KAKEHASHI_CREDENTIALS_FILE"),
+        ("adapter", "KAKEHASHI_METRICS_ADDR"),
+        ("console", "KAKEHASHI_CONSOLE_TLS_CERT"),
+    ] {
+        let broken = block(name).replace(&format!("{var}: "), "X_REMOVED: ");
+        let found = unauthenticated_listeners("compose", name, &broken, false);
+        assert!(found.iter().any(|p| p.contains(var)), "{name} without {var}: {found:?}");
+    }
+    let k8s = read(&deploy_dir().join("k8s/registry.yaml"));
+    let (name, registry) = k8s_containers(&k8s).into_iter().next().expect("registry container");
+    assert!(unauthenticated_listeners("k8s", &name, &registry, true).is_empty());
+    let broken = registry.replace("- name: metrics-token\n", "- name: other\n");
+    assert!(!unauthenticated_listeners("k8s", &name, &broken, true).is_empty());
 }

@@ -35,8 +35,12 @@ fn read(path: &Path) -> String {
 
 /// Runs promtool in the rules directory; fails the test with its output unless it succeeds.
 fn promtool(args: &[&str]) -> String {
-    let dir = observability_dir().join("prometheus");
-    let out = Command::new("promtool").args(args).current_dir(&dir).output().unwrap_or_else(|e| {
+    promtool_in(&observability_dir().join("prometheus"), args)
+}
+
+/// Runs promtool in `dir`; fails the test with its output unless it succeeds.
+fn promtool_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("promtool").args(args).current_dir(dir).output().unwrap_or_else(|e| {
         panic!(
             "promtool not runnable ({e}): install it with `bash deploy/scripts/ensure-tools.sh \
              --with-interop-clients` (Debian package prometheus)"
@@ -53,25 +57,70 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     assert!(checked.contains("SUCCESS"), "{checked}");
     let tested = promtool(&["test", "rules", "alerts.test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
-    let config = promtool(&["check", "config", "prometheus.yml"]);
+    // promtool also checks that the scrape token file exists: check a copy whose
+    // credentials_file points at a real (test) token, beside a copy of the rules.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("kakehashi-metrics-token");
+    assert!(kakehashi_ctl::commands::secrets::metrics_token(&token).expect("kakehashi metrics token"));
+    let prometheus = observability_dir().join("prometheus");
+    let text = read(&prometheus.join("prometheus.yml"));
+    assert!(text.contains(SCRAPE_TOKEN_FILE), "prometheus.yml reads the token from {SCRAPE_TOKEN_FILE}");
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        text.replace(SCRAPE_TOKEN_FILE, &token.display().to_string()),
+    )
+    .expect("write prometheus.yml");
+    std::fs::copy(prometheus.join("alerts.yml"), dir.path().join("alerts.yml")).expect("copy alerts.yml");
+    let config = promtool_in(dir.path(), &["check", "config", "prometheus.yml"]);
     assert!(config.contains("SUCCESS"), "{config}");
 }
 
-/// Every deployment file turns the metrics endpoint on, on loopback only: it has no
-/// authentication, so no deployment exposes it to a network (docs/security.md).
-#[test]
-fn every_deployment_exposes_metrics_to_the_scraper_only() {
-    let deploy = observability_dir().join("..");
-    for (file, addr) in
-        [("config/registry.toml", "127.0.0.1:9464"), ("config/adapter.toml", "127.0.0.1:9465")]
-    {
-        let text = read(&deploy.join(file));
-        assert!(
-            text.lines().any(|l| l == format!("metrics_addr = \"{addr}\"")),
-            "{file}: metrics_addr = {addr:?}"
-        );
+/// Where deploy/observability/prometheus/prometheus.yml reads the scrape token.
+const SCRAPE_TOKEN_FILE: &str = "/etc/prometheus/kakehashi-metrics-token";
+
+/// The `- job_name:` blocks of a Prometheus configuration's `scrape_configs`, comments dropped.
+fn scrape_jobs(config: &str) -> Vec<String> {
+    let mut jobs: Vec<String> = Vec::new();
+    let mut inside = false;
+    for line in config.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        if line.starts_with("scrape_configs:") {
+            inside = true;
+        } else if inside && !line.starts_with(' ') && !line.trim().is_empty() {
+            inside = false;
+        } else if inside && line.trim_start().starts_with("- job_name:") {
+            jobs.push(format!("{line}\n"));
+        } else if let (true, Some(job)) = (inside, jobs.last_mut()) {
+            job.push_str(line);
+            job.push('\n');
+        }
     }
-    // And the services read them so (both parse their files strictly).
+    jobs
+}
+
+#[test]
+fn every_scrape_job_sends_the_bearer_token() {
+    let config = read(&observability_dir().join("prometheus/prometheus.yml"));
+    let jobs = scrape_jobs(&config);
+    assert_eq!(jobs.len(), 2, "the registry's and the adapter's jobs: {jobs:?}");
+    for job in &jobs {
+        for needle in ["authorization:", "type: Bearer", &format!("credentials_file: {SCRAPE_TOKEN_FILE}")] {
+            assert!(job.contains(needle), "scrape job without `{needle}`:\n{job}");
+        }
+    }
+    // The check sees a job that sends no token.
+    let open = config.replacen("    authorization:\n      type: Bearer\n", "    # no token\n", 1);
+    assert!(scrape_jobs(&open).iter().any(|j| !j.contains("type: Bearer")));
+}
+
+/// Every deployment file turns the metrics endpoint on: the example files on loopback (a host's
+/// own Prometheus), compose and Kubernetes on the service network behind the scrape token. The
+/// services refuse a network address without a token (tests/tests/metrics.rs), so each file's
+/// configuration is also run through that same check.
+#[test]
+fn every_deployment_exposes_metrics_behind_the_token() {
+    use kakehashi_runtime::metrics::ScrapeAccess;
+    let deploy = observability_dir().join("..");
+    // The example files, as the services read them (both parse their files strictly).
     let registry =
         kakehashi_registry::config::RegistryConfig::load(Some(&deploy.join("config/registry.toml")))
             .expect("config/registry.toml loads");
@@ -79,26 +128,68 @@ fn every_deployment_exposes_metrics_to_the_scraper_only() {
     let adapter = kakehashi_adapter::config::AdapterConfig::load(Some(&deploy.join("config/adapter.toml")))
         .expect("config/adapter.toml loads");
     assert_eq!(adapter.metrics_addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9465"));
-    // The endpoint has no authentication: nowhere does a deployment file put it off loopback.
+    for addr in [registry.metrics_addr, adapter.metrics_addr].into_iter().flatten() {
+        ScrapeAccess::check(addr, None).expect("loopback: the services start");
+    }
+
+    // Kubernetes: the TOML of the ConfigMaps, parsed by the services' own types.
     let config = read(&deploy.join("k8s/kakehashi-config.yaml"));
-    assert_eq!(
-        config.matches("    metrics_addr = \"127.0.0.1:9464\"").count(),
-        2,
-        "k8s: both services' metrics_addr on the pod's loopback"
-    );
-    for file in ["k8s/registry.yaml", "k8s/adapter.yaml", "k8s/kakehashi-config.yaml"] {
-        let text = read(&deploy.join(file));
-        for unwanted in ["containerPort: 9464", "prometheus.io/scrape", "0.0.0.0:9464"] {
-            assert!(!text.contains(unwanted), "{file}: {unwanted}");
+    let embedded = |key: &str| -> String {
+        let mut lines = config.lines().skip_while(|l| l.trim() != format!("{key}: |")).skip(1);
+        let mut out = String::new();
+        for l in lines.by_ref().take_while(|l| *l != "---") {
+            out.push_str(l.strip_prefix("    ").unwrap_or(l));
+            out.push('\n');
+        }
+        out
+    };
+    let k8s_registry: kakehashi_registry::config::RegistryConfig =
+        toml::from_str(&embedded("registry.toml")).expect("k8s registry.toml parses strictly");
+    let k8s_adapter: kakehashi_adapter::config::AdapterConfig =
+        toml::from_str(&embedded("adapter.toml")).expect("k8s adapter.toml parses strictly");
+    for (file, addr, token_file) in [
+        ("k8s/registry.yaml", k8s_registry.metrics_addr, k8s_registry.metrics_token_file),
+        ("k8s/adapter.yaml", k8s_adapter.metrics_addr, k8s_adapter.metrics_token_file),
+    ] {
+        let addr = addr.unwrap_or_else(|| panic!("{file}: metrics_addr is set"));
+        assert!(!addr.ip().is_loopback(), "{file}: metrics on the pod network, not {addr}");
+        assert!(ScrapeAccess::check(addr, None).is_err(), "{file}: would be refused without a token");
+        let token_file = token_file.unwrap_or_else(|| panic!("{file}: metrics_token_file is set"));
+        let (dir, name) = (token_file.parent().expect("dir"), token_file.file_name().expect("name"));
+        let manifest = read(&deploy.join(file));
+        for needle in [
+            format!("mountPath: {}", dir.display()),
+            format!("- key: metrics-token\n                path: {}", name.to_string_lossy()),
+            "- name: metrics\n              containerPort: 9464".to_string(),
+            "- name: metrics\n      port: 9464\n      targetPort: metrics".to_string(),
+        ] {
+            assert!(manifest.contains(&needle), "{file}: no `{needle}`");
         }
     }
+    assert!(!config.contains("127.0.0.1:9464"), "k8s: metrics no longer hidden on the pod's loopback");
+
+    // Compose: both services on the compose network with the token nats-config generates, and
+    // the port published nowhere.
     let compose = read(&deploy.join("docker-compose.yml"));
-    for unwanted in ["KAKEHASHI_METRICS_ADDR", "9464", "9465"] {
-        assert!(
-            !compose.contains(unwanted),
-            "compose keeps metrics on each container's loopback, not {unwanted}"
-        );
+    assert!(
+        compose.contains("kakehashi metrics token --out /nats-auth/metrics-token"),
+        "compose generates the token"
+    );
+    for (volume, port) in [("registry-nats", "9464"), ("adapter-nats", "9465")] {
+        for needle in [
+            format!("KAKEHASHI_METRICS_ADDR: 0.0.0.0:{port}"),
+            format!("install -m 0400 -o 10001 -g 10001 /nats-auth/metrics-token /{volume}/metrics-token"),
+            format!("- {volume}:/etc/kakehashi/nats:ro"),
+        ] {
+            assert!(compose.contains(&needle), "compose: no `{needle}`");
+        }
+        assert!(!compose.contains(&format!(":{port}:{port}")), "compose publishes metrics port {port}");
     }
+    assert_eq!(
+        compose.matches("KAKEHASHI_METRICS_TOKEN_FILE: /etc/kakehashi/nats/metrics-token").count(),
+        2,
+        "compose: both services read the token"
+    );
 }
 
 /// The alerts of `alerts.yml` (`- alert: Name` lines).

@@ -23,6 +23,10 @@ pub struct AdapterConfig {
     pub instance: String,
     /// Prometheus metrics address (`KAKEHASHI_METRICS_ADDR`); none = no metrics endpoint.
     pub metrics_addr: Option<SocketAddr>,
+    /// File holding the bearer token scrapers must present (`KAKEHASHI_METRICS_TOKEN_FILE`;
+    /// written by `kakehashi metrics token`). Required when `metrics_addr` is not a loopback
+    /// address: the service refuses to start otherwise.
+    pub metrics_token_file: Option<std::path::PathBuf>,
     /// Streams and buckets (must match the registry's).
     pub topology: TopologyConfig,
     /// Largest `Event.data` accepted, in bytes.
@@ -51,6 +55,7 @@ impl Default for AdapterConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
             instance: kakehashi_runtime::settings::default_instance("adapter"),
             metrics_addr: None,
+            metrics_token_file: None,
             topology: TopologyConfig::default(),
             max_payload_bytes: 512 * 1024,
             max_request_bytes: kakehashi_runtime::grpc::DEFAULT_MAX_REQUEST_BYTES,
@@ -78,6 +83,9 @@ impl AdapterConfig {
             let mut addr = SocketAddr::from(([127, 0, 0, 1], 9465));
             settings::env_parse("KAKEHASHI_METRICS_ADDR", &mut addr)?;
             cfg.metrics_addr = Some(addr);
+        }
+        if let Ok(v) = std::env::var("KAKEHASHI_METRICS_TOKEN_FILE") {
+            cfg.metrics_token_file = Some(v.into());
         }
         Ok(cfg)
     }

@@ -52,6 +52,9 @@ pub enum RunError {
     /// The gRPC TLS files could not be used.
     #[error("gRPC TLS: {0}")]
     Tls(#[from] kakehashi_runtime::tls::TlsError),
+    /// The metrics endpoint's token is unusable, or it would listen off loopback without one.
+    #[error(transparent)]
+    Metrics(#[from] kakehashi_runtime::metrics::ScrapeAccessError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -82,6 +85,13 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // TLS files are checked first: a bad certificate fails startup before anything connects.
     let server = kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?;
+    // So is the metrics endpoint's access: off loopback only with a token.
+    let metrics_access = config
+        .metrics_addr
+        .map(|addr| {
+            kakehashi_runtime::metrics::ScrapeAccess::configure(addr, config.metrics_token_file.as_deref())
+        })
+        .transpose()?;
     let js = connect(&config.nats_url, &config.nats_auth, &config.instance).await?;
     let buckets = kakehashi_runtime::topology::ensure(&js, &config.topology).await?;
     // Direct reads of single versions: the adapter's identity may create no consumers.
@@ -113,12 +123,12 @@ pub async fn run(
         (config.max_payload_bytes, config.stream_window),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(addr) = config.metrics_addr {
+    if let (Some(addr), Some(access)) = (config.metrics_addr, metrics_access) {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| RunError::Startup(format!("metrics listener {addr}: {e}")))?;
         let mut stop = stop_rx;
-        tokio::spawn(kakehashi_runtime::metrics::serve(metrics, l, async move {
+        tokio::spawn(kakehashi_runtime::metrics::serve(metrics, l, access, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }

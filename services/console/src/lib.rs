@@ -44,6 +44,10 @@ use tokio_rustls::rustls;
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// Nor a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once (a browser opens about six); more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// Request line and headers (cookies included) before 431.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 /// Why the console could not run.
 #[derive(Debug, thiserror::Error)]
@@ -392,7 +396,13 @@ pub async fn run(
     let router = router(app);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let service = hyper_util::service::TowerToHyperService::new(router);
-    let limits = ConnectionLimits { handshake: HANDSHAKE_TIMEOUT, connection: CONNECTION_TIMEOUT };
+    let limits = ConnectionLimits {
+        handshake: HANDSHAKE_TIMEOUT,
+        connection: CONNECTION_TIMEOUT,
+        max_connections: MAX_CONNECTIONS,
+        max_request_head: MAX_REQUEST_HEAD,
+        keep_alive: true,
+    };
     serve_http1(listener, acceptor, service, limits, "console", shutdown).await;
     Ok(())
 }

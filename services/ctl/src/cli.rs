@@ -97,6 +97,12 @@ pub enum Command {
     /// gRPC credentials of the departments.
     #[command(subcommand)]
     Grpc(GrpcCommand),
+    /// The bearer token of the services' /metrics endpoints.
+    #[command(subcommand)]
+    Metrics(MetricsCommand),
+    /// TLS certificates for the HTTPS endpoints of a deployment (the console).
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Vaccination certificates (SMART Health Cards): verify one, no bus needed.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -167,6 +173,45 @@ pub struct GrpcTokensArgs {
     #[arg(long, value_delimiter = ',', required = true)]
     pub departments: Vec<String>,
     /// The token file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `kakehashi metrics`.
+#[derive(Debug, Subcommand)]
+pub enum MetricsCommand {
+    /// Write a scrape token (64 random hex digits, mode 0600) into a file, unless the file
+    /// already holds one: the services read it with `metrics_token_file`, Prometheus with
+    /// `authorization.credentials_file`.
+    Token(MetricsTokenArgs),
+}
+
+/// `kakehashi metrics token`.
+#[derive(Debug, Args)]
+pub struct MetricsTokenArgs {
+    /// The token file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `kakehashi tls`.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Write a CA (`ca.pem`, `ca-key.pem`) and a server certificate for the given names
+    /// (`<file>.pem`, `<file>-key.pem`, keys mode 0600) into a directory. Existing files are kept.
+    Server(TlsServerArgs),
+}
+
+/// `kakehashi tls server`.
+#[derive(Debug, Args)]
+pub struct TlsServerArgs {
+    /// A DNS name or IP address the server is reached by (repeat it).
+    #[arg(long = "name", required = true)]
+    pub names: Vec<String>,
+    /// File name of the certificate and key, without `.pem`.
+    #[arg(long, default_value = "server")]
+    pub file: String,
+    /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
 }

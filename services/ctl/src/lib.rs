@@ -31,6 +31,25 @@ pub async fn run(cli: cli::Cli) -> Result<(), error::CtlError> {
         Command::Audit(cli::AuditCommand::Verify) => commands::audit::verify(&cli.conn, cli.json).await,
         Command::Nats(cli::NatsCommand::Config(a)) => commands::nats::config(cli.json, a),
         Command::Cert(c) => commands::cert::run(&cli.conn, cli.json, c).await,
+        Command::Metrics(cli::MetricsCommand::Token(a)) => {
+            let written = commands::secrets::metrics_token(&a.out)?;
+            output::emit(cli.json, serde_json::json!({ "file": a.out, "written": written }), || {
+                let what = if written { "holds a new" } else { "already holds a" };
+                format!(
+                    "{} {what} metrics scrape token (a secret: services and scraper only)",
+                    a.out.display()
+                )
+            });
+            Ok(())
+        }
+        Command::Tls(cli::TlsCommand::Server(a)) => {
+            let (cert, written) = commands::secrets::server_certificate(&a.out, &a.file, &a.names)?;
+            output::emit(cli.json, serde_json::json!({ "certificate": cert, "written": written }), || {
+                let what = if written { "written" } else { "kept" };
+                format!("{} {what} (CA: {})", cert.display(), a.out.join("ca.pem").display())
+            });
+            Ok(())
+        }
         Command::Grpc(cli::GrpcCommand::Tokens(a)) => {
             let departments = a.departments.iter().map(|d| d.trim().to_string()).collect();
             let tokens = grpc_tokens::ensure(&a.out, &departments)?;

@@ -23,6 +23,10 @@ pub struct RegistryConfig {
     pub grpc_addr: SocketAddr,
     /// Prometheus metrics address (`KAKEHASHI_METRICS_ADDR`); none = no metrics endpoint.
     pub metrics_addr: Option<SocketAddr>,
+    /// File holding the bearer token scrapers must present (`KAKEHASHI_METRICS_TOKEN_FILE`;
+    /// written by `kakehashi metrics token`). Required when `metrics_addr` is not a loopback
+    /// address: the service refuses to start otherwise.
+    pub metrics_token_file: Option<std::path::PathBuf>,
     /// Name of this instance in audit records and dead letters (`KAKEHASHI_INSTANCE`).
     pub instance: String,
     /// Streams and buckets.
@@ -117,6 +121,7 @@ impl Default for RegistryConfig {
             nats_auth: NatsAuthConfig::default(),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: None,
+            metrics_token_file: None,
             instance: default_instance("registry"),
             topology: TopologyConfig::default(),
             limits: Limits::default(),
@@ -185,6 +190,9 @@ impl RegistryConfig {
             let mut addr = SocketAddr::from(([127, 0, 0, 1], 9464));
             settings::env_parse("KAKEHASHI_METRICS_ADDR", &mut addr)?;
             cfg.metrics_addr = Some(addr);
+        }
+        if let Ok(v) = std::env::var("KAKEHASHI_METRICS_TOKEN_FILE") {
+            cfg.metrics_token_file = Some(v.into());
         }
         kakehashi_runtime::tls::GrpcTls::apply_env(&mut cfg.grpc_tls)?;
         settings::env_string("KAKEHASHI_PSEUDONYM_SECRET", &mut cfg.pseudonym_secret);

@@ -63,6 +63,9 @@ pub enum RunError {
     /// The gRPC TLS files could not be used.
     #[error("gRPC TLS: {0}")]
     Tls(#[from] kakehashi_runtime::tls::TlsError),
+    /// The metrics endpoint's token is unusable, or it would listen off loopback without one.
+    #[error(transparent)]
+    Metrics(#[from] kakehashi_runtime::metrics::ScrapeAccessError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -94,6 +97,18 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     // TLS files are checked first: a bad certificate fails startup before anything connects.
     let server = kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?;
+    // So is the metrics endpoint's access: off loopback only with a token.
+    let metrics_endpoint = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().map_err(|e| RunError::Startup(format!("metrics listener: {e}")))?;
+            let access = kakehashi_runtime::metrics::ScrapeAccess::configure(
+                addr,
+                config.metrics_token_file.as_deref(),
+            )?;
+            Some((l, access))
+        }
+        None => None,
+    };
     let default_mode: compat::Mode = config
         .default_compatibility
         .parse()
@@ -223,17 +238,19 @@ pub async fn run_with(
         config.delivery.default_ack_wait_secs,
         config.delivery.default_max_deliveries,
     );
-    if let Some(metrics_listener) = metrics_listener {
+    if let Some((metrics_listener, access)) = metrics_endpoint {
         let addr = metrics_listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let token = access.requires_token();
         let mut stop = stop_rx_metrics;
         tokio::spawn(kakehashi_runtime::metrics::serve(
             metrics.registry.clone(),
             metrics_listener,
+            access,
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
         ));
-        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        tracing::info!(%addr, token, "metrics at http://{addr}/metrics");
     }
     // Above every configured limit, so an oversized schema or payload is answered by the
     // service naming its limit, not by tonic's 4 MiB default.

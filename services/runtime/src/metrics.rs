@@ -9,7 +9,8 @@
 //!   thin adapters over a `prometheus_client` [`Family`] and one series of it.
 //!   [`Registry::gauge_fn`] registers a gauge computed at scrape time instead (a
 //!   `prometheus_client` [`Collector`] writing `ConstGauge`s).
-//! - [`serve`]: `GET /metrics` and `GET /healthz` over a listener the caller has bound.
+//! - [`serve`]: `GET /metrics` and `GET /healthz` over a listener the caller has bound, behind
+//!   a bearer token ([`ScrapeToken`]) unless the listener is on loopback ([`ScrapeAccess`]).
 //!
 //! # Usage
 //!
@@ -47,12 +48,16 @@
 //! Serving it, with the listener bound by the caller (tests bind `127.0.0.1:0`):
 //!
 //! ```no_run
-//! # async fn run(registry: kakehashi_runtime::metrics::Registry) -> std::io::Result<()> {
+//! # async fn run(registry: kakehashi_runtime::metrics::Registry) -> Result<(), Box<dyn std::error::Error>> {
+//! use kakehashi_runtime::metrics::{ScrapeAccess, ScrapeToken};
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:9464").await?;
+//! // Off loopback a token is required: `check` refuses the address without one.
+//! let token = ScrapeToken::from_file(std::path::Path::new("/etc/kakehashi/metrics-token"))?;
+//! let access = ScrapeAccess::check(listener.local_addr()?, Some(token))?;
 //! let shutdown = async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! };
-//! kakehashi_runtime::metrics::serve(registry, listener, shutdown).await;
+//! kakehashi_runtime::metrics::serve(registry, listener, access, shutdown).await;
 //! # Ok(())
 //! # }
 //! ```
@@ -102,12 +107,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use crate::http_server::{serve_http1, ConnectionLimits};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE as CONTENT_TYPE_HEADER};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE as CONTENT_TYPE_HEADER, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
@@ -115,9 +122,9 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 /// Distinct label sets a family holds, by default, before new ones fold into `_overflow`.
 pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
@@ -829,23 +836,164 @@ fn is_valid_label_name(name: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Access to the endpoint
+// ---------------------------------------------------------------------------------------------
+
+/// Shortest scrape token accepted, in bytes (`kakehashi metrics token` writes 64 hex digits).
+pub const MIN_TOKEN_BYTES: usize = 32;
+/// Longest scrape token accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 512;
+/// Largest token file read, in bytes (the token plus a trailing newline or comment-free padding).
+pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// What is wrong with a scrape token or with where the endpoint listens. Messages name the file
+/// or the address, never the token.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeAccessError {
+    /// The token file could not be read.
+    #[error("metrics token file {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token file does not hold a usable token.
+    #[error("metrics token file {path}: {message}")]
+    BadToken {
+        /// File path.
+        path: String,
+        /// What is wrong (never the token itself).
+        message: String,
+    },
+    /// The endpoint would serve metrics to a network without a token.
+    #[error(
+        "metrics_addr {addr} is not a loopback address and no metrics token is configured \
+         (metrics_token_file / KAKEHASHI_METRICS_TOKEN_FILE): refusing to serve /metrics \
+         unauthenticated"
+    )]
+    Unauthenticated {
+        /// The address the endpoint would listen on.
+        addr: std::net::SocketAddr,
+    },
+}
+
+/// The bearer token a scraper must present (`Authorization: Bearer <token>`). Only its SHA-256
+/// is kept; a presented token is hashed and the two digests compared in constant time, so
+/// neither the token's bytes nor its length show in response times.
+#[derive(Clone)]
+pub struct ScrapeToken {
+    digest: [u8; 32],
+}
+
+impl fmt::Debug for ScrapeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A digest of a secret is not for logs either.
+        f.write_str("ScrapeToken(..)")
+    }
+}
+
+impl ScrapeToken {
+    /// A token from its text: [`MIN_TOKEN_BYTES`]..=[`MAX_TOKEN_BYTES`] bytes of RFC 6750's
+    /// `b64token` alphabet (letters, digits, `-._~+/`, then `=` padding). The error says what is
+    /// wrong without quoting the token.
+    pub fn new(token: &str) -> Result<Self, String> {
+        if token.len() < MIN_TOKEN_BYTES || token.len() > MAX_TOKEN_BYTES {
+            return Err(format!(
+                "the token is {} bytes; it must be {MIN_TOKEN_BYTES} to {MAX_TOKEN_BYTES}",
+                token.len()
+            ));
+        }
+        let body = token.trim_end_matches('=');
+        if body.is_empty() || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)) {
+            return Err("the token may hold only letters, digits and -._~+/ (then = padding)".into());
+        }
+        Ok(Self { digest: Sha256::digest(token.as_bytes()).into() })
+    }
+
+    /// The token in `path`: the whole file, without trailing whitespace (a final newline). At
+    /// most [`MAX_TOKEN_FILE_BYTES`] are read.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ScrapeAccessError> {
+        use std::io::Read as _;
+        let shown = path.display().to_string();
+        let read = |source| ScrapeAccessError::Read { path: shown.clone(), source };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_TOKEN_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read)?;
+        if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+            return Err(ScrapeAccessError::BadToken {
+                path: shown,
+                message: format!("larger than {MAX_TOKEN_FILE_BYTES} bytes"),
+            });
+        }
+        Self::new(text.trim_end()).map_err(|message| ScrapeAccessError::BadToken { path: shown, message })
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <this token>` (scheme in any case).
+    fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(value) = authorization.map(HeaderValue::as_bytes) else { return false };
+        let Some((scheme, presented)) = value.split_at_checked(7) else { return false };
+        if !scheme.eq_ignore_ascii_case(b"bearer ") {
+            return false;
+        }
+        let presented: [u8; 32] = Sha256::digest(presented.trim_ascii()).into();
+        bool::from(presented.ct_eq(&self.digest))
+    }
+}
+
+/// Who may read the endpoint: anyone who can reach it (a loopback address only), or scrapers
+/// presenting the token. Made by [`ScrapeAccess::check`] only, so a server on a network address
+/// without a token cannot be built.
+#[derive(Debug, Clone)]
+pub struct ScrapeAccess {
+    token: Option<ScrapeToken>,
+}
+
+impl ScrapeAccess {
+    /// The access of an endpoint listening on `addr`: with a token, that token on any address;
+    /// without one, loopback addresses only, and [`ScrapeAccessError::Unauthenticated`] (one
+    /// line naming the address and the setting) for any other.
+    pub fn check(addr: std::net::SocketAddr, token: Option<ScrapeToken>) -> Result<Self, ScrapeAccessError> {
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(ScrapeAccessError::Unauthenticated { addr });
+        }
+        Ok(Self { token })
+    }
+
+    /// [`ScrapeAccess::check`] with the token read from `token_file` (when one is configured):
+    /// what a service does at start-up with its `metrics_addr` and `metrics_token_file`.
+    pub fn configure(
+        addr: std::net::SocketAddr,
+        token_file: Option<&std::path::Path>,
+    ) -> Result<Self, ScrapeAccessError> {
+        let token = token_file.map(ScrapeToken::from_file).transpose()?;
+        Self::check(addr, token)
+    }
+
+    /// Whether a token is required.
+    pub fn requires_token(&self) -> bool {
+        self.token.is_some()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // HTTP endpoint
 // ---------------------------------------------------------------------------------------------
 
-/// Limits of the scrape endpoint. Tests shorten the timeout; [`serve`] uses the defaults.
-#[derive(Debug, Clone, Copy)]
-struct ServerLimits {
-    /// Whole-connection budget, from accept to close; a connection over it is dropped.
-    connection_timeout: Duration,
-    /// Connections handled at once; further ones wait in the listen backlog.
-    max_connections: usize,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        Self { connection_timeout: Duration::from_secs(5), max_connections: 64 }
-    }
-}
+/// Limits of the scrape endpoint (tests shorten the timeout): one request per connection, a
+/// whole-connection budget of 5 s from accept to close, 64 connections at once (further ones
+/// wait in the listen backlog), 8 KiB of request head. No TLS, so no handshake.
+const LIMITS: ConnectionLimits = ConnectionLimits {
+    handshake: Duration::from_secs(5),
+    connection: Duration::from_secs(5),
+    max_connections: 64,
+    max_request_head: MAX_REQUEST_HEAD,
+    keep_alive: false,
+};
 
 /// Bytes hyper buffers for a request head before answering 431 (its minimum).
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -855,88 +1003,57 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// - `GET /metrics` → 200 with [`Registry::render`] as `text/plain; version=0.0.4`;
 /// - `GET /healthz` → 200 `ok`;
 /// - another method on those paths → 405; any other path → 404;
-/// - request line and headers over 8 KiB → 431; a malformed request → 400 (hyper's parser).
+/// - request line and headers over 8 KiB → 431; a malformed request → 400 (hyper's parser);
+/// - with a token in `access`, any request without `Authorization: Bearer <token>` → 401 with
+///   `WWW-Authenticate: Bearer` (before the path is looked at, so nothing is learnt without it).
 ///
 /// `HEAD` is answered like `GET` without the body. One request per connection
 /// (`Connection: close`); each connection runs in its own task and is dropped if not done within
 /// 5 seconds; at most 64 are handled at once. Input is never trusted and never causes a panic.
+/// The accept loop is the shared [`serve_http1`].
 ///
-/// When `shutdown` completes, no new connections are accepted; the function returns once the
-/// connections in flight have finished (each bounded by its timeout).
+/// When `shutdown` completes, no new connections are accepted and the function returns; a
+/// scrape still in flight is cut (Prometheus retries at its next interval).
 pub async fn serve(
     registry: Registry,
     listener: TcpListener,
+    access: ScrapeAccess,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    serve_with(registry, listener, ServerLimits::default(), shutdown).await;
+    serve_with(registry, listener, access, LIMITS, shutdown).await;
 }
 
 async fn serve_with(
     registry: Registry,
     listener: TcpListener,
-    limits: ServerLimits,
+    access: ScrapeAccess,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut connections = JoinSet::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // One request per connection, a bounded head, and a deadline for it.
-    http.keep_alive(false)
-        .max_buf_size(MAX_REQUEST_HEAD)
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.connection_timeout);
-    loop {
-        let accept = async {
-            // Wait for a free slot before accepting, so excess clients queue in the backlog.
-            let permit = Arc::clone(&permits).acquire_owned().await;
-            (permit, listener.accept().await)
-        };
-        tokio::select! {
-            () = &mut shutdown => break,
-            Some(joined) = connections.join_next(), if !connections.is_empty() => log_join(joined),
-            (permit, accepted) = accept => {
-                let Ok(permit) = permit else { break };
-                match accepted {
-                    Ok((stream, peer)) => {
-                        let registry = registry.clone();
-                        let service = hyper::service::service_fn(move |request| {
-                            let response = respond(&request, &registry);
-                            async move { Ok::<_, Infallible>(response) }
-                        });
-                        let connection = http.serve_connection(TokioIo::new(stream), service);
-                        connections.spawn(async move {
-                            let _permit = permit;
-                            match tokio::time::timeout(limits.connection_timeout, connection).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics connection failed"),
-                                Err(_) => tracing::debug!(%peer, "metrics connection timed out"),
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        // Typically out of file descriptors: back off instead of spinning.
-                        tracing::warn!(error = %e, "metrics endpoint failed to accept");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        }
-    }
-    drop(listener);
-    while let Some(joined) = connections.join_next().await {
-        log_join(joined);
-    }
-}
-
-fn log_join(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined {
-        tracing::error!(error = %e, "metrics connection task failed");
-    }
+    let service = hyper::service::service_fn(move |request| {
+        let response = respond(&request, &registry, &access);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    serve_http1(listener, None, service, limits, "metrics", shutdown).await;
 }
 
 /// The response to one request (hyper leaves out the body of a `HEAD` answer).
-fn respond(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+fn respond(request: &Request<Incoming>, registry: &Registry, access: &ScrapeAccess) -> Response<Full<Bytes>> {
+    if let Some(token) = &access.token {
+        let presented = request.headers().get(AUTHORIZATION);
+        if !token.admits(presented) {
+            let mut response =
+                text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "unauthorized\n".into());
+            // RFC 6750: a presented but wrong token is `invalid_token`; none at all, no error code.
+            let challenge = if presented.is_some() {
+                r#"Bearer realm="kakehashi-metrics", error="invalid_token""#
+            } else {
+                r#"Bearer realm="kakehashi-metrics""#
+            };
+            response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            return response;
+        }
+    }
     let path = request.uri().path();
     if !matches!(path, "/metrics" | "/healthz") {
         return text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into());
@@ -977,7 +1094,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     use tokio::sync::oneshot;
-    use tokio::task::JoinHandle;
+    use tokio::task::{JoinHandle, JoinSet};
 
     /// The 0.0.4 text with the samples of each counter and gauge family sorted, since a
     /// family's series come in hash order (histogram samples keep their order).
@@ -1372,11 +1489,20 @@ kh_events_total{department="b",event_type="x"} 1
     }
 
     impl TestServer {
-        async fn start(registry: Registry, limits: ServerLimits) -> Self {
+        async fn start(registry: Registry, limits: ConnectionLimits) -> Self {
+            Self::start_with(registry, limits, None).await
+        }
+
+        async fn start_with(
+            registry: Registry,
+            limits: ConnectionLimits,
+            token: Option<ScrapeToken>,
+        ) -> Self {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("local addr");
+            let access = ScrapeAccess::check(addr, token).expect("loopback");
             let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(serve_with(registry, listener, limits, async {
+            let task = tokio::spawn(serve_with(registry, listener, access, limits, async {
                 let _ = stopped.await;
             }));
             Self { addr, stop: Some(stop), task }
@@ -1426,7 +1552,7 @@ kh_events_total{department="b",event_type="x"} 1
     #[tokio::test]
     async fn get_metrics_returns_200_with_exposition_text() {
         let registry = sample_registry();
-        let server = TestServer::start(registry.clone(), ServerLimits::default()).await;
+        let server = TestServer::start(registry.clone(), LIMITS).await;
         let response = server.get("/metrics").await;
         assert_eq!(status_of(&response), "HTTP/1.1 200 OK");
         assert!(
@@ -1443,7 +1569,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn healthz_returns_ok_and_query_strings_are_ignored() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let health = server.get("/healthz").await;
         assert_eq!(status_of(&health), "HTTP/1.1 200 OK");
         assert_eq!(body_of(&health), "ok");
@@ -1454,7 +1580,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn head_request_gets_headers_without_body() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let response = server.exchange(b"HEAD /metrics HTTP/1.0\r\n\r\n").await;
         assert_eq!(status_of(&response), "HTTP/1.0 200 OK");
         assert_eq!(body_of(&response), "");
@@ -1463,7 +1589,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn unknown_path_returns_404_and_wrong_method_405() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         assert_eq!(status_of(&server.get("/").await), "HTTP/1.1 404 Not Found");
         assert_eq!(status_of(&server.get("/metrics/extra").await), "HTTP/1.1 404 Not Found");
         let post = server.exchange(b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").await;
@@ -1474,7 +1600,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn oversized_request_head_gets_431_and_server_keeps_serving() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let mut huge = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
         huge.resize(20 * 1024, b'a');
         let response = server.exchange(&huge).await;
@@ -1485,7 +1611,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn garbage_requests_are_refused_and_server_keeps_serving() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let cases: [&[u8]; 7] = [
             b"\x00\xff\xfe garbage\r\n\r\n",
             b"GET\r\n\r\n",
@@ -1511,7 +1637,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn request_cut_short_by_the_client_gets_no_metrics() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let mut stream = TcpStream::connect(server.addr).await.expect("connect");
         stream.write_all(b"GET /metr").await.expect("write");
         stream.shutdown().await.expect("half-close");
@@ -1529,8 +1655,7 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn silent_client_is_dropped_after_the_timeout_and_others_are_served_meanwhile() {
-        let limits =
-            ServerLimits { connection_timeout: Duration::from_millis(300), ..ServerLimits::default() };
+        let limits = ConnectionLimits { connection: Duration::from_millis(300), ..LIMITS };
         let server = TestServer::start(sample_registry(), limits).await;
         let mut silent = TcpStream::connect(server.addr).await.expect("connect");
         silent.write_all(b"GET /metrics HTTP/1.1\r\n").await.expect("write");
@@ -1547,10 +1672,83 @@ kh_events_total{department="b",event_type="x"} 1
 
     #[tokio::test]
     async fn shutdown_stops_accepting_and_serve_returns() {
-        let server = TestServer::start(sample_registry(), ServerLimits::default()).await;
+        let server = TestServer::start(sample_registry(), LIMITS).await;
         let addr = server.addr;
         assert_eq!(status_of(&server.get("/healthz").await), "HTTP/1.1 200 OK");
         server.stop().await;
         assert!(TcpStream::connect(addr).await.is_err(), "listener closed after shutdown");
+    }
+
+    // ----- Access -----
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn get_with(path: &str, authorization: Option<&str>) -> Vec<u8> {
+        let header = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n{header}\r\n").into_bytes()
+    }
+
+    #[tokio::test]
+    async fn with_a_token_only_the_right_bearer_token_reads_metrics() {
+        let token = ScrapeToken::new(TOKEN).expect("token");
+        let server = TestServer::start_with(sample_registry(), LIMITS, Some(token)).await;
+        for (what, authorization, challenge) in [
+            ("no token", None, "www-authenticate: Bearer realm=\"kakehashi-metrics\"\r\n"),
+            ("wrong token", Some(format!("Bearer {}", TOKEN.replace('0', "1"))), "error=\"invalid_token\""),
+            ("token prefix", Some(format!("Bearer {}", &TOKEN[..40])), "error=\"invalid_token\""),
+            ("token plus more", Some(format!("Bearer {TOKEN}x")), "error=\"invalid_token\""),
+            ("basic scheme", Some(format!("Basic {TOKEN}")), "error=\"invalid_token\""),
+            ("empty bearer", Some("Bearer ".to_string()), "error=\"invalid_token\""),
+        ] {
+            for path in ["/metrics", "/healthz", "/nowhere"] {
+                let response = server.exchange(&get_with(path, authorization.as_deref())).await;
+                assert_eq!(status_of(&response), "HTTP/1.1 401 Unauthorized", "{what} {path}: {response}");
+                assert!(response.contains(challenge), "{what} {path}: {response}");
+                assert!(!response.contains("kh_events_total"), "{what} {path}: {response}");
+            }
+        }
+        for authorization in [format!("Bearer {TOKEN}"), format!("bearer {TOKEN}")] {
+            let response = server.exchange(&get_with("/metrics", Some(&authorization))).await;
+            assert_eq!(status_of(&response), "HTTP/1.1 200 OK", "{response}");
+            assert!(body_of(&response).contains("kh_events_total"), "{response}");
+        }
+        let response = server.exchange(&get_with("/healthz", Some(&format!("Bearer {TOKEN}")))).await;
+        assert_eq!(status_of(&response), "HTTP/1.1 200 OK", "{response}");
+        server.stop().await;
+    }
+
+    #[test]
+    fn a_network_address_without_a_token_is_refused_in_one_line() {
+        let addr: SocketAddr = "0.0.0.0:9464".parse().expect("addr");
+        let e = ScrapeAccess::check(addr, None).expect_err("refused");
+        let message = e.to_string();
+        assert!(!message.contains('\n'), "{message}");
+        assert!(message.contains("0.0.0.0:9464") && message.contains("metrics_token_file"), "{message}");
+        for ok in ["127.0.0.1:9464", "[::1]:9464"] {
+            let addr: SocketAddr = ok.parse().expect("addr");
+            assert!(!ScrapeAccess::check(addr, None).expect("loopback").requires_token());
+        }
+        let token = ScrapeToken::new(TOKEN).expect("token");
+        assert!(ScrapeAccess::check(addr, Some(token)).expect("with a token").requires_token());
+    }
+
+    #[test]
+    fn token_files_are_checked_and_never_quoted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, format!("{TOKEN}\n")).expect("write");
+        let token = ScrapeToken::from_file(&path).expect("a token with a final newline");
+        assert!(token.admits(Some(&HeaderValue::from_static(
+            "Bearer 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        ))));
+        assert_eq!(format!("{token:?}"), "ScrapeToken(..)");
+        for bad in ["short", "has space in it and is long enough to pass the length", &"x".repeat(513), ""] {
+            std::fs::write(&path, bad).expect("write");
+            let e = ScrapeToken::from_file(&path).expect_err(bad).to_string();
+            assert!(bad.is_empty() || !e.contains(bad), "{e}");
+        }
+        std::fs::write(&path, "a".repeat(5000)).expect("write");
+        assert!(ScrapeToken::from_file(&path).expect_err("too large").to_string().contains("4096"));
+        assert!(ScrapeToken::from_file(&dir.path().join("missing")).is_err());
     }
 }

@@ -8,5 +8,6 @@ pub mod nats;
 pub mod policy;
 pub mod publish;
 pub mod schema;
+pub mod secrets;
 pub mod sub;
 pub mod trace;

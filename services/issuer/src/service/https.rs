@@ -29,6 +29,10 @@ pub const CRL_PREFIX: &str = "/.well-known/crl/";
 /// Longest a client may take for the TLS handshake and one connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// Request line and headers before 431 (the paths served are short GETs).
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
@@ -96,6 +100,12 @@ pub async fn serve(
         let response = route(&keys, req.method(), req.uri().path());
         async move { Ok::<_, Infallible>(response) }
     });
-    let limits = ConnectionLimits { handshake: HANDSHAKE_TIMEOUT, connection: CONNECTION_TIMEOUT };
+    let limits = ConnectionLimits {
+        handshake: HANDSHAKE_TIMEOUT,
+        connection: CONNECTION_TIMEOUT,
+        max_connections: MAX_CONNECTIONS,
+        max_request_head: MAX_REQUEST_HEAD,
+        keep_alive: true,
+    };
     serve_http1(listener, Some(acceptor), service, limits, "issuer HTTPS", shutdown).await;
 }
