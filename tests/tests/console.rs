@@ -323,6 +323,9 @@ async fn every_page_in_a_real_browser_with_access_by_department() {
     for name in ["city-shibuya", "city-minato", "mhlw", CHECKUP, SCREENING] {
         assert!(html.contains(name), "the flow map shows {name}");
     }
+    // A live view: rates per minute on the edges, and the page reloads itself.
+    assert!(html.contains("/min: "), "rates on the flow map:\n{html}");
+    assert!(html.contains("<meta http-equiv=\"refresh\" content=\"30\">"), "the flow page reloads:\n{html}");
 
     let html = open(&b, &console, &format!("/trace?event_id={shibuya_ok}"), Some("trace")).await;
     for hop in ["published", "validated", "delivered", "acked"] {

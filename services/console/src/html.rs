@@ -86,10 +86,23 @@ button{cursor:pointer}button.danger{background:#b00020;color:#fff;border:0;paddi
 
 /// A whole page: the navigation (with who is logged in and the logout form) and `body`.
 pub fn page(title: &str, nav: Nav, who: Option<(&str, bool, &str)>, body: &str) -> String {
+    page_refreshing(title, nav, who, body, None)
+}
+
+/// [`page`] that the browser reloads every `refresh_secs` (a live view without JavaScript).
+pub fn page_refreshing(
+    title: &str,
+    nav: Nav,
+    who: Option<(&str, bool, &str)>,
+    body: &str,
+    refresh_secs: Option<u32>,
+) -> String {
     let mut out = String::with_capacity(body.len() + 2048);
+    let refresh =
+        refresh_secs.map(|s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">")).unwrap_or_default();
     let _ = write!(
         out,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} — Kakehashi console</title><style>{STYLE}</style></head><body><header><strong>架け橋 Kakehashi</strong>",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}<title>{} — Kakehashi console</title><style>{STYLE}</style></head><body><header><strong>架け橋 Kakehashi</strong>",
         esc(title)
     );
     if let Some((department, admin, csrf)) = who {

@@ -12,7 +12,10 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-/// `GET /flows?minutes=N`.
+/// How often the flow page reloads itself, in seconds (`?refresh=`, 0 = never).
+const DEFAULT_REFRESH_SECS: u32 = 30;
+
+/// `GET /flows?minutes=N&refresh=S`.
 pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let ctx = match app.ctx(&headers) {
         Ok(c) => c,
@@ -26,6 +29,16 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap, RawQuery(quer
             _ => return app.error_page(&ctx, PageError::BadRequest("minutes must be 1 to 10080".into())),
         },
     };
+    let refresh: u32 = match param(&q, "refresh") {
+        "" => DEFAULT_REFRESH_SECS,
+        s => match s.parse::<u32>() {
+            Ok(s) if s == 0 || (5..=3600).contains(&s) => s,
+            _ => {
+                return app
+                    .error_page(&ctx, PageError::BadRequest("refresh must be 0 or 5 to 3600 seconds".into()))
+            }
+        },
+    };
     let request = SummarizeFlowsRequest { since: Some(ago(i64::from(minutes) * 60)) };
     let r = match app.registry.as_login(&ctx.login).flows().summarize_flows(request).await {
         Ok(r) => r.into_inner(),
@@ -34,7 +47,8 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap, RawQuery(quer
     let mut body = String::new();
     let _ = write!(
         body,
-        "<form class=\"filters\" method=\"get\">Last <input name=\"minutes\" size=\"5\" value=\"{minutes}\"> minutes <button>Show</button> <a href=\"/flows?minutes={minutes}\">refresh</a></form>"
+        "<form class=\"filters\" method=\"get\">Last <input name=\"minutes\" size=\"5\" value=\"{minutes}\"> minutes, reloading every <input name=\"refresh\" size=\"4\" value=\"{refresh}\"> s (0 = never) <button>Show</button></form>\
+         <p class=\"notice\" id=\"flow-window\">Events in the last {minutes} min; rates are per minute over that window.</p>"
     );
     if r.truncated {
         body.push_str("<p class=\"notice\">The audit scan reached the registry's limit: the numbers cover only the start of the window; choose fewer minutes.</p>");
@@ -42,15 +56,21 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap, RawQuery(quer
     if r.edges.is_empty() {
         body.push_str("<p id=\"no-flows\">No events in this window.</p>");
     } else {
-        body.push_str(&svg(&r.edges));
-        body.push_str(&table(&r.edges));
+        body.push_str(&svg(&r.edges, minutes));
+        body.push_str(&table(&r.edges, minutes));
     }
-    html_response(StatusCode::OK, html::page("Flows", Nav::Flows, ctx.who(), &body))
+    let refresh = (refresh > 0).then_some(refresh);
+    html_response(StatusCode::OK, html::page_refreshing("Flows", Nav::Flows, ctx.who(), &body, refresh))
+}
+
+/// Events per minute over a window of `minutes`, as shown (one decimal).
+fn per_minute(events: u64, minutes: u32) -> String {
+    format!("{:.1}", events as f64 / f64::from(minutes.max(1)))
 }
 
 /// Three columns: publishers, event types, readers; an edge's width grows with its events and
-/// it is red when any failed.
-pub fn svg(edges: &[FlowEdge]) -> String {
+/// it is red when any failed. Labels give the rate per minute over the window of `minutes`.
+pub fn svg(edges: &[FlowEdge], minutes: u32) -> String {
     let sources: Vec<&str> =
         edges.iter().map(|e| e.source.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
     let types: Vec<&str> =
@@ -75,7 +95,21 @@ pub fn svg(edges: &[FlowEdge]) -> String {
          <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-weight=\"600\">publisher</text><text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-weight=\"600\">event type</text><text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-weight=\"600\">reader</text>",
         x[0], x[1], x[2]
     );
+    // Type → reader edges of several publishers are one line on the map (the table keeps them
+    // apart): summed per (type, reader), so they are not drawn on top of each other.
+    let mut drawn: Vec<FlowEdge> = Vec::with_capacity(edges.len());
     for e in edges {
+        let same = |d: &&mut FlowEdge| !e.reader.is_empty() && d.reader == e.reader && d.r#type == e.r#type;
+        match drawn.iter_mut().find(|d| same(d)) {
+            Some(d) => {
+                d.events += e.events;
+                d.acked += e.acked;
+                d.errors += e.errors;
+            }
+            None => drawn.push(e.clone()),
+        }
+    }
+    for e in &drawn {
         let Some(ty) = pos(&types, &e.r#type) else { continue };
         let (x1, y1, x2, y2) = if e.reader.is_empty() {
             match pos(&sources, &e.source) {
@@ -92,9 +126,15 @@ pub fn svg(edges: &[FlowEdge]) -> String {
         let color = if e.errors > 0 { "#b00020" } else { "#3a7bd5" };
         let mid = (x1 + x2) / 2.0;
         let label = if e.reader.is_empty() {
-            format!("{} published, {} rejected", e.events, e.errors)
+            format!("{}/min: {} published, {} rejected", per_minute(e.events, minutes), e.events, e.errors)
         } else {
-            format!("{} delivered, {} acked, {} failed", e.events, e.acked, e.errors)
+            format!(
+                "{}/min: {} delivered, {} acked, {} failed",
+                per_minute(e.events, minutes),
+                e.events,
+                e.acked,
+                e.errors
+            )
         };
         let _ = write!(
             out,
@@ -128,18 +168,19 @@ pub fn svg(edges: &[FlowEdge]) -> String {
     out
 }
 
-fn table(edges: &[FlowEdge]) -> String {
+fn table(edges: &[FlowEdge], minutes: u32) -> String {
     let mut out = String::from(
-        "<table id=\"flow-table\"><tr><th>publisher</th><th>event type</th><th>reader</th><th>events</th><th>acked</th><th>errors</th></tr>",
+        "<table id=\"flow-table\"><tr><th>publisher</th><th>event type</th><th>reader</th><th>events</th><th>per min</th><th>acked</th><th>errors</th></tr>",
     );
     for e in edges {
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num{}\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num{}\">{}</td></tr>",
             esc(&e.source),
             esc(&e.r#type),
             if e.reader.is_empty() { "—".to_string() } else { esc(&e.reader) },
             e.events,
+            per_minute(e.events, minutes),
             if e.reader.is_empty() { "—".to_string() } else { e.acked.to_string() },
             if e.errors > 0 { " err" } else { "" },
             e.errors
@@ -147,4 +188,38 @@ fn table(edges: &[FlowEdge]) -> String {
     }
     out.push_str("</table>");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(source: &str, reader: &str, events: u64, acked: u64, errors: u64) -> FlowEdge {
+        FlowEdge {
+            source: source.into(),
+            r#type: "health.checkup.recorded".into(),
+            reader: reader.into(),
+            events,
+            errors,
+            acked,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reader_edges_of_several_publishers_are_one_line_with_summed_rates() {
+        let edges = [
+            edge("city-a", "", 30, 0, 1),
+            edge("city-b", "", 15, 0, 0),
+            edge("city-a", "mhlw", 20, 20, 0),
+            edge("city-b", "mhlw", 10, 9, 1),
+        ];
+        let svg = svg(&edges, 10);
+        assert_eq!(svg.matches("<path ").count(), 3, "two publisher edges and one reader edge:\n{svg}");
+        assert!(svg.contains("3.0/min: 30 delivered, 29 acked, 1 failed"), "{svg}");
+        assert!(svg.contains("3.0/min: 30 published, 1 rejected"), "{svg}");
+        assert!(svg.contains("1.5/min: 15 published, 0 rejected"), "{svg}");
+        let table = table(&edges, 10);
+        assert_eq!(table.matches("<tr>").count(), 5, "the table keeps every edge apart");
+    }
 }
