@@ -469,10 +469,22 @@ fn unauthenticated_listeners(file: &str, name: &str, block: &str, kubernetes: bo
         } else {
             need("KAKEHASHI_METRICS_ADDR", "metrics not exposed");
             need("KAKEHASHI_METRICS_TOKEN_FILE", "metrics without the scrape token");
+            // Bearer tokens must not cross the compose network in clear.
+            need("KAKEHASHI_GRPC_TLS_CERT", "gRPC without TLS");
+            need("KAKEHASHI_GRPC_TLS_KEY", "gRPC without TLS");
+            if block.contains("\"kakehashi-registry\"") {
+                need("KAKEHASHI_PSEUDONYM_SECRET_FILE", "the public development pseudonym secret");
+            }
         }
     } else if block.contains("\"kakehashi-console\"") {
         need("KAKEHASHI_CONSOLE_TLS_CERT", "console without TLS");
         need("KAKEHASHI_CONSOLE_TLS_KEY", "console without TLS");
+        if !kubernetes {
+            need("KAKEHASHI_CA", "the registry's CA");
+            if !block.contains("KAKEHASHI_REGISTRY: https://") {
+                found.push(format!("{file}: {name}: the console calls the registry without TLS"));
+            }
+        }
     }
     found
 }
@@ -515,6 +527,10 @@ fn the_listener_check_finds_each_kind_of_gap() {
         ("registry", "KAKEHASHI_CREDENTIALS_FILE"),
         ("adapter", "KAKEHASHI_METRICS_ADDR"),
         ("console", "KAKEHASHI_CONSOLE_TLS_CERT"),
+        ("registry", "KAKEHASHI_GRPC_TLS_CERT"),
+        ("adapter", "KAKEHASHI_GRPC_TLS_KEY"),
+        ("registry", "KAKEHASHI_PSEUDONYM_SECRET_FILE"),
+        ("console", "KAKEHASHI_CA"),
     ] {
         let broken = block(name).replace(&format!("{var}: "), "X_REMOVED: ");
         let found = unauthenticated_listeners("compose", name, &broken, false);

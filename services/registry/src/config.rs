@@ -43,6 +43,10 @@ pub struct RegistryConfig {
     /// default is for development only: set a long random secret anywhere else, the same on
     /// every instance (changing it changes every department's tokens).
     pub pseudonym_secret: String,
+    /// A file holding the pseudonym secret (`KAKEHASHI_PSEUDONYM_SECRET_FILE`; surrounding
+    /// whitespace ignored), so the secret need not sit in the environment or this file; it wins
+    /// over `pseudonym_secret`.
+    pub pseudonym_secret_file: Option<std::path::PathBuf>,
     /// Department credentials: token → department id. Empty = development mode, where callers
     /// are not authenticated (never use that outside a laptop).
     pub credentials: std::collections::BTreeMap<String, String>,
@@ -129,6 +133,7 @@ impl Default for RegistryConfig {
             delivery: DeliveryConfig::default(),
             default_compatibility: "BACKWARD".into(),
             pseudonym_secret: DEV_PSEUDONYM_SECRET.into(),
+            pseudonym_secret_file: None,
             credentials: Default::default(),
             credentials_file: None,
             admins: Vec::new(),
@@ -196,10 +201,23 @@ impl RegistryConfig {
         }
         kakehashi_runtime::tls::GrpcTls::apply_env(&mut cfg.grpc_tls)?;
         settings::env_string("KAKEHASHI_PSEUDONYM_SECRET", &mut cfg.pseudonym_secret);
+        if let Some(v) = std::env::var_os("KAKEHASHI_PSEUDONYM_SECRET_FILE").filter(|v| !v.is_empty()) {
+            cfg.pseudonym_secret_file = Some(v.into());
+        }
+        if let Some(path) = &cfg.pseudonym_secret_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            cfg.pseudonym_secret = text.trim().to_string();
+        }
         if cfg.pseudonym_secret.len() < 16 {
             return Err(ConfigError::Env {
                 name: "KAKEHASHI_PSEUDONYM_SECRET",
-                message: "the pseudonym secret must be at least 16 bytes".into(),
+                message: match &cfg.pseudonym_secret_file {
+                    Some(path) => {
+                        format!("the pseudonym secret in {} must be at least 16 bytes", path.display())
+                    }
+                    None => "the pseudonym secret must be at least 16 bytes".into(),
+                },
             });
         }
         Ok(cfg)
@@ -255,5 +273,29 @@ mod tests {
             });
             assert!(shown, "deploy/config/registry.toml does not show the key `{name}`");
         }
+    }
+}
+
+#[cfg(test)]
+mod secret_file_tests {
+    use super::*;
+
+    #[test]
+    fn the_pseudonym_secret_comes_from_its_file_and_a_short_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("pseudonym-secret");
+        std::fs::write(&secret, "  0123456789abcdef0123456789abcdef\n").expect("write secret");
+        let config = dir.path().join("registry.toml");
+        std::fs::write(&config, format!("pseudonym_secret_file = {:?}\n", secret.display().to_string()))
+            .expect("write config");
+        let loaded = RegistryConfig::load(Some(&config)).expect("loads");
+        assert_eq!(loaded.pseudonym_secret, "0123456789abcdef0123456789abcdef");
+
+        std::fs::write(&secret, "short\n").expect("write secret");
+        let e = RegistryConfig::load(Some(&config)).expect_err("too short").to_string();
+        assert!(e.contains("at least 16 bytes") && e.contains("pseudonym-secret"), "{e}");
+        std::fs::remove_file(&secret).expect("rm");
+        let e = RegistryConfig::load(Some(&config)).expect_err("missing").to_string();
+        assert!(e.contains("pseudonym-secret"), "{e}");
     }
 }

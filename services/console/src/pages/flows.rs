@@ -202,7 +202,6 @@ mod tests {
             events,
             errors,
             acked,
-            ..Default::default()
         }
     }
 
