@@ -23,6 +23,16 @@ fn old_server() -> PathBuf {
     tools.join("nats-server-debian/usr/sbin/nats-server")
 }
 
+/// Kills the child on drop, so a failing assertion does not leave the old server running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn a_registry_refuses_a_nats_server_older_than_the_minimum_before_creating_anything() {
     let bin = old_server();
@@ -43,8 +53,9 @@ async fn a_registry_refuses_a_nats_server_older_than_the_minimum_before_creating
     let conf = dir.path().join("server.conf");
     std::fs::write(&conf, "include \"auth/auth.conf\"\n").expect("write server.conf");
     let args = [OsString::from("-js"), OsString::from("-sd"), dir.path().join("js").into_os_string()];
-    let (mut server, ports) = kakehashi_tests::nats::spawn_binary(&bin, dir.path(), &conf, None, &args)
+    let (server, ports) = kakehashi_tests::nats::spawn_binary(&bin, dir.path(), &conf, None, &args)
         .expect("old server started");
+    let _server = KillOnDrop(server);
     let url = format!("nats://127.0.0.1:{}", ports.client);
 
     let log = dir.path().join("registry.log");
@@ -64,7 +75,6 @@ async fn a_registry_refuses_a_nats_server_older_than_the_minimum_before_creating
         }
         if Instant::now() > deadline {
             let _ = registry.kill();
-            let _ = server.kill();
             panic!(
                 "the registry kept running on {version}:\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
@@ -90,6 +100,4 @@ async fn a_registry_refuses_a_nats_server_older_than_the_minimum_before_creating
     let js = async_nats::jetstream::new(admin);
     let names: Vec<String> = js.stream_names().try_collect().await.expect("stream names");
     assert!(names.is_empty(), "the registry created streams on a server it refused: {names:?}");
-    let _ = server.kill();
-    let _ = server.wait();
 }

@@ -135,11 +135,19 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
     let credentials: BTreeMap<String, String> = tokens.iter().map(|(d, t)| (t.clone(), d.clone())).collect();
     let registry_addr = addr_of(&conn.registry)?;
     let adapter_addr = addr_of(&conn.adapter)?;
+    // No listener without authentication, and no public pseudonym key, even on a laptop: the
+    // metrics endpoint answers only its scrape token, and pseudonyms use a random secret; both
+    // are generated into the data directory on the first run and kept.
+    let metrics_token = data_dir.join("metrics-token");
+    crate::commands::secrets::metrics_token(&metrics_token)?;
+    let pseudonym_secret = crate::commands::secrets::pseudonym_secret(&data_dir.join("pseudonym-secret"))?;
     let registry_cfg = RegistryConfig {
         nats_url: nats.url.clone(),
         nats_auth: service_auth(Service::Registry),
         grpc_addr: registry_addr,
         metrics_addr: Some(args.metrics),
+        metrics_token_file: Some(metrics_token.clone()),
+        pseudonym_secret,
         credentials: credentials.clone(),
         admins: vec![ADMIN_DEPARTMENT.to_string()],
         ..RegistryConfig::load(None).map_err(|e| CtlError::Dev(e.to_string()))?
@@ -239,7 +247,11 @@ pub async fn run(conn: &Conn, args: DevArgs) -> Result<(), CtlError> {
             conn.registry
         );
         println!("  adapter   {}  (Publisher; health; reflection)", conn.adapter);
-        println!("  metrics   http://{}/metrics", args.metrics);
+        println!(
+            "  metrics   http://{}/metrics  (send `Authorization: Bearer` with the token in {})",
+            args.metrics,
+            metrics_token.display()
+        );
         println!("  console   http://{console_addr}/  (web console: log in with a department's token from the gRPC token file below)");
         println!(
             "  issuer    {}  ({ISSUER}: /.well-known/jwks.json and /.well-known/crl/<kid>.json; CA {})",

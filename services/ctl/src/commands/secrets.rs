@@ -37,6 +37,26 @@ pub fn metrics_token(path: &Path) -> Result<bool, CtlError> {
     Ok(true)
 }
 
+/// Keeps the pseudonym secret in `path` (at least 16 bytes once trimmed) or writes a new random
+/// one (mode 0600); returns the secret. A file holding too short a secret is an error, not
+/// overwritten: pseudonyms already handed out depend on it.
+pub fn pseudonym_secret(path: &Path) -> Result<String, CtlError> {
+    if path.exists() {
+        let secret = crate::error::read(path)?.trim().to_string();
+        if secret.len() < 16 {
+            return Err(CtlError::BadFile {
+                path: path.to_path_buf(),
+                message: "a pseudonym secret must be at least 16 bytes".into(),
+            });
+        }
+        return Ok(secret);
+    }
+    let secret = random_hex()?;
+    kakehashi_runtime::private_files::write_atomic(path, format!("{secret}\n").as_bytes(), true)
+        .map_err(|e| CtlError::Usage(format!("cannot write {}: {e}", path.display())))?;
+    Ok(secret)
+}
+
 /// A server certificate `<out>/<file>.pem` (key `<file>-key.pem`) for `names`, issued by the CA
 /// in `<out>/ca.pem` (made when missing). Returns the certificate's path and whether it wrote.
 pub fn server_certificate(out: &Path, file: &str, names: &[String]) -> Result<(PathBuf, bool), CtlError> {
@@ -84,6 +104,19 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).expect("read"), first);
         std::fs::write(&path, "short").expect("write");
         assert!(metrics_token(&path).is_err(), "an unusable file is not overwritten");
+    }
+
+    #[test]
+    fn a_pseudonym_secret_is_random_private_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pseudonym-secret");
+        let first = pseudonym_secret(&path).expect("written");
+        assert_eq!(first.len(), 64);
+        assert_ne!(first, pseudonym_secret(&dir.path().join("other")).expect("another"), "random");
+        assert_eq!(pseudonym_secret(&path).expect("kept"), first);
+        std::fs::write(&path, "short\n").expect("write");
+        assert!(pseudonym_secret(&path).is_err(), "too short a secret is refused, not replaced");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "short\n");
     }
 
     #[test]
