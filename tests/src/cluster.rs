@@ -187,16 +187,33 @@ cluster {{
         self.auth.department(id)
     }
 
-    /// A client connected as `service` to the first running node (it learns the others).
+    /// A client connected as `service` to a running node (it learns the others): each running
+    /// node in turn, for up to 15 s, as a client given every node's URL would (a node just
+    /// restarted, or busy electing on a loaded machine, may refuse for a moment).
     pub async fn client_as(&self, service: Service) -> async_nats::Client {
-        let i = (0..NODES).find(|i| self.is_running(*i)).expect("a running node");
-        self.service_auth(service)
-            .options(&format!("test-{}", service.name()))
-            .expect("credentials")
-            .connection_timeout(Duration::from_secs(5))
-            .connect(self.url(i))
-            .await
-            .unwrap_or_else(|e| panic!("connect as {} to {}: {e}", service.name(), self.name(i)))
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut failures = Vec::new();
+        loop {
+            for i in (0..NODES).filter(|&i| self.is_running(i)) {
+                let connected = self
+                    .service_auth(service)
+                    .options(&format!("test-{}", service.name()))
+                    .expect("credentials")
+                    .connection_timeout(Duration::from_secs(5))
+                    .connect(self.url(i))
+                    .await;
+                match connected {
+                    Ok(client) => return client,
+                    Err(e) => failures.push(format!("{}: {e}", self.name(i))),
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connect as {} to any running node: {failures:?}",
+                service.name()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// A client with the break-glass `admin` identity, for tests that inspect streams.
