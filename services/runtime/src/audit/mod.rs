@@ -89,7 +89,9 @@ impl AuditRecord {
     pub fn seal(&mut self) -> Result<Vec<u8>, serde_json::Error> {
         self.hash.clear();
         // serde_json writes struct fields in declaration order: a stable encoding.
-        let mut body = serde_json::to_vec(&*self)?;
+        // Sized for a whole record with its hash, so that it is written without reallocating.
+        let mut body = Vec::with_capacity(SEALED_CAPACITY);
+        serde_json::to_writer(&mut body, &*self)?;
         self.hash = hex::encode(Sha256::digest(&body));
         // `hash` is the last field, so `…,"hash":""}` becomes `…,"hash":"<hex>"}`: the very
         // bytes serialising the hashed record would give (hex needs no escaping).
@@ -103,6 +105,9 @@ impl AuditRecord {
         }
     }
 }
+
+/// Room for a typical sealed record (≈ 450 bytes of JSON with its 64-digit hash).
+const SEALED_CAPACITY: usize = 768;
 
 /// The trace id (32 hex digits) of a W3C `traceparent`, or "" when it is not one.
 pub fn trace_id_of(traceparent: Option<&String>) -> String {

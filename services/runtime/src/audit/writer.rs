@@ -8,37 +8,64 @@ use tokio::sync::{mpsc, watch};
 
 /// Chains and publishes the records arriving on `rx`, for as long as writers exist.
 pub(super) async fn write_loop(js: jetstream::Context, anchor: Anchor, mut rx: mpsc::Receiver<AuditRecord>) {
+    let client = js.client();
+    // Every record is published with a reply subject of its own under one inbox, and
+    // JetStream's acknowledgements all arrive on one subscription: no request, inbox, timer or
+    // future per record (what `send_publish` would cost for each of them).
+    let inbox = client.new_inbox();
+    let acks = loop {
+        match client.subscribe(format!("{inbox}.*")).await {
+            Ok(acks) => break acks,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit acknowledgements not subscribed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
     let mut prev = GENESIS.to_string();
     let mut prev_time = 0i64;
     let mut seq = 0u64;
-    // Confirmations are awaited concurrently, apart from publishing: after an outage many time
-    // out at once rather than one after another, so the queue (and the hot path) never stalls
-    // on them. An unconfirmed record is published again (a stored repeat is harmless).
+    // Confirmations are awaited apart from publishing: after an outage many time out at once
+    // rather than one after another, so the queue (and the hot path) never stalls on them. An
+    // unconfirmed record is published again (a stored repeat is harmless).
     let (confirm_tx, confirm_rx) = mpsc::channel::<Pending>(MAX_UNCONFIRMED);
-    tokio::spawn(confirm_loop(js.clone(), confirm_rx, anchor));
+    let publisher = Publisher { client, inbox };
+    tokio::spawn(confirm_loop(publisher.clone(), acks, confirm_rx, anchor));
     while let Some(mut r) = rx.recv().await {
         seq += 1;
         r.seq = seq;
         r.prev_hash = std::mem::take(&mut prev);
         r.prev_time_us = prev_time;
         let Ok(body) = r.seal() else { continue };
-        prev = r.hash.clone();
         prev_time = r.time_us;
-        let pending = Pending {
+        let mut pending = Pending {
             subject: kakehashi_proto::subjects::audit(&r.event_id),
             seq,
             hash: r.hash.clone(),
             time_us: r.time_us,
             body: body.into(),
-            confirmation: None,
+            due: Due::Ack(tokio::time::Instant::now() + ACK_WAIT),
+            delay: FIRST_RETRY,
         };
-        let confirmation = publish(&js, &pending).await;
-        let _ = confirm_tx.send(Pending { confirmation, ..pending }).await;
+        prev = std::mem::take(&mut r.hash);
+        if !publisher.publish(&pending).await {
+            pending.due = Due::Publish(tokio::time::Instant::now() + FIRST_RETRY);
+        }
+        let _ = confirm_tx.send(pending).await;
     }
 }
 
 /// Records published but not yet confirmed at once.
 const MAX_UNCONFIRMED: usize = 4096;
+
+/// How long a record's acknowledgement is awaited before it is published again (what
+/// `send_publish` waits by default).
+const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The first wait before an unconfirmed record is published again; it doubles up to
+/// [`MAX_RETRY`].
+const FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+const MAX_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A record on its way to `KH_AUDIT`. Published without `Nats-Msg-Id`: deduplication would
 /// cost nats-server an id per record kept for the whole duplicate window, while a record stored
@@ -51,50 +78,171 @@ struct Pending {
     hash: String,
     time_us: i64,
     body: bytes::Bytes,
-    confirmation: Option<jetstream::context::PublishAckFuture>,
+    /// What it waits for next.
+    due: Due,
+    /// The wait before the next publish once this one is not confirmed.
+    delay: std::time::Duration,
 }
 
-async fn publish(js: &jetstream::Context, p: &Pending) -> Option<jetstream::context::PublishAckFuture> {
-    let msg = jetstream::message::PublishMessage::build().payload(p.body.clone());
-    js.send_publish(p.subject.clone(), msg).await.ok()
+/// What an unconfirmed record waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Due {
+    /// Its acknowledgement, until then (then it is published again).
+    Ack(tokio::time::Instant),
+    /// Being published again, then.
+    Publish(tokio::time::Instant),
 }
 
-/// Awaits confirmations concurrently and republishes what was not confirmed, with backoff,
-/// until it is (a record stored twice is dropped by readers; see [`drop_repeats`]). Stored
-/// records move the chain's head, which the anchor task (never awaited here) puts aside.
-async fn confirm_loop(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, anchor: Anchor) {
-    use futures::stream::{FuturesUnordered, StreamExt};
+/// Publishes records with the reply subject `<inbox>.<seq>`.
+#[derive(Clone)]
+struct Publisher {
+    client: async_nats::Client,
+    inbox: String,
+}
+
+impl Publisher {
+    /// Publishes `p`; false when the client did not take it.
+    async fn publish(&self, p: &Pending) -> bool {
+        let reply = format!("{}.{}", self.inbox, p.seq);
+        self.client.publish_with_reply(p.subject.clone(), reply, p.body.clone()).await.is_ok()
+    }
+}
+
+/// Whether `msg`, a reply to a JetStream publish, says the message is stored: no status (a
+/// 503 says no stream listens) and a `PubAck` with a sequence and no error.
+fn is_stored(msg: &async_nats::Message) -> bool {
+    #[derive(serde::Deserialize)]
+    struct PubAck {
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        seq: Option<u64>,
+    }
+    msg.status.is_none()
+        && serde_json::from_slice::<PubAck>(&msg.payload).is_ok_and(|a| a.error.is_none() && a.seq.is_some())
+}
+
+/// The chain sequence a reply subject `<inbox>.<seq>` names.
+fn acked_seq(msg: &async_nats::Message) -> Option<u64> {
+    msg.subject.as_str().rsplit('.').next()?.parse().ok()
+}
+
+/// Takes confirmations off the acknowledgement subscription and republishes what was not
+/// confirmed in time or was refused, with backoff, until it is (a record stored twice is
+/// dropped by readers; see [`drop_repeats`](super::drop_repeats)). Stored records move the
+/// chain's head, which the anchor task (never awaited here) puts aside.
+async fn confirm_loop(
+    publisher: Publisher,
+    mut acks: async_nats::Subscriber,
+    mut rx: mpsc::Receiver<Pending>,
+    anchor: Anchor,
+) {
+    use futures::StreamExt;
     let (head_tx, head_rx) = watch::channel((0, GENESIS.to_string(), 0));
     tokio::spawn(anchor.run(head_rx));
     let mut prefix = StoredPrefix { ahead: BTreeMap::new(), head: head_tx };
-    let mut waiting = FuturesUnordered::new();
-    let settle = |js: jetstream::Context, mut p: Pending| async move {
-        let mut delay = std::time::Duration::from_millis(100);
-        loop {
-            let confirmed = match p.confirmation.take() {
-                Some(f) => f.await.is_ok(),
-                None => false,
-            };
-            if confirmed {
-                return (p.seq, p.hash, p.time_us);
-            }
-            tracing::warn!(seq = p.seq, "audit record not confirmed; publishing it again");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            p.confirmation = publish(&js, &p).await;
-        }
-    };
+    let mut unconfirmed = Unconfirmed::default();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut writer_gone = false;
+    let mut acks_open = true;
     loop {
         tokio::select! {
-            next = rx.recv(), if waiting.len() < MAX_UNCONFIRMED => match next {
-                Some(p) => waiting.push(settle(js.clone(), p)),
-                None => break,
+            next = rx.recv(), if !writer_gone && unconfirmed.waiting.len() < MAX_UNCONFIRMED => match next {
+                Some(p) => {
+                    if let Some(done) = unconfirmed.handed_over(p) {
+                        prefix.stored(done);
+                    }
+                }
+                None => writer_gone = true,
             },
-            Some(done) = waiting.next(), if !waiting.is_empty() => prefix.stored(done),
+            msg = acks.next(), if acks_open => match msg {
+                Some(msg) => {
+                    if let Some(done) = acked_seq(&msg).and_then(|seq| unconfirmed.replied(seq, is_stored(&msg))) {
+                        prefix.stored(done);
+                    }
+                }
+                // The client is closed: nothing will be confirmed any more.
+                None => acks_open = false,
+            },
+            now = tick.tick(), if !unconfirmed.waiting.is_empty() => {
+                for p in unconfirmed.due(now) {
+                    if !publisher.publish(p).await {
+                        p.due = Due::Publish(now + p.delay);
+                        p.delay = (p.delay * 2).min(MAX_RETRY);
+                    }
+                }
+            }
+        }
+        if writer_gone && unconfirmed.waiting.is_empty() {
+            return;
         }
     }
-    while let Some(done) = waiting.next().await {
-        prefix.stored(done);
+}
+
+/// The records handed over by the writer and not yet confirmed.
+#[derive(Default)]
+struct Unconfirmed {
+    waiting: BTreeMap<u64, Pending>,
+    /// The highest sequence handed over so far.
+    handed: u64,
+    /// Sequences confirmed before the writer handed their record over.
+    early: std::collections::BTreeSet<u64>,
+}
+
+impl Unconfirmed {
+    /// Takes `p` over from the writer; its head when it was already confirmed.
+    fn handed_over(&mut self, p: Pending) -> Option<Head> {
+        self.handed = self.handed.max(p.seq);
+        if self.early.remove(&p.seq) {
+            return Some((p.seq, p.hash, p.time_us));
+        }
+        self.waiting.insert(p.seq, p);
+        None
+    }
+
+    /// Notes a reply for `seq`: its head when it says the record is stored and the record
+    /// waited for it. A refusal has the record published again after its backoff.
+    fn replied(&mut self, seq: u64, stored: bool) -> Option<Head> {
+        if !stored {
+            if let Some(p) = self.waiting.get_mut(&seq) {
+                if matches!(p.due, Due::Ack(_)) {
+                    tracing::warn!(seq, "audit record not confirmed; publishing it again");
+                    p.due = Due::Publish(tokio::time::Instant::now() + p.delay);
+                    p.delay = (p.delay * 2).min(MAX_RETRY);
+                }
+            }
+            return None;
+        }
+        if let Some(p) = self.waiting.remove(&seq) {
+            return Some((p.seq, p.hash, p.time_us));
+        }
+        // Not handed over yet (the reply overtook the hand-over); or a repeat's reply.
+        if seq > self.handed {
+            self.early.insert(seq);
+        }
+        None
+    }
+
+    /// The records to publish again at `now` (their acknowledgement now awaited): those whose
+    /// backoff ended; those whose acknowledgement did not come in time start their backoff.
+    fn due(&mut self, now: tokio::time::Instant) -> Vec<&mut Pending> {
+        let mut again = Vec::new();
+        for p in self.waiting.values_mut() {
+            match p.due {
+                Due::Ack(until) if until <= now => {
+                    tracing::warn!(seq = p.seq, "audit record not confirmed; publishing it again");
+                    p.due = Due::Publish(now + p.delay);
+                    p.delay = (p.delay * 2).min(MAX_RETRY);
+                }
+                Due::Publish(at) if at <= now => {
+                    p.due = Due::Ack(now + ACK_WAIT);
+                    again.push(p);
+                }
+                _ => {}
+            }
+        }
+        again
     }
 }
 
@@ -193,5 +341,62 @@ impl Anchor {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(seq: u64, due: Due) -> Pending {
+        Pending {
+            subject: format!("kh.audit.e{seq}"),
+            seq,
+            hash: format!("h{seq}"),
+            time_us: seq as i64,
+            body: bytes::Bytes::from_static(b"{}"),
+            due,
+            delay: FIRST_RETRY,
+        }
+    }
+
+    #[test]
+    fn a_confirmation_counts_whether_it_overtakes_the_hand_over_or_not_and_a_repeat_is_ignored() {
+        let later = tokio::time::Instant::now() + ACK_WAIT;
+        let mut u = Unconfirmed::default();
+        assert_eq!(u.handed_over(pending(1, Due::Ack(later))), None);
+        assert_eq!(u.replied(1, true), Some((1, "h1".into(), 1)));
+        // The reply to seq 2 overtakes its hand-over.
+        assert_eq!(u.replied(2, true), None);
+        assert_eq!(u.handed_over(pending(2, Due::Ack(later))), Some((2, "h2".into(), 2)));
+        // A repeat's reply for what is already confirmed leaves nothing behind.
+        assert_eq!(u.replied(1, true), None);
+        assert_eq!(u.replied(2, true), None);
+        assert!(u.waiting.is_empty() && u.early.is_empty());
+    }
+
+    #[test]
+    fn refused_or_unanswered_records_are_published_again_after_a_doubling_backoff() {
+        let now = tokio::time::Instant::now();
+        let mut u = Unconfirmed::default();
+        u.handed_over(pending(1, Due::Ack(now + ACK_WAIT)));
+        u.handed_over(pending(2, Due::Ack(now + ACK_WAIT)));
+        u.handed_over(pending(3, Due::Publish(now)));
+        // Refused: published again once its backoff ends, not before.
+        assert_eq!(u.replied(1, false), None);
+        let again: Vec<u64> = u.due(now).into_iter().map(|p| p.seq).collect();
+        assert_eq!(again, [3], "only the record whose publish failed is due now");
+        let again: Vec<u64> =
+            u.due(tokio::time::Instant::now() + FIRST_RETRY).into_iter().map(|p| p.seq).collect();
+        assert_eq!(again, [1]);
+        assert_eq!(u.waiting[&1].delay, FIRST_RETRY * 2);
+        // Unanswered past the wait: backoff first, then published again.
+        let late = now + ACK_WAIT + std::time::Duration::from_millis(1);
+        let again: Vec<u64> = u.due(late).into_iter().map(|p| p.seq).collect();
+        assert!(!again.contains(&2));
+        assert!(matches!(u.waiting[&2].due, Due::Publish(_)));
+        let again: Vec<u64> = u.due(late + FIRST_RETRY).into_iter().map(|p| p.seq).collect();
+        assert!(again.contains(&2));
+        assert_eq!(u.replied(2, true), Some((2, "h2".into(), 2)));
     }
 }
