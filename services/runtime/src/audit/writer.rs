@@ -36,7 +36,17 @@ pub(super) async fn write_loop(js: jetstream::Context, anchor: Anchor, mut rx: m
         r.seq = seq;
         r.prev_hash = std::mem::take(&mut prev);
         r.prev_time_us = prev_time;
-        let Ok(body) = r.seal() else { continue };
+        let body = match r.seal() {
+            Ok(body) => body,
+            Err(e) => {
+                // Not sealed, not chained: the next record links to the last sealed one and
+                // takes this sequence number, so the chain keeps neither a gap nor a broken link.
+                tracing::error!(error = %e, event_id = %r.event_id, "audit record not sealed; dropped");
+                prev = std::mem::take(&mut r.prev_hash);
+                seq -= 1;
+                continue;
+            }
+        };
         prev_time = r.time_us;
         let mut pending = Pending {
             subject: kakehashi_proto::subjects::audit(&r.event_id),
