@@ -7,8 +7,9 @@ use crate::error::CtlError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// 32 random bytes from the kernel, hex-encoded: a bearer token nobody can guess.
-fn random_token() -> Result<String, CtlError> {
+/// 32 random bytes from the kernel, hex-encoded: a bearer token nobody can guess (also the
+/// metrics scrape token and the demo's pseudonym secret).
+pub(crate) fn random_token() -> Result<String, CtlError> {
     use std::io::Read as _;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
@@ -18,7 +19,7 @@ fn random_token() -> Result<String, CtlError> {
 }
 
 /// Writes a file only its owner can read (it holds secrets), replacing it atomically.
-fn write_private(path: &Path, text: &str) -> Result<(), CtlError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), CtlError> {
     kakehashi_runtime::private_files::write_atomic(path, text.as_bytes(), true)
         .map_err(|e| CtlError::Usage(format!("cannot write {}: {e}", path.display())))
 }

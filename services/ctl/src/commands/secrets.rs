@@ -3,21 +3,12 @@
 //! Both keep what is already there, so re-running a setup step changes nothing.
 
 use crate::error::CtlError;
+use crate::grpc_tokens::{random_token, write_private};
 use crate::pki::{Ca, Issued};
 use std::path::{Path, PathBuf};
 
 /// Subject of the CA `kakehashi tls server` makes.
 const CA_NAME: &str = "kakehashi deployment CA";
-
-/// 32 random bytes from the kernel, hex-encoded.
-fn random_hex() -> Result<String, CtlError> {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| CtlError::Usage(format!("cannot read /dev/urandom for a token: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
 
 /// Writes a new scrape token into `path` (mode 0600) unless it already holds a usable one;
 /// returns whether it wrote. A file holding something unusable is an error, not overwritten.
@@ -31,9 +22,8 @@ pub fn metrics_token(path: &Path) -> Result<bool, CtlError> {
         std::fs::create_dir_all(parent)
             .map_err(|e| CtlError::Usage(format!("cannot create {}: {e}", parent.display())))?;
     }
-    let token = random_hex()?;
-    kakehashi_runtime::private_files::write_atomic(path, format!("{token}\n").as_bytes(), true)
-        .map_err(|e| CtlError::Usage(format!("cannot write {}: {e}", path.display())))?;
+    let token = random_token()?;
+    write_private(path, &format!("{token}\n"))?;
     Ok(true)
 }
 
@@ -51,9 +41,8 @@ pub fn pseudonym_secret(path: &Path) -> Result<String, CtlError> {
         }
         return Ok(secret);
     }
-    let secret = random_hex()?;
-    kakehashi_runtime::private_files::write_atomic(path, format!("{secret}\n").as_bytes(), true)
-        .map_err(|e| CtlError::Usage(format!("cannot write {}: {e}", path.display())))?;
+    let secret = random_token()?;
+    write_private(path, &format!("{secret}\n"))?;
     Ok(secret)
 }
 
