@@ -3,7 +3,6 @@
 //! deduplicate the same way.
 
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
 use kakehashi_proto::subjects::STREAM_DLQ;
 use kakehashi_proto::v1::DeadLetter;
 use prost::Message as _;
@@ -57,45 +56,19 @@ pub async fn scan(
     max: usize,
     mut each: impl FnMut(Stored) -> bool,
 ) -> Result<bool, RedriveError> {
-    let nats = |e: &dyn std::fmt::Display| RedriveError::Nats(e.to_string());
-    let mut handle = js.get_stream(STREAM_DLQ).await.map_err(|e| nats(&e))?;
-    let info = handle.info().await.map_err(|e| nats(&e))?;
-    if info.state.messages == 0 {
-        return Ok(false);
-    }
-    let ordered = handle
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter.to_string(),
-            deliver_policy: start,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| nats(&e))?;
-    let mut messages = ordered.messages().await.map_err(|e| nats(&e))?;
-    let mut read = 0;
-    loop {
-        if read >= max {
-            return Ok(true);
-        }
-        // Nothing pending on the filter: the server sends nothing, so a short idle ends the scan.
-        let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await else {
-            break;
-        };
-        let (seq, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).unwrap_or((0, 0));
-        read += 1;
-        match DeadLetter::decode(m.payload.as_ref()) {
-            Ok(letter) => {
-                if !each(Stored { seq, letter }) {
-                    break;
-                }
+    // Nothing pending on the filter: the server sends nothing, so a short idle ends the scan.
+    let idle = Duration::from_millis(500);
+    kakehashi_runtime::streams::read_each(js, STREAM_DLQ, filter, start, max, idle, |seq, payload| {
+        match DeadLetter::decode(payload) {
+            Ok(letter) => each(Stored { seq, letter }),
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "KH_DLQ message is not a DeadLetter");
+                true
             }
-            Err(e) => tracing::warn!(seq, error = %e, "KH_DLQ message is not a DeadLetter"),
         }
-        if pending == 0 {
-            break;
-        }
-    }
-    Ok(false)
+    })
+    .await
+    .map_err(RedriveError::Nats)
 }
 
 /// Every dead letter on `filter`, oldest first (at most `max`).

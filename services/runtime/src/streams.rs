@@ -22,13 +22,15 @@ pub async fn read(
     let truncated = read_each(js, stream, filter, start, max, idle, |seq, payload| {
         // Copied: a kept payload would hold on to the connection's read buffer.
         out.push((seq, bytes::Bytes::copy_from_slice(payload)));
+        true
     })
     .await?;
     Ok((out, truncated))
 }
 
 /// Like [`read`], handing each message to `each` (stream sequence, payload) as it arrives
-/// instead of keeping them all; returns whether `max` stopped the read early.
+/// instead of keeping them all, until `each` returns false; returns whether `max` stopped the
+/// read early.
 pub async fn read_each(
     js: &jetstream::Context,
     stream: &str,
@@ -36,7 +38,7 @@ pub async fn read_each(
     start: consumer::DeliverPolicy,
     max: usize,
     idle: Duration,
-    mut each: impl FnMut(u64, &[u8]),
+    mut each: impl FnMut(u64, &[u8]) -> bool,
 ) -> Result<bool, String> {
     let mut handle = js.get_stream(stream).await.map_err(|e| format!("{stream}: {e}"))?;
     let info = handle.info().await.map_err(|e| format!("{stream}: {e}"))?;
@@ -59,9 +61,8 @@ pub async fn read_each(
         }
         let Ok(Some(Ok(m))) = tokio::time::timeout(idle, messages.next()).await else { break };
         let (seq, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).unwrap_or((0, 0));
-        each(seq, &m.payload);
         read += 1;
-        if pending == 0 {
+        if !each(seq, &m.payload) || pending == 0 {
             break;
         }
     }

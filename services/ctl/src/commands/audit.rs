@@ -41,6 +41,7 @@ async fn read_each(js: &jetstream::Context, mut each: impl FnMut(u64, AuditRecor
                 ..Default::default()
             });
             each(seq, r);
+            true
         },
     )
     .await

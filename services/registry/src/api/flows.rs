@@ -50,9 +50,12 @@ pub async fn read_audit(
         start,
         max,
         Duration::from_millis(500),
-        |seq, payload| match serde_json::from_slice::<AuditRecord>(payload) {
-            Ok(r) => out.push((seq, r)),
-            Err(e) => tracing::warn!(seq, error = %e, "unreadable audit record"),
+        |seq, payload| {
+            match serde_json::from_slice::<AuditRecord>(payload) {
+                Ok(r) => out.push((seq, r)),
+                Err(e) => tracing::warn!(seq, error = %e, "unreadable audit record"),
+            }
+            true
         },
     )
     .await
