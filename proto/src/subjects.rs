@@ -135,6 +135,15 @@ pub fn audit(event_id: &str) -> String {
     format!("kh.audit.{event_id}")
 }
 
+/// `KH_EVENTS` sequences whose delivery hops share one audit subject ([`audit_hops`]).
+pub const HOP_BUCKET: u64 = 1024;
+
+/// `kh.audit.s.<KH_EVENTS sequence / HOP_BUCKET>`: batched delivery hops of the events stored
+/// at those sequences. An event id is a UUID or ULID, so it is never `s`.
+pub fn audit_hops(events_seq: u64) -> String {
+    format!("kh.audit.s.{}", events_seq / HOP_BUCKET)
+}
+
 /// The events filter for a subscription pattern (`health.>` → `kh.ev.health.>`).
 pub fn events_filter(type_pattern: &str) -> String {
     format!("kh.ev.{type_pattern}")

@@ -180,13 +180,20 @@ async fn anchored_records(
         async move {
             let heads = kakehashi_runtime::audit::read_heads(&bucket).await.ok()?;
             let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
-            let all_acked = r.iter().filter(|(_, r)| r.hop == "acked").count() == acked;
+            let all_acked =
+                r.iter().flat_map(|(_, r)| r.clone().into_hops()).filter(|h| h.hop == "acked").count()
+                    == acked;
             let covered =
                 r.iter().all(|(_, rec)| heads.iter().any(|h| h.actor == rec.actor && h.seq >= rec.seq));
             (all_acked && covered).then_some(r)
         }
     })
     .await
+}
+
+/// Whether a stored record is, or holds (a batch record), a hop named `hop`.
+fn has_hop(r: &AuditRecord, hop: &str) -> bool {
+    r.hop == hop || r.hops.iter().any(|h| h.hop == hop)
 }
 
 /// What `kakehashi` needs to reach this bus.
@@ -205,14 +212,18 @@ async fn audit_verify_names_a_tampered_record() {
     let conn = conn(&bus);
     kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
 
-    // Rewrite history: remove a "delivered" record and put back a forged copy.
+    // Rewrite history: remove a batch record holding a "delivered" hop and put back a copy
+    // with that hop forged.
     let (victim_seq, victim) =
-        records.iter().find(|(_, r)| r.hop == "delivered" && r.seq > 1).cloned().expect("victim");
+        records.iter().find(|(_, r)| has_hop(r, "delivered") && r.seq > 1).cloned().expect("victim");
+    assert_eq!(victim.hop, kakehashi_runtime::audit::BATCH_HOP, "delivery hops are batched: {victim:?}");
     let stream_handle = js.get_stream("KH_AUDIT").await.expect("stream");
     stream_handle.delete_message(victim_seq).await.expect("delete");
-    let forged = AuditRecord { outcome: "forged".into(), ..victim.clone() };
+    let mut forged = victim.clone();
+    let hop = forged.hops.iter_mut().find(|h| h.hop == "delivered").expect("delivered hop");
+    hop.outcome = "forged".into();
     js.publish(
-        kakehashi_proto::subjects::audit(&forged.event_id),
+        kakehashi_proto::subjects::audit_hops(forged.events_seq),
         serde_json::to_vec(&forged).expect("json").into(),
     )
     .await
@@ -241,7 +252,7 @@ async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
     kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
 
     // Delete the newest record of the registry's chain: the chain alone still links up.
-    let registry_actor = records.iter().find(|(_, r)| r.hop == "acked").map(|(_, r)| r.actor.clone());
+    let registry_actor = records.iter().find(|(_, r)| has_hop(r, "acked")).map(|(_, r)| r.actor.clone());
     let (newest_seq, newest) = records
         .iter()
         .filter(|(_, r)| Some(&r.actor) == registry_actor.as_ref())
@@ -273,7 +284,7 @@ async fn audit_verify_tells_records_expired_by_retention_from_deleted_ones() {
         let js = js.clone();
         async move {
             let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
-            (!r.iter().any(|(_, r)| r.hop == "acked")).then_some(())
+            (!r.iter().any(|(_, r)| has_hop(r, "acked"))).then_some(())
         }
     })
     .await;
@@ -307,7 +318,7 @@ async fn a_registry_restarted_under_the_same_name_starts_a_new_chain_not_a_forge
     deliver_doses(&mut bus, &mut subscriber, 2..=2).await;
     let records = anchored_records(&js, &bucket, 2).await;
     let instance =
-        records.iter().find(|(_, r)| r.hop == "acked").map(|(_, r)| r.actor.clone()).expect("acked");
+        records.iter().find(|(_, r)| has_hop(r, "acked")).map(|(_, r)| r.actor.clone()).expect("acked");
     let chains: std::collections::BTreeSet<_> =
         records.iter().filter(|(_, r)| r.actor == instance).map(|(_, r)| r.chain.clone()).collect();
     assert_eq!(chains.len(), 2, "two chains of {instance}: {records:?}");

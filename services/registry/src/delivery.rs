@@ -369,7 +369,7 @@ impl Session {
         // The client is gone: hand its unacked events back for redelivery now.
         for f in unacked.drain() {
             let _ = f.acker.ack_with(AckKind::Nak(None)).await;
-            self.audit.record(f.into_record("nacked", "error", "subscriber disconnected")).await;
+            self.audit.record_delivery_hop(f.into_record("nacked", "error", "subscriber disconnected")).await;
         }
     }
 
@@ -448,9 +448,10 @@ impl Session {
             if let Ok(e) = from_events_message(msg.headers.as_ref(), &msg.payload) {
                 let mut r = AuditRecord::hop(&e, "withheld", "rejected");
                 r.detail = "reader no longer permitted".into();
+                r.events_seq = seq;
                 r.department = self.sub.department.clone();
                 r.subscription = self.consumer_name.clone();
-                self.audit.record(r).await;
+                self.audit.record_delivery_hop(r).await;
             }
             return true;
         }
@@ -499,9 +500,10 @@ impl Session {
                 if let Ok(e) = &event {
                     let mut r = AuditRecord::hop(e, "delivery_exhausted", "rejected");
                     r.detail = format!("not acked after {} deliveries", self.sub.max_deliveries);
+                    r.events_seq = seq;
                     r.department = self.sub.department.clone();
                     r.subscription = self.consumer_name.clone();
-                    self.audit.record(r).await;
+                    self.audit.record_delivery_hop(r).await;
                 }
             }
             return true;
@@ -531,13 +533,14 @@ impl Session {
         record.subscription = self.consumer_name.clone();
         record.schema_version = schema_version;
         record.detail = format!("attempt {attempt}");
+        record.events_seq = seq;
         let delivery = EventDelivery { delivery_id: id, event: Some(event), attempt, stream_sequence: seq };
         if self.tx.send(Ok(delivery)).await.is_err() {
             let _ = acker.ack_with(AckKind::Nak(None)).await;
             return false;
         }
         self.delivered.inc();
-        self.audit.record(record.clone()).await;
+        self.audit.record_delivery_hop(record.clone()).await;
         unacked.insert(id, seq, InFlight { acker, record, span, validated_at, delivery_ids: Vec::new() });
         true
     }
@@ -669,7 +672,7 @@ impl Session {
                                 if let Some(t) = f.validated_at {
                                     self.latency.observe(crate::metrics::since(t));
                                 }
-                                self.audit.record(f.into_record("acked", "ok", "")).await
+                                self.audit.record_delivery_hop(f.into_record("acked", "ok", "")).await
                             }
                             Err(e) => tracing::warn!(error = %e, "ack failed; the event will be redelivered"),
                         }
@@ -682,7 +685,7 @@ impl Session {
                     let delay = n.delay.and_then(|d| Duration::try_from(d).ok());
                     let _ = f.acker.ack_with(AckKind::Nak(delay)).instrument(nack_span).await;
                     let detail = delay.map(|d| format!("redeliver after {d:?}")).unwrap_or_default();
-                    self.audit.record(f.into_record("nacked", "error", &detail)).await;
+                    self.audit.record_delivery_hop(f.into_record("nacked", "error", &detail)).await;
                 }
             }
             Some(subscribe_request::Request::Open(_)) | None => {

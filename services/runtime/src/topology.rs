@@ -27,6 +27,9 @@ pub struct TopologyConfig {
     /// Audit records a process holds waiting to be written; when full, hops wait (no record
     /// is dropped).
     pub audit_queue: usize,
+    /// Most delivery hops one batch record of `KH_AUDIT` holds (hops queued together are
+    /// written as one record; a batch is never waited for).
+    pub audit_batch_hops: usize,
     /// Dedup window of `Nats-Msg-Id`; must exceed the longest ack wait and publish retry span.
     pub dedup_window_secs: u64,
     /// Largest message any stream accepts, in bytes (envelope included).
@@ -50,6 +53,7 @@ impl Default for TopologyConfig {
             audit_max_age_secs: 30 * 24 * 3600,
             audit_anchor_ms: 1000,
             audit_queue: 4096,
+            audit_batch_hops: 256,
             dedup_window_secs: 2 * 3600,
             max_message_bytes: 1024 * 1024,
             audit_append_only: true,

@@ -10,7 +10,8 @@ use kakehashi_runtime::audit::{chain_name, read_heads, verify_trail, AuditRecord
 use serde_json::json;
 use std::time::Duration;
 
-/// Every audit record with its stream sequence, parsed as it is read (no payload is kept).
+/// Every stored audit record with its stream sequence, parsed as it is read (no payload is
+/// kept); a batch record whole, as it is chained ([`AuditRecord::into_hops`] unpacks it).
 pub async fn read_all(js: &jetstream::Context) -> Result<Vec<(u64, AuditRecord)>, CtlError> {
     let mut records = Vec::new();
     read_each(js, |seq, r| records.push((seq, r))).await?;

@@ -35,12 +35,24 @@ fn timestamp(us: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Reads audit records on `filter`, from `start`, at most `max` of them.
+/// Reads audit records on `filter`, from `start`, at most `max` of them, a batch record
+/// unpacked into one record per hop ([`AuditRecord::into_hops`]).
 pub async fn read_audit(
     js: &jetstream::Context,
     filter: &str,
     start: consumer::DeliverPolicy,
     max: usize,
+) -> Result<(Vec<(u64, AuditRecord)>, bool), Status> {
+    read_audit_where(js, filter, start, max, |_| true).await
+}
+
+/// [`read_audit`], keeping only the hops `keep` accepts.
+async fn read_audit_where(
+    js: &jetstream::Context,
+    filter: &str,
+    start: consumer::DeliverPolicy,
+    max: usize,
+    keep: impl Fn(&AuditRecord) -> bool,
 ) -> Result<(Vec<(u64, AuditRecord)>, bool), Status> {
     let mut out = Vec::new();
     let truncated = kakehashi_runtime::streams::read_each(
@@ -52,7 +64,7 @@ pub async fn read_audit(
         Duration::from_millis(500),
         |seq, payload| {
             match serde_json::from_slice::<AuditRecord>(payload) {
-                Ok(r) => out.push((seq, r)),
+                Ok(r) => out.extend(r.into_hops().into_iter().filter(|h| keep(h)).map(|h| (seq, h))),
                 Err(e) => tracing::warn!(seq, error = %e, "unreadable audit record"),
             }
             true
@@ -103,6 +115,19 @@ impl Flows for FlowsService {
         let (mut records, _) =
             read_audit(&self.js, &subjects::audit(&event_id), consumer::DeliverPolicy::All, self.max_scan)
                 .await?;
+        // Its delivery hops are batched under the subject of where it is stored in KH_EVENTS,
+        // which its `validated` records name (a redriven event may have been stored twice).
+        let stored: std::collections::BTreeSet<String> = records
+            .iter()
+            .filter(|(_, r)| r.events_seq != 0)
+            .map(|(_, r)| subjects::audit_hops(r.events_seq))
+            .collect();
+        for subject in stored {
+            let all = consumer::DeliverPolicy::All;
+            let of_event = |r: &AuditRecord| r.event_id == event_id;
+            let (hops, _) = read_audit_where(&self.js, &subject, all, self.max_scan, of_event).await?;
+            records.extend(hops);
+        }
         // Hops of other departments are left out; an event with none of the caller's hops is
         // answered like an unknown one, so its existence is not revealed either.
         records.retain(|(_, r)| concerns(&scope, r));

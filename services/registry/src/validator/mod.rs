@@ -553,14 +553,17 @@ async fn process_batch(
         }
         for confirmation in confirmations {
             match confirmation.await {
-                Ok(_) => {
+                Ok(ack) => {
                     if let Some(m) = &batch[done].delivered {
                         if let Err(e) = m.ack().await {
                             tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
                         }
                     }
                     count(settings, &batch[done], &outgoing[done].3);
-                    if let Some(record) = outgoing[done].2.take() {
+                    if let Some(mut record) = outgoing[done].2.take() {
+                        // Where its delivery hops will be recorded (a repeat is told the sequence
+                        // of the copy stored first).
+                        record.events_seq = ack.sequence;
                         settings.audit.record(record).await;
                     }
                     done += 1;

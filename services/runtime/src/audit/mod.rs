@@ -1,8 +1,13 @@
-//! The audit trail: every hop of every event appends a flow record to `KH_AUDIT` under
-//! `kh.audit.<event id>`. The records one process writes form a hash chain — each carries its
-//! sequence number in the chain and the hash of its predecessor — and the chain's head is
-//! anchored in `KH_CONFIG` ([`read_heads`]), so a deleted or altered record, the newest included, is
-//! detectable ([`verify`]).
+//! The audit trail: every hop of every event appends a flow record to `KH_AUDIT`. Hops before
+//! delivery (published, validated, dead-lettered, …) are records of their own under
+//! `kh.audit.<event id>`; the `validated` record names where the event is stored in `KH_EVENTS`.
+//! Delivery hops are written in batch records, one per handful of hops that were queued together,
+//! under `kh.audit.s.<KH_EVENTS sequence / 1024>` ([`kakehashi_proto::subjects::audit_hops`]), so an event's hops
+//! are found from its id in two subject reads ([`AuditRecord::into_hops`] unpacks them). The
+//! records one process writes form a hash chain — each carries its sequence number in the chain
+//! and the hash of its predecessor — and the chain's head is anchored in `KH_CONFIG`
+//! ([`read_heads`]), so a deleted or altered record, the newest included, is detectable
+//! ([`verify`]); a batch record is one link, its hash covering all its hops.
 //!
 //! Writing never blocks the hot path: records go through a bounded channel to one task per
 //! process, which chains and publishes them pipelined. Records never hold payload data.
@@ -51,6 +56,14 @@ pub struct AuditRecord {
     pub subscription: String,
     /// Schema version validated against.
     pub schema_version: u32,
+    /// Where the event is stored in `KH_EVENTS` (0: not stored there, or recorded before this
+    /// field existed): its delivery hops are under [`kakehashi_proto::subjects::audit_hops`] of it.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub events_seq: u64,
+    /// The hops of a batch record (empty for a record of one hop, whose fields above describe
+    /// it): one link of the chain for many hops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hops: Vec<BatchedHop>,
     /// Time of the actor's previous record (absent for the first): when it is older than the
     /// audit retention, a chain that starts here lost its beginning to expiry, not to deletion.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -76,6 +89,31 @@ impl AuditRecord {
             time_us: now_us(),
             ..Default::default()
         }
+    }
+
+    /// The hops this stored record holds, each as a record of its own carrying the link's
+    /// chain fields (actor, chain, seq, hashes): the record itself unless it is a batch.
+    pub fn into_hops(mut self) -> Vec<AuditRecord> {
+        if self.hops.is_empty() {
+            return vec![self];
+        }
+        let hops = std::mem::take(&mut self.hops);
+        hops.into_iter()
+            .map(|h| AuditRecord {
+                event_id: h.event_id,
+                hop: h.hop,
+                time_us: h.time_us,
+                outcome: h.outcome,
+                detail: h.detail,
+                trace_id: h.trace_id,
+                department: h.department,
+                event_type: h.event_type,
+                subscription: h.subscription,
+                schema_version: h.schema_version,
+                events_seq: h.events_seq,
+                ..self.clone()
+            })
+            .collect()
     }
 
     /// The hash this record should carry.
@@ -131,13 +169,81 @@ fn is_zero(t: &i64) -> bool {
     *t == 0
 }
 
+fn is_zero_u64(t: &u64) -> bool {
+    *t == 0
+}
+
+fn is_zero_u32(t: &u32) -> bool {
+    *t == 0
+}
+
+/// One hop inside a batch record ([`AuditRecord::hops`]): a record's per-hop fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
+pub struct BatchedHop {
+    /// Event id.
+    pub event_id: String,
+    /// delivered, acked, nacked, delivery_exhausted, withheld.
+    pub hop: String,
+    /// Unix time in microseconds.
+    pub time_us: i64,
+    /// ok | rejected | error.
+    pub outcome: String,
+    /// Reason code or short detail (never payload values).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// W3C trace id, when the event carries trace context.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
+    /// The reader's department.
+    pub department: String,
+    /// Event type.
+    pub event_type: String,
+    /// Subscription.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subscription: String,
+    /// Schema version the event was validated against.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub schema_version: u32,
+    /// Where the event is stored in `KH_EVENTS` (names the batch's subject).
+    pub events_seq: u64,
+}
+
+impl From<AuditRecord> for BatchedHop {
+    fn from(r: AuditRecord) -> Self {
+        Self {
+            event_id: r.event_id,
+            hop: r.hop,
+            time_us: r.time_us,
+            outcome: r.outcome,
+            detail: r.detail,
+            trace_id: r.trace_id,
+            department: r.department,
+            event_type: r.event_type,
+            subscription: r.subscription,
+            schema_version: r.schema_version,
+            events_seq: r.events_seq,
+        }
+    }
+}
+
+/// A record on its way to the audit task.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    record: AuditRecord,
+    /// Written in a batch record under [`kakehashi_proto::subjects::audit_hops`] of its `events_seq`.
+    batched: bool,
+}
+
+/// The `hop` of a batch record ([`AuditRecord::hops`]).
+pub const BATCH_HOP: &str = "batch";
+
 /// The first `prev_hash` of every chain.
 pub const GENESIS: &str = "genesis";
 
 /// Hands records to the audit task.
 #[derive(Clone, Debug)]
 pub struct AuditWriter {
-    tx: mpsc::Sender<AuditRecord>,
+    tx: mpsc::Sender<Queued>,
     actor: String,
     chain: String,
     /// When the anchored head last matched the stored chain (Unix µs; 0 = not yet), for metrics.
@@ -155,7 +261,7 @@ impl AuditWriter {
         let chain = now_us().to_string();
         let anchored = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
         let anchor = writer::Anchor::new(heads, actor.clone(), chain.clone(), anchor_every, anchored.clone());
-        tokio::spawn(writer::write_loop(js, anchor, rx));
+        tokio::spawn(writer::write_loop(js, anchor, rx, topology.audit_batch_hops.max(1)));
         Self { tx, actor, chain, anchored }
     }
 
@@ -182,13 +288,27 @@ impl AuditWriter {
 
     /// Appends a record (actor, time, chain fields are filled in). When the queue is full the
     /// record waits: an audit trail with holes would defeat its purpose.
-    pub async fn record(&self, mut r: AuditRecord) {
-        r.actor = self.actor.clone();
-        r.chain = self.chain.clone();
+    pub async fn record(&self, r: AuditRecord) {
+        self.queue(r, false).await;
+    }
+
+    /// Appends a delivery hop of an event stored at `r.events_seq` of `KH_EVENTS`: written with
+    /// the other such hops queued at the same time in one batch record (a record of its own
+    /// when `events_seq` is 0).
+    pub async fn record_delivery_hop(&self, r: AuditRecord) {
+        let batched = r.events_seq != 0;
+        self.queue(r, batched).await;
+    }
+
+    async fn queue(&self, mut r: AuditRecord, batched: bool) {
+        if !batched {
+            r.actor = self.actor.clone();
+            r.chain = self.chain.clone();
+        }
         if r.time_us == 0 {
             r.time_us = now_us();
         }
-        if self.tx.send(r).await.is_err() {
+        if self.tx.send(Queued { record: r, batched }).await.is_err() {
             tracing::warn!("audit task stopped; record dropped");
         }
     }
@@ -222,5 +342,44 @@ mod tests {
         let expected = hex::encode(Sha256::digest(serde_json::to_vec(&unhashed).expect("serialises")));
         assert_eq!(r.hash, expected);
         assert_eq!(r.compute_hash(), expected);
+    }
+
+    #[test]
+    fn a_batch_record_is_one_link_whose_hash_covers_every_hop_and_unpacks_into_them() {
+        let hop = |id: &str, name: &str| BatchedHop {
+            event_id: id.into(),
+            hop: name.into(),
+            time_us: 7,
+            outcome: "ok".into(),
+            department: "mhlw".into(),
+            event_type: "t".into(),
+            subscription: "mhlw.s".into(),
+            events_seq: 1025,
+            ..Default::default()
+        };
+        let mut batch = AuditRecord {
+            hop: BATCH_HOP.into(),
+            actor: "registry-1".into(),
+            chain: "c".into(),
+            seq: 4,
+            events_seq: 1025,
+            hops: vec![hop("e1", "delivered"), hop("e2", "acked")],
+            prev_hash: GENESIS.into(),
+            ..Default::default()
+        };
+        let body = batch.seal().expect("serialises");
+        let stored: AuditRecord = serde_json::from_slice(&body).expect("reads back");
+        assert_eq!(stored.compute_hash(), batch.hash);
+        let mut forged = stored.clone();
+        forged.hops[1].outcome = "rejected".into();
+        assert_ne!(forged.compute_hash(), forged.hash, "an altered hop breaks the link's hash");
+        let hops = stored.into_hops();
+        let got: Vec<(&str, &str, &str, u64)> =
+            hops.iter().map(|h| (h.event_id.as_str(), h.hop.as_str(), h.actor.as_str(), h.seq)).collect();
+        assert_eq!(got, [("e1", "delivered", "registry-1", 4), ("e2", "acked", "registry-1", 4)]);
+        assert!(hops.iter().all(|h| h.hops.is_empty() && h.events_seq == 1025 && h.hash == batch.hash));
+        // A record of one hop is its own single hop; old records without the new fields read.
+        let single: AuditRecord = serde_json::from_str(r#"{"event_id":"e3","hop":"validated","actor":"a","seq":1,"time_us":1,"outcome":"ok","detail":"","trace_id":"","department":"d","event_type":"t","subscription":"","schema_version":1,"prev_hash":"genesis","hash":""}"#).expect("old record");
+        assert_eq!(single.clone().into_hops(), [single]);
     }
 }

@@ -1,13 +1,21 @@
 //! The audit task: chains records, publishes them pipelined, republishes what is not
 //! confirmed, and anchors the chain's head.
 
-use super::{chain_name, head_key, now_us, AuditRecord, ChainHead, GENESIS};
+use super::{chain_name, head_key, now_us, AuditRecord, ChainHead, Queued, BATCH_HOP, GENESIS};
 use async_nats::jetstream::{self, kv};
+use kakehashi_proto::subjects;
 use std::collections::BTreeMap;
 use tokio::sync::{mpsc, watch};
 
-/// Chains and publishes the records arriving on `rx`, for as long as writers exist.
-pub(super) async fn write_loop(js: jetstream::Context, anchor: Anchor, mut rx: mpsc::Receiver<AuditRecord>) {
+/// Chains and publishes the records arriving on `rx`, for as long as writers exist. Delivery
+/// hops queued together go into batch records of at most `batch_hops` hops, one per hop
+/// subject; other records are written one by one.
+pub(super) async fn write_loop(
+    js: jetstream::Context,
+    anchor: Anchor,
+    mut rx: mpsc::Receiver<Queued>,
+    batch_hops: usize,
+) {
     let client = js.client();
     // Every record is published with a reply subject of its own under one inbox, and
     // JetStream's acknowledgements all arrive on one subscription: no request, inbox, timer or
@@ -22,46 +30,102 @@ pub(super) async fn write_loop(js: jetstream::Context, anchor: Anchor, mut rx: m
             }
         }
     };
-    let mut prev = GENESIS.to_string();
-    let mut prev_time = 0i64;
-    let mut seq = 0u64;
+    let (actor, chain) = (anchor.actor.clone(), anchor.chain.clone());
     // Confirmations are awaited apart from publishing: after an outage many time out at once
     // rather than one after another, so the queue (and the hot path) never stalls on them. An
     // unconfirmed record is published again (a stored repeat is harmless).
     let (confirm_tx, confirm_rx) = mpsc::channel::<Pending>(MAX_UNCONFIRMED);
     let publisher = Publisher { client, inbox };
     tokio::spawn(confirm_loop(publisher.clone(), acks, confirm_rx, anchor));
-    while let Some(mut r) = rx.recv().await {
-        seq += 1;
-        r.seq = seq;
-        r.prev_hash = std::mem::take(&mut prev);
-        r.prev_time_us = prev_time;
+    let mut links = Links { prev: GENESIS.to_string(), prev_time: 0, seq: 0, publisher, confirm_tx };
+    // Batch records being filled, by hop subject: a handful at most (one per 1,024 events).
+    let mut batches: Vec<AuditRecord> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        // What is queued now, up to one full batch's worth: never waits for more, so a hop is
+        // written as soon as the task is free (batches grow only when hops arrive faster).
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(Queued { record, batched }) = next.take() {
+            taken += 1;
+            if !batched {
+                links.write(record, None).await;
+            } else {
+                let bucket = record.events_seq / subjects::HOP_BUCKET;
+                let at = match batches.iter().position(|b| b.events_seq / subjects::HOP_BUCKET == bucket) {
+                    Some(at) => at,
+                    None => {
+                        batches.push(AuditRecord {
+                            hop: BATCH_HOP.to_string(),
+                            actor: actor.clone(),
+                            chain: chain.clone(),
+                            events_seq: record.events_seq,
+                            hops: Vec::with_capacity(batch_hops.min(64)),
+                            ..Default::default()
+                        });
+                        batches.len() - 1
+                    }
+                };
+                batches[at].time_us = batches[at].time_us.max(record.time_us);
+                batches[at].hops.push(record.into());
+                if batches[at].hops.len() >= batch_hops {
+                    let full = batches.swap_remove(at);
+                    let subject = subjects::audit_hops(full.events_seq);
+                    links.write(full, Some(subject)).await;
+                }
+            }
+            if taken < batch_hops {
+                next = rx.try_recv().ok();
+            }
+        }
+        for b in batches.drain(..) {
+            let subject = subjects::audit_hops(b.events_seq);
+            links.write(b, Some(subject)).await;
+        }
+    }
+}
+
+/// The chain as written so far, and where its links go.
+struct Links {
+    prev: String,
+    prev_time: i64,
+    seq: u64,
+    publisher: Publisher,
+    confirm_tx: mpsc::Sender<Pending>,
+}
+
+impl Links {
+    /// Chains `r` to the last link and publishes it on `subject` (default: its event's).
+    async fn write(&mut self, mut r: AuditRecord, subject: Option<String>) {
+        self.seq += 1;
+        r.seq = self.seq;
+        r.prev_hash = std::mem::take(&mut self.prev);
+        r.prev_time_us = self.prev_time;
         let body = match r.seal() {
             Ok(body) => body,
             Err(e) => {
                 // Not sealed, not chained: the next record links to the last sealed one and
                 // takes this sequence number, so the chain keeps neither a gap nor a broken link.
                 tracing::error!(error = %e, event_id = %r.event_id, "audit record not sealed; dropped");
-                prev = std::mem::take(&mut r.prev_hash);
-                seq -= 1;
-                continue;
+                self.prev = std::mem::take(&mut r.prev_hash);
+                self.seq -= 1;
+                return;
             }
         };
-        prev_time = r.time_us;
+        self.prev_time = r.time_us;
         let mut pending = Pending {
-            subject: kakehashi_proto::subjects::audit(&r.event_id),
-            seq,
+            subject: subject.unwrap_or_else(|| kakehashi_proto::subjects::audit(&r.event_id)),
+            seq: self.seq,
             hash: r.hash.clone(),
             time_us: r.time_us,
             body: body.into(),
             due: Due::Ack(tokio::time::Instant::now() + ACK_WAIT),
             delay: FIRST_RETRY,
         };
-        prev = std::mem::take(&mut r.hash);
-        if !publisher.publish(&pending).await {
+        self.prev = std::mem::take(&mut r.hash);
+        if !self.publisher.publish(&pending).await {
             pending.due = Due::Publish(tokio::time::Instant::now() + FIRST_RETRY);
         }
-        let _ = confirm_tx.send(pending).await;
+        let _ = self.confirm_tx.send(pending).await;
     }
 }
 
