@@ -354,6 +354,30 @@ cluster {{
         None
     }
 
+    /// Every consumer of the bus's streams as `stream/consumer` with the node leading it
+    /// (`None`: no leader), read from the first running node's monitoring port that answers.
+    pub async fn consumer_leaders_by_monitoring(&self) -> Option<Vec<(String, Option<usize>)>> {
+        for i in (0..NODES).filter(|&i| self.is_running(i)) {
+            let Some(port) = self.nodes[i].ports.monitoring else { continue };
+            let Some(v) = http_get_json(port, "/jsz?accounts=true&streams=true&consumers=true").await else {
+                continue;
+            };
+            let accounts = v.get("account_details").and_then(|a| a.as_array());
+            let streams = accounts.into_iter().flatten().filter_map(|a| a.get("stream_detail")?.as_array());
+            let mut out = Vec::new();
+            for s in streams.flatten() {
+                let stream = s.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+                for c in s.get("consumer_detail").and_then(|c| c.as_array()).into_iter().flatten() {
+                    let name = c.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+                    let leader = c.get("cluster").and_then(|c| c.get("leader")).and_then(|l| l.as_str());
+                    out.push((format!("{stream}/{name}"), leader.and_then(|l| self.index_of(l))));
+                }
+            }
+            return Some(out);
+        }
+        None
+    }
+
     /// Waits until `stream` has a leader, and returns its node.
     pub async fn wait_stream_leader(&self, stream: &str, limit: Duration) -> usize {
         crate::wait::until(&format!("a leader of {stream}"), limit, || self.node_of_stream_leader(stream))

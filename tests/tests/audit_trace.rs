@@ -112,6 +112,11 @@ async fn delivered_event_trace_shows_validation_delivery_and_ack_in_order() {
                 <= w[1].time.as_ref().map(|t| (t.seconds, t.nanos))
         );
     }
+    // Reading the trail leaves no consumer behind (each would live on for 30 s otherwise, and
+    // a burst of traces would reach the server's consumer limit).
+    let js = jetstream::new(bus.nats.admin().await);
+    let audit = js.get_stream("KH_AUDIT").await.expect("stream").info().await.expect("info").clone();
+    assert_eq!(audit.state.consumer_count, 0, "consumers left on KH_AUDIT after tracing");
 }
 
 #[tokio::test]

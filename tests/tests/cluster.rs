@@ -495,6 +495,9 @@ struct Fault {
     /// led (`KH_EVENTS`, or the JetStream meta group), the part of the pause the bus cannot
     /// shorten.
     nats_elected: Option<Duration>,
+    /// For a node's kill: the consumers (of the validator's partitions and the subscriptions)
+    /// that node led, and from the kill until the last of them had a new leader.
+    consumers_elected: Option<(usize, Option<Duration>)>,
 }
 
 impl std::fmt::Display for Fault {
@@ -510,6 +513,14 @@ impl std::fmt::Display for Fault {
             )
             .and_then(|()| match self.nats_elected {
                 Some(e) => write!(f, "; NATS elected a new leader after {:.1}s", e.as_secs_f64()),
+                None => Ok(()),
+            })
+            .and_then(|()| match self.consumers_elected {
+                Some((0, _)) => write!(f, "; the node led no consumer"),
+                Some((n, Some(e))) => {
+                    write!(f, "; the {n} consumers it led had new leaders after {:.1}s", e.as_secs_f64())
+                }
+                Some((n, None)) => write!(f, "; the {n} consumers it led had NO new leaders in {RESUME_LIMIT:?}"),
                 None => Ok(()),
             }),
             None => write!(f, "{}: NOT resumed within {RESUME_LIMIT:?}", self.what),
@@ -553,7 +564,14 @@ async fn resume(what: String, killed_at: Instant, recorder: &Recorder, published
         last = a.at;
     }
     let publish_resumed = published.first_confirmed_after(killed_at).map(|t| t - killed_at);
-    Fault { what, resumed: resumed.map(|t| t - killed_at), longest_gap, publish_resumed, nats_elected: None }
+    Fault {
+        what,
+        resumed: resumed.map(|t| t - killed_at),
+        longest_gap,
+        publish_resumed,
+        nats_elected: None,
+        consumers_elected: None,
+    }
 }
 
 /// From `killed_at` until `leader` names a node other than `dead` (polled every 50 ms).
@@ -572,6 +590,38 @@ where
     })
     .await
     .ok()
+}
+
+/// The consumers `dead` leads now (to be passed to [`consumers_elected`] after killing it).
+async fn consumers_led_by(cluster: &NatsCluster, dead: usize) -> Vec<String> {
+    let all = cluster.consumer_leaders_by_monitoring().await.unwrap_or_default();
+    all.into_iter().filter(|(_, leader)| *leader == Some(dead)).map(|(name, _)| name).collect()
+}
+
+/// How many consumers `led` names, and from `killed_at` until each has a leader other than
+/// `dead` (polled every 50 ms).
+async fn consumers_elected(
+    cluster: &NatsCluster,
+    killed_at: Instant,
+    dead: usize,
+    led: Vec<String>,
+) -> (usize, Option<Duration>) {
+    let moved = tokio::time::timeout(RESUME_LIMIT, async {
+        loop {
+            if let Some(now) = cluster.consumer_leaders_by_monitoring().await {
+                let has_new_leader = |c: &String| {
+                    now.iter().any(|(name, leader)| name == c && leader.is_some_and(|l| l != dead))
+                };
+                if led.iter().all(has_new_leader) {
+                    return killed_at.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .ok();
+    (led.len(), moved)
 }
 
 /// The fault scenarios run one at a time: each measures how long delivery pauses, which a second
@@ -619,6 +669,7 @@ async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing
     // 1. The node leading KH_EVENTS.
     mid_stream(400).await;
     let node = cluster.wait_stream_leader(bus::EVENTS, Duration::from_secs(10)).await;
+    let led = consumers_led_by(&cluster, node).await;
     let killed_at = Instant::now();
     cluster.kill(node);
     let what = format!(
@@ -627,11 +678,13 @@ async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing
         published.confirmed(),
         (killed_at - flow_began).as_secs_f64()
     );
-    let (mut fault, led) = tokio::join!(
+    let (mut fault, stream_led, consumers) = tokio::join!(
         resume(what, killed_at, &recorder, &published),
-        elected(killed_at, node, || cluster.stream_leader_by_monitoring(bus::EVENTS))
+        elected(killed_at, node, || cluster.stream_leader_by_monitoring(bus::EVENTS)),
+        consumers_elected(&cluster, killed_at, node, led)
     );
-    fault.nats_elected = led;
+    fault.nats_elected = stream_led;
+    fault.consumers_elected = Some(consumers);
     println!("cluster failover: {fault}");
     faults.push(fault);
     gate.send_replace(1200);
@@ -642,6 +695,7 @@ async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing
     let node =
         kakehashi_tests::wait::until("a meta leader", Duration::from_secs(30), || cluster.meta_leader())
             .await;
+    let led = consumers_led_by(&cluster, node).await;
     let killed_at = Instant::now();
     cluster.kill(node);
     let what = format!(
@@ -650,11 +704,13 @@ async fn stream_leader_meta_leader_and_a_registry_killed_mid_stream_lose_nothing
         published.confirmed(),
         (killed_at - flow_began).as_secs_f64()
     );
-    let (mut fault, led) = tokio::join!(
+    let (mut fault, meta_led, consumers) = tokio::join!(
         resume(what, killed_at, &recorder, &published),
-        elected(killed_at, node, || cluster.meta_leader())
+        elected(killed_at, node, || cluster.meta_leader()),
+        consumers_elected(&cluster, killed_at, node, led)
     );
-    fault.nats_elected = led;
+    fault.nats_elected = meta_led;
+    fault.consumers_elected = Some(consumers);
     println!("cluster failover: {fault}");
     faults.push(fault);
     gate.send_replace(1700);

@@ -146,7 +146,10 @@ pub async fn run(
         .add_service(grpc_metrics.wrap(
             v1::publisher_server::PublisherServer::new(service).max_decoding_message_size(max_decoding),
         ))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     let _ = stop_tx.send(true);
     Ok(())

@@ -293,7 +293,10 @@ pub async fn run_with(
         .add_service(policies)
         .add_service(flows)
         .add_service(dead_letters)
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     let _ = stop_tx.send(true);
     if let Some(task) = validator_task {

@@ -45,8 +45,14 @@ pub async fn read_each(
     if info.state.messages == 0 {
         return Ok(false);
     }
+    // Named, so that it can be deleted once read: left to expire, every read would hold a
+    // consumer on the server for 30 s, and a burst of reads (traces) would reach the server's
+    // consumer limit.
+    let inbox = js.client().new_inbox();
+    let name = format!("read-{}", inbox.rsplit('.').next().unwrap_or_default());
     let ordered = handle
         .create_consumer(consumer::pull::OrderedConfig {
+            name: Some(name.clone()),
             filter_subject: filter.to_string(),
             deliver_policy: start,
             ..Default::default()
@@ -55,9 +61,11 @@ pub async fn read_each(
         .map_err(|e| format!("{stream} consumer: {e}"))?;
     let mut messages = ordered.messages().await.map_err(|e| format!("{stream} read: {e}"))?;
     let mut read = 0;
+    let mut truncated = false;
     loop {
         if read >= max {
-            return Ok(true);
+            truncated = true;
+            break;
         }
         let Ok(Some(Ok(m))) = tokio::time::timeout(idle, messages.next()).await else { break };
         let (seq, pending) = m.info().map(|i| (i.stream_sequence, i.pending)).unwrap_or((0, 0));
@@ -66,5 +74,10 @@ pub async fn read_each(
             break;
         }
     }
-    Ok(false)
+    drop(messages);
+    // Best effort: one the client recreated after a gap is named `<name>_<n>` and expires.
+    if let Err(e) = handle.delete_consumer(&name).await {
+        tracing::debug!(error = %e, consumer = %name, "read consumer not deleted; it expires");
+    }
+    Ok(truncated)
 }
