@@ -354,8 +354,9 @@ cluster {{
         None
     }
 
-    /// Every consumer of the bus's streams as `stream/consumer` with the node leading it
-    /// (`None`: no leader), read from the first running node's monitoring port that answers.
+    /// Every durable consumer of the bus's streams (the validator's partitions, subscriptions,
+    /// KV watchers are not durable) as `stream/consumer` with the node leading it (`None`: no
+    /// leader), read from the first running node's monitoring port that answers.
     pub async fn consumer_leaders_by_monitoring(&self) -> Option<Vec<(String, Option<usize>)>> {
         for i in (0..NODES).filter(|&i| self.is_running(i)) {
             let Some(port) = self.nodes[i].ports.monitoring else { continue };
@@ -367,7 +368,17 @@ cluster {{
             let mut out = Vec::new();
             for s in streams.flatten() {
                 let stream = s.get("name").and_then(|n| n.as_str()).unwrap_or_default();
-                for c in s.get("consumer_detail").and_then(|c| c.as_array()).into_iter().flatten() {
+                let consumers = s.get("consumer_detail").and_then(|c| c.as_array()).into_iter().flatten();
+                // Ephemeral consumers (ordered reads, KV watchers) expire when inactive and die
+                // with their (single) node; durable ones have no inactivity threshold.
+                let durable = |c: &&serde_json::Value| {
+                    c.get("config")
+                        .and_then(|c| c.get("inactive_threshold"))
+                        .and_then(|t| t.as_u64())
+                        .unwrap_or(0)
+                        == 0
+                };
+                for c in consumers.filter(durable) {
                     let name = c.get("name").and_then(|n| n.as_str()).unwrap_or_default();
                     let leader = c.get("cluster").and_then(|c| c.get("leader")).and_then(|l| l.as_str());
                     out.push((format!("{stream}/{name}"), leader.and_then(|l| self.index_of(l))));

@@ -497,7 +497,7 @@ struct Fault {
     nats_elected: Option<Duration>,
     /// For a node's kill: the consumers (of the validator's partitions and the subscriptions)
     /// that node led, and from the kill until the last of them had a new leader.
-    consumers_elected: Option<(usize, Option<Duration>)>,
+    consumers_elected: Option<(usize, Result<Duration, Vec<String>>)>,
 }
 
 impl std::fmt::Display for Fault {
@@ -515,12 +515,14 @@ impl std::fmt::Display for Fault {
                 Some(e) => write!(f, "; NATS elected a new leader after {:.1}s", e.as_secs_f64()),
                 None => Ok(()),
             })
-            .and_then(|()| match self.consumers_elected {
+            .and_then(|()| match &self.consumers_elected {
                 Some((0, _)) => write!(f, "; the node led no consumer"),
-                Some((n, Some(e))) => {
+                Some((n, Ok(e))) => {
                     write!(f, "; the {n} consumers it led had new leaders after {:.1}s", e.as_secs_f64())
                 }
-                Some((n, None)) => write!(f, "; the {n} consumers it led had NO new leaders in {RESUME_LIMIT:?}"),
+                Some((n, Err(left))) => {
+                    write!(f, "; of the {n} consumers it led, {left:?} had no new leader within {CONSUMER_LIMIT:?}")
+                }
                 None => Ok(()),
             }),
             None => write!(f, "{}: NOT resumed within {RESUME_LIMIT:?}", self.what),
@@ -598,30 +600,39 @@ async fn consumers_led_by(cluster: &NatsCluster, dead: usize) -> Vec<String> {
     all.into_iter().filter(|(_, leader)| *leader == Some(dead)).map(|(name, _)| name).collect()
 }
 
+/// How long the consumer elections are watched after a kill (the test waits for it).
+const CONSUMER_LIMIT: Duration = Duration::from_secs(15);
+
 /// How many consumers `led` names, and from `killed_at` until each has a leader other than
-/// `dead` (polled every 50 ms).
+/// `dead` (polled every 50 ms), or those still without one after [`CONSUMER_LIMIT`].
 async fn consumers_elected(
     cluster: &NatsCluster,
     killed_at: Instant,
     dead: usize,
     led: Vec<String>,
-) -> (usize, Option<Duration>) {
-    let moved = tokio::time::timeout(RESUME_LIMIT, async {
+) -> (usize, Result<Duration, Vec<String>>) {
+    let has_new_leader = |now: &[(String, Option<usize>)], c: &String| {
+        now.iter().any(|(name, leader)| name == c && leader.is_some_and(|l| l != dead))
+    };
+    let moved = tokio::time::timeout(CONSUMER_LIMIT, async {
         loop {
             if let Some(now) = cluster.consumer_leaders_by_monitoring().await {
-                let has_new_leader = |c: &String| {
-                    now.iter().any(|(name, leader)| name == c && leader.is_some_and(|l| l != dead))
-                };
-                if led.iter().all(has_new_leader) {
+                if led.iter().all(|c| has_new_leader(&now, c)) {
                     return killed_at.elapsed();
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
-    .await
-    .ok();
-    (led.len(), moved)
+    .await;
+    let result = match moved {
+        Ok(after) => Ok(after),
+        Err(_) => {
+            let now = cluster.consumer_leaders_by_monitoring().await.unwrap_or_default();
+            Err(led.iter().filter(|c| !has_new_leader(&now, c)).cloned().collect())
+        }
+    };
+    (led.len(), result)
 }
 
 /// The fault scenarios run one at a time: each measures how long delivery pauses, which a second
