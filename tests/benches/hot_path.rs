@@ -45,9 +45,9 @@ use kakehashi_proto::v1::{
     OpenSubscription, SubscribeRequest,
 };
 use kakehashi_tests::bench::{
-    child_pid, connect, cores, cpu_time, create_raw_streams, example_payload, keyed, new_event,
-    publish_bytes_pipelined, publish_pipelined, relay, setup_registry, status_kb, RAW_IN, RAW_OUT, READER,
-    SOURCE, TYPE,
+    child_pid, connect, cores, cpu_time, create_raw_streams, env_count, example_payload, keyed, new_event,
+    publish_bytes_pipelined, publish_pipelined, relay, setup_registry, status_kb, wait_acked, RAW_IN,
+    RAW_OUT, READER, SOURCE, TYPE,
 };
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{bus, NatsServer, Registry};
@@ -75,10 +75,6 @@ fn main() {
     runtime.block_on(run());
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(default)
-}
-
 /// One row of the results table.
 struct Row {
     phase: &'static str,
@@ -99,9 +95,9 @@ struct Usage {
 }
 
 async fn run() {
-    let n = env_usize("KH_BENCH_EVENTS", 50_000);
-    let lat_n = env_usize("KH_BENCH_LATENCY_EVENTS", 2_000);
-    let lat_rate = env_usize("KH_BENCH_LATENCY_RATE", 500);
+    let n = env_count("KH_BENCH_EVENTS", 50_000);
+    let lat_n = env_count("KH_BENCH_LATENCY_EVENTS", 2_000);
+    let lat_rate = env_count("KH_BENCH_LATENCY_RATE", 500);
     let telemetry = (std::env::var("KH_BENCH_TELEMETRY").is_ok_and(|v| v == "1"))
         .then(|| kakehashi_runtime::telemetry::init("kakehashi-bench", "info").expect("telemetry"));
 
@@ -172,7 +168,7 @@ async fn run() {
     let probe = Probe::start(nats_pid);
     let t = Instant::now();
     raw_sub.take(n, |_, _| {}).await;
-    wait_acked(&service, RAW_OUT, "drain").await;
+    wait_acked(&service, RAW_OUT, "drain", PHASE_LIMIT).await;
     let raw_drain = n as f64 / t.elapsed().as_secs_f64();
     usage.push(probe.stop("2a raw", n));
 
@@ -190,7 +186,7 @@ async fn run() {
         })
         .await;
     let consumer_name = format!("sub_{READER}_{SUBSCRIPTION}");
-    wait_acked(&publisher, bus::EVENTS, &consumer_name).await;
+    wait_acked(&publisher, bus::EVENTS, &consumer_name, PHASE_LIMIT).await;
     let ours_drain = n as f64 / t.elapsed().as_secs_f64();
     usage.push(probe.stop("2a ours", n));
     assert_eq!(pseudonymised, n, "every delivery carries the reader's pseudonym, not the My Number");
@@ -213,7 +209,7 @@ async fn run() {
         })
     };
     raw_sub.take(n, |_, _| {}).await;
-    wait_acked(&service, RAW_OUT, "drain").await;
+    wait_acked(&service, RAW_OUT, "drain", PHASE_LIMIT).await;
     let raw_e2e = n as f64 / t.elapsed().as_secs_f64();
     p.await.expect("publisher");
     usage.push(probe.stop("2b raw", n));
@@ -226,7 +222,7 @@ async fn run() {
         tokio::spawn(async move { publish_pipelined(&js, (0..n).map(|i| keyed(&payload, i))).await })
     };
     let e2e = ours_sub.take(n, |_, _| {}).await;
-    wait_acked(&publisher, bus::EVENTS, &consumer_name).await;
+    wait_acked(&publisher, bus::EVENTS, &consumer_name, PHASE_LIMIT).await;
     let ours_e2e = n as f64 / t.elapsed().as_secs_f64();
     p.await.expect("publisher");
     usage.push(probe.stop("2b ours", n));
@@ -289,7 +285,7 @@ async fn run() {
     // ---- 4. Idle cost of an open Subscribe stream ----------------------------------------
     // Nothing is published: what the registry and nats-server spend per second while one
     // subscriber waits (raw subscriber and validator stay open throughout, as their baseline).
-    let idle = Duration::from_secs(env_usize("KH_BENCH_IDLE_SECS", 3) as u64);
+    let idle = Duration::from_secs(env_count("KH_BENCH_IDLE_SECS", 3) as u64);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_open = Idle::measure(nats_pid, idle).await;
     drop(ours_sub);
@@ -459,24 +455,6 @@ async fn watch_fill(js: jetstream::Context, name: &'static str, target: u64) -> 
             return Fill { c0, first, done: now, target };
         }
         assert!(now < limit, "{name} holds {now_count} of {target} after {PHASE_LIMIT:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Waits until a consumer has delivered everything and nothing is left unacked.
-async fn wait_acked(js: &jetstream::Context, stream_name: &str, consumer_name: &str) {
-    let s = js.get_stream(stream_name).await.expect("stream");
-    let limit = Instant::now() + PHASE_LIMIT;
-    loop {
-        let info = s.consumer_info(consumer_name).await.expect("consumer info");
-        if info.num_ack_pending == 0 && info.num_pending == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < limit,
-            "{consumer_name}: {} unacked after {PHASE_LIMIT:?}",
-            info.num_ack_pending
-        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

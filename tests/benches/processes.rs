@@ -68,8 +68,8 @@ use kakehashi_proto::v1::{
     Event, EventDelivery, OpenSubscription, SubscribeRequest,
 };
 use kakehashi_tests::bench::{
-    child_pid, connect, cores, cpu_ticks, create_raw_streams, example_payload, keyed, new_event,
-    setup_registry, status_kb, KEYS, PUBLISH_WINDOW, RAW_OUT, READER, SOURCE, TYPE,
+    child_pid, connect, cores, cpu_ticks, create_raw_streams, env_usize, example_payload, keyed, new_event,
+    setup_registry, status_kb, wait_acked, KEYS, PUBLISH_WINDOW, RAW_OUT, READER, SOURCE, TYPE,
 };
 use kakehashi_tests::{bus, NatsServer};
 use prost::Message as _;
@@ -102,10 +102,6 @@ fn main() {
     let binaries = release_binaries();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(run(binaries));
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 // ---- Binaries and processes ----------------------------------------------------------------
@@ -537,7 +533,7 @@ impl Ctx {
             })
         };
         raw.take(n, |_, _| {}).await;
-        wait_acked(&self.service, RAW_OUT, "drain").await;
+        wait_acked(&self.service, RAW_OUT, "drain", PHASE_LIMIT).await;
         let rate = n as f64 / t.elapsed().as_secs_f64();
         p.await.expect("raw publisher");
         Measured { rate, cpu: mark.cpu_since(&self.pids), events: n }
@@ -556,7 +552,7 @@ impl Ctx {
             })
         };
         let pseudonymised = ours.take(n, |d, _| is_pseudonymised(d)).await;
-        wait_acked(&self.publisher, bus::EVENTS, &self.consumer_name).await;
+        wait_acked(&self.publisher, bus::EVENTS, &self.consumer_name, PHASE_LIMIT).await;
         let rate = n as f64 / t.elapsed().as_secs_f64();
         p.await.expect("publisher");
         assert_eq!(pseudonymised, n, "every delivery carries the reader's pseudonym, not the My Number");
@@ -582,7 +578,7 @@ impl Ctx {
         };
         let acks = tokio::spawn(read_acks(self.gateway.clone(), self.source_token.clone(), rx, n));
         let pseudonymised = ours.take(n, |d, _| is_pseudonymised(d)).await;
-        wait_acked(&self.publisher, bus::EVENTS, &self.consumer_name).await;
+        wait_acked(&self.publisher, bus::EVENTS, &self.consumer_name, PHASE_LIMIT).await;
         let rate = n as f64 / t.elapsed().as_secs_f64();
         sender.await.expect("sender");
         acks.await.expect("acks");
@@ -708,7 +704,7 @@ impl Ctx {
             points.push(Point::now(&self.pids, received, t.elapsed(), self.audit_len().await));
             eprintln!("memory: {received} of {m} after {:.0} s", t.elapsed().as_secs_f64());
         }
-        wait_acked(&self.publisher, bus::EVENTS, &self.consumer_name).await;
+        wait_acked(&self.publisher, bus::EVENTS, &self.consumer_name, PHASE_LIMIT).await;
         let rate = m as f64 / t.elapsed().as_secs_f64();
         p.await.expect("publisher");
         let cpu = mark.cpu_since(&self.pids);
@@ -848,24 +844,6 @@ fn latency(sent: &Mutex<HashMap<String, Instant>>, id: &str, at: Instant) -> f64
     let sent = sent.lock().unwrap_or_else(|p| p.into_inner());
     let t = sent.get(id).unwrap_or_else(|| panic!("received {id} that was not sent in this run"));
     at.saturating_duration_since(*t).as_secs_f64() * 1e3
-}
-
-/// Waits until a consumer has delivered everything and nothing is left unacked.
-async fn wait_acked(js: &jetstream::Context, stream_name: &str, consumer_name: &str) {
-    let s = js.get_stream(stream_name).await.expect("stream");
-    let limit = Instant::now() + PHASE_LIMIT;
-    loop {
-        let info = s.consumer_info(consumer_name).await.expect("consumer info");
-        if info.num_ack_pending == 0 && info.num_pending == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < limit,
-            "{consumer_name}: {} unacked after {PHASE_LIMIT:?}",
-            info.num_ack_pending
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Messages and bytes of a stream.

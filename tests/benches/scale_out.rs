@@ -43,7 +43,7 @@ use kakehashi_proto::subjects;
 use kakehashi_proto::v1::Event;
 use kakehashi_runtime::audit::AuditRecord;
 use kakehashi_tests::bench::{
-    child_pid, connect, cores, cpu_ticks, create_raw_streams, example_payload, keyed, new_event,
+    child_pid, connect, cores, cpu_ticks, create_raw_streams, env_count, example_payload, keyed, new_event,
     publish_pipelined, relay, setup_registry, KEYS, RAW_IN, RAW_OUT,
 };
 use kakehashi_tests::{bus, NatsServer, RegistryProcess};
@@ -78,15 +78,11 @@ fn main() {
     runtime.block_on(run());
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(default)
-}
-
 async fn run() {
-    let n = env_usize("KH_BENCH_EVENTS", 60_000);
-    let max_k = env_usize("KH_BENCH_INSTANCES", 3);
-    let rate = env_usize("KH_BENCH_FAILOVER_RATE", 1_000);
-    let kills = env_usize("KH_BENCH_KILLS", 5);
+    let n = env_count("KH_BENCH_EVENTS", 60_000);
+    let max_k = env_count("KH_BENCH_INSTANCES", 3);
+    let rate = env_count("KH_BENCH_FAILOVER_RATE", 1_000);
+    let kills = env_count("KH_BENCH_KILLS", 5);
     let phases = std::env::var("KH_BENCH_PHASES").unwrap_or_else(|_| "scale,failover".into());
     let payload = example_payload();
     let load_start = loadavg();

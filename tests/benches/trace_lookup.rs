@@ -43,7 +43,7 @@ use kakehashi_proto::subjects;
 use kakehashi_proto::v1::{flows_client::FlowsClient, TraceEventRequest};
 use kakehashi_runtime::audit::{now_us, AuditRecord, BatchedHop, BATCH_HOP, GENESIS};
 use kakehashi_tests::bench::{
-    child_pid, connect, cores, publish_bytes_pipelined, status_kb, READER, SOURCE, TYPE,
+    child_pid, connect, cores, env_count, publish_bytes_pipelined, status_kb, READER, SOURCE, TYPE,
 };
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{NatsServer, Registry};
@@ -75,10 +75,6 @@ fn main() {
     runtime.block_on(run());
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(default)
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -86,9 +82,9 @@ fn loadavg() -> String {
 }
 
 async fn run() {
-    let hops = env_usize("KH_BENCH_HOPS", 10_000_000);
-    let lookups = env_usize("KH_BENCH_LOOKUPS", 200);
-    let ctl_runs = env_usize("KH_BENCH_CTL_RUNS", 20);
+    let hops = env_count("KH_BENCH_HOPS", 10_000_000);
+    let lookups = env_count("KH_BENCH_LOOKUPS", 200);
+    let ctl_runs = env_count("KH_BENCH_CTL_RUNS", 20);
     let events = hops.div_ceil(HOPS_PER_EVENT) as u64;
     let load_start = loadavg();
     eprintln!(

@@ -248,3 +248,32 @@ pub fn child_pid(comm: &str) -> Option<u32> {
         (name == comm && ppid == me).then_some(pid)
     })
 }
+
+/// A positive count from the environment variable `name`, else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    Some(env_usize(name, default)).filter(|&n| n > 0).unwrap_or(default)
+}
+
+/// A number from the environment variable `name` (0 allowed: "skip"), else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Waits until a consumer has delivered everything and nothing is left unacked (panics after
+/// `limit`).
+pub async fn wait_acked(js: &jetstream::Context, stream_name: &str, consumer_name: &str, limit: Duration) {
+    let s = js.get_stream(stream_name).await.expect("stream");
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let info = s.consumer_info(consumer_name).await.expect("consumer info");
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{consumer_name}: {} unacked after {limit:?}",
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
