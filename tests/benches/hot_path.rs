@@ -37,7 +37,7 @@
 //!   with `Nats-Msg-Id`, and to one subject per event without it: what each record costs
 //!   nats-server.
 
-use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use kakehashi_proto::subjects;
 use kakehashi_proto::v1::{
@@ -45,9 +45,9 @@ use kakehashi_proto::v1::{
     OpenSubscription, SubscribeRequest,
 };
 use kakehashi_tests::bench::{
-    child_pid, connect, cores, cpu_time, create_raw_streams, env_count, example_payload, keyed, new_event,
-    publish_bytes_pipelined, publish_pipelined, relay, setup_registry, status_kb, wait_acked, RAW_IN,
-    RAW_OUT, READER, SOURCE, TYPE,
+    child_pid, connect, cores, cpu_time, create_raw_streams, env_count, example_payload, keyed, latency_ms,
+    new_event, paced, publish_bytes_pipelined, publish_pipelined, relay, setup_registry, status_kb,
+    wait_acked, RAW_IN, RAW_OUT, READER, SOURCE, TYPE,
 };
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{bus, NatsServer, Registry};
@@ -238,16 +238,17 @@ async fn run() {
     let probe = Probe::start(nats_pid);
     let raw_lat = {
         let sent = Arc::new(Mutex::new(HashMap::with_capacity(lat_n)));
+        let (payload, subject) = (payload.clone(), raw_subject.clone());
         let p = tokio::spawn(paced(
             publisher.clone(),
-            raw_subject.clone(),
-            payload.clone(),
+            move |_| new_event(&payload),
+            move |_| subject.clone(),
             lat_n,
             lat_rate,
             sent.clone(),
         ));
         let mut lat = Vec::with_capacity(lat_n);
-        raw_sub.take(lat_n, |id, at| lat.push(latency(&sent, id, at))).await;
+        raw_sub.take(lat_n, |id, at| lat.push(latency_ms(&sent, id, at))).await;
         p.await.expect("paced publisher");
         Percentiles::of(lat)
     };
@@ -255,10 +256,11 @@ async fn run() {
     let probe = Probe::start(nats_pid);
     let ours_lat = {
         let sent = Arc::new(Mutex::new(HashMap::with_capacity(lat_n)));
+        let (payload, subject) = (payload.clone(), ingress.clone());
         let p = tokio::spawn(paced(
             publisher.clone(),
-            ingress.clone(),
-            payload.clone(),
+            move |_| new_event(&payload),
+            move |_| subject.clone(),
             lat_n,
             lat_rate,
             sent.clone(),
@@ -267,7 +269,7 @@ async fn run() {
         ours_sub
             .take(lat_n, |d, at| {
                 let id = d.event.as_ref().map(|e| e.id.as_str()).unwrap_or_default();
-                lat.push(latency(&sent, id, at));
+                lat.push(latency_ms(&sent, id, at));
             })
             .await;
         p.await.expect("paced publisher");
@@ -393,36 +395,6 @@ async fn raw_consumer(js: &jetstream::Context) -> consumer::PullConsumer {
     })
     .await
     .expect("drain consumer")
-}
-
-/// Publishes `n` events at `rate` per second, noting when each was sent.
-async fn paced(
-    js: jetstream::Context,
-    subject: String,
-    payload: Vec<u8>,
-    n: usize,
-    rate: usize,
-    sent: Arc<Mutex<HashMap<String, Instant>>>,
-) {
-    let start = tokio::time::Instant::now();
-    let gap = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut confirmations = Vec::with_capacity(n);
-    for i in 0..n {
-        tokio::time::sleep_until(start + gap * i as u32).await;
-        let event = new_event(&payload);
-        let m = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
-        sent.lock().unwrap_or_else(|p| p.into_inner()).insert(event.id.clone(), Instant::now());
-        confirmations.push(js.send_publish(subject.clone(), m).await.expect("publish sent"));
-    }
-    for c in confirmations {
-        c.await.expect("publish confirmed");
-    }
-}
-
-fn latency(sent: &Mutex<HashMap<String, Instant>>, id: &str, at: Instant) -> f64 {
-    let sent = sent.lock().unwrap_or_else(|p| p.into_inner());
-    let t = sent.get(id).unwrap_or_else(|| panic!("received {id} that was not sent in this run"));
-    at.saturating_duration_since(*t).as_secs_f64() * 1e3
 }
 
 /// When a stream was first seen non-empty and when it reached its target.

@@ -68,8 +68,9 @@ use kakehashi_proto::v1::{
     Event, EventDelivery, OpenSubscription, SubscribeRequest,
 };
 use kakehashi_tests::bench::{
-    child_pid, connect, cores, cpu_ticks, create_raw_streams, env_usize, example_payload, keyed, new_event,
-    setup_registry, status_kb, wait_acked, KEYS, PUBLISH_WINDOW, RAW_OUT, READER, SOURCE, TYPE,
+    child_pid, connect, cores, cpu_ticks, create_raw_streams, env_usize, example_payload, keyed, latency_ms,
+    new_event, paced, setup_registry, status_kb, wait_acked, KEYS, PUBLISH_WINDOW, RAW_OUT, READER, SOURCE,
+    TYPE,
 };
 use kakehashi_tests::{bus, NatsServer};
 use prost::Message as _;
@@ -590,16 +591,17 @@ impl Ctx {
         let sent = Arc::new(Mutex::new(HashMap::with_capacity(n)));
         let mark = Mark::now(&self.pids);
         let subject = self.raw_subject.clone();
+        let payload = self.payload.clone();
         let p = tokio::spawn(paced(
             self.publisher.clone(),
+            move |i| keyed(&payload, i).1,
             move |_: &Event| subject.clone(),
-            self.payload.clone(),
             n,
             rate,
             sent.clone(),
         ));
         let mut lat = Vec::with_capacity(n);
-        raw.take(n, |id, at| lat.push(latency(&sent, id, at))).await;
+        raw.take(n, |id, at| lat.push(latency_ms(&sent, id, at))).await;
         p.await.expect("paced publisher");
         Latency::of(lat, Measured { rate: 0.0, cpu: mark.cpu_since(&self.pids), events: n })
     }
@@ -607,10 +609,11 @@ impl Ctx {
     async fn direct_latency(&self, ours: &mut Subscriber, n: usize, rate: usize) -> Latency {
         let sent = Arc::new(Mutex::new(HashMap::with_capacity(n)));
         let mark = Mark::now(&self.pids);
+        let payload = self.payload.clone();
         let p = tokio::spawn(paced(
             self.publisher.clone(),
+            move |i| keyed(&payload, i).1,
             |e: &Event| subjects::ingress(&e.source, &e.r#type, &e.subject),
-            self.payload.clone(),
             n,
             rate,
             sent.clone(),
@@ -618,7 +621,7 @@ impl Ctx {
         let mut lat = Vec::with_capacity(n);
         ours.take(n, |d, at| {
             let id = d.event.as_ref().map(|e| e.id.as_str()).unwrap_or_default();
-            lat.push(latency(&sent, id, at));
+            lat.push(latency_ms(&sent, id, at));
             true
         })
         .await;
@@ -650,7 +653,7 @@ impl Ctx {
         let mut lat = Vec::with_capacity(n);
         ours.take(n, |d, at| {
             let id = d.event.as_ref().map(|e| e.id.as_str()).unwrap_or_default();
-            lat.push(latency(&sent, id, at));
+            lat.push(latency_ms(&sent, id, at));
             true
         })
         .await;
@@ -813,37 +816,6 @@ async fn publish_messages_pipelined(
     while let Some(r) = pending.next().await {
         r.expect("publish confirmed");
     }
-}
-
-/// Publishes `n` events (record key `resident-<i mod KEYS>`) at `rate` per second to
-/// `subject(event)`, noting when each was sent.
-async fn paced(
-    js: jetstream::Context,
-    subject: impl Fn(&Event) -> String,
-    payload: Vec<u8>,
-    n: usize,
-    rate: usize,
-    sent: Arc<Mutex<HashMap<String, Instant>>>,
-) {
-    let start = tokio::time::Instant::now();
-    let gap = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut confirmations = Vec::with_capacity(n);
-    for i in 0..n {
-        tokio::time::sleep_until(start + gap * i as u32).await;
-        let (_, event) = keyed(&payload, i);
-        let m = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
-        sent.lock().unwrap_or_else(|p| p.into_inner()).insert(event.id.clone(), Instant::now());
-        confirmations.push(js.send_publish(subject(&event), m).await.expect("publish sent"));
-    }
-    for c in confirmations {
-        c.await.expect("publish confirmed");
-    }
-}
-
-fn latency(sent: &Mutex<HashMap<String, Instant>>, id: &str, at: Instant) -> f64 {
-    let sent = sent.lock().unwrap_or_else(|p| p.into_inner());
-    let t = sent.get(id).unwrap_or_else(|| panic!("received {id} that was not sent in this run"));
-    at.saturating_duration_since(*t).as_secs_f64() * 1e3
 }
 
 /// Messages and bytes of a stream.

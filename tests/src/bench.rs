@@ -277,3 +277,39 @@ pub async fn wait_acked(js: &jetstream::Context, stream_name: &str, consumer_nam
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Publishes `n` events, `event(i)`, at `rate` per second to `subject(event)`, noting in `sent`
+/// when each went out (its id as key); returns once every publish is confirmed.
+pub async fn paced(
+    js: jetstream::Context,
+    event: impl Fn(usize) -> Event,
+    subject: impl Fn(&Event) -> String,
+    n: usize,
+    rate: usize,
+    sent: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+) {
+    let start = tokio::time::Instant::now();
+    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut confirmations = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until(start + gap * i as u32).await;
+        let event = event(i);
+        let m = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
+        sent.lock().unwrap_or_else(|p| p.into_inner()).insert(event.id.clone(), std::time::Instant::now());
+        confirmations.push(js.send_publish(subject(&event), m).await.expect("publish sent"));
+    }
+    for c in confirmations {
+        c.await.expect("publish confirmed");
+    }
+}
+
+/// Milliseconds from when `id` was sent (as [`paced`] noted it) to `at`.
+pub fn latency_ms(
+    sent: &std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    id: &str,
+    at: std::time::Instant,
+) -> f64 {
+    let sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+    let t = sent.get(id).unwrap_or_else(|| panic!("received {id} that was not sent in this run"));
+    at.saturating_duration_since(*t).as_secs_f64() * 1e3
+}
