@@ -37,6 +37,10 @@
 //!   with `Nats-Msg-Id`, and to one subject per event without it: what each record costs
 //!   nats-server.
 
+/// The registry runs in this process: it allocates as the shipped binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use kakehashi_proto::subjects;

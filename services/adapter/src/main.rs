@@ -14,6 +14,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The allocator: glibc's malloc/free were about a third of the registry's hot-path CPU
+/// (docs/BENCHMARKS.md, "change 4").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kakehashi-adapter",

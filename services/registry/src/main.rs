@@ -4,6 +4,11 @@
 use kakehashi_registry::config::RegistryConfig;
 use std::process::ExitCode;
 
+/// The allocator: glibc's malloc/free were about a third of the registry's hot-path CPU
+/// (docs/BENCHMARKS.md, "change 4").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let _telemetry = match kakehashi_runtime::telemetry::init("kakehashi-registry", "info") {
