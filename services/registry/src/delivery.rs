@@ -651,10 +651,12 @@ impl Session {
         if paths.is_empty() {
             return Ok(event);
         }
-        let mut data: serde_json::Value = serde_json::from_slice(&event.data)
-            .map_err(|e| Withheld::Broken(format!("payload with personal data is not JSON: {e}")))?;
-        crate::pii::apply(&mut data, &paths, &p.secret, dept);
-        event.data = serde_json::to_vec(&data).map_err(|e| Withheld::Broken(e.to_string()))?;
+        // Pseudonyms are spliced into the bytes; what passes through is not re-serialised.
+        if let Some(data) = crate::pii::apply_bytes(&event.data, &paths, &p.secret, dept)
+            .map_err(|e| Withheld::Broken(e.to_string()))?
+        {
+            event.data = data;
+        }
         Ok(event)
     }
 
