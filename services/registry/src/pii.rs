@@ -102,8 +102,10 @@ pub fn pseudonym(secret: &[u8], department: &str, value: &str) -> String {
 /// A payload whose personal data could not be pseudonymised (delivery withholds it).
 #[derive(Debug, thiserror::Error)]
 pub enum PiiError {
+    /// The payload is not a JSON document (or a value at a path does not decode).
     #[error("payload with personal data is not JSON: {0}")]
     NotJson(#[from] serde_json::Error),
+    /// The payload is not UTF-8 text.
     #[error("payload with personal data is not JSON: not UTF-8: {0}")]
     NotUtf8(#[from] std::str::Utf8Error),
     /// A located value lies outside the payload or before one already replaced (serde_json
