@@ -139,3 +139,37 @@ async fn garbage_bytes_on_ingress_are_dead_lettered_as_malformed_and_registry_ke
     kakehashi_tests::services::wait_serving(registry.addr).await;
     bus::register_schema(&registry.endpoint(), TYPE, schema()).await;
 }
+
+#[tokio::test]
+async fn a_payload_naming_a_key_twice_is_dead_lettered_not_delivered() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(registry_config(&nats)).await;
+    let adapter = Adapter::start(adapter_config(&nats)).await;
+    FLOW.prepare(&registry.endpoint(), schema()).await;
+    let mut deliveries = FLOW.open(&registry.endpoint(), 10).await;
+
+    // Valid if the last `dose_number` counts (as a serde_json `Value` reads it), invalid if the
+    // first does (as other parsers read it): the bus must not pick one for its readers.
+    let twice = Event {
+        data: br#"{"dose_number": "two", "dose_number": 2, "vaccine": "mRNA"}"#.to_vec(),
+        ..event(serde_json::json!({}))
+    };
+    let mut publisher = PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
+    let ack = publisher.publish(twice.clone()).await.expect("publish").into_inner();
+
+    let js = async_nats::jetstream::new(nats.admin().await);
+    let dlq_subject = format!("kh.dlq.{SOURCE}.{TYPE}");
+    let letters = wait::until("the event in KH_DLQ", Duration::from_secs(20), || {
+        let js = js.clone();
+        let subject = dlq_subject.clone();
+        async move { Some(dead_letters(&js, &subject).await).filter(|l| !l.is_empty()) }
+    })
+    .await;
+    let letter = &letters[0];
+    assert_eq!(letter.reason, "schema_violation");
+    assert_eq!(letter.event_id, ack.event_id);
+    assert!(letter.message.contains("duplicate key"), "{}", letter.message);
+    let raw = Event::decode(letter.raw.as_ref()).expect("raw bytes are the original envelope");
+    assert_eq!(raw.data, twice.data, "the payload is kept byte for byte");
+    deliveries.expect_nothing_for(Duration::from_millis(1500), "nothing is delivered").await;
+}

@@ -190,7 +190,8 @@ pub fn check_payload(
     limits: CheckLimits,
 ) -> Result<(), PayloadRejected> {
     check_size(data, limits)?;
-    let payload: serde_json::Value = serde_json::from_slice(data).map_err(|e| PayloadRejected {
+    // A key named twice is refused: readers disagree on which of the two counts.
+    let payload = super::unique_keys::parse(data).map_err(|e| PayloadRejected {
         reason: Reason::SchemaViolation,
         message: format!("payload is not JSON: {e}"),
         violations: Vec::new(),
