@@ -54,6 +54,18 @@ async fn dead_letters(js: &async_nats::jetstream::Context, subject: &str) -> Vec
     out
 }
 
+/// Waits (20 s at most) until this flow's subject has dead letters in KH_DLQ; returns them.
+async fn first_dead_letters(nats: &NatsServer, what: &str) -> Vec<DeadLetter> {
+    let js = async_nats::jetstream::new(nats.admin().await);
+    let dlq_subject = format!("kh.dlq.{SOURCE}.{TYPE}");
+    wait::until(what, Duration::from_secs(20), || {
+        let js = js.clone();
+        let subject = dlq_subject.clone();
+        async move { Some(dead_letters(&js, &subject).await).filter(|l| !l.is_empty()) }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn valid_event_is_delivered_and_invalid_one_is_dead_lettered_with_pointer() {
     let nats = NatsServer::start();
@@ -85,15 +97,7 @@ async fn valid_event_is_delivered_and_invalid_one_is_dead_lettered_with_pointer(
     assert_eq!(ev.id, valid.event_id);
     assert_eq!(ev.source, SOURCE);
 
-    let client = nats.admin().await;
-    let js = async_nats::jetstream::new(client);
-    let dlq_subject = format!("kh.dlq.{SOURCE}.{TYPE}");
-    let letters = wait::until("the invalid event in KH_DLQ", Duration::from_secs(20), || {
-        let js = js.clone();
-        let subject = dlq_subject.clone();
-        async move { Some(dead_letters(&js, &subject).await).filter(|l| !l.is_empty()) }
-    })
-    .await;
+    let letters = first_dead_letters(&nats, "the invalid event in KH_DLQ").await;
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!(letter.reason, "schema_violation");
@@ -157,14 +161,7 @@ async fn a_payload_naming_a_key_twice_is_dead_lettered_not_delivered() {
     let mut publisher = PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
     let ack = publisher.publish(twice.clone()).await.expect("publish").into_inner();
 
-    let js = async_nats::jetstream::new(nats.admin().await);
-    let dlq_subject = format!("kh.dlq.{SOURCE}.{TYPE}");
-    let letters = wait::until("the event in KH_DLQ", Duration::from_secs(20), || {
-        let js = js.clone();
-        let subject = dlq_subject.clone();
-        async move { Some(dead_letters(&js, &subject).await).filter(|l| !l.is_empty()) }
-    })
-    .await;
+    let letters = first_dead_letters(&nats, "the event in KH_DLQ").await;
     let letter = &letters[0];
     assert_eq!(letter.reason, "schema_violation");
     assert_eq!(letter.event_id, ack.event_id);
