@@ -211,26 +211,14 @@ fn visit<'a>(
     match serde_json::from_str::<Node<'a>>(raw)? {
         Node::Object(pairs) => {
             for (key, child) in pairs {
-                let below: Vec<&[Step]> = paths
-                    .iter()
-                    .filter_map(|p| match p.split_first() {
-                        Some((Step::Key(k), rest)) if *k == *key => Some(rest),
-                        _ => None,
-                    })
-                    .collect();
+                let below = below(paths, |step| matches!(step, Step::Key(k) if *k == *key));
                 if !below.is_empty() {
                     visit(child.get(), &below, false, splice, token)?;
                 }
             }
         }
         Node::Array(items) => {
-            let below: Vec<&[Step]> = paths
-                .iter()
-                .filter_map(|p| match p.split_first() {
-                    Some((Step::AnyItem, rest)) => Some(rest),
-                    _ => None,
-                })
-                .collect();
+            let below = below(paths, |step| matches!(step, Step::AnyItem));
             if !below.is_empty() {
                 for item in items {
                     visit(item.get(), &below, false, splice, token)?;
@@ -239,6 +227,14 @@ fn visit<'a>(
         }
     }
     Ok(())
+}
+
+/// What is left of each path whose first step `first` accepts.
+fn below<'p>(paths: &[&'p [Step]], first: impl Fn(&Step) -> bool) -> Vec<&'p [Step]> {
+    paths
+        .iter()
+        .filter_map(|p| p.split_first().filter(|(step, _)| first(step)).map(|(_, rest)| rest))
+        .collect()
 }
 
 /// One level of a JSON object or array (`visit` reads nothing else as a `Node`): the object's
