@@ -50,8 +50,8 @@ use kakehashi_proto::v1::{
 };
 use kakehashi_tests::bench::{
     child_pid, connect, cores, cpu_time, create_raw_streams, env_count, example_payload, keyed, latency_ms,
-    new_event, paced, publish_bytes_pipelined, publish_pipelined, relay, setup_registry, status_kb,
-    wait_acked, RAW_IN, RAW_OUT, READER, SOURCE, TYPE,
+    new_event, paced, publish_bytes_pipelined, publish_pipelined, raw_consumer, relay, setup_registry,
+    status_kb, wait_acked, RAW_IN, RAW_OUT, READER, SOURCE, TYPE,
 };
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{bus, NatsServer, Registry};
@@ -130,7 +130,7 @@ async fn run() {
     let publisher = connect(&nats).await;
     let service = connect(&nats).await;
     create_raw_streams(&service).await;
-    let raw_consumer = raw_consumer(&service).await;
+    let raw_consumer = raw_consumer(&service, IN_FLIGHT).await;
 
     let mut rows = Vec::new();
     let mut usage = Vec::new();
@@ -384,22 +384,6 @@ async fn run() {
 }
 
 // ---- NATS ----------------------------------------------------------------------------------
-
-/// The baseline subscriber's durable consumer on RAW_OUT (created before the relay runs, as the
-/// subscription's consumer exists on KH_EVENTS before the validator runs).
-async fn raw_consumer(js: &jetstream::Context) -> consumer::PullConsumer {
-    let s = js.get_stream(RAW_OUT).await.expect("RAW_OUT");
-    s.create_consumer(consumer::pull::Config {
-        durable_name: Some("drain".into()),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
-        max_ack_pending: IN_FLIGHT as i64,
-        max_deliver: -1,
-        ..Default::default()
-    })
-    .await
-    .expect("drain consumer")
-}
 
 /// When a stream was first seen non-empty and when it reached its target.
 struct Fill {

@@ -69,8 +69,8 @@ use kakehashi_proto::v1::{
 };
 use kakehashi_tests::bench::{
     child_pid, connect, cores, cpu_ticks, create_raw_streams, env_usize, example_payload, keyed, latency_ms,
-    new_event, paced, setup_registry, status_kb, wait_acked, KEYS, PUBLISH_WINDOW, RAW_OUT, READER, SOURCE,
-    TYPE,
+    new_event, paced, raw_consumer, setup_registry, status_kb, wait_acked, KEYS, PUBLISH_WINDOW, RAW_OUT,
+    READER, SOURCE, TYPE,
 };
 use kakehashi_tests::{bus, NatsServer};
 use prost::Message as _;
@@ -310,7 +310,7 @@ async fn run(binaries: Binaries) {
     let publisher = connect(&nats).await;
     let service = connect(&nats).await;
     create_raw_streams(&service).await;
-    let raw_consumer = raw_consumer(&service).await;
+    let raw_consumer = raw_consumer(&service, IN_FLIGHT).await;
     let limited = limit_streams(&service, max_gb as i64 * 1024 * 1024 * 1024).await;
 
     let reader_token = token();
@@ -424,25 +424,15 @@ async fn run(binaries: Binaries) {
         raw_b.rate,
         through_adapter.rate / raw_b.rate
     );
-    for (what, ours, raw) in [
-        ("p50", lat_direct.p50, lat_raw.p50),
-        ("p99", lat_direct.p99, lat_raw.p99),
-        ("max", lat_direct.max, lat_raw.max),
-    ] {
-        println!(
-            "| c. latency {what} at {lat_rate} ev/s, direct | {ours:.2} ms | {raw:.2} ms | {:+.2} ms |",
-            ours - raw
-        );
-    }
-    for (what, ours, raw) in [
-        ("p50", lat_adapter.p50, lat_raw.p50),
-        ("p99", lat_adapter.p99, lat_raw.p99),
-        ("max", lat_adapter.max, lat_raw.max),
-    ] {
-        println!(
-            "| c. latency {what} at {lat_rate} ev/s, through the adapter | {ours:.2} ms | {raw:.2} ms | {:+.2} ms |",
-            ours - raw
-        );
+    for (path, lat) in [("direct", &lat_direct), ("through the adapter", &lat_adapter)] {
+        for (what, ours, raw) in
+            [("p50", lat.p50, lat_raw.p50), ("p99", lat.p99, lat_raw.p99), ("max", lat.max, lat_raw.max)]
+        {
+            println!(
+                "| c. latency {what} at {lat_rate} ev/s, {path} | {ours:.2} ms | {raw:.2} ms | {:+.2} ms |",
+                ours - raw
+            );
+        }
     }
     println!();
     println!("d. CPU µs per event, per process (others = busy CPU of the rest of the machine over the same interval, µs per event):");
@@ -765,21 +755,6 @@ async fn read_acks(
 }
 
 // ---- NATS ----------------------------------------------------------------------------------
-
-/// The baseline subscriber's durable consumer on RAW_OUT.
-async fn raw_consumer(js: &jetstream::Context) -> consumer::PullConsumer {
-    let s = js.get_stream(RAW_OUT).await.expect("RAW_OUT");
-    s.create_consumer(consumer::pull::Config {
-        durable_name: Some("drain".into()),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
-        max_ack_pending: IN_FLIGHT as i64,
-        max_deliver: -1,
-        ..Default::default()
-    })
-    .await
-    .expect("drain consumer")
-}
 
 /// Sets `max_bytes` on the streams that grow with the run (as the break-glass identity), so a
 /// long run cannot fill the disk; returns the streams it was set on.

@@ -120,6 +120,23 @@ pub async fn create_raw_streams(js: &jetstream::Context) {
     .expect("RAW_OUT");
 }
 
+/// The baseline subscriber's durable consumer on [`RAW_OUT`], at most `in_flight` unacked (created
+/// before the relay runs, as the subscription's consumer exists on KH_EVENTS before the
+/// validator runs).
+pub async fn raw_consumer(js: &jetstream::Context, in_flight: usize) -> consumer::PullConsumer {
+    let s = js.get_stream(RAW_OUT).await.expect("RAW_OUT");
+    s.create_consumer(consumer::pull::Config {
+        durable_name: Some("drain".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: in_flight as i64,
+        max_deliver: -1,
+        ..Default::default()
+    })
+    .await
+    .expect("drain consumer")
+}
+
 /// The subject the raw baseline's events go to: [`TYPE`]'s `kh.ev.…` subject under `kh.rawev.`.
 pub fn raw_events_subject() -> String {
     subjects::events(TYPE).replacen("kh.ev.", "kh.rawev.", 1)
