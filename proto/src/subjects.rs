@@ -130,19 +130,12 @@ pub fn dead_letter(source: &str, event_type: &str) -> String {
     format!("kh.dlq.{source}.{event_type}")
 }
 
-/// `kh.audit.<event id>`: flow records of one event.
-pub fn audit(event_id: &str) -> String {
-    format!("kh.audit.{event_id}")
-}
-
-/// `KH_EVENTS` sequences whose delivery hops share one audit subject ([`audit_hops`]).
-pub const HOP_BUCKET: u64 = 1024;
-
-/// `kh.audit.s.<KH_EVENTS sequence / HOP_BUCKET>`: batched delivery hops of the events stored
-/// at those sequences. An event id is a UUID or ULID, so it is never `s`.
-pub fn audit_hops(events_seq: u64) -> String {
-    format!("kh.audit.s.{}", events_seq / HOP_BUCKET)
-}
+/// `kh.audit.b`: where every audit record is written, batch records of many hops and records
+/// of one hop alike. One subject for the whole trail: nats-server keeps state per distinct
+/// subject for as long as a message on it is retained, so a subject per event (as trails
+/// written before 2026-12-03 have, `kh.audit.<event id>` and `kh.audit.s.<n>`) made its memory
+/// grow with every event. An event's records are found through the registry's trace index.
+pub const AUDIT_RECORDS: &str = "kh.audit.b";
 
 /// The events filter for a subscription pattern (`health.>` → `kh.ev.health.>`).
 pub fn events_filter(type_pattern: &str) -> String {

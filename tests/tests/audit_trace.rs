@@ -112,11 +112,12 @@ async fn delivered_event_trace_shows_validation_delivery_and_ack_in_order() {
                 <= w[1].time.as_ref().map(|t| (t.seconds, t.nanos))
         );
     }
-    // Reading the trail leaves no consumer behind (each would live on for 30 s otherwise, and
-    // a burst of traces would reach the server's consumer limit).
+    // Tracing leaves no consumer behind (each would live on for 30 s otherwise, and a burst of
+    // traces would reach the server's consumer limit): the registry's trace index holds the
+    // only one.
     let js = jetstream::new(bus.nats.admin().await);
     let audit = js.get_stream("KH_AUDIT").await.expect("stream").info().await.expect("info").clone();
-    assert_eq!(audit.state.consumer_count, 0, "consumers left on KH_AUDIT after tracing");
+    assert_eq!(audit.state.consumer_count, 1, "consumers on KH_AUDIT after tracing");
 }
 
 #[tokio::test]
@@ -217,24 +218,22 @@ async fn audit_verify_names_a_tampered_record() {
     let conn = conn(&bus);
     kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
 
-    // Rewrite history: remove a batch record holding a "delivered" hop and put back a copy
-    // with that hop forged.
+    // Rewrite history: remove the record holding a "delivered" hop (a batch record, or a
+    // record of that hop alone) and put back a copy with that hop forged.
     let (victim_seq, victim) =
         records.iter().find(|(_, r)| has_hop(r, "delivered") && r.seq > 1).cloned().expect("victim");
-    assert_eq!(victim.hop, kakehashi_runtime::audit::BATCH_HOP, "delivery hops are batched: {victim:?}");
     let stream_handle = js.get_stream("KH_AUDIT").await.expect("stream");
     stream_handle.delete_message(victim_seq).await.expect("delete");
     let mut forged = victim.clone();
-    let hop = forged.hops.iter_mut().find(|h| h.hop == "delivered").expect("delivered hop");
-    hop.outcome = "forged".into();
-    js.publish(
-        kakehashi_proto::subjects::audit_hops(forged.events_seq),
-        serde_json::to_vec(&forged).expect("json").into(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("stored");
+    match forged.hops.iter_mut().find(|h| h.hop == "delivered") {
+        Some(hop) => hop.outcome = "forged".into(),
+        None => forged.outcome = "forged".into(),
+    }
+    js.publish(kakehashi_proto::subjects::AUDIT_RECORDS, serde_json::to_vec(&forged).expect("json").into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
 
     let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
     let broken = kakehashi_runtime::audit::verify(&after, &[], 0);

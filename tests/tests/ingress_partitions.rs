@@ -33,9 +33,9 @@ async fn validated_by_actor(js: &async_nats::jetstream::Context) -> BTreeMap<Str
     while let Ok(m) = stream.get_raw_message(seq).await {
         seq = m.sequence + 1;
         let r: AuditRecord = serde_json::from_slice(&m.payload).expect("audit record");
-        if r.hop == "validated" {
+        for hop in r.into_hops().into_iter().filter(|h| h.hop == "validated") {
             // `<instance>#<start>`: counted per instance.
-            let instance = r.actor.split('#').next().unwrap_or_default().to_string();
+            let instance = hop.actor.split('#').next().unwrap_or_default().to_string();
             *by_actor.entry(instance).or_insert(0) += 1;
         }
     }

@@ -37,6 +37,8 @@ pub struct RegistryConfig {
     pub validator: ValidatorConfig,
     /// Delivery to subscribers.
     pub delivery: DeliveryConfig,
+    /// The index `Flows.TraceEvent` finds an event's audit records with.
+    pub trace_index: crate::trace_index::TraceIndexConfig,
     /// Compatibility mode for subjects without an override, until one is set through the API.
     pub default_compatibility: String,
     /// Key of the per-department My Number pseudonyms (`KAKEHASHI_PSEUDONYM_SECRET`). The
@@ -131,6 +133,7 @@ impl Default for RegistryConfig {
             limits: Limits::default(),
             validator: ValidatorConfig::default(),
             delivery: DeliveryConfig::default(),
+            trace_index: Default::default(),
             default_compatibility: "BACKWARD".into(),
             pseudonym_secret: DEV_PSEUDONYM_SECRET.into(),
             pseudonym_secret_file: None,
@@ -191,6 +194,9 @@ impl RegistryConfig {
         settings::env_parse("KAKEHASHI_DELEGATES_FOR_ADMINS", &mut cfg.delegates_for_admins)?;
         settings::env_parse("KAKEHASHI_GRPC_ADDR", &mut cfg.grpc_addr)?;
         settings::env_string("KAKEHASHI_INSTANCE", &mut cfg.instance);
+        if let Ok(v) = std::env::var("KAKEHASHI_TRACE_INDEX_PATH") {
+            cfg.trace_index.path = (!v.is_empty()).then(|| v.into());
+        }
         if std::env::var("KAKEHASHI_METRICS_ADDR").is_ok() {
             let mut addr = SocketAddr::from(([127, 0, 0, 1], 9464));
             settings::env_parse("KAKEHASHI_METRICS_ADDR", &mut addr)?;
@@ -253,6 +259,7 @@ mod tests {
             ("limits", format!("{:?}", parsed.limits), format!("{:?}", default.limits)),
             ("validator", format!("{:?}", parsed.validator), format!("{:?}", default.validator)),
             ("delivery", format!("{:?}", parsed.delivery), format!("{:?}", default.delivery)),
+            ("trace_index", format!("{:?}", parsed.trace_index), format!("{:?}", default.trace_index)),
             ("nats_url", parsed.nats_url.clone(), default.nats_url.clone()),
             ("grpc_addr", parsed.grpc_addr.to_string(), default.grpc_addr.to_string()),
             (

@@ -369,7 +369,7 @@ impl Session {
         // The client is gone: hand its unacked events back for redelivery now.
         for f in unacked.drain() {
             let _ = f.acker.ack_with(AckKind::Nak(None)).await;
-            self.audit.record_delivery_hop(f.into_record("nacked", "error", "subscriber disconnected")).await;
+            self.audit.record(f.into_record("nacked", "error", "subscriber disconnected")).await;
         }
     }
 
@@ -451,7 +451,7 @@ impl Session {
                 r.events_seq = seq;
                 r.department = self.sub.department.clone();
                 r.subscription = self.consumer_name.clone();
-                self.audit.record_delivery_hop(r).await;
+                self.audit.record(r).await;
             }
             return true;
         }
@@ -503,7 +503,7 @@ impl Session {
                     r.events_seq = seq;
                     r.department = self.sub.department.clone();
                     r.subscription = self.consumer_name.clone();
-                    self.audit.record_delivery_hop(r).await;
+                    self.audit.record(r).await;
                 }
             }
             return true;
@@ -540,7 +540,7 @@ impl Session {
             return false;
         }
         self.delivered.inc();
-        self.audit.record_delivery_hop(record.clone()).await;
+        self.audit.record(record.clone()).await;
         unacked.insert(id, seq, InFlight { acker, record, span, validated_at, delivery_ids: Vec::new() });
         true
     }
@@ -674,7 +674,7 @@ impl Session {
                                 if let Some(t) = f.validated_at {
                                     self.latency.observe(crate::metrics::since(t));
                                 }
-                                self.audit.record_delivery_hop(f.into_record("acked", "ok", "")).await
+                                self.audit.record(f.into_record("acked", "ok", "")).await
                             }
                             Err(e) => tracing::warn!(error = %e, "ack failed; the event will be redelivered"),
                         }
@@ -687,7 +687,7 @@ impl Session {
                     let delay = n.delay.and_then(|d| Duration::try_from(d).ok());
                     let _ = f.acker.ack_with(AckKind::Nak(delay)).instrument(nack_span).await;
                     let detail = delay.map(|d| format!("redeliver after {d:?}")).unwrap_or_default();
-                    self.audit.record_delivery_hop(f.into_record("nacked", "error", &detail)).await;
+                    self.audit.record(f.into_record("nacked", "error", &detail)).await;
                 }
             }
             Some(subscribe_request::Request::Open(_)) | None => {

@@ -28,6 +28,7 @@ pub mod repeats;
 pub mod store;
 pub mod stream_claims;
 pub mod subscriptions;
+pub mod trace_index;
 pub mod validation;
 pub mod validator;
 mod watched;
@@ -151,6 +152,13 @@ pub async fn run_with(
     let grpc_metrics = kakehashi_runtime::grpc::GrpcMetrics::new(&metrics.registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_metrics = stop_rx.clone();
+    let trace_index = trace_index::TraceIndex::start(
+        js.clone(),
+        &config.trace_index,
+        Duration::from_secs(config.topology.audit_max_age_secs),
+        stop_rx.clone(),
+    )
+    .map_err(|e| RunError::Startup(e.to_string()))?;
     // One set of limits for the validator and the dry run, so they cannot disagree.
     let check_limits = validator::CheckLimits {
         max_payload_bytes: config.limits.max_payload_bytes,
@@ -215,7 +223,12 @@ pub async fn run_with(
         policies: policies.clone(),
         secret: Arc::from(config.pseudonym_secret.as_bytes()),
     };
-    let flows = api::flows::FlowsService::new(js.clone(), identities.clone(), config.limits.max_audit_scan);
+    let flows = api::flows::FlowsService::new(
+        js.clone(),
+        identities.clone(),
+        trace_index,
+        config.limits.max_audit_scan,
+    );
     let dead_letters = api::dead_letters::DeadLettersService::new(
         js.clone(),
         identities.clone(),

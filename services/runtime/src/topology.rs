@@ -27,8 +27,9 @@ pub struct TopologyConfig {
     /// Audit records a process holds waiting to be written; when full, hops wait (no record
     /// is dropped).
     pub audit_queue: usize,
-    /// Most delivery hops one batch record of `KH_AUDIT` holds (hops queued together are
-    /// written as one record; a batch is never waited for).
+    /// Most hops one batch record of `KH_AUDIT` holds (hops queued together are written as one
+    /// record; a batch is never waited for). A batch is also closed before its JSON could reach
+    /// half of `max_message_bytes`.
     pub audit_batch_hops: usize,
     /// Dedup window of `Nats-Msg-Id`; must exceed the longest ack wait and publish retry span.
     pub dedup_window_secs: u64,

@@ -167,18 +167,24 @@ async fn replay(
 async fn follow(js: &jetstream::Context, event_id: &str, since_us: i64, wait: std::time::Duration) -> String {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
+        // The trail since the replay (records are stamped when the act happened, stored a
+        // little later: a second of slack).
+        let start_time =
+            time::OffsetDateTime::from_unix_timestamp_nanos((since_us as i128 - 1_000_000) * 1000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
         let found = kakehashi_registry::api::flows::read_audit(
             js,
-            &kakehashi_proto::subjects::audit(event_id),
-            consumer::DeliverPolicy::All,
-            10_000,
+            kakehashi_proto::subjects::AUDIT_ALL,
+            consumer::DeliverPolicy::ByStartTime { start_time },
+            100_000,
         )
         .await;
         if let Ok((records, _)) = found {
-            let verdict = records
-                .iter()
-                .map(|(_, r)| r)
-                .rfind(|r| r.time_us >= since_us && matches!(r.hop.as_str(), "validated" | "dead_lettered"));
+            let verdict = records.iter().map(|(_, r)| r).rfind(|r| {
+                r.event_id == event_id
+                    && r.time_us >= since_us
+                    && matches!(r.hop.as_str(), "validated" | "dead_lettered")
+            });
             if let Some(r) = verdict {
                 return match r.hop.as_str() {
                     "validated" => format!("validated against schema version {}", r.schema_version),

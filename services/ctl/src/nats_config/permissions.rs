@@ -4,7 +4,7 @@
 //! cannot reach the bus's JetStream API, its streams or any other identity's inbox at all.
 
 use kakehashi_proto::subjects::{
-    BUCKET_CONFIG, BUCKET_SCHEMAS, STREAM_AUDIT, STREAM_DLQ, STREAM_EVENTS, STREAM_INGRESS,
+    self, BUCKET_CONFIG, BUCKET_SCHEMAS, STREAM_AUDIT, STREAM_DLQ, STREAM_EVENTS, STREAM_INGRESS,
 };
 
 /// Allow and deny lists for one identity (NATS subject wildcards).
@@ -59,7 +59,7 @@ impl Service {
         let publish = &mut p.publish_allow;
         match self {
             Service::Registry => {
-                publish.extend(strings(&["kh.ev.>", "kh.dlq.>", "kh.audit.>"]));
+                publish.extend(strings(&["kh.ev.>", "kh.dlq.>", subjects::AUDIT_RECORDS]));
                 // Redriving a dead letter (`DeadLetters` API) puts its raw bytes back on its
                 // source's ingress, for a caller the gRPC layer proved may.
                 publish.push("kh.in.*.>".into());
@@ -80,7 +80,7 @@ impl Service {
             Service::Adapter => {
                 // Any department's ingress: the adapter publishes for the caller its gRPC
                 // credentials proved, never for a claimed source.
-                publish.extend(strings(&["kh.in.*.>", "kh.audit.>"]));
+                publish.extend(strings(&["kh.in.*.>", subjects::AUDIT_RECORDS]));
                 publish.push(format!("$KV.{BUCKET_CONFIG}.{}>", kakehashi_runtime::audit::HEAD_PREFIX));
                 publish.extend(topology_setup());
                 // Schema versions by direct get only: no consumers at all, so the adapter has

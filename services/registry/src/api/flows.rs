@@ -1,6 +1,7 @@
 //! `Flows`: where did an event go? Answered from the audit trail in `KH_AUDIT`.
 
-use async_nats::jetstream::{self, consumer};
+use crate::trace_index::{LookupError, TraceIndex};
+use async_nats::jetstream::{self, consumer, stream::RawMessageErrorKind};
 use kakehashi_proto::subjects;
 use kakehashi_proto::v1::flows_server::Flows;
 use kakehashi_proto::v1::*;
@@ -15,6 +16,8 @@ use tonic::{Request, Response, Status};
 pub struct FlowsService {
     js: jetstream::Context,
     identities: Identities,
+    /// Which audit records hold an event's hops.
+    index: TraceIndex,
     /// Most audit records one FindEvents scan reads.
     max_scan: usize,
 }
@@ -23,8 +26,52 @@ impl FlowsService {
     /// New service. Administrators see every hop; a department only the hops that concern it
     /// (it published the event, or read it), as X-Road lets each member query its own
     /// monitoring data.
-    pub fn new(js: jetstream::Context, identities: Identities, max_scan: usize) -> Self {
-        Self { js, identities, max_scan }
+    pub fn new(js: jetstream::Context, identities: Identities, index: TraceIndex, max_scan: usize) -> Self {
+        Self { js, identities, index, max_scan }
+    }
+
+    /// Every hop of `event_id`: the records the index names, read by sequence, unpacked and
+    /// kept to that event's hops.
+    async fn hops_of(&self, event_id: &str) -> Result<Vec<(u64, AuditRecord)>, Status> {
+        let stream = self
+            .js
+            .get_stream(subjects::STREAM_AUDIT)
+            .await
+            .map_err(|e| Status::unavailable(format!("{}: {e}", subjects::STREAM_AUDIT)))?;
+        // Everything stored before the question is in the answer.
+        let target = stream.cached_info().state.last_sequence;
+        let seqs = self.index.records_of(event_id, target).await.map_err(|e| match e {
+            LookupError::Behind { .. } => Status::unavailable(e.to_string()),
+            other => Status::internal(other.to_string()),
+        })?;
+        let mut out = Vec::new();
+        for seq in seqs.into_iter().take(self.max_scan) {
+            // From the stream's leader: direct gets need `allow_direct`, which streams created
+            // by earlier versions do not have (creating never changes an existing stream).
+            let message = match stream.get_raw_message(seq).await {
+                Ok(m) => m,
+                // Expired (or deleted) since it was indexed: nothing of it to show.
+                Err(e) if is_gone(e.kind()) => continue,
+                Err(e) => return Err(Status::unavailable(format!("audit record {seq}: {e}"))),
+            };
+            match serde_json::from_slice::<AuditRecord>(&message.payload) {
+                Ok(r) => {
+                    out.extend(r.into_hops().into_iter().filter(|h| h.event_id == event_id).map(|h| (seq, h)))
+                }
+                Err(e) => tracing::warn!(seq, error = %e, "unreadable audit record"),
+            }
+        }
+        kakehashi_runtime::audit::drop_repeats(&mut out);
+        Ok(out)
+    }
+}
+
+/// Whether a stream answered that the message asked for is not there.
+fn is_gone(kind: RawMessageErrorKind) -> bool {
+    match kind {
+        RawMessageErrorKind::NoMessageFound => true,
+        RawMessageErrorKind::JetStream(e) => e.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND,
+        _ => false,
     }
 }
 
@@ -43,17 +90,6 @@ pub async fn read_audit(
     start: consumer::DeliverPolicy,
     max: usize,
 ) -> Result<(Vec<(u64, AuditRecord)>, bool), Status> {
-    read_audit_where(js, filter, start, max, |_| true).await
-}
-
-/// [`read_audit`], keeping only the hops `keep` accepts.
-async fn read_audit_where(
-    js: &jetstream::Context,
-    filter: &str,
-    start: consumer::DeliverPolicy,
-    max: usize,
-    keep: impl Fn(&AuditRecord) -> bool,
-) -> Result<(Vec<(u64, AuditRecord)>, bool), Status> {
     let mut out = Vec::new();
     let truncated = kakehashi_runtime::streams::read_each(
         js,
@@ -64,7 +100,7 @@ async fn read_audit_where(
         Duration::from_millis(500),
         |seq, payload| {
             match serde_json::from_slice::<AuditRecord>(payload) {
-                Ok(r) => out.extend(r.into_hops().into_iter().filter(|h| keep(h)).map(|h| (seq, h))),
+                Ok(r) => out.extend(r.into_hops().into_iter().map(|h| (seq, h))),
                 Err(e) => tracing::warn!(seq, error = %e, "unreadable audit record"),
             }
             true
@@ -112,22 +148,7 @@ impl Flows for FlowsService {
         if !kakehashi_proto::ids::is_valid_event_id(&event_id) {
             return Err(Status::invalid_argument("event_id must be a UUID or ULID"));
         }
-        let (mut records, _) =
-            read_audit(&self.js, &subjects::audit(&event_id), consumer::DeliverPolicy::All, self.max_scan)
-                .await?;
-        // Its delivery hops are batched under the subject of where it is stored in KH_EVENTS,
-        // which its `validated` records name (a redriven event may have been stored twice).
-        let stored: std::collections::BTreeSet<String> = records
-            .iter()
-            .filter(|(_, r)| r.events_seq != 0)
-            .map(|(_, r)| subjects::audit_hops(r.events_seq))
-            .collect();
-        for subject in stored {
-            let all = consumer::DeliverPolicy::All;
-            let of_event = |r: &AuditRecord| r.event_id == event_id;
-            let (hops, _) = read_audit_where(&self.js, &subject, all, self.max_scan, of_event).await?;
-            records.extend(hops);
-        }
+        let mut records = self.hops_of(&event_id).await?;
         // Hops of other departments are left out; an event with none of the caller's hops is
         // answered like an unknown one, so its existence is not revealed either.
         records.retain(|(_, r)| concerns(&scope, r));

@@ -1,11 +1,9 @@
-//! The audit trail: every hop of every event appends a flow record to `KH_AUDIT`. Hops before
-//! delivery (published, validated, dead-lettered, …) are records of their own under
-//! `kh.audit.<event id>`; the `validated` record names where the event is stored in `KH_EVENTS`.
-//! Delivery hops are written in batch records, one per handful of hops that were queued together,
-//! under `kh.audit.s.<KH_EVENTS sequence / 1024>` ([`kakehashi_proto::subjects::audit_hops`]), so an event's hops
-//! are found from its id in two subject reads ([`AuditRecord::into_hops`] unpacks them). The
-//! records one process writes form a hash chain — each carries its sequence number in the chain
-//! and the hash of its predecessor — and the chain's head is anchored in `KH_CONFIG`
+//! The audit trail: every hop of every event appends a flow record to `KH_AUDIT`, all under
+//! one subject ([`kakehashi_proto::subjects::AUDIT_RECORDS`]). The hops a process finds queued
+//! together go into one batch record; an event's records are found through the registry's trace
+//! index, which maps event ids to stream sequences ([`AuditRecord::into_hops`] unpacks a batch).
+//! The records one process writes form a hash chain — each carries its sequence number in the
+//! chain and the hash of its predecessor — and the chain's head is anchored in `KH_CONFIG`
 //! ([`read_heads`]), so a deleted or altered record, the newest included, is detectable
 //! ([`verify`]); a batch record is one link, its hash covering all its hops.
 //!
@@ -56,8 +54,7 @@ pub struct AuditRecord {
     pub subscription: String,
     /// Schema version validated against.
     pub schema_version: u32,
-    /// Where the event is stored in `KH_EVENTS` (0: not stored there, or recorded before this
-    /// field existed): its delivery hops are under [`kakehashi_proto::subjects::audit_hops`] of it.
+    /// Where the event is stored in `KH_EVENTS` (0: not stored there, or not known to the hop).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub events_seq: u64,
     /// The hops of a batch record (empty for a record of one hop, whose fields above describe
@@ -182,7 +179,7 @@ fn is_zero_u32(t: &u32) -> bool {
 pub struct BatchedHop {
     /// Event id.
     pub event_id: String,
-    /// delivered, acked, nacked, delivery_exhausted, withheld.
+    /// Any hop but `batch` (see [`AuditRecord::hop`]).
     pub hop: String,
     /// Unix time in microseconds.
     pub time_us: i64,
@@ -194,17 +191,18 @@ pub struct BatchedHop {
     /// W3C trace id, when the event carries trace context.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trace_id: String,
-    /// The reader's department.
+    /// Department concerned: the publisher, or the reader for delivery hops.
     pub department: String,
     /// Event type.
     pub event_type: String,
-    /// Subscription.
+    /// Subscription, for delivery hops.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subscription: String,
     /// Schema version the event was validated against.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub schema_version: u32,
-    /// Where the event is stored in `KH_EVENTS` (names the batch's subject).
+    /// Where the event is stored in `KH_EVENTS` (0: not stored there, or not known to the hop).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub events_seq: u64,
 }
 
@@ -226,14 +224,6 @@ impl From<AuditRecord> for BatchedHop {
     }
 }
 
-/// A record on its way to the audit task.
-#[derive(Debug)]
-pub(crate) struct Queued {
-    record: AuditRecord,
-    /// Written in a batch record under [`kakehashi_proto::subjects::audit_hops`] of its `events_seq`.
-    batched: bool,
-}
-
 /// The `hop` of a batch record ([`AuditRecord::hops`]).
 pub const BATCH_HOP: &str = "batch";
 
@@ -243,9 +233,8 @@ pub const GENESIS: &str = "genesis";
 /// Hands records to the audit task.
 #[derive(Clone, Debug)]
 pub struct AuditWriter {
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<AuditRecord>,
     actor: String,
-    chain: String,
     /// When the anchored head last matched the stored chain (Unix µs; 0 = not yet), for metrics.
     anchored: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
@@ -260,9 +249,10 @@ impl AuditWriter {
         let anchor_every = std::time::Duration::from_millis(topology.audit_anchor_ms);
         let chain = now_us().to_string();
         let anchored = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
-        let anchor = writer::Anchor::new(heads, actor.clone(), chain.clone(), anchor_every, anchored.clone());
-        tokio::spawn(writer::write_loop(js, anchor, rx, topology.audit_batch_hops.max(1)));
-        Self { tx, actor, chain, anchored }
+        let anchor = writer::Anchor::new(heads, actor.clone(), chain, anchor_every, anchored.clone());
+        let batch_bytes = usize::try_from(topology.max_message_bytes / 2).unwrap_or(0).max(1);
+        tokio::spawn(writer::write_loop(js, anchor, rx, topology.audit_batch_hops.max(1), batch_bytes));
+        Self { tx, actor, anchored }
     }
 
     /// Records waiting in the queue to be written.
@@ -286,29 +276,14 @@ impl AuditWriter {
         &self.actor
     }
 
-    /// Appends a record (actor, time, chain fields are filled in). When the queue is full the
-    /// record waits: an audit trail with holes would defeat its purpose.
-    pub async fn record(&self, r: AuditRecord) {
-        self.queue(r, false).await;
-    }
-
-    /// Appends a delivery hop of an event stored at `r.events_seq` of `KH_EVENTS`: written with
-    /// the other such hops queued at the same time in one batch record (a record of its own
-    /// when `events_seq` is 0).
-    pub async fn record_delivery_hop(&self, r: AuditRecord) {
-        let batched = r.events_seq != 0;
-        self.queue(r, batched).await;
-    }
-
-    async fn queue(&self, mut r: AuditRecord, batched: bool) {
-        if !batched {
-            r.actor = self.actor.clone();
-            r.chain = self.chain.clone();
-        }
+    /// Appends a record (actor, time, chain fields are filled in); it is written with the other
+    /// hops queued at the same time, in one batch record. When the queue is full the record
+    /// waits: an audit trail with holes would defeat its purpose.
+    pub async fn record(&self, mut r: AuditRecord) {
         if r.time_us == 0 {
             r.time_us = now_us();
         }
-        if self.tx.send(Queued { record: r, batched }).await.is_err() {
+        if self.tx.send(r).await.is_err() {
             tracing::warn!("audit task stopped; record dropped");
         }
     }

@@ -1,20 +1,21 @@
 //! The audit task: chains records, publishes them pipelined, republishes what is not
 //! confirmed, and anchors the chain's head.
 
-use super::{chain_name, head_key, now_us, AuditRecord, ChainHead, Queued, BATCH_HOP, GENESIS};
+use super::{chain_name, head_key, now_us, AuditRecord, ChainHead, BATCH_HOP, GENESIS};
 use async_nats::jetstream::{self, kv};
 use kakehashi_proto::subjects;
 use std::collections::BTreeMap;
 use tokio::sync::{mpsc, watch};
 
-/// Chains and publishes the records arriving on `rx`, for as long as writers exist. Delivery
-/// hops queued together go into batch records of at most `batch_hops` hops, one per hop
-/// subject; other records are written one by one.
+/// Chains and publishes the records arriving on `rx`, for as long as writers exist. The hops
+/// queued together (at most `batch_hops`) go into one batch record; a hop found alone is a
+/// record of its own. Every record goes to [`subjects::AUDIT_RECORDS`].
 pub(super) async fn write_loop(
     js: jetstream::Context,
     anchor: Anchor,
-    mut rx: mpsc::Receiver<Queued>,
+    mut rx: mpsc::Receiver<AuditRecord>,
     batch_hops: usize,
+    batch_bytes: usize,
 ) {
     let client = js.client();
     // Every record is published with a reply subject of its own under one inbox, and
@@ -38,50 +39,47 @@ pub(super) async fn write_loop(
     let publisher = Publisher { client, inbox };
     tokio::spawn(confirm_loop(publisher.clone(), acks, confirm_rx, anchor));
     let mut links = Links { prev: GENESIS.to_string(), prev_time: 0, seq: 0, publisher, confirm_tx };
-    // Batch records being filled, by hop subject: a handful at most (one per 1,024 events).
-    let mut batches: Vec<AuditRecord> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        // What is queued now, up to one full batch's worth: never waits for more, so a hop is
-        // written as soon as the task is free (batches grow only when hops arrive faster).
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(Queued { record, batched }) = next.take() {
-            taken += 1;
-            if !batched {
-                links.write(record, None).await;
-            } else {
-                let bucket = record.events_seq / subjects::HOP_BUCKET;
-                let at = match batches.iter().position(|b| b.events_seq / subjects::HOP_BUCKET == bucket) {
-                    Some(at) => at,
-                    None => {
-                        batches.push(AuditRecord {
-                            hop: BATCH_HOP.to_string(),
-                            actor: actor.clone(),
-                            chain: chain.clone(),
-                            events_seq: record.events_seq,
-                            hops: Vec::with_capacity(batch_hops.min(64)),
-                            ..Default::default()
-                        });
-                        batches.len() - 1
-                    }
-                };
-                batches[at].time_us = batches[at].time_us.max(record.time_us);
-                batches[at].hops.push(record.into());
-                if batches[at].hops.len() >= batch_hops {
-                    let full = batches.swap_remove(at);
-                    let subject = subjects::audit_hops(full.events_seq);
-                    links.write(full, Some(subject)).await;
+    let mut hops: Vec<AuditRecord> = Vec::with_capacity(batch_hops.min(256));
+    while let Some(record) = rx.recv().await {
+        // What is queued now, up to one full batch: never waits for more, so a hop is written
+        // as soon as the task is free (batches grow only when hops arrive faster).
+        let mut bytes = approx_json_len(&record);
+        hops.push(record);
+        while hops.len() < batch_hops && bytes < batch_bytes {
+            match rx.try_recv() {
+                Ok(record) => {
+                    bytes += approx_json_len(&record);
+                    hops.push(record);
                 }
-            }
-            if taken < batch_hops {
-                next = rx.try_recv().ok();
+                Err(_) => break,
             }
         }
-        for b in batches.drain(..) {
-            let subject = subjects::audit_hops(b.events_seq);
-            links.write(b, Some(subject)).await;
-        }
+        let record = if hops.len() == 1 {
+            let mut single = hops.pop().unwrap_or_default();
+            single.actor.clone_from(&actor);
+            single.chain.clone_from(&chain);
+            single
+        } else {
+            AuditRecord {
+                hop: BATCH_HOP.to_string(),
+                actor: actor.clone(),
+                chain: chain.clone(),
+                time_us: hops.iter().map(|h| h.time_us).max().unwrap_or_default(),
+                hops: hops.drain(..).map(Into::into).collect(),
+                ..Default::default()
+            }
+        };
+        links.write(record).await;
     }
+}
+
+/// About how many bytes of JSON a hop takes in a batch record (its strings, escaping aside, and
+/// the field names and numbers around them): keeps a batch of long details under the stream's
+/// message limit.
+fn approx_json_len(r: &AuditRecord) -> usize {
+    let strings = [&r.event_id, &r.hop, &r.outcome, &r.detail, &r.trace_id, &r.department, &r.event_type];
+    // Escaped characters take up to six bytes (`\u001f`); details are short reason text.
+    200 + strings.iter().map(|s| s.len()).sum::<usize>() * 2 + r.subscription.len()
 }
 
 /// The chain as written so far, and where its links go.
@@ -94,8 +92,8 @@ struct Links {
 }
 
 impl Links {
-    /// Chains `r` to the last link and publishes it on `subject` (default: its event's).
-    async fn write(&mut self, mut r: AuditRecord, subject: Option<String>) {
+    /// Chains `r` to the last link and publishes it.
+    async fn write(&mut self, mut r: AuditRecord) {
         self.seq += 1;
         r.seq = self.seq;
         r.prev_hash = std::mem::take(&mut self.prev);
@@ -113,7 +111,6 @@ impl Links {
         };
         self.prev_time = r.time_us;
         let mut pending = Pending {
-            subject: subject.unwrap_or_else(|| kakehashi_proto::subjects::audit(&r.event_id)),
             seq: self.seq,
             hash: r.hash.clone(),
             time_us: r.time_us,
@@ -145,7 +142,6 @@ const MAX_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// cost nats-server an id per record kept for the whole duplicate window, while a record stored
 /// twice is harmless — readers and `verify` drop identical repeats.
 struct Pending {
-    subject: String,
     /// Position in the actor's chain.
     seq: u64,
     /// The record's hash and time (for the anchored head).
@@ -178,7 +174,7 @@ impl Publisher {
     /// Publishes `p`; false when the client did not take it.
     async fn publish(&self, p: &Pending) -> bool {
         let reply = format!("{}.{}", self.inbox, p.seq);
-        self.client.publish_with_reply(p.subject.clone(), reply, p.body.clone()).await.is_ok()
+        self.client.publish_with_reply(subjects::AUDIT_RECORDS, reply, p.body.clone()).await.is_ok()
     }
 }
 
@@ -424,7 +420,6 @@ mod tests {
 
     fn pending(seq: u64, due: Due) -> Pending {
         Pending {
-            subject: format!("kh.audit.e{seq}"),
             seq,
             hash: format!("h{seq}"),
             time_us: seq as i64,

@@ -1,0 +1,194 @@
+//! Feeds the trace index: an ordered consumer over all of `KH_AUDIT`, from the record after the
+//! last one indexed, in batches of what has arrived; drops the tables of expired days.
+
+use super::store::{Indexed, Store};
+use async_nats::jetstream::{self, consumer};
+use futures::{FutureExt, StreamExt};
+use kakehashi_proto::subjects;
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Most records indexed in one transaction.
+const BATCH: usize = 1024;
+/// How often expired days are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Slack past the retention before a day is dropped: a record's time (its act) comes a little
+/// before nats-server stores it, and expiry goes by the latter.
+const PRUNE_SLACK_US: i64 = 3600 * 1_000_000;
+
+/// Reads `KH_AUDIT` into `store` until `stop`, starting again after any failure (the client
+/// reconnects on its own; the stream may not exist yet on a new bus).
+pub(super) async fn run(
+    js: jetstream::Context,
+    store: Arc<Store>,
+    applied: watch::Sender<u64>,
+    retention: Duration,
+    durable_every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = follow(&js, &store, &applied, retention, durable_every) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "trace index stopped reading KH_AUDIT; starting again");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One ordered consumer's life: indexes what it delivers until it fails.
+async fn follow(
+    js: &jetstream::Context,
+    store: &Arc<Store>,
+    applied: &watch::Sender<u64>,
+    retention: Duration,
+    durable_every: Duration,
+) -> Result<(), String> {
+    let stream = js.get_stream(subjects::STREAM_AUDIT).await.map_err(|e| format!("KH_AUDIT: {e}"))?;
+    let last = stream.cached_info().state.last_sequence;
+    let mut from = *applied.borrow();
+    if from > last {
+        // The stream ends before where the index got to: it is not the stream the index was
+        // built from (recreated, or restored from elsewhere). Read it again from the start.
+        tracing::warn!(indexed = from, stream_last = last, "KH_AUDIT is not the stream indexed; reindexing");
+        blocking(store, |s| s.clear()).await?;
+        applied.send_replace(0);
+        from = 0;
+    }
+    let start = match from {
+        0 => consumer::DeliverPolicy::All,
+        n => consumer::DeliverPolicy::ByStartSequence { start_sequence: n + 1 },
+    };
+    let ordered = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subjects::AUDIT_ALL.to_string(),
+            deliver_policy: start,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("KH_AUDIT consumer: {e}"))?;
+    let mut messages = ordered.messages().await.map_err(|e| format!("KH_AUDIT read: {e}"))?;
+    let mut last_durable = tokio::time::Instant::now();
+    // Whether a commit since the last durable one is not on disk yet.
+    let mut dirty = false;
+    let mut last_prune: Option<tokio::time::Instant> = None;
+    loop {
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            let horizon = kakehashi_runtime::audit::now_us() - retention.as_micros() as i64 - PRUNE_SLACK_US;
+            let dropped = blocking(store, move |s| s.prune(horizon)).await?;
+            if dropped > 0 {
+                tracing::info!(days = dropped, "trace index: expired days dropped");
+            }
+            last_prune = Some(tokio::time::Instant::now());
+        }
+        // Waits for the first record, then takes what else has arrived, never waiting for more.
+        let first = match tokio::time::timeout(durable_every, messages.next()).await {
+            Ok(Some(m)) => Some(m),
+            Ok(None) => return Err("KH_AUDIT read ended".into()),
+            Err(_) => None,
+        };
+        let mut batch = Vec::new();
+        let mut upto = *applied.borrow();
+        let mut next = first;
+        while let Some(m) = next.take() {
+            let m = m.map_err(|e| format!("KH_AUDIT read: {e}"))?;
+            let info = m.info().map_err(|e| format!("KH_AUDIT message: {e}"))?;
+            let seq = info.stream_sequence;
+            match indexed(seq, &m.payload) {
+                Some(r) => batch.push(r),
+                None => tracing::warn!(seq, "unreadable audit record; not indexed"),
+            }
+            upto = upto.max(seq);
+            if batch.len() < BATCH {
+                next = messages.next().now_or_never().flatten();
+            }
+        }
+        let durable = last_durable.elapsed() >= durable_every;
+        if upto == *applied.borrow() && !(durable && dirty) {
+            continue;
+        }
+        blocking(store, move |s| s.apply(&batch, upto, durable)).await?;
+        dirty = !durable;
+        if durable {
+            last_durable = tokio::time::Instant::now();
+        }
+        applied.send_replace(upto);
+    }
+}
+
+/// Runs `f` on the store off the async threads.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, redb::Error> + Send + 'static,
+) -> Result<T, String> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| format!("trace index task: {e}"))?
+        .map_err(|e| format!("trace index: {e}"))
+}
+
+/// What the index needs of a record: its time and event ids, borrowed from the JSON (the rest is
+/// skipped, not parsed into values).
+#[derive(Deserialize)]
+struct IdsOnly<'a> {
+    #[serde(default, borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(default)]
+    time_us: i64,
+    #[serde(default, borrow)]
+    hops: Vec<HopId<'a>>,
+}
+
+#[derive(Deserialize)]
+struct HopId<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+}
+
+/// The index entry of the record at `seq`; none when it is not an audit record.
+pub(super) fn indexed(seq: u64, payload: &[u8]) -> Option<Indexed> {
+    let r: IdsOnly = serde_json::from_slice(payload).ok()?;
+    let mut event_ids: Vec<String> = if r.hops.is_empty() {
+        vec![r.event_id.into_owned()]
+    } else {
+        r.hops.into_iter().map(|h| h.event_id.into_owned()).collect()
+    };
+    event_ids.sort_unstable();
+    event_ids.dedup();
+    event_ids.retain(|id| !id.is_empty());
+    Some(Indexed { seq, time_us: r.time_us, event_ids })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kakehashi_runtime::audit::{AuditRecord, BatchedHop, BATCH_HOP};
+
+    #[test]
+    fn a_record_is_indexed_under_its_event_and_a_batch_under_each_of_its_hops_events_once() {
+        let single =
+            AuditRecord { event_id: "e1".into(), hop: "validated".into(), time_us: 9, ..Default::default() };
+        let got = indexed(3, &serde_json::to_vec(&single).expect("json")).expect("indexed");
+        assert_eq!(got, Indexed { seq: 3, time_us: 9, event_ids: vec!["e1".into()] });
+        let hop = |id: &str| BatchedHop { event_id: id.into(), hop: "acked".into(), ..Default::default() };
+        let batch = AuditRecord {
+            hop: BATCH_HOP.into(),
+            time_us: 12,
+            hops: vec![hop("e2"), hop("e1"), hop("e2")],
+            ..Default::default()
+        };
+        let got = indexed(4, &serde_json::to_vec(&batch).expect("json")).expect("indexed");
+        assert_eq!(got.event_ids, ["e1", "e2"]);
+        assert_eq!(indexed(5, b"not json"), None);
+    }
+}

@@ -1,0 +1,114 @@
+//! The trace index: `KH_AUDIT` keeps one subject however many events pass (nats-server keeps
+//! state per distinct subject for the whole retention), every event is still traced with all
+//! its hops, an index file survives a restart, and a registry with an empty index rebuilds it
+//! from the stream.
+
+use kakehashi_proto::v1::{flows_client::FlowsClient, TraceEventRequest};
+use kakehashi_registry::config::RegistryConfig;
+use kakehashi_registry::trace_index::{Store, TraceIndexConfig};
+use kakehashi_tests::bus::{self, Flow, Subscriber};
+use kakehashi_tests::services::registry_config;
+use kakehashi_tests::{wait, NatsServer, Registry};
+use std::time::Duration;
+
+const TYPE: &str = "test.index.counted";
+const SOURCE: &str = "city-shibuya";
+const FLOW: Flow =
+    Flow { event_type: TYPE, policy: "test.>", producers: &[SOURCE], reader: "mhlw", subscription: "idx" };
+const SOON: Duration = Duration::from_secs(20);
+
+/// Publishes `n` events on the ingress and has the subscriber receive and ack each; their ids.
+async fn deliver(nats: &NatsServer, subscriber: &mut Subscriber, from: usize, n: usize) -> Vec<String> {
+    let js = bus::jetstream(nats).await;
+    let mut ids = Vec::new();
+    for i in from..from + n {
+        let event = bus::event(SOURCE, TYPE, i);
+        bus::publish_ingress(&js, &event).await;
+        ids.push(event.id);
+    }
+    for _ in 0..n {
+        subscriber.expect_and_ack("a delivery", SOON).await;
+    }
+    ids
+}
+
+/// The hop names of `id`'s trace on `registry`, once it shows the ack.
+async fn traced(registry: &Registry, id: &str) -> Vec<String> {
+    let flows = FlowsClient::connect(registry.endpoint()).await.expect("connect");
+    wait::until(&format!("{id} traced up to its ack"), SOON, || {
+        let mut flows = flows.clone();
+        let id = id.to_string();
+        async move {
+            let hops = flows.trace_event(TraceEventRequest { event_id: id }).await.ok()?.into_inner().hops;
+            let names: Vec<String> = hops.into_iter().map(|h| h.hop).collect();
+            names.iter().any(|h| h == "acked").then_some(names)
+        }
+    })
+    .await
+}
+
+fn assert_whole(names: &[String]) {
+    assert_eq!(names, ["validated", "delivered", "acked"], "the event's hops, in order");
+}
+
+#[tokio::test]
+async fn the_audit_trail_keeps_one_subject_however_many_events_and_traces_each() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(registry_config(&nats)).await;
+    FLOW.prepare(&registry.endpoint(), bus::counter_schema()).await;
+    let mut subscriber = FLOW.open(&registry.endpoint(), 64).await;
+    let ids = deliver(&nats, &mut subscriber, 0, 300).await;
+    for id in [&ids[0], &ids[150], &ids[299]] {
+        assert_whole(&traced(&registry, id).await);
+    }
+    let js = bus::jetstream(&nats).await;
+    let mut audit = js.get_stream("KH_AUDIT").await.expect("KH_AUDIT");
+    let info = audit.info().await.expect("info").clone();
+    // Before the index, every event added a subject (`kh.audit.<event id>`): 300 here.
+    assert_eq!(info.state.subjects_count, 1, "distinct subjects in KH_AUDIT after 300 events: {info:?}");
+    assert!(info.state.messages > 0);
+}
+
+#[tokio::test]
+async fn an_index_file_survives_a_restart_and_an_empty_index_is_rebuilt_from_the_stream() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("trace-index.redb");
+    let with_file = || RegistryConfig {
+        trace_index: TraceIndexConfig { path: Some(path.clone()), ..Default::default() },
+        ..registry_config(&nats)
+    };
+    let registry = Registry::start(with_file()).await;
+    FLOW.prepare(&registry.endpoint(), bus::counter_schema()).await;
+    let mut subscriber = FLOW.open(&registry.endpoint(), 16).await;
+    let before = deliver(&nats, &mut subscriber, 0, 20).await;
+    assert_whole(&traced(&registry, &before[0]).await);
+    drop(subscriber);
+    registry.stop().await;
+
+    // What the stopped registry left on disk: its progress and the event's records.
+    {
+        let store = Store::open(Some(&path), 1 << 20).expect("the index file opens");
+        assert!(store.applied().expect("progress") > 0, "progress was kept");
+        assert!(!store.lookup(&before[0]).expect("lookup").is_empty(), "the event's records were kept");
+    }
+
+    // Restarted on the same file: it goes on from there (events from before and after).
+    let registry = Registry::start(with_file()).await;
+    let mut subscriber = FLOW.open(&registry.endpoint(), 16).await;
+    let after = deliver(&nats, &mut subscriber, 20, 20).await;
+    assert_whole(&traced(&registry, &before[19]).await);
+    assert_whole(&traced(&registry, &after[19]).await);
+
+    // A second instance, index in memory, reads the whole trail at its start.
+    let second =
+        Registry::start(RegistryConfig { instance: "registry-second".into(), ..registry_config(&nats) })
+            .await;
+    assert_whole(&traced(&second, &before[0]).await);
+    assert_whole(&traced(&second, &after[19]).await);
+    // An id nobody published is unknown, not an error of the index.
+    let mut flows = FlowsClient::connect(second.endpoint()).await.expect("connect");
+    let unknown = kakehashi_proto::ids::new_event_id();
+    let err = flows.trace_event(TraceEventRequest { event_id: unknown }).await.expect_err("unknown id");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+}
