@@ -133,7 +133,7 @@ pub fn dead_letter(source: &str, event_type: &str) -> String {
 /// `kh.audit.b`: where every audit record is written, batch records of many hops and records
 /// of one hop alike. One subject for the whole trail: nats-server keeps state per distinct
 /// subject for as long as a message on it is retained, so a subject per event (as trails
-/// written before 2026-12-03 have, `kh.audit.<event id>` and `kh.audit.s.<n>`) made its memory
+/// written before 2026-12-02 have, `kh.audit.<event id>` and `kh.audit.s.<n>`) made its memory
 /// grow with every event. An event's records are found through the registry's trace index.
 pub const AUDIT_RECORDS: &str = "kh.audit.b";
 

@@ -100,7 +100,7 @@ async fn an_index_file_survives_a_restart_and_an_empty_index_is_rebuilt_from_the
     assert_whole(&traced(&registry, &before[19]).await);
     assert_whole(&traced(&registry, &after[19]).await);
 
-    // A second instance, index in memory, reads the whole trail at its start.
+    // A second instance, its index in a temporary file, reads the whole trail at its start.
     let second =
         Registry::start(RegistryConfig { instance: "registry-second".into(), ..registry_config(&nats) })
             .await;

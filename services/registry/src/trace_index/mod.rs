@@ -1,5 +1,5 @@
 //! The trace index: which `KH_AUDIT` records hold an event's hops. Every registry keeps its
-//! own, in an embedded file (or in memory), fed by an ordered consumer reading the whole audit
+//! own, in an embedded file (a temporary one unless configured), fed by an ordered consumer reading the whole audit
 //! stream and rebuildable from it: the stream stays the tamper-evident source, the index only
 //! says where to look. It replaces a subject per event, which nats-server kept in memory for
 //! the whole audit retention (`docs/architecture.md`, *Audit trail and traces*).
@@ -19,8 +19,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TraceIndexConfig {
-    /// The index file (`KAKEHASHI_TRACE_INDEX_PATH`); none = in memory, read again from
-    /// `KH_AUDIT` at every start (fine for development; a busy bus wants a file).
+    /// The index file (`KAKEHASHI_TRACE_INDEX_PATH`); none = an unnamed temporary file in
+    /// `TMPDIR`, read again from the whole of `KH_AUDIT` at every start.
     pub path: Option<PathBuf>,
     /// Most memory the index's page cache takes, in MiB.
     pub cache_mb: usize,
@@ -73,7 +73,9 @@ impl TraceIndex {
         stop: watch::Receiver<bool>,
     ) -> Result<Self, IndexError> {
         if config.path.is_none() {
-            tracing::info!("trace index kept in memory (set trace_index.path to keep it across restarts)");
+            tracing::info!(
+                "trace index in a temporary file (set trace_index.path to keep it across restarts)"
+            );
         }
         let store = Arc::new(Store::open(config.path.as_deref(), config.cache_mb.max(1) << 20)?);
         let (tx, applied) = watch::channel(store.applied().map_err(IndexError::Store)?);

@@ -11,6 +11,9 @@ pub enum IndexError {
     /// The file could not be opened or created.
     #[error("trace index {path}: {source}")]
     Open { path: String, source: redb::DatabaseError },
+    /// No temporary file could be made for an index without a path (`TMPDIR`).
+    #[error("trace index: no temporary file: {0}")]
+    Temporary(std::io::Error),
     /// A read or write failed.
     #[error("trace index: {0}")]
     Store(#[from] redb::Error),
@@ -40,8 +43,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the index file at `path`, or an index in memory when `path` is none,
-    /// with at most `cache_bytes` of cache.
+    /// Opens (or creates) the index file at `path`, or an unnamed temporary file when `path` is
+    /// none (not memory: the index grows with the trail), with at most `cache_bytes` of cache.
     pub fn open(path: Option<&Path>, cache_bytes: usize) -> Result<Self, IndexError> {
         let mut builder = Database::builder();
         builder.set_cache_size(cache_bytes);
@@ -49,9 +52,14 @@ impl Store {
             Some(p) => builder
                 .create(p)
                 .map_err(|source| IndexError::Open { path: p.display().to_string(), source })?,
-            None => builder
-                .create_with_backend(redb::backends::InMemoryBackend::new())
-                .map_err(|source| IndexError::Open { path: "(memory)".into(), source })?,
+            None => {
+                // Unlinked at once: the disk is given back when the process ends, however it ends.
+                let file = tempfile::tempfile().map_err(IndexError::Temporary)?;
+                let open = |source| IndexError::Open { path: "(temporary file)".into(), source };
+                builder
+                    .create_with_backend(redb::backends::FileBackend::new(file).map_err(open)?)
+                    .map_err(open)?
+            }
         };
         Ok(Self { db })
     }
