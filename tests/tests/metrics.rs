@@ -102,6 +102,11 @@ async fn metrics_count_every_outcome_and_report_lag() {
     let misses =
         sample(&text, "kakehashi_schema_cache_lookups_total{result=\"miss\"}").expect("cache misses");
     assert!(hits >= 4.0 && misses >= 1.0, "hits {hits} misses {misses}");
+    // The trace index reads the trail these events left: reported, and caught up.
+    wait::until("the trace index reported caught up", Duration::from_secs(20), || async move {
+        (sample(&scrape(metrics).await, "kakehashi_trace_index_behind_records") == Some(0.0)).then_some(())
+    })
+    .await;
 }
 
 /// `GET /metrics` from `addr` with an optional `Authorization` header; the whole response.

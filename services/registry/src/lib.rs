@@ -147,7 +147,6 @@ pub async fn run_with(
         &config.topology,
     );
     let metrics = metrics::RegistryMetrics::new();
-    metrics.watch_lag(js.clone(), subs.clone(), store.clone(), Duration::from_secs(5));
     kakehashi_runtime::process_metrics::register(&metrics.registry, "registry", js.client(), audit.clone());
     let grpc_metrics = kakehashi_runtime::grpc::GrpcMetrics::new(&metrics.registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -159,6 +158,7 @@ pub async fn run_with(
         stop_rx.clone(),
     )
     .map_err(|e| RunError::Startup(e.to_string()))?;
+    metrics.watch_lag(js.clone(), subs.clone(), store.clone(), trace_index.clone(), Duration::from_secs(5));
     // One set of limits for the validator and the dry run, so they cannot disagree.
     let check_limits = validator::CheckLimits {
         max_payload_bytes: config.limits.max_payload_bytes,

@@ -4,8 +4,9 @@
 
 use crate::store::SchemaStore;
 use crate::subscriptions::Subscriptions;
+use crate::trace_index::TraceIndex;
 use async_nats::jetstream;
-use kakehashi_proto::subjects::{STREAM_EVENTS, STREAM_INGRESS};
+use kakehashi_proto::subjects::{STREAM_AUDIT, STREAM_EVENTS, STREAM_INGRESS};
 use kakehashi_runtime::metrics::{CounterVec, HistogramVec, Registry, DEFAULT_LATENCY_BUCKETS};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,11 +89,20 @@ impl RegistryMetrics {
         js: jetstream::Context,
         subs: Subscriptions,
         store: SchemaStore,
+        index: TraceIndex,
         every: Duration,
     ) {
         let lag: Lag = Arc::new(Mutex::new(Vec::new()));
         let oldest: Lag = Arc::new(Mutex::new(Vec::new()));
         let ingress: Lag = Arc::new(Mutex::new(Vec::new()));
+        let index_behind: Lag = Arc::new(Mutex::new(Vec::new()));
+        let read = index_behind.clone();
+        self.registry.gauge_fn(
+            "kakehashi_trace_index_behind_records",
+            "KH_AUDIT records this registry's trace index has not read yet (traces answer UNAVAILABLE while it is far behind).",
+            &[],
+            move || read.lock().map(|v| v.clone()).unwrap_or_default(),
+        );
         let read = lag.clone();
         self.registry.gauge_fn(
             "kakehashi_subscription_lag_events",
@@ -151,6 +161,14 @@ impl RegistryMetrics {
                 }
                 if let Ok(mut l) = oldest.lock() {
                     *l = ages;
+                }
+                if let Ok(mut s) = js.get_stream(STREAM_AUDIT).await {
+                    if let Ok(info) = s.info().await {
+                        let behind = info.state.last_sequence.saturating_sub(index.applied());
+                        if let Ok(mut l) = index_behind.lock() {
+                            *l = vec![(Vec::new(), behind as f64)];
+                        }
+                    }
                 }
                 if let Ok(mut s) = js.get_stream(STREAM_INGRESS).await {
                     if let Ok(info) = s.info().await {
