@@ -80,9 +80,19 @@ impl RegistryMetrics {
         }
     }
 
+    /// A gauge family whose samples a poller writes into the returned cell; a scrape reads the
+    /// last samples written.
+    fn polled_gauge(&self, name: &str, help: &str, labels: &[&str]) -> Lag {
+        let cell: Lag = Arc::new(Mutex::new(Vec::new()));
+        let read = cell.clone();
+        self.registry
+            .gauge_fn(name, help, labels, move || read.lock().map(|v| v.clone()).unwrap_or_default());
+        cell
+    }
+
     /// Starts the poller: every `every`, each subscription's consumer (pending, unacked, and
-    /// the age of the oldest event not yet acked), the messages waiting in `KH_INGRESS`, and the
-    /// schema cache's counts. One consumer info and at most one direct get per subscription per
+    /// the age of the oldest event not yet acked), the messages waiting in `KH_INGRESS`, how far
+    /// the trace index is behind `KH_AUDIT`, and the schema cache's counts. One consumer info and at most one direct get per subscription per
     /// round, off the scrape path: a scrape only reads the last round.
     pub fn watch_lag(
         &self,
@@ -92,37 +102,25 @@ impl RegistryMetrics {
         index: TraceIndex,
         every: Duration,
     ) {
-        let lag: Lag = Arc::new(Mutex::new(Vec::new()));
-        let oldest: Lag = Arc::new(Mutex::new(Vec::new()));
-        let ingress: Lag = Arc::new(Mutex::new(Vec::new()));
-        let index_behind: Lag = Arc::new(Mutex::new(Vec::new()));
-        let read = index_behind.clone();
-        self.registry.gauge_fn(
+        let index_behind = self.polled_gauge(
             "kakehashi_trace_index_behind_records",
             "KH_AUDIT records this registry's trace index has not read yet (traces answer UNAVAILABLE while it is far behind).",
             &[],
-            move || read.lock().map(|v| v.clone()).unwrap_or_default(),
         );
-        let read = lag.clone();
-        self.registry.gauge_fn(
+        let lag = self.polled_gauge(
             "kakehashi_subscription_lag_events",
             "Events not yet delivered (pending) or not yet acked, by subscription.",
             &["subscription", "state"],
-            move || read.lock().map(|v| v.clone()).unwrap_or_default(),
         );
-        let read = oldest.clone();
-        self.registry.gauge_fn(
+        let oldest = self.polled_gauge(
             "kakehashi_subscription_oldest_unacked_age_seconds",
             "Age of the oldest event a subscription has not acked yet (0 when none), by subscription.",
             &["subscription"],
-            move || read.lock().map(|v| v.clone()).unwrap_or_default(),
         );
-        let read = ingress.clone();
-        self.registry.gauge_fn(
+        let ingress = self.polled_gauge(
             "kakehashi_ingress_messages",
             "Messages in KH_INGRESS: published, not yet validated or dead-lettered.",
             &[],
-            move || read.lock().map(|v| v.clone()).unwrap_or_default(),
         );
         // Counters fed from the store's running totals: the store counts, this copies the
         // increase each round, so the family is a real counter without the store knowing it.
