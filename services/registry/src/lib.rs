@@ -151,14 +151,20 @@ pub async fn run_with(
     let grpc_metrics = kakehashi_runtime::grpc::GrpcMetrics::new(&metrics.registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_metrics = stop_rx.clone();
-    let trace_index = trace_index::TraceIndex::start(
+    let (trace_index, trace_feed) = trace_index::TraceIndex::start(
         js.clone(),
         &config.trace_index,
         Duration::from_secs(config.topology.audit_max_age_secs),
         stop_rx.clone(),
     )
     .map_err(|e| RunError::Startup(e.to_string()))?;
-    metrics.watch_lag(js.clone(), subs.clone(), store.clone(), trace_index.clone(), Duration::from_secs(5));
+    metrics.watch_lag(
+        js.clone(),
+        subs.clone(),
+        store.clone(),
+        trace_index.progress(),
+        Duration::from_secs(5),
+    );
     // One set of limits for the validator and the dry run, so they cannot disagree.
     let check_limits = validator::CheckLimits {
         max_payload_bytes: config.limits.max_payload_bytes,
@@ -312,6 +318,9 @@ pub async fn run_with(
         )
         .await;
     let _ = stop_tx.send(true);
+    // The index file is released before `run` returns (a registry restarted in the same
+    // process opens it again).
+    let _ = trace_feed.await;
     if let Some(task) = validator_task {
         match task.await {
             Ok(Err(e)) => tracing::error!(error = %e, "validator stopped with an error"),

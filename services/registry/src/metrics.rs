@@ -4,7 +4,6 @@
 
 use crate::store::SchemaStore;
 use crate::subscriptions::Subscriptions;
-use crate::trace_index::TraceIndex;
 use async_nats::jetstream;
 use kakehashi_proto::subjects::{STREAM_AUDIT, STREAM_EVENTS, STREAM_INGRESS};
 use kakehashi_runtime::metrics::{CounterVec, HistogramVec, Registry, DEFAULT_LATENCY_BUCKETS};
@@ -99,7 +98,7 @@ impl RegistryMetrics {
         js: jetstream::Context,
         subs: Subscriptions,
         store: SchemaStore,
-        index: TraceIndex,
+        indexed: tokio::sync::watch::Receiver<u64>,
         every: Duration,
     ) {
         let index_behind = self.polled_gauge(
@@ -162,7 +161,7 @@ impl RegistryMetrics {
                 }
                 if let Ok(mut s) = js.get_stream(STREAM_AUDIT).await {
                     if let Ok(info) = s.info().await {
-                        let behind = info.state.last_sequence.saturating_sub(index.applied());
+                        let behind = info.state.last_sequence.saturating_sub(*indexed.borrow());
                         if let Ok(mut l) = index_behind.lock() {
                             *l = vec![(Vec::new(), behind as f64)];
                         }

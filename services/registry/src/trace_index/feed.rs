@@ -54,13 +54,22 @@ async fn follow(
     durable_every: Duration,
 ) -> Result<(), String> {
     let stream = js.get_stream(subjects::STREAM_AUDIT).await.map_err(|e| format!("KH_AUDIT: {e}"))?;
-    let last = stream.cached_info().state.last_sequence;
+    let info = stream.cached_info();
+    let last = info.state.last_sequence;
+    let created = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
     let mut from = *applied.borrow();
-    if from > last {
-        // The stream ends before where the index got to: it is not the stream the index was
-        // built from (recreated, or restored from elsewhere). Read it again from the start.
-        tracing::warn!(indexed = from, stream_last = last, "KH_AUDIT is not the stream indexed; reindexing");
-        blocking(store, |s| s.clear()).await?;
+    let built_from = blocking(store, |s| s.stream_created()).await?;
+    if built_from != created || from > last {
+        // Not the stream the index was built from (recreated, or restored from elsewhere; or an
+        // index never started): read this one from its start.
+        if from > 0 {
+            tracing::warn!(
+                indexed = from,
+                stream_last = last,
+                "KH_AUDIT is not the stream indexed; reindexing"
+            );
+        }
+        blocking(store, move |s| s.reset_for(created)).await?;
         applied.send_replace(0);
         from = 0;
     }

@@ -65,13 +65,14 @@ pub struct TraceIndex {
 impl TraceIndex {
     /// Opens the index and starts feeding it from `KH_AUDIT`, from where it left off; index
     /// tables older than `retention` (the stream's `max_age`) are dropped as they expire. It
-    /// stops reading when `stop` turns true.
+    /// stops reading when `stop` turns true; the file is closed once the returned task has
+    /// ended and every handle is dropped.
     pub fn start(
         js: async_nats::jetstream::Context,
         config: &TraceIndexConfig,
         retention: Duration,
         stop: watch::Receiver<bool>,
-    ) -> Result<Self, IndexError> {
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), IndexError> {
         if config.path.is_none() {
             tracing::info!(
                 "trace index in a temporary file (set trace_index.path to keep it across restarts)"
@@ -80,13 +81,18 @@ impl TraceIndex {
         let store = Arc::new(Store::open(config.path.as_deref(), config.cache_mb.max(1) << 20)?);
         let (tx, applied) = watch::channel(store.applied().map_err(IndexError::Store)?);
         let durable_every = Duration::from_millis(config.durable_every_ms.max(10));
-        tokio::spawn(feed::run(js, store.clone(), tx, retention, durable_every, stop));
-        Ok(Self { store, applied, catch_up: Duration::from_millis(config.catch_up_ms) })
+        let feed = tokio::spawn(feed::run(js, store.clone(), tx, retention, durable_every, stop));
+        Ok((Self { store, applied, catch_up: Duration::from_millis(config.catch_up_ms) }, feed))
     }
 
     /// The last `KH_AUDIT` sequence indexed.
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()
+    }
+
+    /// Follows the last `KH_AUDIT` sequence indexed, without holding the index open.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
     }
 
     /// The `KH_AUDIT` sequences of the records naming `event_id`, once the index has read up to

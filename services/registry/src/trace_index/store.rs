@@ -22,6 +22,8 @@ pub enum IndexError {
 /// Progress: `applied` → the last `KH_AUDIT` sequence indexed.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const APPLIED: &str = "applied";
+/// `stream_created` → the creation time of the `KH_AUDIT` indexed (Unix ns).
+const CREATED: &str = "stream_created";
 /// Tables of ids are named `ids.<day>`, day = record time in days since the Unix epoch.
 const IDS_PREFIX: &str = "ids.";
 const DAY_US: i64 = 86_400 * 1_000_000;
@@ -66,13 +68,7 @@ impl Store {
 
     /// The last `KH_AUDIT` sequence indexed (0: none).
     pub fn applied(&self) -> Result<u64, redb::Error> {
-        let txn = self.db.begin_read()?;
-        let meta = match txn.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(meta.get(APPLIED)?.map(|v| v.value()).unwrap_or(0))
+        self.meta(APPLIED)
     }
 
     /// Indexes `records` and notes `applied` as read, in one transaction; `durable` makes the
@@ -142,14 +138,34 @@ impl Store {
         Ok(old.len())
     }
 
-    /// Forgets everything: the stream the index was built from is gone (recreated, or
-    /// another), so it is read again from its start.
-    pub fn clear(&self) -> Result<(), redb::Error> {
+    /// Which stream the index was built from: its creation time (Unix ns; 0 = none yet).
+    pub fn stream_created(&self) -> Result<u64, redb::Error> {
+        self.meta(CREATED)
+    }
+
+    /// Forgets everything and notes `created` as the stream now indexed: the one the index was
+    /// built from is gone (recreated, or another), so this one is read from its start.
+    pub fn reset_for(&self, created: u64) -> Result<(), redb::Error> {
         self.prune(i64::MAX)?;
         let txn = self.db.begin_write()?;
-        txn.open_table(META)?.insert(APPLIED, 0)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(APPLIED, 0)?;
+            meta.insert(CREATED, created)?;
+        }
         txn.commit()?;
         Ok(())
+    }
+
+    /// A number of the `meta` table (0 when absent).
+    fn meta(&self, key: &str) -> Result<u64, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
     }
 }
 
@@ -181,9 +197,11 @@ mod tests {
         assert_eq!(s.prune(11 * DAY_US + 3).expect("prunes"), 1);
         assert_eq!(s.lookup("a").expect("reads"), [2]);
         assert_eq!(s.lookup("b").expect("reads"), [3]);
-        s.clear().expect("clears");
+        assert_eq!(s.stream_created().expect("reads"), 0);
+        s.reset_for(77).expect("resets");
         assert_eq!(s.lookup("b").expect("reads"), Vec::<u64>::new());
         assert_eq!(s.applied().expect("reads"), 0);
+        assert_eq!(s.stream_created().expect("reads"), 77);
     }
 
     #[test]
