@@ -1,11 +1,13 @@
 //! The trace index: `KH_AUDIT` keeps one subject however many events pass (nats-server keeps
 //! state per distinct subject for the whole retention), every event is still traced with all
-//! its hops, an index file survives a restart, and a registry with an empty index rebuilds it
-//! from the stream.
+//! its hops, an index file survives a restart, a registry with an empty index rebuilds it from
+//! the stream, and one stopped at any point of a rebuild lets go of its file.
 
+use kakehashi_proto::subjects;
 use kakehashi_proto::v1::{flows_client::FlowsClient, TraceEventRequest};
 use kakehashi_registry::config::RegistryConfig;
 use kakehashi_registry::trace_index::{Store, TraceIndexConfig};
+use kakehashi_runtime::audit::{AuditRecord, BatchedHop, BATCH_HOP};
 use kakehashi_tests::bus::{self, Flow, Subscriber};
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{wait, NatsServer, Registry};
@@ -111,4 +113,64 @@ async fn an_index_file_survives_a_restart_and_an_empty_index_is_rebuilt_from_the
     let unknown = kakehashi_proto::ids::new_event_id();
     let err = flows.trace_event(TraceEventRequest { event_id: unknown }).await.expect_err("unknown id");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+}
+
+#[tokio::test]
+async fn a_registry_stopped_at_any_point_of_a_rebuild_releases_its_index_file() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("trace-index.redb");
+    let with_file = || RegistryConfig {
+        trace_index: TraceIndexConfig { path: Some(path.clone()), ..Default::default() },
+        ..registry_config(&nats)
+    };
+    // A first start creates the streams; then a trail that takes a while to index: batch
+    // records of 128 hops each, written straight to the audit subject.
+    Registry::start(registry_config(&nats)).await.stop().await;
+    let js = bus::jetstream(&nats).await;
+    let now = kakehashi_runtime::audit::now_us();
+    let mut ids = Vec::new();
+    for _ in 0..400 {
+        let hops: Vec<BatchedHop> = (0..128)
+            .map(|_| BatchedHop {
+                event_id: kakehashi_proto::ids::new_event_id(),
+                hop: "delivered".into(),
+                time_us: now,
+                outcome: "ok".into(),
+                ..Default::default()
+            })
+            .collect();
+        ids.push(hops[0].event_id.clone());
+        let record = AuditRecord { hop: BATCH_HOP.into(), time_us: now, hops, ..Default::default() };
+        let body = serde_json::to_vec(&record).expect("json");
+        js.publish(subjects::AUDIT_RECORDS, body.into()).await.expect("publish").await.expect("stored");
+    }
+
+    // Stopped at several points of reading it, each restart on the same file opens it at once
+    // (an index call left running on a blocking thread held it open after the stop).
+    for pause_ms in [0, 10, 50, 150, 400] {
+        let registry = Registry::start(with_file()).await;
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        registry.stop().await;
+        let store = Store::open(Some(&path), 1 << 20).unwrap_or_else(|e| {
+            panic!("the index file is free right after a stop {pause_ms} ms into the rebuild: {e}")
+        });
+        drop(store);
+    }
+    // And the index so built and restarted answers for the first and the last record.
+    let registry = Registry::start(with_file()).await;
+    for id in [&ids[0], &ids[399]] {
+        let flows = FlowsClient::connect(registry.endpoint()).await.expect("connect");
+        let hops = wait::until(&format!("{id} found"), SOON, || {
+            let mut flows = flows.clone();
+            let id = id.to_string();
+            async move {
+                let hops =
+                    flows.trace_event(TraceEventRequest { event_id: id }).await.ok()?.into_inner().hops;
+                (!hops.is_empty()).then_some(hops)
+            }
+        })
+        .await;
+        assert_eq!(hops.iter().map(|h| h.hop.as_str()).collect::<Vec<_>>(), ["delivered"]);
+    }
 }

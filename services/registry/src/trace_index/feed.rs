@@ -9,7 +9,7 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 /// Most records indexed in one transaction.
 const BATCH: usize = 1024;
@@ -29,26 +29,32 @@ pub(super) async fn run(
     durable_every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let gate = Arc::new(Semaphore::new(1));
     loop {
         tokio::select! {
-            r = follow(&js, &store, &applied, retention, durable_every) => {
+            r = follow(&js, &store, &gate, &applied, retention, durable_every) => {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "trace index stopped reading KH_AUDIT; starting again");
                 }
             }
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => break,
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => break,
         }
     }
+    // Dropping `follow` does not stop a store call already running on a blocking thread: wait
+    // for it, so the file is closed once this returns (a registry restarted in the same process
+    // opens it again at once).
+    let _ = gate.acquire().await;
 }
 
 /// One ordered consumer's life: indexes what it delivers until it fails.
 async fn follow(
     js: &jetstream::Context,
     store: &Arc<Store>,
+    gate: &Arc<Semaphore>,
     applied: &watch::Sender<u64>,
     retention: Duration,
     durable_every: Duration,
@@ -58,7 +64,7 @@ async fn follow(
     let last = info.state.last_sequence;
     let created = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
     let mut from = *applied.borrow();
-    let built_from = blocking(store, |s| s.stream_created()).await?;
+    let built_from = blocking(store, gate, |s| s.stream_created()).await?;
     if built_from != created || from > last {
         // Not the stream the index was built from (recreated, or restored from elsewhere; or an
         // index never started): read this one from its start.
@@ -69,7 +75,7 @@ async fn follow(
                 "KH_AUDIT is not the stream indexed; reindexing"
             );
         }
-        blocking(store, move |s| s.reset_for(created)).await?;
+        blocking(store, gate, move |s| s.reset_for(created)).await?;
         applied.send_replace(0);
         from = 0;
     }
@@ -93,7 +99,7 @@ async fn follow(
     loop {
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             let horizon = kakehashi_runtime::audit::now_us() - retention.as_micros() as i64 - PRUNE_SLACK_US;
-            let dropped = blocking(store, move |s| s.prune(horizon)).await?;
+            let dropped = blocking(store, gate, move |s| s.prune(horizon)).await?;
             if dropped > 0 {
                 tracing::info!(days = dropped, "trace index: expired days dropped");
             }
@@ -125,7 +131,7 @@ async fn follow(
         if upto == *applied.borrow() && !(durable && dirty) {
             continue;
         }
-        blocking(store, move |s| s.apply(&batch, upto, durable)).await?;
+        blocking(store, gate, move |s| s.apply(&batch, upto, durable)).await?;
         dirty = !durable;
         if durable {
             last_durable = tokio::time::Instant::now();
@@ -134,16 +140,25 @@ async fn follow(
     }
 }
 
-/// Runs `f` on the store off the async threads.
+/// Runs `f` on the store off the async threads, holding `gate` until it has finished (even when
+/// the caller has been dropped meanwhile).
 async fn blocking<T: Send + 'static>(
     store: &Arc<Store>,
+    gate: &Arc<Semaphore>,
     f: impl FnOnce(&Store) -> Result<T, redb::Error> + Send + 'static,
 ) -> Result<T, String> {
+    let permit = gate.clone().acquire_owned().await.map_err(|e| format!("trace index task: {e}"))?;
     let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| format!("trace index task: {e}"))?
-        .map_err(|e| format!("trace index: {e}"))
+    tokio::task::spawn_blocking(move || {
+        let result = f(&store);
+        // The store's handle first: when the gate opens, this call holds the file no more.
+        drop(store);
+        drop(permit);
+        result
+    })
+    .await
+    .map_err(|e| format!("trace index task: {e}"))?
+    .map_err(|e| format!("trace index: {e}"))
 }
 
 /// What the index needs of a record: its time and event ids, borrowed from the JSON (the rest is
