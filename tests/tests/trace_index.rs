@@ -11,6 +11,7 @@ use kakehashi_runtime::audit::{AuditRecord, BatchedHop, BATCH_HOP};
 use kakehashi_tests::bus::{self, Flow, Subscriber};
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{wait, NatsServer, Registry};
+use std::path::Path;
 use std::time::Duration;
 
 const TYPE: &str = "test.index.counted";
@@ -49,6 +50,14 @@ async fn traced(registry: &Registry, id: &str) -> Vec<String> {
     .await
 }
 
+/// A registry configuration whose trace index is the file at `path`.
+fn with_index_file(nats: &NatsServer, path: &Path) -> RegistryConfig {
+    RegistryConfig {
+        trace_index: TraceIndexConfig { path: Some(path.to_path_buf()), ..Default::default() },
+        ..registry_config(nats)
+    }
+}
+
 fn assert_whole(names: &[String]) {
     assert_eq!(names, ["validated", "delivered", "acked"], "the event's hops, in order");
 }
@@ -76,10 +85,7 @@ async fn an_index_file_survives_a_restart_and_an_empty_index_is_rebuilt_from_the
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("trace-index.redb");
-    let with_file = || RegistryConfig {
-        trace_index: TraceIndexConfig { path: Some(path.clone()), ..Default::default() },
-        ..registry_config(&nats)
-    };
+    let with_file = || with_index_file(&nats, &path);
     let registry = Registry::start(with_file()).await;
     FLOW.prepare(&registry.endpoint(), bus::counter_schema()).await;
     let mut subscriber = FLOW.open(&registry.endpoint(), 16).await;
@@ -120,10 +126,7 @@ async fn a_registry_stopped_at_any_point_of_a_rebuild_releases_its_index_file() 
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("trace-index.redb");
-    let with_file = || RegistryConfig {
-        trace_index: TraceIndexConfig { path: Some(path.clone()), ..Default::default() },
-        ..registry_config(&nats)
-    };
+    let with_file = || with_index_file(&nats, &path);
     // A first start creates the streams; then a trail that takes a while to index: batch
     // records of 128 hops each, written straight to the audit subject.
     Registry::start(registry_config(&nats)).await.stop().await;
