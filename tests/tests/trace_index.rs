@@ -37,14 +37,19 @@ async fn deliver(nats: &NatsServer, subscriber: &mut Subscriber, from: usize, n:
 
 /// The hop names of `id`'s trace on `registry`, once it shows the ack.
 async fn traced(registry: &Registry, id: &str) -> Vec<String> {
+    traced_up_to(registry, id, "acked").await
+}
+
+/// The hop names of `id`'s trace on `registry`, once it shows a hop named `last`.
+async fn traced_up_to(registry: &Registry, id: &str, last: &str) -> Vec<String> {
     let flows = FlowsClient::connect(registry.endpoint()).await.expect("connect");
-    wait::until(&format!("{id} traced up to its ack"), SOON, || {
+    wait::until(&format!("{id} traced up to its {last} hop"), SOON, || {
         let mut flows = flows.clone();
         let id = id.to_string();
         async move {
             let hops = flows.trace_event(TraceEventRequest { event_id: id }).await.ok()?.into_inner().hops;
             let names: Vec<String> = hops.into_iter().map(|h| h.hop).collect();
-            names.iter().any(|h| h == "acked").then_some(names)
+            names.iter().any(|h| h == last).then_some(names)
         }
     })
     .await
@@ -163,17 +168,6 @@ async fn a_registry_stopped_at_any_point_of_a_rebuild_releases_its_index_file() 
     // And the index so built and restarted answers for the first and the last record.
     let registry = Registry::start(with_file()).await;
     for id in [&ids[0], &ids[399]] {
-        let flows = FlowsClient::connect(registry.endpoint()).await.expect("connect");
-        let hops = wait::until(&format!("{id} found"), SOON, || {
-            let mut flows = flows.clone();
-            let id = id.to_string();
-            async move {
-                let hops =
-                    flows.trace_event(TraceEventRequest { event_id: id }).await.ok()?.into_inner().hops;
-                (!hops.is_empty()).then_some(hops)
-            }
-        })
-        .await;
-        assert_eq!(hops.iter().map(|h| h.hop.as_str()).collect::<Vec<_>>(), ["delivered"]);
+        assert_eq!(traced_up_to(&registry, id, "delivered").await, ["delivered"]);
     }
 }
