@@ -332,3 +332,31 @@ async fn a_registry_restarted_under_the_same_name_starts_a_new_chain_not_a_forge
     );
     kakehashi_ctl::commands::audit::verify(&conn(&bus), true).await.expect("a restart is not tampering");
 }
+
+#[tokio::test]
+async fn hops_arriving_within_the_linger_share_a_record_and_every_event_keeps_its_hops() {
+    // A linger far longer than the ten events below take: without it, each of their 40 hops
+    // (published, validated, delivered, acked), recorded one after another, is a record.
+    let mut bus = bus_with(TopologyConfig { audit_linger_ms: 2_000, ..Default::default() }).await;
+    let mut subscriber = subscribe(&bus).await;
+    let js = jetstream::new(bus.nats.admin().await);
+    let records = || async {
+        js.get_stream("KH_AUDIT").await.expect("stream").info().await.expect("info").state.messages
+    };
+    let before = records().await;
+    let mut ids = Vec::new();
+    for dose in 1..=10 {
+        let id = publish(&mut bus, dose).await;
+        assert_eq!(receive_and_ack(&mut subscriber).await, id);
+        ids.push(id);
+    }
+    for id in &ids {
+        let hops = trace_until(&bus, id, "acked").await;
+        let names: Vec<&str> = hops.iter().map(|h| h.hop.as_str()).collect();
+        assert_eq!(names, ["published", "validated", "delivered", "acked"], "{id}");
+    }
+    let written = records().await - before;
+    // Two writers (adapter, registry), each about one record per linger; a slow machine that
+    // spreads the events over a few lingers still stays far below one record per hop.
+    assert!(written <= 8, "{written} records for 40 hops");
+}

@@ -31,6 +31,11 @@ pub struct TopologyConfig {
     /// record; a batch is never waited for). A batch is also closed before its JSON could reach
     /// half of `max_message_bytes`.
     pub audit_batch_hops: usize,
+    /// How long the audit task waits for more hops to join a record once it holds one, in
+    /// milliseconds (0: never waits). At a low rate every hop would otherwise be a record of
+    /// its own, a JetStream publish and an index transaction in every registry; the wait delays
+    /// only the trail, never an event.
+    pub audit_linger_ms: u64,
     /// Dedup window of `Nats-Msg-Id`; must exceed the longest ack wait and publish retry span.
     pub dedup_window_secs: u64,
     /// Largest message any stream accepts, in bytes (envelope included).
@@ -55,6 +60,7 @@ impl Default for TopologyConfig {
             audit_anchor_ms: 1000,
             audit_queue: 4096,
             audit_batch_hops: 256,
+            audit_linger_ms: 5,
             dedup_window_secs: 2 * 3600,
             max_message_bytes: 1024 * 1024,
             audit_append_only: true,

@@ -251,7 +251,12 @@ impl AuditWriter {
         let anchored = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
         let anchor = writer::Anchor::new(heads, actor.clone(), chain, anchor_every, anchored.clone());
         let batch_bytes = usize::try_from(topology.max_message_bytes / 2).unwrap_or(0).max(1);
-        tokio::spawn(writer::write_loop(js, anchor, rx, topology.audit_batch_hops.max(1), batch_bytes));
+        let batching = writer::Batching {
+            hops: topology.audit_batch_hops.max(1),
+            bytes: batch_bytes,
+            linger: std::time::Duration::from_millis(topology.audit_linger_ms),
+        };
+        tokio::spawn(writer::write_loop(js, anchor, rx, batching));
         Self { tx, actor, anchored }
     }
 

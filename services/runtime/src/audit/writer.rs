@@ -7,15 +7,25 @@ use kakehashi_proto::subjects;
 use std::collections::BTreeMap;
 use tokio::sync::{mpsc, watch};
 
+/// How the audit task groups hops into records.
+pub(super) struct Batching {
+    /// Most hops in one record.
+    pub hops: usize,
+    /// About the most bytes of JSON in one record.
+    pub bytes: usize,
+    /// How long a record that holds a hop waits for more (zero: only what is queued already).
+    pub linger: std::time::Duration,
+}
+
 /// Chains and publishes the records arriving on `rx`, for as long as writers exist. The hops
-/// queued together (at most `batch_hops`) go into one batch record; a hop found alone is a
-/// record of its own. Every record goes to [`subjects::AUDIT_RECORDS`].
+/// queued together or arriving within `batching.linger` of the first (at most `batching.hops`)
+/// go into one batch record; a hop still alone then is a record of its own. Every record goes
+/// to [`subjects::AUDIT_RECORDS`].
 pub(super) async fn write_loop(
     js: jetstream::Context,
     anchor: Anchor,
     mut rx: mpsc::Receiver<AuditRecord>,
-    batch_hops: usize,
-    batch_bytes: usize,
+    batching: Batching,
 ) {
     let client = js.client();
     // Every record is published with a reply subject of its own under one inbox, and
@@ -39,17 +49,24 @@ pub(super) async fn write_loop(
     let publisher = Publisher { client, inbox };
     tokio::spawn(confirm_loop(publisher.clone(), acks, confirm_rx, anchor));
     let mut links = Links { prev: GENESIS.to_string(), prev_time: 0, seq: 0, publisher, confirm_tx };
-    let mut hops: Vec<AuditRecord> = Vec::with_capacity(batch_hops.min(256));
+    let mut hops: Vec<AuditRecord> = Vec::with_capacity(batching.hops.min(256));
     while let Some(record) = rx.recv().await {
-        // What is queued now, up to one full batch: never waits for more, so a hop is written
-        // as soon as the task is free (batches grow only when hops arrive faster).
+        // What is queued now and, when that is not a full batch, what arrived by the end of
+        // the linger. Hops are acts already done: waiting delays the trail, never the events.
+        // One timer per record, not a wake-up per hop arriving meanwhile.
+        let until = tokio::time::Instant::now() + batching.linger;
         let mut bytes = approx_json_len(&record);
         hops.push(record);
-        while hops.len() < batch_hops && bytes < batch_bytes {
+        let mut lingered = batching.linger.is_zero();
+        while hops.len() < batching.hops && bytes < batching.bytes {
             match rx.try_recv() {
                 Ok(record) => {
                     bytes += approx_json_len(&record);
                     hops.push(record);
+                }
+                Err(mpsc::error::TryRecvError::Empty) if !lingered => {
+                    tokio::time::sleep_until(until).await;
+                    lingered = true;
                 }
                 Err(_) => break,
             }
