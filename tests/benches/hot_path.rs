@@ -11,7 +11,8 @@
 //! (paced run, default 2000), `KH_BENCH_LATENCY_RATE` (events/s of the paced run, default 500),
 //! `KH_BENCH_TELEMETRY=1` (install the registry binary's log subscriber, `info`, so the
 //! per-event spans are live as in production; logs go to stderr), `KH_BENCH_IDLE_SECS`
-//! (length of each idle measurement, default 3).
+//! (length of each idle measurement, default 3), `KH_BENCH_AUDIT_LINGER_MS` (the registry's
+//! `topology.audit_linger_ms`, default the shipped one: before/after runs of one build).
 //!
 //! What is measured, per phase, ours first named, the raw baseline second:
 //! - **1 Validator**: N vaccination events (the catalogue's valid example, prost `Event`, with
@@ -49,9 +50,9 @@ use kakehashi_proto::v1::{
     OpenSubscription, SubscribeRequest,
 };
 use kakehashi_tests::bench::{
-    child_pid, connect, cores, cpu_time, create_raw_streams, env_count, example_payload, keyed, latency_ms,
-    new_event, paced, publish_bytes_pipelined, publish_pipelined, raw_consumer, relay, setup_registry,
-    status_kb, wait_acked, RAW_IN, RAW_OUT, READER, SOURCE, TYPE,
+    child_pid, connect, cores, cpu_time, create_raw_streams, env_count, env_usize, example_payload, keyed,
+    latency_ms, new_event, paced, publish_bytes_pipelined, publish_pipelined, raw_consumer, relay,
+    setup_registry, status_kb, wait_acked, RAW_IN, RAW_OUT, READER, SOURCE, TYPE,
 };
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{bus, NatsServer, Registry};
@@ -155,7 +156,11 @@ async fn run() {
     let watch = tokio::spawn(watch_fill(publisher.clone(), bus::EVENTS, n as u64));
     let mut config = registry_config(&nats);
     config.instance = "registry-bench".into();
+    config.topology.audit_linger_ms =
+        env_usize("KH_BENCH_AUDIT_LINGER_MS", config.topology.audit_linger_ms as usize) as u64;
     let registry = Registry::start(config).await;
+    // Marks where a profiler attached to this process sees only the validator at work.
+    eprintln!("phase 1 ours: validator started");
     let ours_fill = watch.await.expect("watch task");
     usage.push(probe.stop("1 ours", n));
     assert_eq!(bus::stream_len(&publisher, bus::DLQ).await, 0, "every benchmark event is valid");

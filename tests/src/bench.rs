@@ -307,17 +307,23 @@ pub async fn paced(
 ) {
     let start = tokio::time::Instant::now();
     let gap = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut confirmations = Vec::with_capacity(n);
+    // Confirmations are awaited as they come: the client holds at most 5,000 unconfirmed
+    // publishes (its `max_ack_inflight`), so collecting them until the end hung longer runs.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<jetstream::context::PublishAckFuture>();
+    let confirming = tokio::spawn(async move {
+        while let Some(c) = rx.recv().await {
+            c.await.expect("publish confirmed");
+        }
+    });
     for i in 0..n {
         tokio::time::sleep_until(start + gap * i as u32).await;
         let event = event(i);
         let m = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
         sent.lock().unwrap_or_else(|p| p.into_inner()).insert(event.id.clone(), std::time::Instant::now());
-        confirmations.push(js.send_publish(subject(&event), m).await.expect("publish sent"));
+        let _ = tx.send(js.send_publish(subject(&event), m).await.expect("publish sent"));
     }
-    for c in confirmations {
-        c.await.expect("publish confirmed");
-    }
+    drop(tx);
+    confirming.await.expect("confirmations");
 }
 
 /// Milliseconds from when `id` was sent (as [`paced`] noted it) to `at`.
