@@ -240,7 +240,7 @@ async fn ensure_consumer(
 /// One ingress message to validate: delivered by the consumer (acked when done) or read from
 /// the stream at a takeover (acked when NATS redelivers it).
 struct Ingress {
-    subject: String,
+    subject: async_nats::Subject,
     payload: bytes::Bytes,
     headers: Option<HeaderMap>,
     seq: u64,
@@ -249,12 +249,13 @@ struct Ingress {
 }
 
 impl Ingress {
-    fn delivered(m: jetstream::Message) -> Self {
+    fn delivered(mut m: jetstream::Message) -> Self {
         let (seq, published) = m.info().map(|i| (i.stream_sequence, Some(i.published))).unwrap_or((0, None));
         Self {
-            subject: m.subject.to_string(),
+            // Shared, not copied; the headers are taken (acking needs only the reply subject).
+            subject: m.subject.clone(),
             payload: m.payload.clone(),
-            headers: m.headers.clone(),
+            headers: m.message.headers.take(),
             seq,
             published,
             delivered: Some(m),
@@ -484,7 +485,7 @@ async fn read_gap(
             Ok(m) if m.sequence < until => {
                 next = m.sequence + 1;
                 work.push(Ingress {
-                    subject: m.subject.to_string(),
+                    subject: m.subject,
                     payload: m.payload,
                     headers: Some(m.headers),
                     seq: m.sequence,
@@ -512,7 +513,7 @@ async fn process_batch(
     batch: Vec<Ingress>,
     shutdown: &watch::Receiver<bool>,
 ) {
-    let mut outgoing: Vec<(String, PublishMessage, Option<AuditRecord>, Verdict)> = batch
+    let mut outgoing: Vec<(String, Outgoing, Option<AuditRecord>, Verdict)> = batch
         .iter()
         .map(|msg| {
             // CONSUMER: receiving and processing one ingress message (republish included), in
@@ -541,10 +542,11 @@ async fn process_batch(
     let mut backoff = Duration::from_millis(100);
     while done < batch.len() {
         let mut confirmations = Vec::with_capacity(batch.len() - done);
-        // A copy per send: a retry must publish exactly what the first attempt did (which may
-        // be stored already), never a fresh verdict that schemas or policies changed meanwhile.
-        for (subject, publish, _, _) in &outgoing[done..] {
-            match js.send_publish(subject.clone(), publish.clone()).await {
+        // A message per send, from the outcome decided once: a retry must publish exactly what
+        // the first attempt did (which may be stored already), never a fresh verdict that
+        // schemas or policies changed meanwhile.
+        for ((subject, out, _, _), ingress) in outgoing[done..].iter().zip(&batch[done..]) {
+            match js.send_publish(subject.clone(), out.message(&ingress.payload)).await {
                 Ok(f) => confirmations.push(f),
                 Err(e) => {
                     tracing::warn!(error = %e, "publish failed; retrying in order");
@@ -591,6 +593,43 @@ async fn process_batch(
     }
 }
 
+/// What the validator publishes for one ingress message, decided once.
+enum Outgoing {
+    /// A validated event: its `KH_EVENTS` message is built at each send from the ingress bytes
+    /// and these (the same bytes every time), so the usual single send copies no headers.
+    Event {
+        /// The decoded envelope.
+        event: kakehashi_proto::v1::Event,
+        /// Schema version it was validated against.
+        version: u32,
+        /// Trace context headers for the hops downstream.
+        trace: Vec<(&'static str, String)>,
+    },
+    /// A dead letter, as built (rare: copied at each send).
+    Ready(PublishMessage),
+}
+
+impl Outgoing {
+    /// The message to send; `raw` is the ingress payload this outcome was decided on.
+    fn message(&self, raw: &bytes::Bytes) -> PublishMessage {
+        match self {
+            Outgoing::Event { event, version, trace } => {
+                // A binary-mode CloudEvent: attributes as `ce-` headers, the body the
+                // envelope's `data` sliced out of the ingress bytes (no copy, no
+                // re-serialisation).
+                let (mut headers, body) =
+                    kakehashi_proto::cloudevents::binary::events_message(raw, event, *version);
+                headers.insert(HEADER_SCHEMA_VERSION, version.to_string().as_str());
+                for (name, value) in trace {
+                    headers.insert(*name, value.as_str());
+                }
+                PublishMessage::build().headers(headers).payload(body).message_id(&event.id)
+            }
+            Outgoing::Ready(p) => p.clone(),
+        }
+    }
+}
+
 /// What became of an ingress message, for the metrics.
 enum Verdict {
     /// Valid, of this type.
@@ -629,7 +668,7 @@ fn outcome(
     settings: &ValidatorSettings,
     msg: &Ingress,
     span: &tracing::Span,
-) -> (String, PublishMessage, Option<AuditRecord>, Verdict) {
+) -> (String, Outgoing, Option<AuditRecord>, Verdict) {
     let seq = msg.seq;
     match check::check(&msg.subject, &msg.payload, store, settings.limits, |s, t| policy(s, t)) {
         Ok(accepted) => {
@@ -643,31 +682,20 @@ fn outcome(
             let _guard = span.enter();
             let trace_id = telemetry::trace_id(span, event.extensions.get(HEADER_TRACEPARENT));
             span.record("trace_id", trace_id.as_str());
-            // A binary-mode CloudEvent: attributes as `ce-` headers, the body the envelope's
-            // `data` sliced out of the ingress bytes (no copy, no re-serialisation).
-            let (ce_headers, body) = kakehashi_proto::cloudevents::binary::events_message(
-                &msg.payload,
-                event,
-                accepted.schema_version,
-            );
-            let mut p = PublishMessage::build()
-                .headers(ce_headers)
-                .payload(body)
-                .message_id(&event.id)
-                .header(HEADER_SCHEMA_VERSION, accepted.schema_version.to_string().as_str());
             // Downstream hops become children of this one; without export, pass context on.
             let ours = telemetry::traceparent_of(span);
-            for h in [HEADER_TRACEPARENT, HEADER_TRACESTATE] {
-                if let Some(v) = ours.get(h).or_else(|| event.extensions.get(h)) {
-                    p = p.header(h, v.as_str());
-                }
-            }
+            let trace = [HEADER_TRACEPARENT, HEADER_TRACESTATE]
+                .into_iter()
+                .filter_map(|h| ours.get(h).or_else(|| event.extensions.get(h)).map(|v| (h, v.clone())))
+                .collect();
             tracing::debug!(event_type = %event.r#type, version = accepted.schema_version, "validated");
             let mut record = AuditRecord::hop(event, "validated", "ok");
             record.schema_version = accepted.schema_version;
             record.trace_id = trace_id;
             let verdict = Verdict::Validated(event.r#type.clone());
-            (subjects::events(&event.r#type), p, Some(record), verdict)
+            let subject = subjects::events(&event.r#type);
+            let out = Outgoing::Event { event: accepted.event, version: accepted.schema_version, trace };
+            (subject, out, Some(record), verdict)
         }
         Err(rejected) => {
             if let Some(e) = &rejected.event {
@@ -718,7 +746,7 @@ fn outcome(
                     r.trace_id = trace_id;
                     r
                 });
-            (out.subject, p, record, Verdict::DeadLettered(rejected.reason.code()))
+            (out.subject, Outgoing::Ready(p), record, Verdict::DeadLettered(rejected.reason.code()))
         }
     }
 }
