@@ -28,7 +28,9 @@
 //! `KH_BENCH_MEMORY_EVENTS` (the memory run, default 1000000; 0 skips it), `KH_BENCH_MEMORY_AHEAD`
 //! (how far the memory run's publisher may get ahead of delivery, default 20000),
 //! `KH_BENCH_STREAM_MAX_GB` (`max_bytes` set on `KH_AUDIT`, `KH_EVENTS` and the raw stream so the
-//! disk cannot fill, default 16; oldest messages go first when reached).
+//! disk cannot fill, default 16; oldest messages go first when reached),
+//! `KH_BENCH_AUDIT_LINGER_MS` (both services' `topology.audit_linger_ms`; default the shipped
+//! one).
 //!
 //! The catalogue, the policy (`city-shibuya` → `mhlw` for vaccination records) and the
 //! subscription are set up as in `hot_path` (an in-process registry with the validator off,
@@ -316,10 +318,15 @@ async fn run(binaries: Binaries) {
 
     let reader_token = token();
     let source_token = token();
+    // Before/after runs of one build: the services' audit linger, when given.
+    let topology = std::env::var("KH_BENCH_AUDIT_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(String::new(), |ms| format!("[topology]\naudit_linger_ms = {ms}\n"));
     let registry = ServiceProcess::start(
         "registry-procbench",
         &binaries.registry,
-        &format!("[credentials]\n\"{reader_token}\" = \"{READER}\"\n"),
+        &format!("[credentials]\n\"{reader_token}\" = \"{READER}\"\n{topology}"),
         &nats,
         Service::Registry,
     )
@@ -327,7 +334,7 @@ async fn run(binaries: Binaries) {
     let adapter = ServiceProcess::start(
         "adapter-procbench",
         &binaries.adapter,
-        &format!("[credentials]\n\"{source_token}\" = \"{SOURCE}\"\n"),
+        &format!("[credentials]\n\"{source_token}\" = \"{SOURCE}\"\n{topology}"),
         &nats,
         Service::Adapter,
     )
