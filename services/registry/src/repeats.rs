@@ -6,15 +6,18 @@
 //! Each subscription keeps a high-water mark in `KH_CONFIG` (`delivered.<consumer>`): no event
 //! above it has ever been handed to the department. The mark is raised *before* an event above
 //! it is sent, by a step ahead (`STEP` stream sequences), so it costs one small write per step,
-//! not per event. After a crash, events up to one step past the last one really delivered are
-//! marked as possible repeats although they were not sent: over-marking, never under-marking.
+//! not per event. After a crash, events up to one and a half steps past the last one really
+//! delivered (a step written ahead in the background, below) are marked as possible repeats
+//! although they were not sent: over-marking, never under-marking.
 //! A stream that ends normally lowers the mark back to what it really delivered, unless another
-//! stream has raised it since.
+//! stream has raised it since. Half a step before the mark is reached, the next step is written
+//! in the background, so the event that reaches it seldom waits for the write (two round trips
+//! to `KH_CONFIG`, once every `STEP` events of a backlog).
 
 use async_nats::jetstream::kv;
 
-/// How far ahead of the event being sent the mark is raised, in `KH_EVENTS` sequences: the
-/// most events a crash can leave marked without having been sent.
+/// How far ahead of the event being sent the mark is raised, in `KH_EVENTS` sequences; a crash
+/// can leave up to one and a half of it marked without having been sent.
 pub const STEP: u64 = 256;
 
 /// The repeat marks of one Subscribe stream.
@@ -27,6 +30,8 @@ pub struct RepeatMarks {
     seen_here: u64,
     /// The mark as last written.
     mark: u64,
+    /// The next step, being written in the background: the mark it stored.
+    ahead: Option<tokio::task::JoinHandle<Result<u64, String>>>,
 }
 
 impl RepeatMarks {
@@ -34,7 +39,7 @@ impl RepeatMarks {
     pub async fn open(kv: kv::Store, consumer_name: &str) -> Result<Self, String> {
         let key = format!("delivered.{consumer_name}");
         let mark = read(&kv, &key).await?.map(|(v, _)| v).unwrap_or(0);
-        Ok(Self { kv, key, seen_before: mark, seen_here: 0, mark })
+        Ok(Self { kv, key, seen_before: mark, seen_here: 0, mark, ahead: None })
     }
 
     /// Before sending the event at `seq`: whether the department may have seen it already.
@@ -42,16 +47,36 @@ impl RepeatMarks {
     /// be sent yet (it would be unmarkable after a crash).
     pub async fn before_delivery(&mut self, seq: u64) -> Result<bool, String> {
         let repeat = seq <= self.seen_before || seq <= self.seen_here;
+        // Nothing above the stored mark goes out: a step still being written is waited for.
+        self.settle_ahead(seq > self.mark).await;
         if seq > self.mark {
-            self.raise(seq.saturating_add(STEP)).await?;
+            self.mark = raise(&self.kv, &self.key, seq.saturating_add(STEP)).await?;
+        } else if self.ahead.is_none() && seq.saturating_add(STEP / 2) > self.mark {
+            let (kv, key, target) = (self.kv.clone(), self.key.clone(), self.mark.saturating_add(STEP));
+            self.ahead = Some(tokio::spawn(async move { raise(&kv, &key, target).await }));
         }
         self.seen_here = self.seen_here.max(seq);
         Ok(repeat)
     }
 
+    /// Takes in the step written in the background once it is done, or waits for it when
+    /// `needed`. A failed one is forgotten: the event that reaches the mark raises it itself
+    /// and holds delivery until that succeeds.
+    async fn settle_ahead(&mut self, needed: bool) {
+        if !needed && !self.ahead.as_ref().is_some_and(|h| h.is_finished()) {
+            return;
+        }
+        if let Some(ahead) = self.ahead.take() {
+            if let Ok(Ok(mark)) = ahead.await {
+                self.mark = self.mark.max(mark);
+            }
+        }
+    }
+
     /// When the stream ends normally: brings the mark down to what was really delivered, if no
     /// other stream has moved it since (a failure leaves it high, which only over-marks).
     pub async fn release(&mut self) {
+        self.settle_ahead(true).await;
         let delivered = self.seen_before.max(self.seen_here);
         if delivered >= self.mark {
             return;
@@ -64,44 +89,36 @@ impl RepeatMarks {
             }
         }
     }
+}
 
-    /// Stores `target` unless another stream stored a higher mark (compare-and-set). Only a
-    /// lost race is tried again; any other failure (no leader, timeout) is returned as it is.
-    async fn raise(&mut self, target: u64) -> Result<(), String> {
-        for _ in 0..16 {
-            match read(&self.kv, &self.key).await? {
-                Some((current, _)) if current >= target => {
-                    self.mark = current;
-                    return Ok(());
-                }
-                Some((_, revision)) => {
-                    match within(self.kv.update(&self.key, target.to_string().into(), revision))
-                        .await
-                        .map_err(|e| format!("{}: {e}", self.key))?
-                    {
-                        Ok(_) => {
-                            self.mark = target;
-                            return Ok(());
-                        }
-                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
-                        Err(e) => return Err(format!("{}: {e}", self.key)),
-                    }
-                }
-                None => match within(self.kv.create(&self.key, target.to_string().into()))
+/// Stores `target` as `key`'s mark unless another stream stored a higher one (compare-and-set);
+/// the mark stored now. Only a lost race is tried again; any other failure (no leader,
+/// timeout) is returned as it is.
+async fn raise(kv: &kv::Store, key: &str, target: u64) -> Result<u64, String> {
+    for _ in 0..16 {
+        match read(kv, key).await? {
+            Some((current, _)) if current >= target => return Ok(current),
+            Some((_, revision)) => {
+                match within(kv.update(key, target.to_string().into(), revision))
                     .await
-                    .map_err(|e| format!("{}: {e}", self.key))?
+                    .map_err(|e| format!("{key}: {e}"))?
                 {
-                    Ok(_) => {
-                        self.mark = target;
-                        return Ok(());
-                    }
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(format!("{}: {e}", self.key)),
-                },
+                    Ok(_) => return Ok(target),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                    Err(e) => return Err(format!("{key}: {e}")),
+                }
             }
+            None => match within(kv.create(key, target.to_string().into()))
+                .await
+                .map_err(|e| format!("{key}: {e}"))?
+            {
+                Ok(_) => return Ok(target),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("{key}: {e}")),
+            },
         }
-        Err(format!("{}: too many concurrent updates", self.key))
     }
+    Err(format!("{key}: too many concurrent updates"))
 }
 
 /// The mark and its revision, read from the bucket's stream leader: a KV get is a direct get
