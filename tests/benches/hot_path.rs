@@ -9,6 +9,8 @@
 //!
 //! Environment: `KH_BENCH_EVENTS` (throughput runs, default 50000), `KH_BENCH_LATENCY_EVENTS`
 //! (paced run, default 2000), `KH_BENCH_LATENCY_RATE` (events/s of the paced run, default 500),
+//! `KH_BENCH_LATENCY_KEYS` (record keys of the paced run through the bus, default 1: every
+//! event in one partition, validated after the one before),
 //! `KH_BENCH_TELEMETRY=1` (install the registry binary's log subscriber, `info`, so the
 //! per-event spans are live as in production; logs go to stderr), `KH_BENCH_IDLE_SECS`
 //! (length of each idle measurement, default 3), `KH_BENCH_AUDIT_LINGER_MS` (the registry's
@@ -27,7 +29,8 @@
 //! - **2b End to end**: N fresh events published (pipelined, 1024 unconfirmed at most) to
 //!   `kh.in.…` and received through Subscribe, validated and pseudonymised on the way. Raw: the
 //!   same publishes straight into the delivery stream, received by the pull consumer.
-//! - **2c Latency**: a paced run, publish → received, p50/p99/max, for both.
+//! - **2c Latency**: a paced run, publish → received, p50/p99/max, for both; ours also split at
+//!   the validator's publish to `kh.ev.…` (seen by a plain subscription on its own connection).
 //! - **3 Memory**: peak RSS (VmHWM) of this process — bench client and in-process registry, not
 //!   nats-server, which is a child process reported apart — per phase (the peak is reset
 //!   through `/proc/<pid>/clear_refs` before each phase) and over the run.
@@ -103,6 +106,7 @@ async fn run() {
     let n = env_count("KH_BENCH_EVENTS", 50_000);
     let lat_n = env_count("KH_BENCH_LATENCY_EVENTS", 2_000);
     let lat_rate = env_count("KH_BENCH_LATENCY_RATE", 500);
+    let latency_keys = env_usize("KH_BENCH_LATENCY_KEYS", 1);
     let telemetry = (std::env::var("KH_BENCH_TELEMETRY").is_ok_and(|v| v == "1"))
         .then(|| kakehashi_runtime::telemetry::init("kakehashi-bench", "info").expect("telemetry"));
 
@@ -147,8 +151,8 @@ async fn run() {
     usage.push(probe.stop("1 raw", n));
 
     eprintln!("phase 1 ours: pre-publishing {n} to KH_INGRESS (validator not running)");
-    // Latency probes are keyless; the backlogs spread over 1,000 record keys (all partitions).
-    let ingress = subjects::ingress(SOURCE, TYPE, "");
+    // The backlogs spread over 1,000 record keys (all partitions); latency probes are keyless
+    // unless `KH_BENCH_LATENCY_KEYS` says otherwise.
     publish_pipelined(&publisher, (0..n).map(|i| keyed(&payload, i))).await;
     assert_eq!(bus::stream_len(&publisher, bus::INGRESS).await, n as u64, "KH_INGRESS holds the backlog");
     setup.stop().await;
@@ -263,13 +267,35 @@ async fn run() {
     };
     usage.push(probe.stop("2c raw", lat_n));
     let probe = Probe::start(nats_pid);
+    // Where an event is when the validator has published it: a plain NATS subscription on the
+    // validated subjects (on its own connection) notes when each event id passes there.
+    let validated = Arc::new(Mutex::new(HashMap::with_capacity(lat_n)));
+    let watcher = {
+        let validated = validated.clone();
+        let mut seen =
+            connect(&nats).await.client().subscribe(subjects::events(TYPE)).await.expect("watch KH_EVENTS");
+        tokio::spawn(async move {
+            while let Some(m) = seen.next().await {
+                let id = m.headers.as_ref().and_then(|h| h.get("ce-id")).map(|v| v.as_str().to_string());
+                if let Some(id) = id {
+                    validated.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Instant::now());
+                }
+            }
+        })
+    };
+    let mut split = (Vec::with_capacity(lat_n), Vec::with_capacity(lat_n));
     let ours_lat = {
         let sent = Arc::new(Mutex::new(HashMap::with_capacity(lat_n)));
-        let (payload, subject) = (payload.clone(), ingress.clone());
+        let payload = payload.clone();
         let p = tokio::spawn(paced(
             publisher.clone(),
-            move |_| new_event(&payload),
-            move |_| subject.clone(),
+            // One record key (one partition, each event validated after the one before), or
+            // `KH_BENCH_LATENCY_KEYS` keys spread over the partitions.
+            move |i| match latency_keys {
+                0 | 1 => new_event(&payload),
+                k => keyed(&payload, i % k).1,
+            },
+            |e| subjects::ingress(SOURCE, TYPE, &e.subject),
             lat_n,
             lat_rate,
             sent.clone(),
@@ -279,12 +305,23 @@ async fn run() {
             .take(lat_n, |d, at| {
                 let id = d.event.as_ref().map(|e| e.id.as_str()).unwrap_or_default();
                 lat.push(latency_ms(&sent, id, at));
+                if let Some(v) = validated.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied() {
+                    split.0.push(latency_ms(&sent, id, v));
+                    split.1.push(at.saturating_duration_since(v).as_secs_f64() * 1e3);
+                }
             })
             .await;
         p.await.expect("paced publisher");
         Percentiles::of(lat)
     };
     usage.push(probe.stop("2c ours", lat_n));
+    watcher.abort();
+    let (to_validated, to_received) = (split.0.len(), Percentiles::of(split.1));
+    let to_validated_p = Percentiles::of(split.0);
+    let split_line = format!(
+        "2c ours, split at the validator's publish ({to_validated} of {lat_n} seen there): publish -> validated p50 {:.2} / p99 {:.2} ms; validated -> received p50 {:.2} / p99 {:.2} ms",
+        to_validated_p.p50, to_validated_p.p99, to_received.p50, to_received.p99
+    );
     for (phase, ours, raw) in [
         ("2c latency p50 publish -> received (ms)", ours_lat.p50, raw_lat.p50),
         ("2c latency p99 publish -> received (ms)", ours_lat.p99, raw_lat.p99),
@@ -368,6 +405,7 @@ async fn run() {
     }
     println!("KH_EVENTS {events_stored} events, KH_AUDIT {audit_records} audit records ({:.2} per delivered event)", audit_records as f64 / (2 * n + lat_n) as f64);
     println!("redeliveries seen by the subscriber: drain {}, e2e {}", drained.redeliveries, e2e.redeliveries);
+    println!("{split_line}");
     println!("phase 1 fill marks: ours first seen at {} of {n}, raw at {} of {n}", ours_fill.c0, raw_fill.c0);
 
     println!(
