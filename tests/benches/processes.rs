@@ -136,12 +136,20 @@ fn release_binaries() -> Binaries {
         release.parent().unwrap_or(release).display()
     );
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let sources = ["proto", "services/runtime", "services/registry", "services/adapter", "Cargo.lock"]
-        .iter()
-        .map(|d| newest_mtime(&workspace.join(d)))
-        .max()
-        .flatten();
-    for (p, var) in [(&b.registry, "KH_BENCH_REGISTRY_BIN"), (&b.adapter, "KH_BENCH_ADAPTER_BIN")] {
+    // Each binary against what it is built from: cargo does not relink the adapter for a change
+    // of the registry alone, so one set for both refused an adapter that was up to date.
+    let newest = |own: &str| {
+        ["proto", "services/runtime", own, "Cargo.lock"]
+            .iter()
+            .map(|d| newest_mtime(&workspace.join(d)))
+            .max()
+            .flatten()
+    };
+    for (p, var, own) in [
+        (&b.registry, "KH_BENCH_REGISTRY_BIN", "services/registry"),
+        (&b.adapter, "KH_BENCH_ADAPTER_BIN", "services/adapter"),
+    ] {
+        let sources = newest(own);
         let built = std::fs::metadata(p).and_then(|m| m.modified());
         let Ok(built) = built else { panic!("{} is missing: build it first with\n  {build}", p.display()) };
         // A binary named on purpose (an older build, to compare) is taken as it is.
