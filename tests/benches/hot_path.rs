@@ -47,11 +47,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
-use kakehashi_proto::subjects;
 use kakehashi_proto::v1::{
     delivery_client::DeliveryClient, subscribe_request, AckDeliveries, Event, EventDelivery,
     OpenSubscription, SubscribeRequest,
 };
+use kakehashi_proto::{cloudevents, subjects};
 use kakehashi_tests::bench::{
     child_pid, connect, cores, cpu_time, create_raw_streams, env_count, env_usize, example_payload, keyed,
     latency_ms, new_event, paced, publish_bytes_pipelined, publish_pipelined, raw_consumer, relay,
@@ -276,7 +276,11 @@ async fn run() {
             connect(&nats).await.client().subscribe(subjects::events(TYPE)).await.expect("watch KH_EVENTS");
         tokio::spawn(async move {
             while let Some(m) = seen.next().await {
-                let id = m.headers.as_ref().and_then(|h| h.get("ce-id")).map(|v| v.as_str().to_string());
+                let id = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(cloudevents::binary::ID))
+                    .map(|v| v.as_str().to_string());
                 if let Some(id) = id {
                     validated.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Instant::now());
                 }
@@ -316,11 +320,11 @@ async fn run() {
     };
     usage.push(probe.stop("2c ours", lat_n));
     watcher.abort();
-    let (to_validated, to_received) = (split.0.len(), Percentiles::of(split.1));
-    let to_validated_p = Percentiles::of(split.0);
+    let seen = split.0.len();
+    let (to_validated, to_received) = (Percentiles::of(split.0), Percentiles::of(split.1));
     let split_line = format!(
-        "2c ours, split at the validator's publish ({to_validated} of {lat_n} seen there): publish -> validated p50 {:.2} / p99 {:.2} ms; validated -> received p50 {:.2} / p99 {:.2} ms",
-        to_validated_p.p50, to_validated_p.p99, to_received.p50, to_received.p99
+        "2c ours, split at the validator's publish ({seen} of {lat_n} seen there): publish -> validated p50 {:.2} / p99 {:.2} ms; validated -> received p50 {:.2} / p99 {:.2} ms",
+        to_validated.p50, to_validated.p99, to_received.p50, to_received.p99
     );
     for (phase, ours, raw) in [
         ("2c latency p50 publish -> received (ms)", ours_lat.p50, raw_lat.p50),

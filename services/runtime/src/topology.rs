@@ -27,9 +27,9 @@ pub struct TopologyConfig {
     /// Audit records a process holds waiting to be written; when full, hops wait (no record
     /// is dropped).
     pub audit_queue: usize,
-    /// Most hops one batch record of `KH_AUDIT` holds (hops queued together are written as one
-    /// record; a batch is never waited for). A batch is also closed before its JSON could reach
-    /// half of `max_message_bytes`.
+    /// Most hops one batch record of `KH_AUDIT` holds (hops queued together, or arriving within
+    /// `audit_linger_ms` of the first, are written as one record). A batch is also closed before
+    /// its JSON could reach half of `max_message_bytes`.
     pub audit_batch_hops: usize,
     /// How long the audit task waits for more hops to join a record once it holds one, in
     /// milliseconds (0: never waits). At a low rate every hop would otherwise be a record of
