@@ -543,6 +543,53 @@ fn the_listener_check_finds_each_kind_of_gap() {
     assert!(!unauthenticated_listeners("k8s", &name, &broken, true).is_empty());
 }
 
+/// Where a deployment's registry keeps its trace index: a file under a mounted volume, so a
+/// restart goes on from where it was instead of reading the whole of `KH_AUDIT` again (the
+/// default, a temporary file, is for development). `mounts` are the block's mount paths.
+fn index_on_a_volume(path: Option<&str>, mounts: &[&str]) -> Result<(), String> {
+    let path = path.ok_or("KAKEHASHI_TRACE_INDEX_PATH is not set: the index is a temporary file")?;
+    let dir = std::path::Path::new(path).parent().and_then(|d| d.to_str()).unwrap_or("");
+    mounts
+        .iter()
+        .any(|m| dir == *m || dir.starts_with(&format!("{m}/")))
+        .then_some(())
+        .ok_or_else(|| format!("{path} is not on a mounted volume ({mounts:?})"))
+}
+
+#[test]
+fn the_registry_keeps_its_trace_index_on_a_volume_in_compose_and_kubernetes() {
+    let dir = deploy_dir();
+    let compose = read(&dir.join("docker-compose.yml"));
+    let services = compose_services(&compose);
+    let (_, registry) = services.iter().find(|(n, _)| n == "registry").expect("registry service");
+    let path = registry
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("KAKEHASHI_TRACE_INDEX_PATH: "))
+        .map(|v| v.trim_matches('"'));
+    // Named volumes only (`name:/path`, no `./` bind of a file from the checkout), writable.
+    let mounts: Vec<&str> = registry
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .filter(|v| !v.starts_with('.') && !v.ends_with(":ro"))
+        .filter_map(|v| v.split(':').nth(1))
+        .collect();
+    index_on_a_volume(path, &mounts).unwrap_or_else(|e| panic!("docker-compose.yml: registry: {e}"));
+    let k8s = read(&dir.join("k8s/registry.yaml"));
+    let (_, container) = k8s_containers(&k8s).into_iter().next().expect("registry container");
+    let lines: Vec<&str> = container.lines().map(str::trim).collect();
+    let path = lines
+        .windows(2)
+        .find(|w| w[0] == "- name: KAKEHASHI_TRACE_INDEX_PATH")
+        .and_then(|w| w[1].strip_prefix("value: "));
+    let mounts: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("mountPath: ")).collect();
+    index_on_a_volume(path, &mounts).unwrap_or_else(|e| panic!("k8s/registry.yaml: {e}"));
+    // The check itself: a temporary file, or a path off every volume, is refused.
+    assert!(index_on_a_volume(None, &["/var/lib/kakehashi"]).is_err());
+    assert!(index_on_a_volume(Some("/tmp/index.redb"), &["/var/lib/kakehashi"]).is_err());
+    assert!(index_on_a_volume(Some("/var/lib/kakehashi-other/i.redb"), &["/var/lib/kakehashi"]).is_err());
+    assert!(index_on_a_volume(Some("/var/lib/kakehashi/i.redb"), &["/var/lib/kakehashi"]).is_ok());
+}
+
 /// The example collector's OTLP receiver requires a bearer token and its health check stays on
 /// the container's loopback: the example is a deploy file like the others. (Text checks: the
 /// file's layout is ours; the tests carry no YAML parser.)
