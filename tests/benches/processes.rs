@@ -30,7 +30,11 @@
 //! `KH_BENCH_STREAM_MAX_GB` (`max_bytes` set on `KH_AUDIT`, `KH_EVENTS` and the raw stream so the
 //! disk cannot fill, default 16; oldest messages go first when reached),
 //! `KH_BENCH_AUDIT_LINGER_MS` (both services' `topology.audit_linger_ms`; default the shipped
-//! one).
+//! one), `KH_BENCH_DEDUP_WINDOW_SECS` (the duplicate window of `KH_INGRESS`, `KH_EVENTS` and the
+//! raw streams, set before anything is published; default the shipped 2 h: nats-server keeps
+//! every message id for the window, so over a shorter run its memory grows with the ids),
+//! `KH_BENCH_REGISTRY_TOML` (more of the registry's configuration file, appended as given, e.g.
+//! `[trace_index]` with `cache_mb = 8`; not a `[topology]` section when the linger is set).
 //!
 //! The catalogue, the policy (`city-shibuya` → `mhlw` for vaccination records) and the
 //! subscription are set up as in `hot_path` (an in-process registry with the validator off,
@@ -71,8 +75,8 @@ use kakehashi_proto::v1::{
 };
 use kakehashi_tests::bench::{
     child_pid, connect, cores, cpu_ticks, create_raw_streams, env_usize, example_payload, keyed, latency_ms,
-    new_event, paced, raw_consumer, setup_registry, status_kb, wait_acked, KEYS, PUBLISH_WINDOW, RAW_OUT,
-    READER, SOURCE, TYPE,
+    new_event, paced, raw_consumer, setup_registry, status_kb, wait_acked, KEYS, PUBLISH_WINDOW, RAW_IN,
+    RAW_OUT, READER, SOURCE, TYPE,
 };
 use kakehashi_tests::{bus, NatsServer};
 use prost::Message as _;
@@ -323,6 +327,9 @@ async fn run(binaries: Binaries) {
     create_raw_streams(&service).await;
     let raw_consumer = raw_consumer(&service, IN_FLIGHT).await;
     let limited = limit_streams(&service, max_gb as i64 * 1024 * 1024 * 1024).await;
+    if let Some(secs) = std::env::var("KH_BENCH_DEDUP_WINDOW_SECS").ok().and_then(|v| v.parse().ok()) {
+        dedup_window(&service, Duration::from_secs(secs)).await;
+    }
 
     let reader_token = token();
     let source_token = token();
@@ -331,10 +338,12 @@ async fn run(binaries: Binaries) {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(String::new(), |ms| format!("[topology]\naudit_linger_ms = {ms}\n"));
+    // More of the registry's configuration for one run, e.g. `[trace_index]` settings.
+    let registry_extra = std::env::var("KH_BENCH_REGISTRY_TOML").map_or(String::new(), |t| format!("{t}\n"));
     let registry = ServiceProcess::start(
         "registry-procbench",
         &binaries.registry,
-        &format!("[credentials]\n\"{reader_token}\" = \"{READER}\"\n{topology}"),
+        &format!("[credentials]\n\"{reader_token}\" = \"{READER}\"\n{topology}{registry_extra}"),
         &nats,
         Service::Registry,
     )
@@ -786,6 +795,16 @@ async fn limit_streams(js: &jetstream::Context, max_bytes: i64) -> Vec<String> {
         }
     }
     limited
+}
+
+/// Sets the duplicate window of every stream an event passes through, ours and raw alike.
+async fn dedup_window(js: &jetstream::Context, window: Duration) {
+    for name in [subjects::STREAM_INGRESS, bus::EVENTS, RAW_IN, RAW_OUT] {
+        let mut config = js.get_stream(name).await.expect("stream").cached_info().config.clone();
+        config.duplicate_window = window;
+        js.update_stream(config).await.unwrap_or_else(|e| panic!("duplicate window of {name}: {e}"));
+    }
+    eprintln!("processes: duplicate window {window:?} on KH_INGRESS, KH_EVENTS and the raw streams");
 }
 
 /// Publishes everything with at most [`PUBLISH_WINDOW`] unconfirmed; panics on any failure.
