@@ -4,7 +4,8 @@
 //! pseudonym of the My Number (the same for both forms), invalid payloads (bad bytes, an unknown
 //! field, a wrong JSON type, a bad check digit, in either form) dead-lettered as
 //! `schema_violation` with the field path and the raw bytes, and `.proto` sources that do not
-//! compile refused with `INVALID_ARGUMENT` and a location.
+//! compile refused with `INVALID_ARGUMENT` and a location. A proto3 JSON payload naming a field
+//! twice (by its two spellings) is dead-lettered, not delivered.
 
 use kakehashi_proto::v1::schema_registry_client::SchemaRegistryClient;
 use kakehashi_proto::v1::*;
@@ -364,4 +365,71 @@ async fn protobuf_events_are_validated_pseudonymised_per_reader_and_dead_lettere
     }
     mhlw.expect_nothing_for(Duration::from_millis(500), "invalid events are not delivered").await;
     nta.expect_nothing_for(Duration::from_millis(200), "invalid events are not delivered").await;
+}
+
+#[tokio::test]
+async fn a_proto3_json_payload_naming_a_field_twice_is_dead_lettered_not_delivered() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(registry_config(&nats)).await;
+    let endpoint = registry.endpoint();
+    let mut c = SchemaRegistryClient::connect(endpoint.clone()).await.expect("connect");
+    c.register_schema(protobuf_request(
+        PERSON,
+        vec![proto_file(PERSON)],
+        "kakehashi.catalogue.common.v1.Person",
+        &[],
+    ))
+    .await
+    .expect("person registers");
+    c.register_schema(protobuf_request(
+        SUBJECT,
+        vec![proto_file(SUBJECT)],
+        "kakehashi.catalogue.health.v1.VaccinationRecorded",
+        &[(PERSON, 1)],
+    ))
+    .await
+    .expect("event registers");
+    let flow = Flow {
+        event_type: TYPE,
+        policy: "health.>",
+        producers: &["city-shibuya"],
+        reader: "mhlw",
+        subscription: "vax",
+    };
+    bus::put_policy(&endpoint, flow.policy, flow.producers, &[flow.reader]).await;
+    bus::create_subscription(&endpoint, bus::subscription(flow.reader, flow.subscription, TYPE)).await;
+    let mut mhlw = flow.open(&endpoint, 16).await;
+    let js = bus::jetstream(&nats).await;
+    let json_event =
+        |data: &[u8]| Event { data_content_type: "application/json".into(), ..protobuf_event(data.to_vec()) };
+
+    // Two people's My Numbers in one field, both with correct check digits: accepted before
+    // (prost-reflect alone keeps the last spelling), while a reader keeping the first would read
+    // the other person. The bus must not pick one for its readers.
+    let twice = json_event(
+        br#"{"person": {"myNumber": "161803398872", "my_number": "123456789018"}, "municipalityCode": "131130"}"#,
+    );
+    let raw = bus::publish_ingress(&js, &twice).await;
+    let stored = bus::wait_dead_letter(&js, &twice.id, WAIT).await;
+    let l = &stored.letter;
+    assert_eq!(l.reason, "schema_violation", "{l:?}");
+    assert!(l.message.contains("duplicate"), "{}", l.message);
+    let pointers: Vec<&str> = l.violations.iter().map(|v| v.pointer.as_str()).collect();
+    assert_eq!(pointers, ["/person"], "{}", l.message);
+    assert_eq!(l.raw, raw, "the exact bytes received are kept");
+    assert!(find(&l.raw, &twice.data).is_some(), "the payload byte for byte");
+    for number in [MY_NUMBER, b"123456789018"] {
+        assert!(
+            find(l.message.as_bytes(), number).is_none(),
+            "no payload value in the message: {}",
+            l.message
+        );
+    }
+
+    // The same key next, named once: the first delivery is it.
+    let once = json_event(br#"{"person": {"myNumber": "161803398872"}, "municipalityCode": "131130"}"#);
+    bus::publish_ingress(&js, &once).await;
+    let d = mhlw.expect_and_ack("the event naming the field once", WAIT).await;
+    assert_eq!(d.event.expect("event").id, once.id, "the one naming it twice is not delivered");
+    mhlw.expect_nothing_for(Duration::from_millis(500), "nothing else is delivered").await;
 }

@@ -22,7 +22,7 @@
 mod check;
 pub mod reason;
 pub mod share;
-mod unique_keys;
+pub(crate) mod unique_keys;
 
 pub(crate) use check::check_size;
 pub use check::{check_payload, CheckLimits, PayloadRejected};
