@@ -54,8 +54,18 @@
 //!   the same way straight into a stream configured like `KH_EVENTS`, read by a pull consumer
 //!   (max_ack_pending 1024) that acks each message: what JetStream alone does for one
 //!   publish → stored → delivered → acked.
+//! - **a'. Raw through two stores**: the same envelopes published into a work-queue stream
+//!   (`RAW_IN`), relayed by a pull consumer in the bench process (batches of 256, publishes
+//!   pipelined, each message acked once its publish is confirmed: the validator's shape without
+//!   its checks) into the delivery-like stream, then read as raw. What any design that stores
+//!   an event twice starts from; the relay's CPU is in the bench client's column.
+//! - **a'''. Raw, stored once after a request**: each envelope sent as a core NATS request
+//!   (1,024 outstanding at most) to a relay in the bench process that stores it into the
+//!   delivery-like stream and answers once the store is confirmed; read as raw. The shape of a
+//!   bus that validates before its first store, without the checks: what such a redesign could
+//!   reach at best. Its relay's CPU is in the bench client's column too.
 //! - **c. Latency**: L events at a fixed rate, publish (or send on the stream) → received, for
-//!   raw, a and b.
+//!   raw, raw through two stores, raw stored once after a request, a and b.
 //! - **d. CPU µs per event** of each process over each throughput row, from `/proc/<pid>/stat`
 //!   (bench client, registry, adapter, nats-server), and the busy CPU of everything else on the
 //!   machine over the same interval (`/proc/stat`), since the machine may be shared.
@@ -287,6 +297,42 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
 
 // ---- The run -------------------------------------------------------------------------------
 
+/// Where the two-store raw baseline publishes: `RAW_IN`, which the relay empties into `RAW_OUT`.
+const RAW_RELAYED: &str = "kh.rawin.x";
+/// Where the stored-once-after-a-request baseline sends its requests (core NATS, not a stream).
+const RAW_REQUESTED: &str = "kh.rawreq.x";
+
+/// The stored-once baseline's relay: each request stored into `RAW_OUT` (publishes sent in
+/// arrival order, pipelined) and answered once its store is confirmed.
+async fn request_relay(js: jetstream::Context) {
+    let client = js.client();
+    let mut requests = client.subscribe(RAW_REQUESTED).await.expect("request relay subscription");
+    let out = kakehashi_tests::bench::raw_events_subject();
+    while let Some(m) = requests.next().await {
+        let Some(reply) = m.reply.clone() else { continue };
+        let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
+        let mut p = PublishMessage::build().payload(m.payload.clone());
+        if let Some(id) = id {
+            p = p.message_id(id);
+        }
+        let confirmation = js.send_publish(out.clone(), p).await.expect("relay publish");
+        let client = client.clone();
+        tokio::spawn(async move {
+            if confirmation.await.is_ok() {
+                let _ = client.publish(reply, bytes::Bytes::new()).await;
+            }
+        });
+    }
+}
+
+/// Sends `event` as a request to the stored-once relay and panics unless it is answered.
+async fn request_stored(client: async_nats::Client, event: Event) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.id.as_str());
+    let request = async_nats::Request::new().payload(event.encode_to_vec().into()).headers(headers);
+    client.send_request(RAW_REQUESTED, request).await.expect("request answered");
+}
+
 /// Throughput of one row and what each process spent on it.
 struct Measured {
     rate: f64,
@@ -326,6 +372,10 @@ async fn run(binaries: Binaries) {
     let service = connect(&nats).await;
     create_raw_streams(&service).await;
     let raw_consumer = raw_consumer(&service, IN_FLIGHT).await;
+    // The two-store baseline: `RAW_IN` (a work queue) relayed into the delivery-like stream by
+    // a pull consumer in this process, as the validator does without its checks.
+    let relay = tokio::spawn(kakehashi_tests::bench::relay(service.clone()));
+    let request_relay = tokio::spawn(request_relay(service.clone()));
     let limited = limit_streams(&service, max_gb as i64 * 1024 * 1024 * 1024).await;
     if let Some(secs) = std::env::var("KH_BENCH_DEDUP_WINDOW_SECS").ok().and_then(|v| v.parse().ok()) {
         dedup_window(&service, Duration::from_secs(secs)).await;
@@ -364,12 +414,22 @@ async fn run(binaries: Binaries) {
     let gateway = PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
     let consumer_name = format!("sub_{READER}_{SUBSCRIPTION}");
     let raw_subject = kakehashi_tests::bench::raw_events_subject();
+    // Its replies come back under `kh.`: the `admin` identity may publish nowhere else that a
+    // client's default `_INBOX.` would need.
+    let requester = nats
+        .service_auth(Service::Admin)
+        .options("bench-requester")
+        .expect("credentials")
+        .custom_inbox_prefix("kh.rawinbox")
+        .connect(nats.url())
+        .await
+        .expect("requester connects");
     let ctx = Ctx {
         publisher: publisher.clone(),
+        requester,
         service: service.clone(),
         payload: payload.clone(),
         consumer_name: consumer_name.clone(),
-        raw_subject: raw_subject.clone(),
         gateway: gateway.clone(),
         source_token: source_token.clone(),
         pids,
@@ -378,22 +438,28 @@ async fn run(binaries: Binaries) {
     // ---- Warm-up (not measured) ----------------------------------------------------------
     if warmup > 0 {
         eprintln!("warm-up: {warmup} events through each path");
-        ctx.raw_e2e(&mut raw, warmup).await;
+        ctx.raw_e2e(&mut raw, warmup, &raw_subject).await;
+        ctx.raw_e2e(&mut raw, warmup, RAW_RELAYED).await;
+        ctx.requested_e2e(&mut raw, warmup).await;
         ctx.direct_e2e(&mut ours, warmup).await;
         ctx.adapter_e2e(&mut ours, warmup).await;
     }
 
     // ---- a, b: throughput ----------------------------------------------------------------
-    eprintln!("row a: raw, then {n} events published directly");
-    let raw_a = ctx.raw_e2e(&mut raw, n).await;
+    eprintln!("row a: raw, raw through two stores, then {n} events published directly");
+    let raw_a = ctx.raw_e2e(&mut raw, n, &raw_subject).await;
+    let relayed_a = ctx.raw_e2e(&mut raw, n, RAW_RELAYED).await;
+    let requested_a = ctx.requested_e2e(&mut raw, n).await;
     let direct = ctx.direct_e2e(&mut ours, n).await;
     eprintln!("row b: raw, then {n} events through the adapter's PublishStream");
-    let raw_b = ctx.raw_e2e(&mut raw, n).await;
+    let raw_b = ctx.raw_e2e(&mut raw, n, &raw_subject).await;
     let through_adapter = ctx.adapter_e2e(&mut ours, n).await;
 
     // ---- c: latency ----------------------------------------------------------------------
-    eprintln!("row c: {lat_n} events at {lat_rate}/s each: raw, direct, adapter");
-    let lat_raw = ctx.raw_latency(&mut raw, lat_n, lat_rate).await;
+    eprintln!("row c: {lat_n} events at {lat_rate}/s each: raw, raw through two stores, direct, adapter");
+    let lat_raw = ctx.raw_latency(&mut raw, lat_n, lat_rate, &raw_subject).await;
+    let lat_relayed = ctx.raw_latency(&mut raw, lat_n, lat_rate, RAW_RELAYED).await;
+    let lat_requested = ctx.requested_latency(&mut raw, lat_n, lat_rate).await;
     let lat_direct = ctx.direct_latency(&mut ours, lat_n, lat_rate).await;
     let lat_adapter = ctx.adapter_latency(&mut ours, lat_n, lat_rate).await;
 
@@ -449,7 +515,31 @@ async fn run(binaries: Binaries) {
         raw_b.rate,
         through_adapter.rate / raw_b.rate
     );
-    for (path, lat) in [("direct", &lat_direct), ("through the adapter", &lat_adapter)] {
+    println!(
+        "| a'. raw through two stores (work queue → relay → stream → consumer), vs raw | {:.0} ev/s | {:.0} ev/s | **{:.2}** |",
+        relayed_a.rate,
+        raw_a.rate,
+        relayed_a.rate / raw_a.rate
+    );
+    println!(
+        "| a''. end to end direct, vs raw through two stores | {:.0} ev/s | {:.0} ev/s | **{:.2}** |",
+        direct.rate,
+        relayed_a.rate,
+        direct.rate / relayed_a.rate
+    );
+    println!(
+        "| a'''. raw stored once after a request (validate-first shape), vs raw | {:.0} ev/s | {:.0} ev/s | **{:.2}** |",
+        requested_a.rate,
+        raw_a.rate,
+        requested_a.rate / raw_a.rate
+    );
+    let paths = [
+        ("direct", &lat_direct),
+        ("through the adapter", &lat_adapter),
+        ("raw through two stores", &lat_relayed),
+        ("raw stored once after a request", &lat_requested),
+    ];
+    for (path, lat) in paths {
         for (what, ours, raw) in
             [("p50", lat.p50, lat_raw.p50), ("p99", lat.p99, lat_raw.p99), ("max", lat.max, lat_raw.max)]
         {
@@ -468,10 +558,14 @@ async fn run(binaries: Binaries) {
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (row, m) in [
         ("a raw", &raw_a),
+        ("a' raw two stores", &relayed_a),
+        ("a''' raw stored once after a request", &requested_a),
         ("a direct", &direct),
         ("b raw", &raw_b),
         ("b adapter", &through_adapter),
         ("c raw (paced)", &lat_raw.measured),
+        ("c raw two stores (paced)", &lat_relayed.measured),
+        ("c raw stored once after a request (paced)", &lat_requested.measured),
         ("c direct (paced)", &lat_direct.measured),
         ("c adapter (paced)", &lat_adapter.measured),
     ] {
@@ -512,6 +606,8 @@ async fn run(binaries: Binaries) {
             println!("    {}", l.chars().take(300).collect::<String>());
         }
     }
+    relay.abort();
+    request_relay.abort();
     drop(ours);
     drop(raw);
     drop(adapter);
@@ -522,23 +618,24 @@ async fn run(binaries: Binaries) {
 /// What every row needs.
 struct Ctx {
     publisher: jetstream::Context,
+    /// Sends the stored-once baseline's requests.
+    requester: async_nats::Client,
     service: jetstream::Context,
     payload: Vec<u8>,
     consumer_name: String,
-    raw_subject: String,
     gateway: PublisherClient<tonic::transport::Channel>,
     source_token: String,
     pids: Pids,
 }
 
 impl Ctx {
-    /// Raw: N envelopes published straight into the delivery-like stream, pulled and acked.
-    async fn raw_e2e(&self, raw: &mut RawSubscriber, n: usize) -> Measured {
+    /// Raw: N envelopes published to `subject` (straight into the delivery-like stream, or into
+    /// the work queue the relay empties into it), pulled and acked.
+    async fn raw_e2e(&self, raw: &mut RawSubscriber, n: usize, subject: &str) -> Measured {
         let mark = Mark::now(&self.pids);
         let t = Instant::now();
         let p = {
-            let (js, payload, subject) =
-                (self.publisher.clone(), self.payload.clone(), self.raw_subject.clone());
+            let (js, payload, subject) = (self.publisher.clone(), self.payload.clone(), subject.to_string());
             tokio::spawn(async move {
                 let messages = (0..n).map(move |_| {
                     let e = new_event(&payload);
@@ -553,6 +650,60 @@ impl Ctx {
         let rate = n as f64 / t.elapsed().as_secs_f64();
         p.await.expect("raw publisher");
         Measured { rate, cpu: mark.cpu_since(&self.pids), events: n }
+    }
+
+    /// a''': N envelopes as requests to the stored-once relay (at most [`PUBLISH_WINDOW`]
+    /// outstanding), pulled and acked as raw.
+    async fn requested_e2e(&self, raw: &mut RawSubscriber, n: usize) -> Measured {
+        let mark = Mark::now(&self.pids);
+        let t = Instant::now();
+        let p = {
+            let (client, payload) = (self.requester.clone(), self.payload.clone());
+            tokio::spawn(async move {
+                let window = Arc::new(tokio::sync::Semaphore::new(PUBLISH_WINDOW));
+                for _ in 0..n {
+                    let permit = window.clone().acquire_owned().await.expect("window");
+                    let (client, event) = (client.clone(), new_event(&payload));
+                    tokio::spawn(async move {
+                        request_stored(client, event).await;
+                        drop(permit);
+                    });
+                }
+                let _all = window.acquire_many(PUBLISH_WINDOW as u32).await.expect("window");
+            })
+        };
+        raw.take(n, |_, _| {}).await;
+        wait_acked(&self.service, RAW_OUT, "drain", PHASE_LIMIT).await;
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        p.await.expect("requester");
+        Measured { rate, cpu: mark.cpu_since(&self.pids), events: n }
+    }
+
+    /// c for the stored-once baseline: requests at a fixed rate.
+    async fn requested_latency(&self, raw: &mut RawSubscriber, n: usize, rate: usize) -> Latency {
+        let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(n)));
+        let mark = Mark::now(&self.pids);
+        let p = {
+            let (client, payload, sent) = (self.requester.clone(), self.payload.clone(), sent.clone());
+            tokio::spawn(async move {
+                let start = tokio::time::Instant::now();
+                let gap = Duration::from_secs_f64(1.0 / rate as f64);
+                let mut answers = Vec::with_capacity(n);
+                for i in 0..n {
+                    tokio::time::sleep_until(start + gap * i as u32).await;
+                    let event = keyed(&payload, i).1;
+                    sent.lock().unwrap_or_else(|p| p.into_inner()).insert(event.id.clone(), Instant::now());
+                    answers.push(tokio::spawn(request_stored(client.clone(), event)));
+                }
+                for a in answers {
+                    a.await.expect("request");
+                }
+            })
+        };
+        let mut lat = Vec::with_capacity(n);
+        raw.take(n, |id, at| lat.push(latency_ms(&sent, id, at))).await;
+        p.await.expect("paced requester");
+        Latency::of(lat, Measured { rate: 0.0, cpu: mark.cpu_since(&self.pids), events: n })
     }
 
     /// a: N events published to `kh.in.…` as the SDK does, received through Subscribe.
@@ -602,10 +753,10 @@ impl Ctx {
         Measured { rate, cpu: mark.cpu_since(&self.pids), events: n }
     }
 
-    async fn raw_latency(&self, raw: &mut RawSubscriber, n: usize, rate: usize) -> Latency {
+    async fn raw_latency(&self, raw: &mut RawSubscriber, n: usize, rate: usize, subject: &str) -> Latency {
         let sent = Arc::new(Mutex::new(HashMap::with_capacity(n)));
         let mark = Mark::now(&self.pids);
-        let subject = self.raw_subject.clone();
+        let subject = subject.to_string();
         let payload = self.payload.clone();
         let p = tokio::spawn(paced(
             self.publisher.clone(),
