@@ -632,19 +632,29 @@ impl Ctx {
     /// Raw: N envelopes published to `subject` (straight into the delivery-like stream, or into
     /// the work queue the relay empties into it), pulled and acked.
     async fn raw_e2e(&self, raw: &mut RawSubscriber, n: usize, subject: &str) -> Measured {
+        let (js, payload, subject) = (self.publisher.clone(), self.payload.clone(), subject.to_string());
+        let publish = async move {
+            let messages = (0..n).map(move |_| {
+                let e = new_event(&payload);
+                let m = PublishMessage::build().payload(e.encode_to_vec().into()).message_id(&e.id);
+                (subject.clone(), m)
+            });
+            publish_messages_pipelined(&js, messages).await
+        };
+        self.raw_row(raw, n, publish).await
+    }
+
+    /// One raw throughput row: `publish` (run as its own task) sends N envelopes, which the raw
+    /// subscriber receives and acks until its consumer has nothing left.
+    async fn raw_row(
+        &self,
+        raw: &mut RawSubscriber,
+        n: usize,
+        publish: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Measured {
         let mark = Mark::now(&self.pids);
         let t = Instant::now();
-        let p = {
-            let (js, payload, subject) = (self.publisher.clone(), self.payload.clone(), subject.to_string());
-            tokio::spawn(async move {
-                let messages = (0..n).map(move |_| {
-                    let e = new_event(&payload);
-                    let m = PublishMessage::build().payload(e.encode_to_vec().into()).message_id(&e.id);
-                    (subject.clone(), m)
-                });
-                publish_messages_pipelined(&js, messages).await
-            })
-        };
+        let p = tokio::spawn(publish);
         raw.take(n, |_, _| {}).await;
         wait_acked(&self.service, RAW_OUT, "drain", PHASE_LIMIT).await;
         let rate = n as f64 / t.elapsed().as_secs_f64();
@@ -655,28 +665,20 @@ impl Ctx {
     /// a''': N envelopes as requests to the stored-once relay (at most [`PUBLISH_WINDOW`]
     /// outstanding), pulled and acked as raw.
     async fn requested_e2e(&self, raw: &mut RawSubscriber, n: usize) -> Measured {
-        let mark = Mark::now(&self.pids);
-        let t = Instant::now();
-        let p = {
-            let (client, payload) = (self.requester.clone(), self.payload.clone());
-            tokio::spawn(async move {
-                let window = Arc::new(tokio::sync::Semaphore::new(PUBLISH_WINDOW));
-                for _ in 0..n {
-                    let permit = window.clone().acquire_owned().await.expect("window");
-                    let (client, event) = (client.clone(), new_event(&payload));
-                    tokio::spawn(async move {
-                        request_stored(client, event).await;
-                        drop(permit);
-                    });
-                }
-                let _all = window.acquire_many(PUBLISH_WINDOW as u32).await.expect("window");
-            })
+        let (client, payload) = (self.requester.clone(), self.payload.clone());
+        let publish = async move {
+            let window = Arc::new(tokio::sync::Semaphore::new(PUBLISH_WINDOW));
+            for _ in 0..n {
+                let permit = window.clone().acquire_owned().await.expect("window");
+                let (client, event) = (client.clone(), new_event(&payload));
+                tokio::spawn(async move {
+                    request_stored(client, event).await;
+                    drop(permit);
+                });
+            }
+            let _all = window.acquire_many(PUBLISH_WINDOW as u32).await.expect("window");
         };
-        raw.take(n, |_, _| {}).await;
-        wait_acked(&self.service, RAW_OUT, "drain", PHASE_LIMIT).await;
-        let rate = n as f64 / t.elapsed().as_secs_f64();
-        p.await.expect("requester");
-        Measured { rate, cpu: mark.cpu_since(&self.pids), events: n }
+        self.raw_row(raw, n, publish).await
     }
 
     /// c for the stored-once baseline: requests at a fixed rate.
