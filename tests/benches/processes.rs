@@ -446,7 +446,7 @@ async fn run(binaries: Binaries) {
     }
 
     // ---- a, b: throughput ----------------------------------------------------------------
-    eprintln!("row a: raw, raw through two stores, then {n} events published directly");
+    eprintln!("row a: raw, raw through two stores, raw stored once after a request, then {n} events published directly");
     let raw_a = ctx.raw_e2e(&mut raw, n, &raw_subject).await;
     let relayed_a = ctx.raw_e2e(&mut raw, n, RAW_RELAYED).await;
     let requested_a = ctx.requested_e2e(&mut raw, n).await;
@@ -456,7 +456,7 @@ async fn run(binaries: Binaries) {
     let through_adapter = ctx.adapter_e2e(&mut ours, n).await;
 
     // ---- c: latency ----------------------------------------------------------------------
-    eprintln!("row c: {lat_n} events at {lat_rate}/s each: raw, raw through two stores, direct, adapter");
+    eprintln!("row c: {lat_n} events at {lat_rate}/s each: raw, raw through two stores, raw stored once, direct, adapter");
     let lat_raw = ctx.raw_latency(&mut raw, lat_n, lat_rate, &raw_subject).await;
     let lat_relayed = ctx.raw_latency(&mut raw, lat_n, lat_rate, RAW_RELAYED).await;
     let lat_requested = ctx.requested_latency(&mut raw, lat_n, lat_rate).await;
