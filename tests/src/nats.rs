@@ -237,7 +237,13 @@ pub(crate) fn check_violations(violations: &[String], expected: bool) {
 
 /// Spawns the single-server configuration of `store` (JetStream stored in `store/js`).
 fn spawn(store: &Path, port: Option<u16>) -> Option<(Child, u16)> {
-    let args = [OsString::from("-js"), OsString::from("-sd"), store.join("js").into_os_string()];
+    let mut args = vec![OsString::from("-js"), OsString::from("-sd"), store.join("js").into_os_string()];
+    // Go's pprof (`KH_NATS_PROFILE_PORT`), for memory investigations in benches only: it has no
+    // authentication, so it is never on by default, and it listens on the server's address,
+    // loopback.
+    if let Some(p) = std::env::var_os("KH_NATS_PROFILE_PORT") {
+        args.extend([OsString::from("--profile"), p]);
+    }
     spawn_server(store, &store.join("server.conf"), port, &args).map(|(child, ports)| (child, ports.client))
 }
 
