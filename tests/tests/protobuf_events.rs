@@ -52,6 +52,21 @@ fn protobuf_request(
     }
 }
 
+/// The shared `Person` message, version 1 of its subject.
+fn person_request() -> RegisterSchemaRequest {
+    protobuf_request(PERSON, vec![proto_file(PERSON)], "kakehashi.catalogue.common.v1.Person", &[])
+}
+
+/// The vaccination event, importing `Person` version 1 by reference.
+fn event_request() -> RegisterSchemaRequest {
+    protobuf_request(
+        SUBJECT,
+        vec![proto_file(SUBJECT)],
+        "kakehashi.catalogue.health.v1.VaccinationRecorded",
+        &[(PERSON, 1)],
+    )
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -85,23 +100,9 @@ async fn protobuf_events_are_validated_pseudonymised_per_reader_and_dead_lettere
     let mut c = SchemaRegistryClient::connect(endpoint.clone()).await.expect("connect");
 
     // Registration: the shared Person first, then the event importing it by reference.
-    let person = c
-        .register_schema(protobuf_request(
-            PERSON,
-            vec![proto_file(PERSON)],
-            "kakehashi.catalogue.common.v1.Person",
-            &[],
-        ))
-        .await
-        .expect("person registers")
-        .into_inner();
+    let person = c.register_schema(person_request()).await.expect("person registers").into_inner();
     assert_eq!((person.version, person.created), (1, true));
-    let request = protobuf_request(
-        SUBJECT,
-        vec![proto_file(SUBJECT)],
-        "kakehashi.catalogue.health.v1.VaccinationRecorded",
-        &[(PERSON, 1)],
-    );
+    let request = event_request();
     let first = c.register_schema(request.clone()).await.expect("event registers").into_inner();
     let again = c.register_schema(request.clone()).await.expect("identical").into_inner();
     assert_eq!(
@@ -373,22 +374,8 @@ async fn a_proto3_json_payload_naming_a_field_twice_is_dead_lettered_not_deliver
     let registry = Registry::start(registry_config(&nats)).await;
     let endpoint = registry.endpoint();
     let mut c = SchemaRegistryClient::connect(endpoint.clone()).await.expect("connect");
-    c.register_schema(protobuf_request(
-        PERSON,
-        vec![proto_file(PERSON)],
-        "kakehashi.catalogue.common.v1.Person",
-        &[],
-    ))
-    .await
-    .expect("person registers");
-    c.register_schema(protobuf_request(
-        SUBJECT,
-        vec![proto_file(SUBJECT)],
-        "kakehashi.catalogue.health.v1.VaccinationRecorded",
-        &[(PERSON, 1)],
-    ))
-    .await
-    .expect("event registers");
+    c.register_schema(person_request()).await.expect("person registers");
+    c.register_schema(event_request()).await.expect("event registers");
     let flow = Flow {
         event_type: TYPE,
         policy: "health.>",

@@ -184,14 +184,7 @@ impl Twice {
             if pointer.is_empty() { "/" } else { &pointer },
             self.what
         );
-        ProtoRejected {
-            violations: vec![FieldViolation {
-                pointer,
-                schema_pointer: desc.full_name().to_string(),
-                message: message.clone(),
-            }],
-            message,
-        }
+        one_violation(desc, pointer, message)
     }
 }
 
@@ -388,9 +381,14 @@ fn rejected_where(
         desc.full_name(),
         if at.is_empty() { "" } else { " " }
     );
+    one_violation(desc, pointer.unwrap_or_default(), message)
+}
+
+/// A rejection with one violation at `pointer` whose message is the whole `message`.
+fn one_violation(desc: &MessageDescriptor, pointer: String, message: String) -> ProtoRejected {
     ProtoRejected {
         violations: vec![FieldViolation {
-            pointer: pointer.unwrap_or_default(),
+            pointer,
             schema_pointer: desc.full_name().to_string(),
             message: message.clone(),
         }],
