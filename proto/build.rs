@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "kakehashi/v1/subscriptions.proto",
     "kakehashi/v1/flows.proto",
     "kakehashi/v1/dead_letters.proto",
+    "kakehashi/v1/audit.proto",
     "io/cloudevents/v1/cloudevents.proto",
 ];
 

@@ -641,7 +641,7 @@ async fn audit_like(
         r.hash = "f".repeat(64);
         r
     };
-    let bytes = serde_json::to_vec(&template).map(|b| b.len()).unwrap_or(0);
+    let bytes = prost::Message::encoded_len(&template);
     let records: Vec<(String, Vec<u8>, Option<String>)> = (1..=n as u64)
         .map(|seq| {
             let mut r = template.clone();
@@ -649,7 +649,7 @@ async fn audit_like(
             r.seq = seq;
             let subject =
                 if per_event { format!("{prefix}.{}", r.event_id) } else { format!("{prefix}.all") };
-            let body = serde_json::to_vec(&r).expect("record serialises");
+            let body = prost::Message::encode_to_vec(&r);
             (subject, body, with_id.then(|| format!("{}#{}", r.actor, r.seq)))
         })
         .collect();

@@ -578,7 +578,7 @@ impl AuditTail {
             let seen = seen.clone();
             tokio::spawn(async move {
                 while let Some(Ok(m)) = messages.next().await {
-                    if let Ok(r) = serde_json::from_slice::<AuditRecord>(&m.payload) {
+                    if let Ok(r) = AuditRecord::from_stored(&m.payload) {
                         if r.hop == "validated" {
                             seen.lock().unwrap_or_else(|p| p.into_inner()).push((r.time_us, r.actor));
                         }
@@ -780,7 +780,7 @@ async fn wait_validated(js: &jetstream::Context, n: usize) -> HashMap<String, St
 
 async fn read_audit(js: &jetstream::Context) -> Vec<AuditRecord> {
     let messages = read_all(js, subjects::STREAM_AUDIT).await;
-    messages.iter().filter_map(|m| serde_json::from_slice::<AuditRecord>(&m.payload).ok()).collect()
+    messages.iter().filter_map(|m| AuditRecord::from_stored(&m.payload).ok()).collect()
 }
 
 /// Takeovers ("validator pinned") and hand-overs ("handing one over") in a registry's logs.

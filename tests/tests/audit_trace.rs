@@ -229,7 +229,7 @@ async fn audit_verify_names_a_tampered_record() {
         Some(hop) => hop.outcome = "forged".into(),
         None => forged.outcome = "forged".into(),
     }
-    js.publish(kakehashi_proto::subjects::AUDIT_RECORDS, serde_json::to_vec(&forged).expect("json").into())
+    js.publish(kakehashi_proto::subjects::AUDIT_RECORDS, prost::Message::encode_to_vec(&forged).into())
         .await
         .expect("publish")
         .await

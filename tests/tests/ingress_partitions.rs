@@ -32,7 +32,7 @@ async fn validated_by_actor(js: &async_nats::jetstream::Context) -> BTreeMap<Str
     let mut seq = 1;
     while let Ok(m) = stream.get_raw_message(seq).await {
         seq = m.sequence + 1;
-        let r: AuditRecord = serde_json::from_slice(&m.payload).expect("audit record");
+        let r = AuditRecord::from_stored(&m.payload).expect("audit record");
         for hop in r.into_hops().into_iter().filter(|h| h.hop == "validated") {
             // `<instance>#<start>`: counted per instance.
             let instance = hop.actor.split('#').next().unwrap_or_default().to_string();

@@ -11,6 +11,7 @@ use kakehashi_runtime::audit::{AuditRecord, BatchedHop, BATCH_HOP};
 use kakehashi_tests::bus::{self, Flow, Subscriber};
 use kakehashi_tests::services::registry_config;
 use kakehashi_tests::{wait, NatsServer, Registry};
+use prost::Message;
 use std::path::Path;
 use std::time::Duration;
 
@@ -150,7 +151,12 @@ async fn a_registry_stopped_at_any_point_of_a_rebuild_releases_its_index_file() 
             .collect();
         ids.push(hops[0].event_id.clone());
         let record = AuditRecord { hop: BATCH_HOP.into(), time_us: now, hops, ..Default::default() };
-        let body = serde_json::to_vec(&record).expect("json");
+        // Half the records as JSON, as written before 2026-12-03: a trail spanning the upgrade.
+        let body = if ids.len() % 2 == 0 {
+            serde_json::to_vec(&record).expect("json")
+        } else {
+            record.encode_to_vec()
+        };
         js.publish(subjects::AUDIT_RECORDS, body.into()).await.expect("publish").await.expect("stored");
     }
 

@@ -36,7 +36,7 @@ async fn read_each(js: &jetstream::Context, mut each: impl FnMut(u64, AuditRecor
         |seq, payload| {
             // An unreadable record is itself tampering evidence: keep it as a record whose
             // hash cannot match, so the chain breaks there.
-            let r = serde_json::from_slice::<AuditRecord>(payload).unwrap_or_else(|_| AuditRecord {
+            let r = AuditRecord::from_stored(payload).unwrap_or_else(|_| AuditRecord {
                 actor: "(unreadable)".into(),
                 seq: 1,
                 ..Default::default()

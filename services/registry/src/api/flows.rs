@@ -54,7 +54,7 @@ impl FlowsService {
                 Err(e) if is_gone(e.kind()) => continue,
                 Err(e) => return Err(Status::unavailable(format!("audit record {seq}: {e}"))),
             };
-            match serde_json::from_slice::<AuditRecord>(&message.payload) {
+            match AuditRecord::from_stored(&message.payload) {
                 Ok(r) => {
                     out.extend(r.into_hops().into_iter().filter(|h| h.event_id == event_id).map(|h| (seq, h)))
                 }
@@ -99,7 +99,7 @@ pub async fn read_audit(
         max,
         Duration::from_millis(500),
         |seq, payload| {
-            match serde_json::from_slice::<AuditRecord>(payload) {
+            match AuditRecord::from_stored(payload) {
                 Ok(r) => out.extend(r.into_hops().into_iter().map(|h| (seq, h))),
                 Err(e) => tracing::warn!(seq, error = %e, "unreadable audit record"),
             }

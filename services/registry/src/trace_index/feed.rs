@@ -5,6 +5,7 @@ use super::store::{Indexed, Store};
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use kakehashi_proto::subjects;
+use prost::Message;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -161,36 +162,66 @@ async fn blocking<T: Send + 'static>(
     .map_err(|e| format!("trace index: {e}"))
 }
 
-/// What the index needs of a record: its time and event ids, borrowed from the JSON (the rest is
-/// skipped, not parsed into values).
+/// What the index needs of a protobuf record: its time and event ids (the other fields are
+/// skipped, not decoded).
+#[derive(Clone, PartialEq, prost::Message)]
+struct IdsOnly {
+    #[prost(string, tag = "1")]
+    event_id: String,
+    #[prost(int64, tag = "6")]
+    time_us: i64,
+    #[prost(message, repeated, tag = "16")]
+    hops: Vec<HopId>,
+}
+
+/// A batch record's hop as the index needs it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HopId {
+    #[prost(string, tag = "1")]
+    event_id: String,
+}
+
+/// What the index needs of a record written as JSON (before 2026-12-03), borrowed from it.
 #[derive(Deserialize)]
-struct IdsOnly<'a> {
+struct JsonIdsOnly<'a> {
     #[serde(default, borrow)]
     event_id: Cow<'a, str>,
     #[serde(default)]
     time_us: i64,
     #[serde(default, borrow)]
-    hops: Vec<HopId<'a>>,
+    hops: Vec<JsonHopId<'a>>,
 }
 
 #[derive(Deserialize)]
-struct HopId<'a> {
+struct JsonHopId<'a> {
     #[serde(borrow)]
     event_id: Cow<'a, str>,
 }
 
 /// The index entry of the record at `seq`; none when it is not an audit record.
 pub(super) fn indexed(seq: u64, payload: &[u8]) -> Option<Indexed> {
-    let r: IdsOnly = serde_json::from_slice(payload).ok()?;
-    let mut event_ids: Vec<String> = if r.hops.is_empty() {
-        vec![r.event_id.into_owned()]
+    // The stored form's rule (`AuditRecord::from_stored`): JSON starts with `{`.
+    let (time_us, mut event_ids): (i64, Vec<String>) = if payload.first() == Some(&b'{') {
+        let r: JsonIdsOnly = serde_json::from_slice(payload).ok()?;
+        let ids = if r.hops.is_empty() {
+            vec![r.event_id.into_owned()]
+        } else {
+            r.hops.into_iter().map(|h| h.event_id.into_owned()).collect()
+        };
+        (r.time_us, ids)
     } else {
-        r.hops.into_iter().map(|h| h.event_id.into_owned()).collect()
+        let r = IdsOnly::decode(payload).ok()?;
+        let ids = if r.hops.is_empty() {
+            vec![r.event_id]
+        } else {
+            r.hops.into_iter().map(|h| h.event_id).collect()
+        };
+        (r.time_us, ids)
     };
     event_ids.sort_unstable();
     event_ids.dedup();
     event_ids.retain(|id| !id.is_empty());
-    Some(Indexed { seq, time_us: r.time_us, event_ids })
+    Some(Indexed { seq, time_us, event_ids })
 }
 
 #[cfg(test)]
@@ -202,8 +233,10 @@ mod tests {
     fn a_record_is_indexed_under_its_event_and_a_batch_under_each_of_its_hops_events_once() {
         let single =
             AuditRecord { event_id: "e1".into(), hop: "validated".into(), time_us: 9, ..Default::default() };
-        let got = indexed(3, &serde_json::to_vec(&single).expect("json")).expect("indexed");
+        let got = indexed(3, &single.clone().seal()).expect("indexed");
         assert_eq!(got, Indexed { seq: 3, time_us: 9, event_ids: vec!["e1".into()] });
+        let old_json = indexed(3, &serde_json::to_vec(&single).expect("json")).expect("indexed");
+        assert_eq!(old_json, got, "a record written as JSON before is indexed alike");
         let hop = |id: &str| BatchedHop { event_id: id.into(), hop: "acked".into(), ..Default::default() };
         let batch = AuditRecord {
             hop: BATCH_HOP.into(),
@@ -211,8 +244,14 @@ mod tests {
             hops: vec![hop("e2"), hop("e1"), hop("e2")],
             ..Default::default()
         };
-        let got = indexed(4, &serde_json::to_vec(&batch).expect("json")).expect("indexed");
-        assert_eq!(got.event_ids, ["e1", "e2"]);
-        assert_eq!(indexed(5, b"not json"), None);
+        let got = indexed(4, &batch.clone().seal()).expect("indexed");
+        assert_eq!(
+            (got.time_us, got.event_ids.as_slice()),
+            (12, ["e1".to_string(), "e2".to_string()].as_slice())
+        );
+        let old_json = indexed(4, &serde_json::to_vec(&batch).expect("json")).expect("indexed");
+        assert_eq!(old_json, got);
+        assert_eq!(indexed(5, b"{not json"), None);
+        assert_eq!(indexed(5, &[0x0a, 0x05, b'e']), None, "a truncated record");
     }
 }

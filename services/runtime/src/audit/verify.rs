@@ -64,7 +64,7 @@ impl Trail {
         };
         self.links.push(Link {
             chain,
-            intact: r.hash == r.compute_hash(),
+            intact: r.is_intact(),
             seq: r.seq,
             stream_seq,
             prev_time_us: r.prev_time_us,
