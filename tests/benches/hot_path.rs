@@ -353,7 +353,7 @@ async fn run() {
     let nats_hwm = nats_pid.map(|p| run_peak_kb(Some(p)));
 
     // ---- 5. What an audit record costs nats-server ---------------------------------------
-    // Records shaped like KH_AUDIT's (same JSON, file stream, 30-day limit), published
+    // Records shaped like KH_AUDIT's (same encoding, file stream, 30-day limit), published
     // pipelined: to one subject per event as KH_AUDIT does, to one subject, each with
     // Nats-Msg-Id, and to one subject per event without it (as the writer now publishes).
     let audit_unique = audit_like(&publisher, nats_pid, n, true, true).await;

@@ -55,7 +55,7 @@
 //!      does it: `KH_AUDIT`'s info, the event's three records by sequence (`get_raw_message`;
 //!      the first timed apart from the two right after it, which nats-server then has in
 //!      memory; the bench knows their sequences: record k of the trail is `KH_AUDIT`'s k-th,
-//!      checked), their JSON parsed and unpacked; this leaves the index lookup and the gRPC
+//!      checked), decoded and unpacked; this leaves the index lookup and the gRPC
 //!      call as the difference from `TraceEvent`;
 //!    - `kakehashi --json trace <id>` as a process.
 //!
@@ -455,7 +455,7 @@ async fn run() {
     if !bytes.is_empty() {
         println!();
         println!(
-            "A batch record read by sequence: {:.1} KB of JSON on average ({} read).",
+            "A batch record read by sequence: {:.1} KB on average ({} read).",
             bytes.iter().sum::<usize>() as f64 / bytes.len() as f64 / 1e3,
             bytes.len()
         );
@@ -624,7 +624,7 @@ struct Parts {
     /// The other two, which follow it in the stream (in the same block, unless the group
     /// straddles two).
     get_rest: Vec<Duration>,
-    /// The three records' JSON parsed and unpacked, the event's hops kept.
+    /// The three records decoded and unpacked, the event's hops kept.
     parse: Vec<Duration>,
     /// Each record's.
     parse_one: Vec<Duration>,
@@ -636,7 +636,7 @@ struct Parts {
 
 /// Reads the event `id`'s records at `seqs` as `TraceEvent` does once the index named them
 /// (`FlowsService::hops_of`): `KH_AUDIT`'s info, each record by sequence from the stream's
-/// leader, its JSON parsed and unpacked, the event's hops kept; each step timed.
+/// leader, decoded and unpacked, the event's hops kept; each step timed.
 async fn read_parts(js: &jetstream::Context, seqs: [u64; 3], id: &str, parts: &mut Parts) {
     let start = Instant::now();
     let stream = js.get_stream(subjects::STREAM_AUDIT).await.expect("KH_AUDIT");
@@ -711,7 +711,7 @@ struct Chain {
 }
 
 impl Chain {
-    /// Chains `r` to the last link and returns its sealed JSON.
+    /// Chains `r` to the last link and returns its sealed encoding.
     fn link(&mut self, mut r: AuditRecord) -> Vec<u8> {
         self.seq += 1;
         r.actor = ACTOR.to_string();

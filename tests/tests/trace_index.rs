@@ -128,6 +128,52 @@ async fn an_index_file_survives_a_restart_and_an_empty_index_is_rebuilt_from_the
 }
 
 #[tokio::test]
+async fn an_index_left_by_a_version_that_read_only_json_records_is_rebuilt() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("trace-index.redb");
+    let registry = Registry::start(with_index_file(&nats, &path)).await;
+    FLOW.prepare(&registry.endpoint(), bus::counter_schema()).await;
+    let mut subscriber = FLOW.open(&registry.endpoint(), 16).await;
+    let ids = deliver(&nats, &mut subscriber, 0, 10).await;
+    assert_whole(&traced(&registry, &ids[9]).await);
+    drop(subscriber);
+    registry.stop().await;
+
+    // What a registry from before 2026-12-03 leaves after running beside upgraded writers: it
+    // read every record (its progress is the stream's end) but indexed none of the protobuf
+    // ones, and noted no record forms.
+    {
+        let db = redb::Database::open(&path).expect("the index file opens");
+        let txn = db.begin_write().expect("write");
+        let tables: Vec<String> = redb::ReadableDatabase::begin_read(&db)
+            .expect("read")
+            .list_multimap_tables()
+            .expect("tables")
+            .map(|h| redb::MultimapTableHandle::name(&h).to_string())
+            .collect();
+        for name in &tables {
+            txn.delete_multimap_table(redb::MultimapTableDefinition::<&str, u64>::new(name)).expect("drop");
+        }
+        {
+            let mut meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).expect("meta");
+            meta.remove("reads").expect("remove");
+        }
+        txn.commit().expect("commit");
+    }
+    {
+        let store = Store::open(Some(&path), 1 << 20).expect("the index file opens");
+        assert!(store.applied().expect("progress") > 0);
+        assert!(store.lookup(&ids[0]).expect("lookup").is_empty(), "the old index lacks the records");
+    }
+
+    // The upgraded registry reads the stream again from its start instead of going on.
+    let registry = Registry::start(with_index_file(&nats, &path)).await;
+    assert_whole(&traced(&registry, &ids[0]).await);
+    assert_whole(&traced(&registry, &ids[9]).await);
+}
+
+#[tokio::test]
 async fn a_registry_stopped_at_any_point_of_a_rebuild_releases_its_index_file() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,7 +1,7 @@
 //! Feeds the trace index: an ordered consumer over all of `KH_AUDIT`, from the record after the
 //! last one indexed, in batches of what has arrived; drops the tables of expired days.
 
-use super::store::{Indexed, Store};
+use super::store::{Indexed, Store, READS};
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use kakehashi_proto::subjects;
@@ -65,11 +65,14 @@ async fn follow(
     let last = info.state.last_sequence;
     let created = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
     let mut from = *applied.borrow();
-    let built_from = blocking(store, gate, |s| s.stream_created()).await?;
-    if built_from != created || from > last {
+    let (built_from, reads) = blocking(store, gate, |s| Ok((s.stream_created()?, s.reads()?))).await?;
+    if built_from != created || from > last || reads < READS {
         // Not the stream the index was built from (recreated, or restored from elsewhere; or an
-        // index never started): read this one from its start.
-        if from > 0 {
+        // index never started), or built by a version that skipped the records it could not
+        // read (protobuf ones, before 2026-12-03): read this one from its start.
+        if from > 0 && reads < READS {
+            tracing::warn!(indexed = from, "trace index built by an older version; reindexing KH_AUDIT");
+        } else if from > 0 {
             tracing::warn!(
                 indexed = from,
                 stream_last = last,

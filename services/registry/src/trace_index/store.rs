@@ -24,6 +24,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const APPLIED: &str = "applied";
 /// `stream_created` → the creation time of the `KH_AUDIT` indexed (Unix ns).
 const CREATED: &str = "stream_created";
+/// `reads` → which record forms the index was built reading ([`READS`]; 0 when absent).
+const READS_KEY: &str = "reads";
+/// The record forms this index reads: 1 was JSON only; 2 is protobuf and JSON (2026-12-03). An
+/// index built by a reader of fewer forms skipped the records it could not read, so it is
+/// rebuilt ([`Store::reads`]).
+pub const READS: u64 = 2;
 /// Tables of ids are named `ids.<day>`, day = record time in days since the Unix epoch.
 const IDS_PREFIX: &str = "ids.";
 const DAY_US: i64 = 86_400 * 1_000_000;
@@ -143,8 +149,15 @@ impl Store {
         self.meta(CREATED)
     }
 
-    /// Forgets everything and notes `created` as the stream now indexed: the one the index was
-    /// built from is gone (recreated, or another), so this one is read from its start.
+    /// Which record forms the index was built reading ([`READS`]; 0 for an index from before
+    /// this was noted, which read JSON only).
+    pub fn reads(&self) -> Result<u64, redb::Error> {
+        self.meta(READS_KEY)
+    }
+
+    /// Forgets everything and notes `created` as the stream now indexed, read by this version
+    /// ([`READS`]): the one the index was built from is gone (recreated, or another), or was
+    /// read by a version that skipped records it could not read, so it is read from its start.
     pub fn reset_for(&self, created: u64) -> Result<(), redb::Error> {
         self.prune(i64::MAX)?;
         let txn = self.db.begin_write()?;
@@ -152,6 +165,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             meta.insert(APPLIED, 0)?;
             meta.insert(CREATED, created)?;
+            meta.insert(READS_KEY, READS)?;
         }
         txn.commit()?;
         Ok(())
@@ -198,7 +212,9 @@ mod tests {
         assert_eq!(s.lookup("a").expect("reads"), [2]);
         assert_eq!(s.lookup("b").expect("reads"), [3]);
         assert_eq!(s.stream_created().expect("reads"), 0);
+        assert_eq!(s.reads().expect("reads"), 0, "an index from before the forms were noted");
         s.reset_for(77).expect("resets");
+        assert_eq!(s.reads().expect("reads"), READS);
         assert_eq!(s.lookup("b").expect("reads"), Vec::<u64>::new());
         assert_eq!(s.applied().expect("reads"), 0);
         assert_eq!(s.stream_created().expect("reads"), 77);
