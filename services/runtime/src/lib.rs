@@ -7,6 +7,7 @@
 //! - [`nats_auth`]: how a process authenticates to NATS (credentials file, TLS).
 //! - [`topology`]: the JetStream streams and KV buckets, created idempotently at start.
 //! - [`streams`]: reading a stream for operators without touching its consumers.
+//! - [`pub_acks`]: JetStream publish acknowledgements read off a subscription of one's own.
 //! - [`audit`]: the audit trail's writer (hash chains, anchored heads) and verifier.
 //! - [`telemetry`]: logs, OTLP span export and W3C context propagation.
 //! - [`metrics`], [`process_metrics`]: the Prometheus registry, the `/metrics` endpoint and the
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod nats_auth;
 pub mod private_files;
 pub mod process_metrics;
+pub mod pub_acks;
 pub mod settings;
 pub mod streams;
 pub mod telemetry;

@@ -20,6 +20,7 @@
 //! only acked.
 
 mod check;
+mod publish;
 pub mod reason;
 pub mod share;
 pub(crate) mod unique_keys;
@@ -29,7 +30,7 @@ pub use check::{check_payload, CheckLimits, PayloadRejected};
 
 use crate::dead_letter;
 use crate::store::SchemaStore;
-use async_nats::jetstream::{self, consumer, message::PublishMessage, stream::Stream, AckKind};
+use async_nats::jetstream::{self, consumer, stream::Stream, AckKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use kakehashi_proto::subjects::{self, HEADER_SCHEMA_VERSION, HEADER_TRACEPARENT, HEADER_TRACESTATE};
@@ -324,6 +325,7 @@ impl Pinned<'_> {
             .await
             .map_err(|e| ValidatorError::Consumer(e.to_string()))?;
         let mut chunks = messages.ready_chunks(settings.batch);
+        let mut confirmations = publish::Confirmations::new(self.js.client());
         let mut tenure = Tenure { pin: None, last: 0, started: false, first_delivery: None };
         let idle_every = settings.failover.max(Duration::from_millis(500));
         let mut idle = tokio::time::interval(idle_every);
@@ -405,7 +407,7 @@ impl Pinned<'_> {
                 work.push(Ingress::delivered(m));
             }
             tracing::debug!(actor = %settings.actor, partition = partition.index, pin = ?tenure.pin, last = tenure.last, ?received, ?acked_only, ?gaps, "validator chunk");
-            process_batch(self.js, self.store, self.policy, settings, work, shutdown).await;
+            process_batch(&mut confirmations, self.store, self.policy, settings, work, shutdown).await;
             if *shutdown.borrow() {
                 // Possibly unconfirmed: the redeliveries stay unacked too.
                 return Ok(());
@@ -506,7 +508,7 @@ async fn read_gap(
 /// message, in order (dedup drops what was already stored), so a failure never reorders or
 /// skips anything; unacked messages are kept alive with progress acks meanwhile.
 async fn process_batch(
-    js: &jetstream::Context,
+    confirmations: &mut publish::Confirmations,
     store: &SchemaStore,
     policy: &ProducerPolicy,
     settings: &ValidatorSettings,
@@ -541,41 +543,40 @@ async fn process_batch(
     let mut done = 0;
     let mut backoff = Duration::from_millis(100);
     while done < batch.len() {
-        let mut confirmations = Vec::with_capacity(batch.len() - done);
         // A message per send, from the outcome decided once: a retry must publish exactly what
         // the first attempt did (which may be stored already), never a fresh verdict that
         // schemas or policies changed meanwhile.
-        for ((subject, out, _, _), ingress) in outgoing[done..].iter().zip(&batch[done..]) {
-            match js.send_publish(subject.clone(), out.message(&ingress.payload)).await {
-                Ok(f) => confirmations.push(f),
+        let messages: Vec<_> = outgoing[done..]
+            .iter()
+            .zip(&batch[done..])
+            .map(|((subject, out, _, _), ingress)| {
+                let (headers, payload) = out.message(&ingress.payload);
+                (subject.clone(), headers, payload)
+            })
+            .collect();
+        // In order: the ingress is acked and the hop recorded up to the first message not
+        // known to be stored; from there the batch is published again.
+        for stored in confirmations.publish(messages).await {
+            let sequence = match stored {
+                Ok(sequence) => sequence,
                 Err(e) => {
-                    tracing::warn!(error = %e, "publish failed; retrying in order");
+                    tracing::warn!(error = %e, "retrying in order");
                     break;
                 }
-            }
-        }
-        for confirmation in confirmations {
-            match confirmation.await {
-                Ok(ack) => {
-                    if let Some(m) = &batch[done].delivered {
-                        if let Err(e) = m.ack().await {
-                            tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
-                        }
-                    }
-                    count(settings, &batch[done], &outgoing[done].3);
-                    if let Some(mut record) = outgoing[done].2.take() {
-                        // Where its delivery hops will be recorded (a repeat is told the sequence
-                        // of the copy stored first).
-                        record.events_seq = ack.sequence;
-                        settings.audit.record(record).await;
-                    }
-                    done += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "publish not confirmed; retrying in order");
-                    break;
+            };
+            if let Some(m) = &batch[done].delivered {
+                if let Err(e) = m.ack().await {
+                    tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
                 }
             }
+            count(settings, &batch[done], &outgoing[done].3);
+            if let Some(mut record) = outgoing[done].2.take() {
+                // Where its delivery hops will be recorded (a repeat is told the sequence of
+                // the copy stored first).
+                record.events_seq = sequence;
+                settings.audit.record(record).await;
+            }
+            done += 1;
         }
         if done < batch.len() {
             if *shutdown.borrow() {
@@ -606,12 +607,13 @@ enum Outgoing {
         trace: Vec<(&'static str, String)>,
     },
     /// A dead letter, as built (rare: copied at each send).
-    Ready(PublishMessage),
+    Ready(HeaderMap, bytes::Bytes),
 }
 
 impl Outgoing {
-    /// The message to send; `raw` is the ingress payload this outcome was decided on.
-    fn message(&self, raw: &bytes::Bytes) -> PublishMessage {
+    /// The message to send, headers and payload; `raw` is the ingress payload this outcome was
+    /// decided on.
+    fn message(&self, raw: &bytes::Bytes) -> (HeaderMap, bytes::Bytes) {
         match self {
             Outgoing::Event { event, version, trace } => {
                 // A binary-mode CloudEvent: attributes as `ce-` headers, the body the
@@ -623,9 +625,10 @@ impl Outgoing {
                 for (name, value) in trace {
                     headers.insert(*name, value.as_str());
                 }
-                PublishMessage::build().headers(headers).payload(body).message_id(&event.id)
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
+                (headers, body)
             }
-            Outgoing::Ready(p) => p.clone(),
+            Outgoing::Ready(headers, payload) => (headers.clone(), payload.clone()),
         }
     }
 }
@@ -733,11 +736,9 @@ fn outcome(
                 subscription: "",
                 schema_version: rejected.schema_version,
             });
-            let p = PublishMessage::build()
-                .payload(out.body.into())
-                .headers(out.headers)
-                // Keyed by ingress sequence: a redelivered message is dead-lettered once.
-                .message_id(format!("dlq-in-{seq}"));
+            let mut headers = out.headers;
+            // Keyed by ingress sequence: a redelivered message is dead-lettered once.
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("dlq-in-{seq}").as_str());
             let record =
                 rejected.event.as_ref().filter(|e| kakehashi_proto::ids::is_valid_event_id(&e.id)).map(|e| {
                     let mut r = AuditRecord::hop(e, "dead_lettered", "rejected");
@@ -746,7 +747,12 @@ fn outcome(
                     r.trace_id = trace_id;
                     r
                 });
-            (out.subject, Outgoing::Ready(p), record, Verdict::DeadLettered(rejected.reason.code()))
+            (
+                out.subject,
+                Outgoing::Ready(headers, out.body.into()),
+                record,
+                Verdict::DeadLettered(rejected.reason.code()),
+            )
         }
     }
 }

@@ -184,20 +184,6 @@ impl Publisher {
     }
 }
 
-/// Whether `msg`, a reply to a JetStream publish, says the message is stored: no status (a
-/// 503 says no stream listens) and a `PubAck` with a sequence and no error.
-fn is_stored(msg: &async_nats::Message) -> bool {
-    #[derive(serde::Deserialize)]
-    struct PubAck {
-        #[serde(default)]
-        error: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        seq: Option<u64>,
-    }
-    msg.status.is_none()
-        && serde_json::from_slice::<PubAck>(&msg.payload).is_ok_and(|a| a.error.is_none() && a.seq.is_some())
-}
-
 /// The chain sequence a reply subject `<inbox>.<seq>` names.
 fn acked_seq(msg: &async_nats::Message) -> Option<u64> {
     msg.subject.as_str().rsplit('.').next()?.parse().ok()
@@ -234,7 +220,7 @@ async fn confirm_loop(
             },
             msg = acks.next(), if acks_open => match msg {
                 Some(msg) => {
-                    if let Some(done) = acked_seq(&msg).and_then(|seq| unconfirmed.replied(seq, is_stored(&msg))) {
+                    if let Some(done) = acked_seq(&msg).and_then(|seq| unconfirmed.replied(seq, crate::pub_acks::stored_seq(&msg).is_some())) {
                         prefix.stored(done);
                     }
                 }
