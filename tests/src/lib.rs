@@ -14,6 +14,7 @@
 //! - [`interop`]: third-party clients (Python gRPC, nats-py, jwcrypto) running `tests/interop/`.
 //! - [`otlp`]: an OTLP/gRPC trace receiver that keeps the spans it is sent.
 //! - [`wait`]: polling for a condition under a timeout.
+//! - [`tamper`]: forging the audit trail below NATS, for the tests that catch it.
 //! - [`console`]: the web console in-process; [`webdriver`]: headless chromium driving it.
 //! - [`bench`]: what the benchmarks share: workload, setup, pipelined publishing, raw relay, `/proc`.
 
@@ -27,6 +28,7 @@ pub mod nats;
 pub mod otlp;
 pub mod process;
 pub mod services;
+pub mod tamper;
 pub mod wait;
 pub mod webdriver;
 

@@ -218,22 +218,8 @@ async fn audit_verify_names_a_tampered_record() {
     let conn = conn(&bus);
     kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
 
-    // Rewrite history: remove the record holding a "delivered" hop (a batch record, or a
-    // record of that hop alone) and put back a copy with that hop forged.
-    let (victim_seq, victim) =
-        records.iter().find(|(_, r)| has_hop(r, "delivered") && r.seq > 1).cloned().expect("victim");
-    let stream_handle = js.get_stream("KH_AUDIT").await.expect("stream");
-    stream_handle.delete_message(victim_seq).await.expect("delete");
-    let mut forged = victim.clone();
-    match forged.hops.iter_mut().find(|h| h.hop == "delivered") {
-        Some(hop) => hop.outcome = "forged".into(),
-        None => forged.outcome = "forged".into(),
-    }
-    js.publish(kakehashi_proto::subjects::AUDIT_RECORDS, prost::Message::encode_to_vec(&forged).into())
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+    // Rewrite history: a record holding a "delivered" hop replaced by a copy with it forged.
+    let victim = kakehashi_tests::tamper::forge_a_delivered_hop(&js, &records).await;
 
     let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
     let broken = kakehashi_runtime::audit::verify(&after, &[], 0);

@@ -110,22 +110,7 @@ async fn an_independent_python_check_verifies_the_trail_and_names_a_forged_recor
 
     // Rewrite history: remove the record holding a "delivered" hop and put back a copy with
     // that hop forged, keeping the old hash (which the next link's prev_hash names).
-    let (victim_seq, victim) = records
-        .iter()
-        .find(|(_, r)| r.seq > 1 && (r.hop == "delivered" || r.hops.iter().any(|h| h.hop == "delivered")))
-        .cloned()
-        .expect("a record holding a delivered hop");
-    js.get_stream("KH_AUDIT").await.expect("stream").delete_message(victim_seq).await.expect("delete");
-    let mut forged = victim.clone();
-    match forged.hops.iter_mut().find(|h| h.hop == "delivered") {
-        Some(hop) => hop.outcome = "forged".into(),
-        None => forged.outcome = "forged".into(),
-    }
-    js.publish(kakehashi_proto::subjects::AUDIT_RECORDS, prost::Message::encode_to_vec(&forged).into())
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+    let victim = kakehashi_tests::tamper::forge_a_delivered_hop(&js, &records).await;
 
     let (code, report) = audit_check(&nats).await;
     assert_eq!(code, Some(1), "{report}");
