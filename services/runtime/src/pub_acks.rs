@@ -20,6 +20,12 @@ pub fn stored_seq(msg: &async_nats::Message) -> Option<u64> {
     serde_json::from_slice::<PubAck>(&msg.payload).ok().filter(|a| a.error.is_none()).and_then(|a| a.seq)
 }
 
+/// The number `n` of a reply subject `<inbox>.<n>`: which of the publisher's messages a reply
+/// answers.
+pub fn reply_number(msg: &async_nats::Message) -> Option<u64> {
+    msg.subject.as_str().rsplit('.').next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +51,6 @@ mod tests {
         assert_eq!(stored_seq(&reply("", Some(async_nats::StatusCode::NO_RESPONDERS))), None);
         assert_eq!(stored_seq(&reply("not json", None)), None);
         assert_eq!(stored_seq(&reply(r#"{"stream":"KH_EVENTS"}"#, None)), None);
+        assert_eq!(reply_number(&reply("", None)), Some(1));
     }
 }

@@ -203,8 +203,7 @@ struct JsonHopId<'a> {
 
 /// The index entry of the record at `seq`; none when it is not an audit record.
 pub(super) fn indexed(seq: u64, payload: &[u8]) -> Option<Indexed> {
-    // The stored form's rule (`AuditRecord::from_stored`): JSON starts with `{`.
-    let (time_us, mut event_ids): (i64, Vec<String>) = if payload.first() == Some(&b'{') {
+    let (time_us, mut event_ids): (i64, Vec<String>) = if kakehashi_runtime::audit::is_json_record(payload) {
         let r: JsonIdsOnly = serde_json::from_slice(payload).ok()?;
         let ids = if r.hops.is_empty() {
             vec![r.event_id.into_owned()]

@@ -6,7 +6,7 @@
 use async_nats::{HeaderMap, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
-use kakehashi_runtime::pub_acks::stored_seq;
+use kakehashi_runtime::pub_acks::{reply_number, stored_seq};
 use std::time::Duration;
 
 /// How long a batch's acknowledgements are awaited before what is unconfirmed is published
@@ -83,13 +83,12 @@ impl Confirmations {
             let Some(acks) = self.acks.as_mut() else { break };
             match tokio::time::timeout_at(deadline, acks.next()).await {
                 Ok(Some(reply)) => {
-                    let n = reply.subject.as_str().rsplit('.').next().and_then(|n| n.parse::<u64>().ok());
+                    let n = reply_number(&reply);
                     let Some(i) = n.and_then(|n| n.checked_sub(first)).and_then(|i| usize::try_from(i).ok())
                     else {
                         continue;
                     };
-                    if let Some(slot @ Err(NotStored::Unconfirmed)) = results.get_mut(i).filter(|_| i < sent)
-                    {
+                    if let Some(slot @ Err(NotStored::Unconfirmed)) = results.get_mut(i) {
                         *slot = stored_seq(&reply).ok_or(NotStored::Refused);
                         waiting -= 1;
                     }

@@ -173,12 +173,18 @@ impl AuditRecord {
     /// Reads a record as stored in `KH_AUDIT`: protobuf, or JSON for records written before
     /// 2026-12-03 (a JSON record starts with `{`, which no protobuf record does).
     pub fn from_stored(payload: &[u8]) -> Result<Self, StoredRecordError> {
-        if payload.first() == Some(&b'{') {
+        if is_json_record(payload) {
             serde_json::from_slice(payload).map_err(StoredRecordError::Json)
         } else {
             <Self as prost::Message>::decode(payload).map_err(StoredRecordError::Protobuf)
         }
     }
+}
+
+/// Whether a stored record is one written as JSON (before 2026-12-03): it starts with `{`, which
+/// no protobuf record can (field 15, whose tag byte that would be, is reserved).
+pub fn is_json_record(payload: &[u8]) -> bool {
+    payload.first() == Some(&b'{')
 }
 
 /// Why a stored audit record could not be read.

@@ -184,11 +184,6 @@ impl Publisher {
     }
 }
 
-/// The chain sequence a reply subject `<inbox>.<seq>` names.
-fn acked_seq(msg: &async_nats::Message) -> Option<u64> {
-    msg.subject.as_str().rsplit('.').next()?.parse().ok()
-}
-
 /// Takes confirmations off the acknowledgement subscription and republishes what was not
 /// confirmed in time or was refused, with backoff, until it is (a record stored twice is
 /// dropped by readers; see [`drop_repeats`](super::drop_repeats)). Stored records move the
@@ -220,7 +215,7 @@ async fn confirm_loop(
             },
             msg = acks.next(), if acks_open => match msg {
                 Some(msg) => {
-                    if let Some(done) = acked_seq(&msg).and_then(|seq| unconfirmed.replied(seq, crate::pub_acks::stored_seq(&msg).is_some())) {
+                    if let Some(done) = crate::pub_acks::reply_number(&msg).and_then(|seq| unconfirmed.replied(seq, crate::pub_acks::stored_seq(&msg).is_some())) {
                         prefix.stored(done);
                     }
                 }
