@@ -42,10 +42,18 @@ pub fn example_payload() -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Event `i`, with record key `resident-<i mod KEYS>`, and its ingress subject.
+/// Record keys of the throughput runs: `KH_BENCH_KEYS`, default [`KEYS`]. Each key's bucket
+/// is a token of its stored ingress subject, so this also sets how many subjects the
+/// partitions' filtered consumers match among.
+pub fn backlog_keys() -> usize {
+    static KEYS_SET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *KEYS_SET.get_or_init(|| env_usize("KH_BENCH_KEYS", KEYS).max(1))
+}
+
+/// Event `i`, with record key `resident-<i mod backlog_keys()>`, and its ingress subject.
 pub fn keyed(payload: &[u8], i: usize) -> (String, Event) {
     let mut e = new_event(payload);
-    e.subject = format!("resident-{}", i % KEYS);
+    e.subject = format!("resident-{}", i % backlog_keys());
     (subjects::ingress(SOURCE, TYPE, &e.subject), e)
 }
 

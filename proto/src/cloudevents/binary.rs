@@ -31,6 +31,10 @@ pub const TIME: &str = "ce-time";
 pub const DATACONTENTTYPE: &str = "ce-datacontenttype";
 /// `dataschema`.
 pub const DATASCHEMA: &str = "ce-dataschema";
+/// The distributed tracing extension's `traceparent`.
+const TRACEPARENT: &str = "ce-traceparent";
+/// The distributed tracing extension's `tracestate`.
+const TRACESTATE: &str = "ce-tracestate";
 /// Not a CloudEvents attribute: present when the publisher left the schema version to the
 /// validator (`schema_version` 0), while `ce-dataschema` names the version it validated against.
 pub const HEADER_SCHEMA_LATEST: &str = "Kh-Schema-Latest";
@@ -65,7 +69,12 @@ pub fn headers(event: &Event, validated_version: u32) -> HeaderMap {
         }
     }
     for (key, value) in &event.extensions {
-        h.insert(format!("{PREFIX}{}", extension_name(key)), encoded(value));
+        // The trace context, on nearly every event, under static names (no name allocation).
+        match key.as_str() {
+            "traceparent" => h.insert(name(TRACEPARENT), encoded(value)),
+            "tracestate" => h.insert(name(TRACESTATE), encoded(value)),
+            _ => h.insert(format!("{PREFIX}{}", extension_name(key)), encoded(value)),
+        }
     }
     h
 }

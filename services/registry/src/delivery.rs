@@ -421,8 +421,11 @@ impl Session {
         marks: &mut crate::repeats::RepeatMarks,
         requests: &mut Streaming<SubscribeRequest>,
     ) -> bool {
-        let (attempt, seq) =
-            msg.info().map(|i| (i.delivered.max(1) as u32, i.stream_sequence)).unwrap_or((1, 0));
+        // The reply subject parsed once for all three.
+        let (attempt, seq, validated_at) = msg
+            .info()
+            .map(|i| (i.delivered.max(1) as u32, i.stream_sequence, Some(i.published)))
+            .unwrap_or((1, 0, None));
         let schema_version: u32 = msg
             .headers
             .as_ref()
@@ -438,7 +441,6 @@ impl Session {
                 let (store, wanted) = (&self.privacy.store, &self.sub.content_type);
                 crate::protobuf::in_reader_form(store, e, schema_version, wanted).map_err(Withheld::Broken)
             });
-        let validated_at = msg.info().map(|i| i.published).ok();
         let (msg, acker) = msg.split();
         if let Err(Withheld::NotPermitted) = event {
             // The reader lost its right to this type after subscribing: it must not see it.

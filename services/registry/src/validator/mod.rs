@@ -30,6 +30,7 @@ pub use check::{check_payload, CheckLimits, PayloadRejected};
 
 use crate::dead_letter;
 use crate::store::SchemaStore;
+use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, consumer, stream::Stream, AckKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
@@ -250,17 +251,44 @@ struct Ingress {
 }
 
 impl Ingress {
-    fn delivered(mut m: jetstream::Message) -> Self {
-        let (seq, published) = m.info().map(|i| (i.stream_sequence, Some(i.published))).unwrap_or((0, None));
+    fn delivered(mut m: jetstream::Message, d: &Delivery) -> Self {
         Self {
             // Shared, not copied; the headers are taken (acking needs only the reply subject).
             subject: m.subject.clone(),
             payload: m.payload.clone(),
             headers: m.message.headers.take(),
-            seq,
-            published,
+            seq: d.seq,
+            published: d.published,
             delivered: Some(m),
         }
+    }
+}
+
+/// What a delivered message's `$JS.ACK` reply subject says, parsed once: sorting a chunk by
+/// sequence re-parsed it at every comparison (≈ 16 parses per event in a chunk of 256).
+#[derive(Debug, Clone, Copy, Default)]
+struct Delivery {
+    /// Stream sequence.
+    seq: u64,
+    /// Consumer (delivery) sequence.
+    consumer_seq: u64,
+    /// How many times it has been delivered.
+    count: i64,
+    /// When it was stored.
+    published: Option<time::OffsetDateTime>,
+}
+
+impl Delivery {
+    /// Read off `m`'s reply subject (zeros when it is not a JetStream delivery).
+    fn of(m: &jetstream::Message) -> Self {
+        m.info()
+            .map(|i| Self {
+                seq: i.stream_sequence,
+                consumer_seq: i.consumer_sequence,
+                count: i.delivered,
+                published: Some(i.published),
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -345,11 +373,11 @@ impl Pinned<'_> {
             let mut delivered = Vec::with_capacity(chunk.len());
             for m in chunk {
                 match m {
-                    Ok(m) => delivered.push(m),
+                    Ok(m) => delivered.push((Delivery::of(&m), m)),
                     Err(e) => return Err(ValidatorError::Consumer(format!("ingress pull: {e}"))),
                 }
             }
-            let Some(first) = delivered.first() else { continue };
+            let Some((_, first)) = delivered.first() else { continue };
             self.share.busy(partition.index);
             let pin = first
                 .headers
@@ -366,21 +394,15 @@ impl Pinned<'_> {
                 settings.metrics.validator_takeovers.with(&[]).inc();
                 tracing::info!(actor = %settings.actor, partition = partition.index, ack_floor = tenure.last, "validator pinned: validating from the ack floor");
             }
-            delivered.sort_by_key(|m| m.info().map(|i| i.stream_sequence).unwrap_or(0));
+            delivered.sort_by_key(|(d, _)| d.seq);
             let mut work = Vec::with_capacity(delivered.len());
             let mut handled = Vec::new();
             // Per-chunk trace (debug): what arrived, what was only acked, what was read from
             // the stream; enough to follow one ingress sequence through a failover.
             let (mut acked_only, mut gaps) = (Vec::new(), Vec::new());
-            let received: Vec<(u64, i64)> = delivered
-                .iter()
-                .filter_map(|m| m.info().ok().map(|i| (i.stream_sequence, i.delivered)))
-                .collect();
-            for m in delivered {
-                let (seq, delivery, count) = m
-                    .info()
-                    .map(|i| (i.stream_sequence, i.consumer_sequence, i.delivered))
-                    .unwrap_or((0, 0, 0));
+            let received: Vec<(u64, i64)> = delivered.iter().map(|(d, _)| (d.seq, d.count)).collect();
+            for (d, m) in delivered {
+                let (seq, delivery, count) = (d.seq, d.consumer_seq, d.count);
                 let follows = tenure.follows_directly(delivery, count);
                 tenure.first_delivery = None;
                 if seq <= tenure.last {
@@ -404,7 +426,7 @@ impl Pinned<'_> {
                 }
                 tenure.last = seq;
                 tenure.first_delivery = (count == 1 && delivery > 0).then_some(delivery);
-                work.push(Ingress::delivered(m));
+                work.push(Ingress::delivered(m, &d));
             }
             tracing::debug!(actor = %settings.actor, partition = partition.index, pin = ?tenure.pin, last = tenure.last, ?received, ?acked_only, ?gaps, "validator chunk");
             process_batch(&mut confirmations, self.store, self.policy, settings, work, shutdown).await;
@@ -621,9 +643,11 @@ impl Outgoing {
                 // re-serialisation).
                 let (mut headers, body) =
                     kakehashi_proto::cloudevents::binary::events_message(raw, event, *version);
-                headers.insert(HEADER_SCHEMA_VERSION, version.to_string().as_str());
+                // Static names: a `&str` name is validated and copied into a new allocation
+                // at every insert.
+                headers.insert(HeaderName::from_static(HEADER_SCHEMA_VERSION), version.to_string());
                 for (name, value) in trace {
-                    headers.insert(*name, value.as_str());
+                    headers.insert(HeaderName::from_static(name), value.clone());
                 }
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
                 (headers, body)
