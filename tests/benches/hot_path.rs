@@ -14,7 +14,8 @@
 //! `KH_BENCH_TELEMETRY=1` (install the registry binary's log subscriber, `info`, so the
 //! per-event spans are live as in production; logs go to stderr), `KH_BENCH_IDLE_SECS`
 //! (length of each idle measurement, default 3), `KH_BENCH_AUDIT_LINGER_MS` (the registry's
-//! `topology.audit_linger_ms`, default the shipped one: before/after runs of one build).
+//! `topology.audit_linger_ms`, default the shipped one: before/after runs of one build),
+//! `KH_BENCH_KEYS` (record keys the throughput runs' events are spread over, default 1000).
 //!
 //! What is measured, per phase, ours first named, the raw baseline second:
 //! - **1 Validator**: N vaccination events (the catalogue's valid example, prost `Event`, with

@@ -34,7 +34,8 @@
 //! raw streams, set before anything is published; default the shipped 2 h: nats-server keeps
 //! every message id for the window, so over a shorter run its memory grows with the ids),
 //! `KH_BENCH_REGISTRY_TOML` (more of the registry's configuration file, appended as given, e.g.
-//! `[trace_index]` with `cache_mb = 8`; not a `[topology]` section when the linger is set).
+//! `[trace_index]` with `cache_mb = 8`; not a `[topology]` section when the linger is set),
+//! `KH_BENCH_KEYS` (record keys the events are spread over, default 1000).
 //!
 //! The catalogue, the policy (`city-shibuya` → `mhlw` for vaccination records) and the
 //! subscription are set up as in `hot_path` (an in-process registry with the validator off,
@@ -84,9 +85,9 @@ use kakehashi_proto::v1::{
     Event, EventDelivery, OpenSubscription, SubscribeRequest,
 };
 use kakehashi_tests::bench::{
-    child_pid, connect, cores, cpu_ticks, create_raw_streams, env_usize, example_payload, keyed, latency_ms,
-    new_event, paced, raw_consumer, setup_registry, status_kb, wait_acked, KEYS, PUBLISH_WINDOW, RAW_IN,
-    RAW_OUT, READER, SOURCE, TYPE,
+    backlog_keys, child_pid, connect, cores, cpu_ticks, create_raw_streams, env_usize, example_payload,
+    keyed, latency_ms, new_event, paced, raw_consumer, setup_registry, status_kb, wait_acked, PUBLISH_WINDOW,
+    RAW_IN, RAW_OUT, READER, SOURCE, TYPE,
 };
 use kakehashi_tests::{bus, NatsServer};
 use prost::Message as _;
@@ -738,7 +739,7 @@ impl Ctx {
             tokio::spawn(async move {
                 for i in 0..n {
                     let mut e = new_event(&payload);
-                    e.subject = format!("resident-{}", i % KEYS);
+                    e.subject = format!("resident-{}", i % backlog_keys());
                     if tx.send(e).await.is_err() {
                         panic!("PublishStream request stream closed early");
                     }
@@ -809,7 +810,7 @@ impl Ctx {
                 for i in 0..n {
                     tokio::time::sleep_until(start + gap * i as u32).await;
                     let mut e = new_event(&payload);
-                    e.subject = format!("resident-{}", i % KEYS);
+                    e.subject = format!("resident-{}", i % backlog_keys());
                     sent.lock().unwrap_or_else(|p| p.into_inner()).insert(e.id.clone(), Instant::now());
                     if tx.send(e).await.is_err() {
                         panic!("PublishStream request stream closed early");
