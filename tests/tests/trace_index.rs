@@ -128,7 +128,7 @@ async fn an_index_file_survives_a_restart_and_an_empty_index_is_rebuilt_from_the
 }
 
 #[tokio::test]
-async fn an_index_left_by_a_version_that_read_only_json_records_is_rebuilt() {
+async fn an_index_left_by_an_older_build_is_rebuilt() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("trace-index.redb");
@@ -140,37 +140,54 @@ async fn an_index_left_by_a_version_that_read_only_json_records_is_rebuilt() {
     drop(subscriber);
     registry.stop().await;
 
-    // What a registry from before 2026-12-03 leaves after running beside upgraded writers: it
-    // read every record (its progress is the stream's end) but indexed none of the protobuf
-    // ones, and noted no record forms.
-    {
-        let db = redb::Database::open(&path).expect("the index file opens");
-        let txn = db.begin_write().expect("write");
-        let tables: Vec<String> = redb::ReadableDatabase::begin_read(&db)
-            .expect("read")
-            .list_multimap_tables()
-            .expect("tables")
-            .map(|h| redb::MultimapTableHandle::name(&h).to_string())
-            .collect();
-        for name in &tables {
-            txn.delete_multimap_table(redb::MultimapTableDefinition::<&str, u64>::new(name)).expect("drop");
+    // What older builds leave, each read to the stream's end (their progress) but holding
+    // nothing this build reads:
+    // - before 2026-12-03, after running beside upgraded writers: none of the protobuf records
+    //   indexed, and no build noted;
+    // - build 2: its multimap tables keyed by the id string, which this build does not read.
+    for older in [None, Some(2u64)] {
+        {
+            let db = redb::Database::open(&path).expect("the index file opens");
+            let txn = db.begin_write().expect("write");
+            let tables: Vec<String> = redb::ReadableDatabase::begin_read(&db)
+                .expect("read")
+                .list_tables()
+                .expect("tables")
+                .map(|h| redb::TableHandle::name(&h).to_string())
+                .filter(|name| name.starts_with("hops."))
+                .collect();
+            for name in &tables {
+                txn.delete_table(redb::TableDefinition::<(u128, u64), ()>::new(name)).expect("drop");
+            }
+            {
+                let mut meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).expect("meta");
+                match older {
+                    None => {
+                        meta.remove("reads").expect("remove");
+                    }
+                    Some(build) => {
+                        meta.insert("reads", build).expect("build");
+                        let mut old = txn
+                            .open_multimap_table(redb::MultimapTableDefinition::<&str, u64>::new("ids.20000"))
+                            .expect("build 2's table");
+                        old.insert(ids[0].as_str(), 1).expect("old entry");
+                    }
+                }
+            }
+            txn.commit().expect("commit");
         }
         {
-            let mut meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).expect("meta");
-            meta.remove("reads").expect("remove");
+            let store = Store::open(Some(&path), 1 << 20).expect("the index file opens");
+            assert!(store.applied().expect("progress") > 0);
+            assert!(store.lookup(&ids[0]).expect("lookup").is_empty(), "the old index lacks the records");
         }
-        txn.commit().expect("commit");
-    }
-    {
-        let store = Store::open(Some(&path), 1 << 20).expect("the index file opens");
-        assert!(store.applied().expect("progress") > 0);
-        assert!(store.lookup(&ids[0]).expect("lookup").is_empty(), "the old index lacks the records");
-    }
 
-    // The upgraded registry reads the stream again from its start instead of going on.
-    let registry = Registry::start(with_index_file(&nats, &path)).await;
-    assert_whole(&traced(&registry, &ids[0]).await);
-    assert_whole(&traced(&registry, &ids[9]).await);
+        // The upgraded registry reads the stream again from its start instead of going on.
+        let registry = Registry::start(with_index_file(&nats, &path)).await;
+        assert_whole(&traced(&registry, &ids[0]).await);
+        assert_whole(&traced(&registry, &ids[9]).await);
+        registry.stop().await;
+    }
 }
 
 #[tokio::test]

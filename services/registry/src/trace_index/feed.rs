@@ -1,7 +1,7 @@
 //! Feeds the trace index: an ordered consumer over all of `KH_AUDIT`, from the record after the
 //! last one indexed, in batches of what has arrived; drops the tables of expired days.
 
-use super::store::{Indexed, Store, READS};
+use super::store::{event_key, Indexed, Store, BUILD};
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use kakehashi_proto::subjects;
@@ -65,13 +65,17 @@ async fn follow(
     let last = info.state.last_sequence;
     let created = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
     let mut from = *applied.borrow();
-    let (built_from, reads) = blocking(store, gate, |s| Ok((s.stream_created()?, s.reads()?))).await?;
-    if built_from != created || from > last || reads < READS {
+    let (built_from, build) = blocking(store, gate, |s| Ok((s.stream_created()?, s.build()?))).await?;
+    if built_from != created || from > last || build < BUILD {
         // Not the stream the index was built from (recreated, or restored from elsewhere; or an
-        // index never started), or built by a version that skipped the records it could not
-        // read (protobuf ones, before 2026-12-03): read this one from its start.
-        if from > 0 && reads < READS {
-            tracing::warn!(indexed = from, "trace index built by an older version; reindexing KH_AUDIT");
+        // index never started), or an older build of the index (one that skipped the records
+        // it could not read, or whose tables are keyed otherwise): read this one from its start.
+        if from > 0 && build < BUILD {
+            tracing::warn!(
+                indexed = from,
+                build,
+                "trace index built by an older version; reindexing KH_AUDIT"
+            );
         } else if from > 0 {
             tracing::warn!(
                 indexed = from,
@@ -203,27 +207,30 @@ struct JsonHopId<'a> {
 
 /// The index entry of the record at `seq`; none when it is not an audit record.
 pub(super) fn indexed(seq: u64, payload: &[u8]) -> Option<Indexed> {
-    let (time_us, mut event_ids): (i64, Vec<String>) = if kakehashi_runtime::audit::is_json_record(payload) {
+    let mut keys = Vec::new();
+    let mut add = |id: &str| {
+        if !id.is_empty() {
+            keys.push(event_key(id));
+        }
+    };
+    let time_us = if kakehashi_runtime::audit::is_json_record(payload) {
         let r: JsonIdsOnly = serde_json::from_slice(payload).ok()?;
-        let ids = if r.hops.is_empty() {
-            vec![r.event_id.into_owned()]
-        } else {
-            r.hops.into_iter().map(|h| h.event_id.into_owned()).collect()
-        };
-        (r.time_us, ids)
+        if r.hops.is_empty() {
+            add(&r.event_id);
+        }
+        r.hops.iter().for_each(|h| add(&h.event_id));
+        r.time_us
     } else {
         let r = IdsOnly::decode(payload).ok()?;
-        let ids = if r.hops.is_empty() {
-            vec![r.event_id]
-        } else {
-            r.hops.into_iter().map(|h| h.event_id).collect()
-        };
-        (r.time_us, ids)
+        if r.hops.is_empty() {
+            add(&r.event_id);
+        }
+        r.hops.iter().for_each(|h| add(&h.event_id));
+        r.time_us
     };
-    event_ids.sort_unstable();
-    event_ids.dedup();
-    event_ids.retain(|id| !id.is_empty());
-    Some(Indexed { seq, time_us, event_ids })
+    keys.sort_unstable();
+    keys.dedup();
+    Some(Indexed { seq, time_us, event_keys: keys })
 }
 
 #[cfg(test)]
@@ -236,7 +243,7 @@ mod tests {
         let single =
             AuditRecord { event_id: "e1".into(), hop: "validated".into(), time_us: 9, ..Default::default() };
         let got = indexed(3, &single.clone().seal()).expect("indexed");
-        assert_eq!(got, Indexed { seq: 3, time_us: 9, event_ids: vec!["e1".into()] });
+        assert_eq!(got, Indexed { seq: 3, time_us: 9, event_keys: vec![event_key("e1")] });
         let old_json = indexed(3, &serde_json::to_vec(&single).expect("json")).expect("indexed");
         assert_eq!(old_json, got, "a record written as JSON before is indexed alike");
         let hop = |id: &str| BatchedHop { event_id: id.into(), hop: "acked".into(), ..Default::default() };
@@ -247,10 +254,9 @@ mod tests {
             ..Default::default()
         };
         let got = indexed(4, &batch.clone().seal()).expect("indexed");
-        assert_eq!(
-            (got.time_us, got.event_ids.as_slice()),
-            (12, ["e1".to_string(), "e2".to_string()].as_slice())
-        );
+        let mut both = [event_key("e1"), event_key("e2")];
+        both.sort_unstable();
+        assert_eq!((got.time_us, got.event_keys.as_slice()), (12, both.as_slice()));
         let old_json = indexed(4, &serde_json::to_vec(&batch).expect("json")).expect("indexed");
         assert_eq!(old_json, got);
         assert_eq!(indexed(5, b"{not json"), None);
