@@ -50,8 +50,8 @@ fn hops(name: &str) -> TableDefinition<'_, (u128, u64), ()> {
     TableDefinition::new(name)
 }
 
-/// The index key of an event id: a UUID's 128 bits, or for any other id (a ULID) the first
-/// 128 bits of its SHA-256. Two ids sharing a key only make a lookup read a record more:
+/// The index key of an event id: a UUID's 128 bits, or for any other id (such as a ULID) the
+/// first 128 bits of its SHA-256. Two ids sharing a key only make a lookup read a record more:
 /// readers keep the hops of the id they asked for.
 pub fn event_key(id: &str) -> u128 {
     match uuid::Uuid::try_parse(id) {
