@@ -63,3 +63,54 @@ async fn services_read_the_generated_token_file_and_refuse_everyone_else() {
         .expect("mhlw lists");
     assert_eq!(seen.into_inner().policies.len(), 1, "mhlw sees the policy naming it");
 }
+
+/// Development mode (no credentials, no client CA) is for a developer's loopback: off loopback
+/// both services refuse to start, before anything connects (no NATS runs here), and so does a
+/// registry holding the public development pseudonym key.
+#[tokio::test]
+async fn neither_service_serves_unauthenticated_grpc_off_loopback() {
+    let limit = std::time::Duration::from_secs(10);
+    let grpc = tokio::net::TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let port = grpc.local_addr().expect("addr").port();
+    let e = tokio::time::timeout(limit, kakehashi_registry::run(RegistryConfig::default(), grpc, async {}))
+        .await
+        .expect("refused at once")
+        .expect_err("the registry refuses to start");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("registry: gRPC would listen on 0.0.0.0:{port} without authentication")),
+        "{e}"
+    );
+
+    let grpc = tokio::net::TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let port = grpc.local_addr().expect("addr").port();
+    let config = kakehashi_adapter::config::AdapterConfig::default();
+    let e = tokio::time::timeout(limit, kakehashi_adapter::run(config, grpc, async {}))
+        .await
+        .expect("refused at once")
+        .expect_err("the adapter refuses to start");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("adapter: gRPC would listen on 0.0.0.0:{port} without authentication")),
+        "{e}"
+    );
+
+    // With tokens, the public development pseudonym key is what is refused.
+    let grpc = tokio::net::TcpListener::bind("0.0.0.0:0").await.expect("bind");
+    let port = grpc.local_addr().expect("addr").port();
+    let config = RegistryConfig {
+        credentials: [("a-token-of-32-characters-or-more".to_string(), "mhlw".to_string())].into(),
+        ..Default::default()
+    };
+    let e = tokio::time::timeout(limit, kakehashi_registry::run(config, grpc, async {}))
+        .await
+        .expect("refused at once")
+        .expect_err("the registry refuses the development pseudonym key");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "configuration: the development pseudonym secret is refused on 0.0.0.0:{port}: set \
+             KAKEHASHI_PSEUDONYM_SECRET_FILE (pseudonym_secret_file) or listen on a loopback address"
+        )
+    );
+}

@@ -52,6 +52,9 @@ pub enum RunError {
     /// The gRPC TLS files could not be used.
     #[error("gRPC TLS: {0}")]
     Tls(#[from] kakehashi_runtime::tls::TlsError),
+    /// gRPC would listen off loopback with nobody authenticated.
+    #[error(transparent)]
+    OpenListener(#[from] kakehashi_runtime::identity::OpenListenerError),
     /// The metrics endpoint's token is unusable, or it would listen off loopback without one.
     #[error(transparent)]
     Metrics(#[from] kakehashi_runtime::metrics::ScrapeAccessError),
@@ -85,6 +88,11 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // TLS files are checked first: a bad certificate fails startup before anything connects.
     let server = kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?;
+    // So is who may call: off loopback, nobody unauthenticated.
+    let identities = kakehashi_runtime::identity::Identities::new(config.credentials.clone(), Vec::new())
+        .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()));
+    let grpc_addr = listener.local_addr().map_err(|e| RunError::Startup(format!("gRPC listener: {e}")))?;
+    identities.check_listener("adapter", grpc_addr)?;
     // So is the metrics endpoint's access: off loopback only with a token.
     let metrics_access = config
         .metrics_addr
@@ -112,8 +120,6 @@ pub async fn run(
     let metrics = kakehashi_runtime::metrics::Registry::new();
     kakehashi_runtime::process_metrics::register(&metrics, "adapter", js.client(), audit.clone());
     let grpc_metrics = kakehashi_runtime::grpc::GrpcMetrics::new(&metrics);
-    let identities = kakehashi_runtime::identity::Identities::new(config.credentials.clone(), Vec::new())
-        .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()));
     identities.log_mode("adapter", config.grpc_tls.as_ref());
     let service = publisher::PublisherService::new(
         js,

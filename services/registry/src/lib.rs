@@ -64,6 +64,9 @@ pub enum RunError {
     /// The gRPC TLS files could not be used.
     #[error("gRPC TLS: {0}")]
     Tls(#[from] kakehashi_runtime::tls::TlsError),
+    /// gRPC would listen off loopback with nobody authenticated.
+    #[error(transparent)]
+    OpenListener(#[from] kakehashi_runtime::identity::OpenListenerError),
     /// The metrics endpoint's token is unusable, or it would listen off loopback without one.
     #[error(transparent)]
     Metrics(#[from] kakehashi_runtime::metrics::ScrapeAccessError),
@@ -98,6 +101,27 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     // TLS files are checked first: a bad certificate fails startup before anything connects.
     let server = kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?;
+    // So is who may call: off loopback, nobody unauthenticated and no public pseudonym key.
+    let identities =
+        kakehashi_runtime::identity::Identities::new(config.credentials.clone(), config.admins.clone())
+            .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()))
+            .with_delegates(config.delegates.clone())
+            .with_delegates_for_admins(config.delegates_for_admins);
+    let grpc_addr = listener.local_addr().map_err(|e| RunError::Startup(format!("gRPC listener: {e}")))?;
+    identities.check_listener("registry", grpc_addr)?;
+    if config.pseudonym_secret == config::DEV_PSEUDONYM_SECRET {
+        // The key is public (it is in the source): with it anyone can test a My Number against
+        // a pseudonym, so it is for a developer's loopback only.
+        if !grpc_addr.ip().is_loopback() {
+            return Err(RunError::Config(format!(
+                "the development pseudonym secret is refused on {grpc_addr}: set \
+                 KAKEHASHI_PSEUDONYM_SECRET_FILE (pseudonym_secret_file) or listen on a loopback address"
+            )));
+        }
+        tracing::warn!(
+            "using the development pseudonym secret: set KAKEHASHI_PSEUDONYM_SECRET outside development"
+        );
+    }
     // So is the metrics endpoint's access: off loopback only with a token.
     let metrics_endpoint = match metrics_listener {
         Some(l) => {
@@ -211,19 +235,9 @@ pub async fn run_with(
     let reflection_alpha = kakehashi_runtime::grpc::reflection_v1alpha(SERVED)
         .map_err(|e| RunError::Startup(format!("reflection: {e}")))?;
 
-    let identities =
-        kakehashi_runtime::identity::Identities::new(config.credentials.clone(), config.admins.clone())
-            .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()))
-            .with_delegates(config.delegates.clone())
-            .with_delegates_for_admins(config.delegates_for_admins);
     identities.log_mode("registry", config.grpc_tls.as_ref());
     let registry =
         api::schema_registry::SchemaRegistryService::new(store.clone(), identities.clone(), check_limits);
-    if config.pseudonym_secret == config::DEV_PSEUDONYM_SECRET {
-        tracing::warn!(
-            "using the development pseudonym secret: set KAKEHASHI_PSEUDONYM_SECRET outside development"
-        );
-    }
     let privacy = delivery::Privacy {
         store: store.clone(),
         policies: policies.clone(),

@@ -26,6 +26,26 @@ use tonic::{Extensions, Request, Status};
 /// The metadata a delegate names the department it acts for with.
 pub const ON_BEHALF_OF: &str = "x-kakehashi-on-behalf-of";
 
+/// A gRPC listener off loopback with nobody authenticated (see [`Identities::check_listener`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{service}: gRPC would listen on {addr} without authentication; configure credentials \
+     (KAKEHASHI_CREDENTIALS_FILE, written by `kakehashi grpc tokens`) or client certificates \
+     (grpc_tls), or listen on a loopback address"
+)]
+pub struct OpenListenerError {
+    /// Which service.
+    pub service: &'static str,
+    /// Where it would have listened.
+    pub addr: std::net::SocketAddr,
+}
+
+/// The key a bearer token is looked up by.
+fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
 /// An authenticated caller: the department it acts as, and the delegate it acts through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -117,7 +137,10 @@ pub enum Scope {
 /// Resolves callers to departments.
 #[derive(Debug, Clone, Default)]
 pub struct Identities {
-    tokens: BTreeMap<String, String>,
+    /// Department by SHA-256 of its token: a lookup compares digests, so its timing tells
+    /// nothing about how much of a guessed token was right, and no token sits in memory dumps
+    /// or `Debug` output.
+    tokens: BTreeMap<[u8; 32], String>,
     admins: BTreeSet<String>,
     client_certs: bool,
     delegates: BTreeSet<String>,
@@ -131,7 +154,7 @@ impl Identities {
     /// certificates, see [`Identities::with_client_certs`]) means development mode.
     pub fn new(tokens: BTreeMap<String, String>, admins: impl IntoIterator<Item = String>) -> Self {
         Self {
-            tokens,
+            tokens: tokens.into_iter().map(|(token, dept)| (token_digest(&token), dept)).collect(),
             admins: admins.into_iter().collect(),
             client_certs: false,
             delegates: BTreeSet::new(),
@@ -163,6 +186,20 @@ impl Identities {
     /// Whether callers are authenticated (false in development mode).
     pub fn enforced(&self) -> bool {
         !self.tokens.is_empty() || self.client_certs
+    }
+
+    /// Refuses development mode on a listener other hosts can reach: without credentials and
+    /// a client CA, anyone there could act as any department, or as the administrator.
+    /// Unauthenticated gRPC is for a developer's loopback only, as for the metrics endpoint.
+    pub fn check_listener(
+        &self,
+        service: &'static str,
+        addr: std::net::SocketAddr,
+    ) -> Result<(), OpenListenerError> {
+        if self.enforced() || addr.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(OpenListenerError { service, addr })
     }
 
     /// Logs how callers are identified; development mode is a warning, since anyone may act
@@ -284,7 +321,7 @@ impl Identities {
             tracing::warn!(claimed = "nobody", reason = %message, "caller refused: unauthenticated");
             return Err(Status::unauthenticated(message));
         };
-        match self.tokens.get(token) {
+        match self.tokens.get(&token_digest(token)) {
             Some(dept) => Ok(dept.clone()),
             None => {
                 tracing::warn!(claimed = "an unknown bearer token", "caller refused: unauthenticated");
@@ -432,6 +469,41 @@ mod tests {
         assert!(cert_only.enforced());
         let (m, e) = creds(None, None);
         assert_eq!(cert_only.scope((&m, &e)).expect_err("nobody").code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn tokens_are_held_as_digests_only() {
+        let shown = format!("{:?}", ids(false));
+        assert!(!shown.contains("tok-a"), "no token in Debug output: {shown}");
+        let (m, e) = creds(Some("tok-a"), None);
+        assert_eq!(ids(false).department((&m, &e), "").expect("token"), "dept-a");
+        let (m, e) = creds(Some("tok-b"), None);
+        assert!(ids(false).require_caller((&m, &e)).is_err());
+    }
+
+    #[test]
+    fn development_mode_is_refused_off_loopback() {
+        let any: std::net::SocketAddr = "0.0.0.0:50051".parse().expect("addr");
+        let host: std::net::SocketAddr = "192.0.2.7:50051".parse().expect("addr");
+        let local: std::net::SocketAddr = "127.0.0.1:50051".parse().expect("addr");
+        let local6: std::net::SocketAddr = "[::1]:50051".parse().expect("addr");
+        let open = Identities::default();
+        for addr in [any, host] {
+            let e = open.check_listener("registry", addr).expect_err("nobody authenticated off loopback");
+            assert!(
+                e.to_string().contains(&addr.to_string())
+                    && e.to_string().contains("KAKEHASHI_CREDENTIALS_FILE"),
+                "{e}"
+            );
+        }
+        for addr in [local, local6] {
+            open.check_listener("registry", addr).expect("development mode stays possible on loopback");
+        }
+        ids(false).check_listener("registry", any).expect("tokens");
+        Identities::default()
+            .with_client_certs(true)
+            .check_listener("adapter", any)
+            .expect("client certificates");
     }
 
     fn with_header(mut m: MetadataMap, value: &str) -> MetadataMap {
