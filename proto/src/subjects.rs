@@ -120,6 +120,18 @@ pub fn published_ingress(stored: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The suffix of a type's protobuf form, a subject of its own (`health.vaccination.recorded.pb`).
+pub const PROTOBUF_FORM_SUFFIX: &str = ".pb";
+
+/// Whether an event's `schema` names one of its type's own subjects: none (the type), the type,
+/// or the type's protobuf form. Any other subject, however valid, is not the type's contract:
+/// the producer policy is on the type, and readers' pseudonyms follow the schema's annotations.
+pub fn is_form_of_type(schema: &str, event_type: &str) -> bool {
+    schema.is_empty()
+        || schema == event_type
+        || schema.strip_prefix(event_type).is_some_and(|rest| rest == PROTOBUF_FORM_SUFFIX)
+}
+
 /// `kh.ev.<type>`: validated events.
 pub fn events(event_type: &str) -> String {
     format!("kh.ev.{event_type}")
@@ -173,6 +185,24 @@ pub fn is_valid_pattern(pattern: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_types_own_subjects_are_its_forms() {
+        let t = "health.vaccination.recorded";
+        for schema in ["", t, "health.vaccination.recorded.pb"] {
+            assert!(is_form_of_type(schema, t), "{schema:?}");
+        }
+        for schema in [
+            "common.person",
+            "health.vaccination",
+            "health.vaccination.recorded.v2",
+            "health.vaccination.recorded.pb.pb",
+            "health.vaccination.recordedpb",
+            ".pb",
+        ] {
+            assert!(!is_form_of_type(schema, t), "{schema:?}");
+        }
+    }
 
     #[test]
     fn ingress_subject_round_trips() {

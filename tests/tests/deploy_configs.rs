@@ -391,6 +391,22 @@ fn the_console_example_config_parses_strictly_into_the_defaults() {
     parsed.check().expect("the example is a configuration the console accepts");
 }
 
+/// Least privilege for files: in compose only the one-shot `nats-config` sees the volume with
+/// every identity's credentials, tokens and keys; each service mounts what it uses.
+#[test]
+fn only_the_config_job_mounts_the_volume_holding_every_secret() {
+    let compose = read(&deploy_dir().join("docker-compose.yml"));
+    let services = compose_services(&compose);
+    let mounting: Vec<&str> = services
+        .iter()
+        .filter(|(_, block)| block.lines().any(|l| l.trim_start().starts_with("- nats-auth:")))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(mounting, ["nats-config"], "docker-compose.yml: services mounting nats-auth");
+    let nats = services.iter().find(|(name, _)| name == "nats").map(|(_, b)| b.as_str()).unwrap_or_default();
+    assert!(nats.contains("- nats-conf:/etc/nats/auth:ro"), "the NATS server reads auth.conf alone:\n{nats}");
+}
+
 /// The services of a compose file: (name, its block without comments).
 fn compose_services(compose: &str) -> Vec<(String, String)> {
     let mut services: Vec<(String, String)> = Vec::new();

@@ -128,3 +128,107 @@ async fn readers_get_per_department_pseudonyms_and_unlisted_departments_cannot_s
     }
     assert_eq!(at_city, vec![MY_NUMBER.to_string(), MY_NUMBER.to_string()], "raw for the granted reader");
 }
+
+/// A producer may not validate its type's events against another subject of its choosing: a
+/// permissive one would let an unchecked payload through, and one without the type's
+/// `x-kakehashi-pii` annotations would hand readers the raw My Number. The adapter refuses such
+/// an event, and the validator dead-letters it when it is published on NATS directly.
+#[tokio::test]
+async fn a_producer_cannot_name_another_subjects_schema_to_skip_checks_and_pseudonyms() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(registry_config(&nats)).await;
+    let adapter = Adapter::start(adapter_config(&nats)).await;
+    let conn = kakehashi_tests::services::cli_conn(&registry.endpoint(), &adapter.endpoint(), &nats);
+    let mut schemas = kakehashi_ctl::clients::registry(&conn).await.expect("connect");
+    let catalogue = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    kakehashi_ctl::commands::schema::load(&mut schemas, &catalogue, true).await.expect("catalogue");
+    kakehashi_tests::bus::register_schema(&registry.endpoint(), "open.anything", r#"{"type": "object"}"#)
+        .await;
+    kakehashi_tests::bus::put_policy(&registry.endpoint(), "health.>", &["city-shibuya"], &["mhlw"]).await;
+    let (_mhlw_tx, mut mhlw) = subscribe(&registry, "mhlw").await;
+
+    let forged = Event {
+        source: "city-shibuya".into(),
+        r#type: TYPE.into(),
+        schema: "open.anything".into(),
+        data: example().to_string().into_bytes(),
+        ..Default::default()
+    };
+    let mut publisher =
+        publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("connect");
+    let refused = publisher.publish(forged.clone()).await.expect_err("the adapter refuses it");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("is not a form of type"), "{}", refused.message());
+
+    // On NATS directly (what the department's own credentials allow), then a legitimate event.
+    let js = kakehashi_tests::bus::jetstream(&nats).await;
+    let forged = Event {
+        id: kakehashi_proto::ids::new_event_id(),
+        data_content_type: "application/json".into(),
+        ..forged
+    };
+    kakehashi_tests::bus::publish_ingress(&js, &forged).await;
+    publisher
+        .publish(Event {
+            source: "city-shibuya".into(),
+            r#type: TYPE.into(),
+            data: example().to_string().into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .expect("publish");
+    let at_mhlw = my_numbers(&mut mhlw, 1).await;
+    assert!(at_mhlw[0].starts_with("kh1:"), "the first delivery is the legitimate, pseudonymised event");
+    let letters =
+        dead_letters_client::DeadLettersClient::connect(registry.endpoint()).await.expect("connect");
+    let letter =
+        kakehashi_tests::wait::until("the forged event's dead letter", Duration::from_secs(20), || {
+            let (mut letters, id) = (letters.clone(), forged.id.clone());
+            async move {
+                let request = ListDeadLettersRequest { event_id: id, ..Default::default() };
+                let listed = letters.list_dead_letters(request).await.ok()?.into_inner();
+                listed.dead_letters.into_iter().next().and_then(|l| l.letter)
+            }
+        })
+        .await;
+    assert_eq!(letter.reason, "malformed_envelope");
+    assert!(letter.message.contains("is not a form of type"), "{}", letter.message);
+}
+
+/// A policy entry the registry cannot read grants nothing: it replaces the entry it overwrote
+/// (a revocation written by a newer version, or a damaged one) instead of leaving it in force.
+#[tokio::test]
+async fn an_unreadable_policy_entry_revokes_what_it_replaced() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(registry_config(&nats)).await;
+    kakehashi_tests::bus::put_policy(&registry.endpoint(), "health.>", &["city-shibuya"], &["mhlw"]).await;
+    let subs =
+        subscriptions_client::SubscriptionsClient::connect(registry.endpoint()).await.expect("connect");
+    let create = |name: &str| {
+        let mut subs = subs.clone();
+        let request = CreateSubscriptionRequest {
+            subscription: Some(Subscription {
+                department: "mhlw".into(),
+                name: name.into(),
+                type_pattern: TYPE.into(),
+                ..Default::default()
+            }),
+        };
+        async move { subs.create_subscription(request).await }
+    };
+    create("before").await.expect("mhlw may read health.>");
+
+    let js = kakehashi_tests::bus::jetstream(&nats).await;
+    let config = js.get_key_value("KH_CONFIG").await.expect("KH_CONFIG");
+    let key: String = "health.>".bytes().map(|b| format!("{b:02x}")).collect();
+    config.put(format!("policy.{key}"), "not a policy".into()).await.expect("overwrite");
+    kakehashi_tests::wait::until(
+        "the unreadable policy to grant nothing",
+        Duration::from_secs(10),
+        || async {
+            let refused = create("after").await.err()?;
+            (refused.code() == tonic::Code::PermissionDenied).then_some(())
+        },
+    )
+    .await;
+}

@@ -29,6 +29,14 @@ pub enum EnvelopeError {
     /// Unsupported content type.
     #[error("data_content_type {0:?} is not supported (use application/json)")]
     ContentType(String),
+    /// `schema` names a subject that is not one of the type's own (the bus would dead-letter it).
+    #[error("schema {schema:?} is not a form of type {event_type:?}: leave it empty or name the type")]
+    SchemaNotOfType {
+        /// The named subject.
+        schema: String,
+        /// The event's type.
+        event_type: String,
+    },
 }
 
 impl EnvelopeError {
@@ -40,6 +48,7 @@ impl EnvelopeError {
             EnvelopeError::PayloadTooLarge { .. } => "payload_too_large",
             EnvelopeError::PayloadNotJson(_) => "payload_not_json",
             EnvelopeError::ContentType(_) => "unsupported_content_type",
+            EnvelopeError::SchemaNotOfType { .. } => "schema_not_of_type",
         }
     }
 }
@@ -49,6 +58,9 @@ pub fn prepare(mut event: Event, source: String, max_payload_bytes: usize) -> Re
     event.source = source;
     if !ident::is_valid_event_type(&event.r#type) {
         return Err(EnvelopeError::InvalidType(event.r#type));
+    }
+    if !subjects::is_form_of_type(&event.schema, &event.r#type) {
+        return Err(EnvelopeError::SchemaNotOfType { schema: event.schema, event_type: event.r#type });
     }
     if event.id.is_empty() {
         event.id = ids::new_event_id();

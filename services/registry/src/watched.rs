@@ -36,23 +36,31 @@ impl<T: DeserializeOwned + Send + Sync + 'static> WatchedMap<T> {
             .await;
         let has_any = keys.iter().any(|k| k.starts_with(&format!("{prefix}.")));
         let strip = format!("{prefix}.");
+        // The task holds the map weakly: it ends once the map's owners are gone.
         let apply = {
-            let entries = entries.clone();
+            let entries = Arc::downgrade(&entries);
             let strip = strip.clone();
-            move |entry: &kv::Entry| {
-                let Some(key) = entry.key.strip_prefix(&strip) else { return };
+            move |entry: &kv::Entry| -> bool {
+                let Some(entries) = entries.upgrade() else { return false };
+                let Some(key) = entry.key.strip_prefix(&strip) else { return true };
                 let mut map = entries.write().unwrap_or_else(|p| p.into_inner());
                 match entry.operation {
                     kv::Operation::Put => match serde_json::from_slice::<T>(&entry.value) {
                         Ok(v) => {
                             map.insert(key.to_string(), Arc::new(v));
                         }
-                        Err(e) => tracing::warn!(key = %entry.key, error = %e, "unreadable entry skipped"),
+                        Err(e) => {
+                            // Fails closed: a policy nobody can read grants nothing any more,
+                            // rather than the value it replaced.
+                            tracing::warn!(key = %entry.key, error = %e, "unreadable entry: removed");
+                            map.remove(key);
+                        }
                     },
                     _ => {
                         map.remove(key);
                     }
                 }
+                true
             }
         };
         if has_any {
@@ -67,12 +75,29 @@ impl<T: DeserializeOwned + Send + Sync + 'static> WatchedMap<T> {
             .await;
             caught_up.map_err(|_| format!("timed out loading {prefix}"))?;
         }
+        let (kv, alive) = (kv.clone(), Arc::downgrade(&entries));
         tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                match entry {
-                    Ok(entry) => apply(&entry),
-                    Err(e) => tracing::warn!(error = %e, "watch error"),
+            loop {
+                while let Some(entry) = watch.next().await {
+                    match entry {
+                        Ok(entry) if !apply(&entry) => return,
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "watch error"),
+                    }
                 }
+                // A watch that ended would leave the map as it was for good (a revoked policy
+                // still granting): watch again, from the current values.
+                tracing::warn!(%filter, "KV watch ended; watching again");
+                watch = loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if alive.strong_count() == 0 {
+                        return;
+                    }
+                    match kv.watch_with_history(&filter).await {
+                        Ok(w) => break w,
+                        Err(e) => tracing::warn!(%filter, error = %e, "KV watch not restarted; retrying"),
+                    }
+                };
             }
         });
         Ok(Self { entries })

@@ -127,6 +127,17 @@ pub fn check(
         let message = format!("department {} may not publish {}", event.source, event.r#type);
         return Err(reject(Reason::NotPermitted, message, Some(event)));
     }
+    if !subjects::is_form_of_type(&event.schema, &event.r#type) {
+        // The producer policy is on the type and readers' pseudonyms follow the schema's
+        // annotations: a schema of the producer's choosing would bypass both.
+        let message = format!(
+            "schema {:?} is not a form of type {:?}: it must be empty, the type, or the type's protobuf form {:?}",
+            event.schema,
+            event.r#type,
+            format!("{}{}", event.r#type, subjects::PROTOBUF_FORM_SUFFIX)
+        );
+        return Err(reject(Reason::MalformedEnvelope, message, Some(event)));
+    }
     let schema_subject = if event.schema.is_empty() { event.r#type.as_str() } else { event.schema.as_str() };
     let (schema, version) = match store.payload_schema(schema_subject, event.schema_version) {
         Ok(v) => v,
