@@ -19,6 +19,9 @@ pub enum Step {
     Key(String),
     /// Every item of an array.
     AnyItem,
+    /// Every property of an object (`additionalProperties`, `patternProperties`: a key whose
+    /// name the schema does not fix; a pattern is not narrowed to its keys, so this fails safe).
+    AnyKey,
 }
 
 /// Where personal identifiers sit in payloads of one schema.
@@ -27,14 +30,44 @@ pub type PiiPaths = Vec<Vec<Step>>;
 /// How deep `$ref` chains are followed (schemas may be recursive).
 const MAX_DEPTH: usize = 32;
 
+/// A schema whose personal identifiers cannot all be located: refused, never half-pseudonymised.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "x-kakehashi-pii annotations lie deeper than {MAX_DEPTH} levels of subschemas and $refs (a \
+     recursive schema?): the bus could not pseudonymise all of them"
+)]
+pub struct PiiTooDeep;
+
 /// Finds every annotated property, following `$ref`s (local ones and, through `resolve`, other
-/// registered schemas), combinators and array items.
-pub fn find(schema: &Value, resolve: &dyn Fn(&str) -> Option<Value>) -> PiiPaths {
+/// registered schemas), combinators, conditionals, array items and properties of any name.
+/// Fails when an annotation may lie below the depth it follows (a recursive `$ref`).
+pub fn find(schema: &Value, resolve: &dyn Fn(&str) -> Option<Value>) -> Result<PiiPaths, PiiTooDeep> {
     let mut out = Vec::new();
-    walk(schema, schema, resolve, &mut Vec::new(), &mut out, 0);
+    let mut too_deep = false;
+    walk(schema, schema, resolve, &mut Vec::new(), (&mut out, &mut too_deep), 0);
+    if too_deep {
+        return Err(PiiTooDeep);
+    }
     out.sort_by_key(|p| format!("{p:?}"));
     out.dedup();
-    out
+    Ok(out)
+}
+
+/// The annotation `walk` looks for, as it appears in a schema's text.
+const PII_KEYWORD: &str = "\"x-kakehashi-pii\"";
+
+/// Whether `node`, or the document its `$ref` points into, mentions the annotation at all: what
+/// decides whether stopping at the depth limit could miss one.
+fn may_hold_pii(node: &Value, root: &Value, resolve: &dyn Fn(&str) -> Option<Value>) -> bool {
+    let mentions = |v: &Value| v.to_string().contains(PII_KEYWORD);
+    if mentions(node) {
+        return true;
+    }
+    match node.get("$ref").and_then(Value::as_str) {
+        Some(r) if r.starts_with('#') => mentions(root),
+        Some(r) => resolve(r.split('#').next().unwrap_or(r)).is_none_or(|doc| mentions(&doc)),
+        None => false,
+    }
 }
 
 fn walk(
@@ -42,11 +75,12 @@ fn walk(
     root: &Value,
     resolve: &dyn Fn(&str) -> Option<Value>,
     path: &mut Vec<Step>,
-    out: &mut PiiPaths,
+    (out, too_deep): (&mut PiiPaths, &mut bool),
     depth: usize,
 ) {
     let Some(obj) = node.as_object() else { return };
     if depth > MAX_DEPTH {
+        *too_deep |= may_hold_pii(node, root, resolve);
         return;
     }
     if obj.get("x-kakehashi-pii").and_then(Value::as_str) == Some("my-number") {
@@ -55,35 +89,53 @@ fn walk(
     if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
         if let Some(fragment) = r.strip_prefix('#') {
             if let Some(target) = root.pointer(fragment) {
-                walk(target, root, resolve, path, out, depth + 1);
+                walk(target, root, resolve, path, (&mut *out, &mut *too_deep), depth + 1);
             }
         } else if let Some(doc) = resolve(r.split('#').next().unwrap_or(r)) {
             let fragment = r.split_once('#').map(|(_, f)| f).unwrap_or("");
             if let Some(target) = doc.pointer(fragment) {
-                walk(target, &doc, resolve, path, out, depth + 1);
+                walk(target, &doc, resolve, path, (&mut *out, &mut *too_deep), depth + 1);
             }
         }
     }
     if let Some(props) = obj.get("properties").and_then(Value::as_object) {
         for (k, v) in props {
             path.push(Step::Key(k.clone()));
-            walk(v, root, resolve, path, out, depth + 1);
+            walk(v, root, resolve, path, (&mut *out, &mut *too_deep), depth + 1);
             path.pop();
         }
     }
-    let item_schemas = obj
-        .get("items")
+    // Properties whose names the schema does not fix.
+    let any_key_schemas = ["additionalProperties", "unevaluatedProperties"]
         .into_iter()
+        .filter_map(|k| obj.get(k))
+        .chain(obj.get("patternProperties").and_then(Value::as_object).into_iter().flat_map(|m| m.values()));
+    for v in any_key_schemas {
+        path.push(Step::AnyKey);
+        walk(v, root, resolve, path, (&mut *out, &mut *too_deep), depth + 1);
+        path.pop();
+    }
+    let item_schemas = ["items", "contains", "additionalItems", "unevaluatedItems"]
+        .into_iter()
+        .filter_map(|k| obj.get(k))
         .chain(obj.get("prefixItems").and_then(Value::as_array).into_iter().flatten());
     for items in item_schemas {
         path.push(Step::AnyItem);
-        walk(items, root, resolve, path, out, depth + 1);
+        walk(items, root, resolve, path, (&mut *out, &mut *too_deep), depth + 1);
         path.pop();
     }
     for key in ["allOf", "anyOf", "oneOf"] {
         for sub in obj.get(key).and_then(Value::as_array).into_iter().flatten() {
-            walk(sub, root, resolve, path, out, depth + 1);
+            walk(sub, root, resolve, path, (&mut *out, &mut *too_deep), depth + 1);
         }
+    }
+    // Subschemas that apply to this same instance when their condition holds.
+    let conditional = ["if", "then", "else"]
+        .into_iter()
+        .filter_map(|k| obj.get(k))
+        .chain(obj.get("dependentSchemas").and_then(Value::as_object).into_iter().flat_map(|m| m.values()));
+    for sub in conditional {
+        walk(sub, root, resolve, path, (&mut *out, &mut *too_deep), depth + 1);
     }
 }
 
@@ -211,7 +263,11 @@ fn visit<'a>(
     match serde_json::from_str::<Node<'a>>(raw)? {
         Node::Object(pairs) => {
             for (key, child) in pairs {
-                let below = below(paths, |step| matches!(step, Step::Key(k) if *k == *key));
+                let below = below(paths, |step| match step {
+                    Step::Key(k) => *k == *key,
+                    Step::AnyKey => true,
+                    Step::AnyItem => false,
+                });
                 if !below.is_empty() {
                     visit(child.get(), &below, false, splice, token)?;
                 }
@@ -324,6 +380,10 @@ fn replace_at(node: &mut Value, path: &[Step], secret: &[u8], department: &str) 
             Value::Array(items) => items.iter_mut().map(|i| replace_at(i, rest, secret, department)).sum(),
             _ => 0,
         },
+        Some((Step::AnyKey, rest)) => match node {
+            Value::Object(o) => o.values_mut().map(|v| replace_at(v, rest, secret, department)).sum(),
+            _ => 0,
+        },
     }
 }
 
@@ -345,12 +405,39 @@ mod tests {
             "note": {"type": "string"}},
             "$defs": {"child": {"type": "object", "properties": {"my_number": {"x-kakehashi-pii": "my-number"}}}}});
         let resolve = |uri: &str| (uri == "https://kakehashi.invalid/schemas/common.person/1").then(person);
-        let paths = find(&schema, &resolve);
+        let paths = find(&schema, &resolve).expect("found");
         assert_eq!(paths.len(), 2, "{paths:?}");
         let mut data = json!({"person": {"my_number": "123456789018"}, "children": [{"my_number": "111111111118"}, {"my_number": "987654321093"}], "note": "123456789018"});
         assert_eq!(apply(&mut data, &paths, b"k", "mhlw"), 3);
         assert_eq!(data["note"], "123456789018", "unannotated fields are untouched");
         assert!(data["person"]["my_number"].as_str().is_some_and(|s| s.starts_with("kh1:")));
+    }
+
+    #[test]
+    fn properties_of_any_name_and_conditional_subschemas_are_followed() {
+        let person = json!({"$ref": "#/$defs/person"});
+        let schema = json!({"type": "object", "properties": {
+            "by_name": {"type": "object", "additionalProperties": person},
+            "by_pattern": {"type": "object", "patternProperties": {"^p": person}},
+            "maybe": {"if": {"required": ["x"]}, "then": {"properties": {"p": person}}, "else": {"properties": {"q": person}}}},
+            "$defs": {"person": {"type": "object", "properties": {"my_number": {"x-kakehashi-pii": "my-number"}}}}});
+        let paths = find(&schema, &|_| None).expect("found");
+        assert_eq!(paths.len(), 4, "{paths:?}");
+        let raw = br#"{"by_name": {"a1": {"my_number": "123456789018"}}, "by_pattern": {"p1": {"my_number": "123456789018"}}, "maybe": {"p": {"my_number": "123456789018"}, "q": {"my_number": "123456789018"}}}"#;
+        let out = apply_bytes(raw, &paths, b"k", "mhlw").expect("json").expect("replaced");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(!text.contains("123456789018"), "every My Number pseudonymised: {text}");
+        assert_eq!(text.matches("kh1:").count(), 4, "{text}");
+    }
+
+    #[test]
+    fn a_recursive_schema_with_my_numbers_is_refused_and_one_without_is_not() {
+        let recursive = json!({"type": "object", "properties": {
+            "my_number": {"type": "string", "x-kakehashi-pii": "my-number"}, "child": {"$ref": "#"}}});
+        assert!(find(&recursive, &|_| None).is_err(), "a My Number could sit below any depth");
+        let tree =
+            json!({"type": "object", "properties": {"name": {"type": "string"}, "child": {"$ref": "#"}}});
+        assert_eq!(find(&tree, &|_| None).expect("nothing to find").len(), 0);
     }
 
     #[test]
@@ -630,6 +717,13 @@ mod tests {
                 let Doc::Arr(items) = doc else { unreachable!() };
                 graft(&mut items[0], rest, escape_key, leaf);
             }
+            Some((Step::AnyKey, rest)) => {
+                if !matches!(doc, Doc::Obj(pairs) if !pairs.is_empty()) {
+                    *doc = Doc::Obj(vec![("any".into(), escape_key, Doc::Null)]);
+                }
+                let Doc::Obj(pairs) = doc else { unreachable!() };
+                graft(&mut pairs[0].2, rest, escape_key, leaf);
+            }
         }
     }
 
@@ -639,6 +733,7 @@ mod tests {
             vec![vec![key("person"), key("my_number")], vec![key("kids"), Step::AnyItem, key("my_number")]],
             vec![vec![]],
             vec![vec![Step::AnyItem]],
+            vec![vec![key("people"), Step::AnyKey, key("my_number")], vec![Step::AnyKey]],
             vec![vec![key("kids"), Step::AnyItem, Step::AnyItem], vec![key("k\"1")]],
             vec![
                 vec![key("a")],

@@ -8,7 +8,8 @@ use kakehashi_proto::v1::{FindEventsRequest, Hop, TraceEventRequest};
 use serde_json::json;
 
 fn micros(t: &Option<prost_types::Timestamp>) -> i64 {
-    t.as_ref().map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+    // Saturating: a server's odd timestamp prints oddly rather than overflowing.
+    t.as_ref().map_or(0, |t| t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos) / 1000))
 }
 
 fn clock(us: i64) -> String {
@@ -24,20 +25,30 @@ pub fn parse_since(s: &str) -> Result<prost_types::Timestamp, CtlError> {
     let at = if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
         t
     } else {
-        let (n, unit) = s.split_at(s.len().saturating_sub(1));
-        let n: i64 = n
-            .parse()
-            .map_err(|_| CtlError::Usage(format!("--since {s:?}: use RFC 3339 or 30s/15m/2h/1d")))?;
-        let secs = match unit {
-            "s" => n,
-            "m" => n * 60,
-            "h" => n * 3600,
-            "d" => n * 86_400,
-            _ => return Err(CtlError::Usage(format!("--since {s:?}: use RFC 3339 or 30s/15m/2h/1d"))),
-        };
-        now - time::Duration::seconds(secs)
+        now.checked_sub(time::Duration::seconds(span_secs(s)?)).ok_or_else(|| too_far(s))?
     };
     Ok(prost_types::Timestamp { seconds: at.unix_timestamp(), nanos: 0 })
+}
+
+/// Seconds in a `--since` span like `30s`, `15m`, `2h`, `1d`.
+fn span_secs(s: &str) -> Result<i64, CtlError> {
+    let usage = || CtlError::Usage(format!("--since {s:?}: use RFC 3339 or 30s/15m/2h/1d"));
+    // The unit is the last character, which may be multi-byte: never slice through it.
+    let (at, unit) = s.char_indices().last().ok_or_else(usage)?;
+    let per: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(usage()),
+    };
+    let n: i64 = s.get(..at).and_then(|n| n.parse().ok()).filter(|n| *n >= 0).ok_or_else(usage)?;
+    n.checked_mul(per).ok_or_else(|| too_far(s))
+}
+
+/// A span too long to count in seconds, or to subtract from now as a date.
+fn too_far(s: &str) -> CtlError {
+    CtlError::Usage(format!("--since {s:?}: too far back (a date must be after year -9999)"))
 }
 
 fn hop_json(h: &Hop) -> serde_json::Value {
@@ -171,4 +182,33 @@ pub async fn run(conn: &Conn, json_mode: bool, a: TraceArgs) -> Result<(), CtlEr
         },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage_message(s: &str) -> String {
+        match parse_since(s) {
+            Err(CtlError::Usage(m)) => m,
+            other => panic!("--since {s:?}: expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn since_spans_are_parsed_without_panicking_or_overflowing() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let at = parse_since("15m").expect("15m").seconds;
+        assert!((now - 900 - at).abs() <= 5, "15m: {at} vs now {now}");
+        assert_eq!(parse_since("2024-05-01T00:00:00Z").expect("RFC 3339").seconds, 1_714_521_600);
+        // A multi-byte last character is not a unit (and must not be sliced through).
+        assert!(usage_message("1日").contains("use RFC 3339"));
+        assert!(usage_message("日").contains("use RFC 3339"));
+        assert!(usage_message("").contains("use RFC 3339"));
+        assert!(usage_message("-5m").contains("use RFC 3339"));
+        // Overflows the date, or the multiplication: a clear error, not a panic.
+        assert!(usage_message("99999999999d").contains("too far back"));
+        assert!(usage_message("999999999999999d").contains("too far back"));
+        assert!(usage_message("9223372036854775807s").contains("too far back"));
+    }
 }

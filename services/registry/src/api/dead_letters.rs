@@ -75,8 +75,33 @@ fn status(e: RedriveError) -> Status {
     }
 }
 
-fn micros(t: &Option<prost_types::Timestamp>) -> Option<i64> {
-    t.as_ref().map(|t| t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos) / 1000)
+/// Seconds of 0001-01-01T00:00:00Z, the earliest a protobuf `Timestamp` may hold (its range
+/// is well inside what microseconds in an `i64` can hold).
+const MIN_SECONDS: i64 = -62_135_596_800;
+/// Seconds of 9999-12-31T23:59:59Z, the latest a protobuf `Timestamp` may hold.
+const MAX_SECONDS: i64 = 253_402_300_799;
+
+/// A timestamp in microseconds since the epoch; `None` when it is not a valid `Timestamp`
+/// (seconds out of range, nanos outside `0..1_000_000_000`).
+fn timestamp_micros(t: &prost_types::Timestamp) -> Option<i64> {
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    t.seconds.checked_mul(1_000_000)?.checked_add(i64::from(t.nanos) / 1000)
+}
+
+/// A request's optional timestamp `field` in microseconds, refused naming the field when it is
+/// not a valid `Timestamp` (callers send anything; none of it may overflow).
+fn request_micros(t: &Option<prost_types::Timestamp>, field: &str) -> Result<Option<i64>, Status> {
+    let Some(t) = t else { return Ok(None) };
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Status::invalid_argument(format!("{field}.nanos must be in 0..1000000000")));
+    }
+    timestamp_micros(t).map(Some).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{field}.seconds is out of range (0001-01-01 to 9999-12-31: {MIN_SECONDS}..={MAX_SECONDS})"
+        ))
+    })
 }
 
 /// Overwrites My Numbers in raw dead-letter bytes: values of fields the event's schema
@@ -117,6 +142,11 @@ fn collect(data: &serde_json::Value, paths: &PiiPaths, out: &mut Vec<String>) {
             Some((Step::AnyItem, rest)) => {
                 for item in node.as_array().into_iter().flatten() {
                     at(item, rest, out);
+                }
+            }
+            Some((Step::AnyKey, rest)) => {
+                for value in node.as_object().into_iter().flat_map(|o| o.values()) {
+                    at(value, rest, out);
                 }
             }
         }
@@ -168,9 +198,10 @@ impl DeadLetters for DeadLettersService {
         if !r.r#type.is_empty() && !kakehashi_proto::ident::is_valid_event_type(&r.r#type) {
             return Err(Status::invalid_argument("type must be an event type"));
         }
-        let (since, until) = (micros(&r.since), micros(&r.until));
+        let (since, until) = (request_micros(&r.since, "since")?, request_micros(&r.until, "until")?);
         let wanted = |l: &DeadLetter| {
-            let at = micros(&l.dead_lettered_at).unwrap_or(0);
+            // A stored letter's time is ours; a damaged one sorts as the epoch, as a missing one.
+            let at = l.dead_lettered_at.as_ref().and_then(timestamp_micros).unwrap_or(0);
             (r.reason.is_empty() || l.reason == r.reason)
                 && (source.is_empty() || l.source == source)
                 && (r.r#type.is_empty() || l.r#type == r.r#type)
@@ -295,6 +326,28 @@ impl DeadLetters for DeadLettersService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_timestamps_are_checked_not_overflowed() {
+        let ts = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        let refused = request_micros(&ts(i64::MAX, 999_999_999), "until").expect_err("i64::MAX seconds");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().starts_with("until.seconds"), "{}", refused.message());
+        let refused = request_micros(&ts(i64::MIN, 0), "since").expect_err("i64::MIN seconds");
+        assert!(refused.message().starts_with("since.seconds"), "{}", refused.message());
+        for nanos in [-1, 1_000_000_000, i32::MAX] {
+            let refused = request_micros(&ts(0, nanos), "until").expect_err("nanos out of range");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(refused.message().starts_with("until.nanos"), "{}", refused.message());
+        }
+        assert_eq!(request_micros(&None, "until").expect("absent"), None);
+        assert_eq!(request_micros(&ts(1, 999_999_999), "until").expect("valid"), Some(1_999_999));
+        assert_eq!(
+            request_micros(&ts(MAX_SECONDS, 999_999_999), "until").expect("last valid"),
+            Some(MAX_SECONDS * 1_000_000 + 999_999)
+        );
+        assert_eq!(timestamp_micros(&prost_types::Timestamp { seconds: i64::MAX, nanos: 0 }), None);
+    }
 
     #[test]
     fn overwrites_every_occurrence_keeping_length() {

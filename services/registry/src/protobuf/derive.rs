@@ -212,7 +212,8 @@ mod tests {
             let derived = json_schema(&proto.message, false);
             let json_validator = validator(&derived);
             assert!(
-                !crate::pii::find(&derived, &|_| None).is_empty() || !proto.has_my_numbers(),
+                !crate::pii::find(&derived, &|_| None).unwrap_or_default().is_empty()
+                    || !proto.has_my_numbers(),
                 "{subject}: My Numbers stay annotated in the derived schema"
             );
             let examples = catalogue().join(&subject).join("examples");
@@ -261,7 +262,7 @@ mod tests {
         let json = transcode::to_json(&proto.message, &bytes).expect("json");
         let json_validator = validator(&json_schema(&proto.message, false));
         let derived = json_schema(&proto.message, false);
-        let paths = crate::pii::find(&derived, &|_| None);
+        let paths = crate::pii::find(&derived, &|_| None).expect("not recursive");
         let n = 20_000u32;
         let time = |what: &str, f: &mut dyn FnMut()| {
             for _ in 0..1_000 {

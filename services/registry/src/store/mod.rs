@@ -180,16 +180,16 @@ impl SchemaStore {
         if !kakehashi_proto::ident::is_valid_event_type(subject) {
             return Err(StoreError::InvalidSubject(subject.to_string()));
         }
-        if text.len() > inner.max_schema_bytes {
-            return Err(StoreError::TooLarge { size: text.len(), limit: inner.max_schema_bytes });
-        }
-        let schema: Value =
-            serde_json::from_str(text).map_err(|e| StoreError::InvalidSchema(format!("not JSON: {e}")))?;
+        let schema = json_candidate(text, inner.max_schema_bytes)?;
         if !schema.is_object() {
             return Err(StoreError::InvalidSchema("a schema must be a JSON object".into()));
         }
         let references = self.check_references(&schema)?;
         compile::compile(&schema, &inner.index).map_err(StoreError::InvalidSchema)?;
+        // A schema whose My Numbers delivery could not all find is refused here, not withheld later.
+        let resolver = IndexResolver { index: inner.index.clone() };
+        crate::pii::find(&schema, &|uri| compat::RefResolver::resolve(&resolver, uri))
+            .map_err(|e| StoreError::InvalidSchema(e.to_string()))?;
         let warnings = unknown_format_warnings(subject, &schema);
         let canonical =
             serde_json::to_string(&schema).map_err(|e| StoreError::InvalidSchema(e.to_string()))?;
@@ -443,8 +443,7 @@ impl SchemaStore {
         text: &str,
         version: u32,
     ) -> Result<(Mode, Vec<compat::Incompatibility>), StoreError> {
-        let schema: Value =
-            serde_json::from_str(text).map_err(|e| StoreError::InvalidSchema(format!("not JSON: {e}")))?;
+        let schema = json_candidate(text, self.inner.max_schema_bytes)?;
         let pending = Pending {
             schema_type: SchemaType::Json,
             canonical: String::new(),
@@ -702,7 +701,9 @@ impl SchemaStore {
         let schema: Value =
             serde_json::from_str(&record.schema).map_err(|e| StoreError::Storage(e.to_string()))?;
         let resolver = IndexResolver { index: self.inner.index.clone() };
-        let paths = Arc::new(crate::pii::find(&schema, &|uri| compat::RefResolver::resolve(&resolver, uri)));
+        let paths = crate::pii::find(&schema, &|uri| compat::RefResolver::resolve(&resolver, uri))
+            .map_err(|e| StoreError::InvalidSchema(format!("{subject} version {v}: {e}")))?;
+        let paths = Arc::new(paths);
         remember(&self.inner.pii, subject, v, paths.clone(), self.inner.max_cached_validators);
         Ok(paths)
     }
@@ -878,6 +879,15 @@ impl Backoff {
     }
 }
 
+/// A JSON Schema offered for registration or a compatibility check, parsed only when within
+/// `max_schema_bytes` (parsing is what the limit protects, on every path).
+fn json_candidate(text: &str, max_schema_bytes: usize) -> Result<Value, StoreError> {
+    if text.len() > max_schema_bytes {
+        return Err(StoreError::TooLarge { size: text.len(), limit: max_schema_bytes });
+    }
+    serde_json::from_str(text).map_err(|e| StoreError::InvalidSchema(format!("not JSON: {e}")))
+}
+
 /// A random number for jitter (std's per-hasher random keys; not for cryptography).
 fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -944,4 +954,25 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_candidate_over_max_schema_bytes_is_refused_before_parsing() {
+        let text = serde_json::json!({"type": "object", "description": "x".repeat(64)}).to_string();
+        match json_candidate(&text, 32) {
+            Err(StoreError::TooLarge { size, limit }) => assert_eq!((size, limit), (text.len(), 32)),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // Not JSON, and over the limit: the size is what is reported (nothing was parsed).
+        assert!(matches!(json_candidate("{ not json", 4), Err(StoreError::TooLarge { size: 10, limit: 4 })));
+        assert!(matches!(json_candidate("{ not json", 100), Err(StoreError::InvalidSchema(_))));
+        assert_eq!(
+            json_candidate(&text, text.len()).expect("at the limit"),
+            serde_json::from_str::<Value>(&text).expect("json")
+        );
+    }
 }
