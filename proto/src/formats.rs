@@ -1,7 +1,7 @@
 //! The `format` values Kakehashi asserts, and the unknown ones a schema uses.
 //!
 //! Every format of JSON Schema draft 2020-12 (§7.3) is asserted, and so are Kakehashi's
-//! `my-number` and `corporate-number`. Any other format follows the specification (§7.2.3): the
+//! `my-number`, `corporate-number` and `local-government-code`. Any other format follows the specification (§7.2.3): the
 //! schema is accepted, the format is an annotation only (never asserted), and the registry
 //! reports it as a warning, so a typo such as `my-numbr` is noticed rather than silently ignored.
 
@@ -32,7 +32,18 @@ pub const DRAFT_2020_12_FORMATS: &[&str] = &[
 ];
 
 /// Kakehashi's own formats (checked by [`crate::ident`]), asserted like the standard ones.
-pub const KAKEHASHI_FORMATS: &[&str] = &["my-number", "corporate-number"];
+pub const KAKEHASHI_FORMATS: &[&str] = &["my-number", "corporate-number", "local-government-code"];
+
+/// Whether a string has a format.
+pub type FormatCheck = fn(&str) -> bool;
+
+/// The check of each of [`KAKEHASHI_FORMATS`], in the same order: what every validator of the
+/// bus (registry, adapter) registers, so that none of them asserts less than another.
+pub const KAKEHASHI_FORMAT_CHECKS: [(&str, FormatCheck); 3] = [
+    ("my-number", crate::ident::is_valid_my_number),
+    ("corporate-number", crate::ident::is_valid_corporate_number),
+    ("local-government-code", crate::ident::is_valid_local_government_code),
+];
 
 /// Whether `name` is a format Kakehashi asserts.
 pub fn is_known(name: &str) -> bool {

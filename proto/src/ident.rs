@@ -125,6 +125,31 @@ pub fn is_valid_corporate_number(s: &str) -> bool {
     }
 }
 
+/// Length of a local government code (全国地方公共団体コード): five digits plus a check digit.
+pub const LOCAL_GOVERNMENT_CODE_LEN: usize = 6;
+
+/// Check digit of a local government code (全国地方公共団体コード) from its first five digits.
+///
+/// 昭和45年4月1日行政管理庁告示第44号 (全国地方公共団体コード) as maintained by 総務省: the five
+/// digits are weighted 6, 5, 4, 3, 2 from the left; with r = (Σ) mod 11 the check digit is the
+/// last digit of 11 − r (so r = 0 gives 1 and r = 1 gives 0).
+///
+/// Returns `None` unless `first5` is exactly 5 ASCII digits.
+pub fn local_government_code_check_digit(first5: &str) -> Option<u8> {
+    let digits = ascii_digits::<5>(first5)?;
+    let sum: u32 = digits.iter().zip([6u32, 5, 4, 3, 2]).map(|(&d, w)| u32::from(d) * w).sum();
+    Some(((11 - sum % 11) % 10) as u8)
+}
+
+/// Whether `s` is a local government code (全国地方公共団体コード, e.g. `131130` 渋谷区): six ASCII
+/// digits, the first two a prefecture code (JIS X 0401, `01`–`47`), the last the check digit.
+pub fn is_valid_local_government_code(s: &str) -> bool {
+    let Some(digits) = ascii_digits::<LOCAL_GOVERNMENT_CODE_LEN>(s) else { return false };
+    let prefecture = digits[0] * 10 + digits[1];
+    (1..=47).contains(&prefecture)
+        && s.get(..5).and_then(local_government_code_check_digit) == Some(digits[5])
+}
+
 /// Whether `b` may appear in a department id or an event-type token: `[a-z0-9-]`.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
@@ -247,6 +272,26 @@ mod tests {
         assert_eq!(mask_my_number_like_str("１２３４５６７８９０１８"), "*".repeat(36));
         assert_eq!(mask_my_number_like_str("12345678901"), "12345678901");
         assert_eq!(mask_my_number_like_str("x 123456789018."), "x ************.");
+    }
+
+    #[test]
+    fn local_government_codes_check_their_prefecture_and_check_digit() {
+        // 千代田区, 渋谷区, 札幌市, 北海道 (the prefecture's own code), 那覇市, 大阪市.
+        for code in ["131016", "131130", "011002", "010006", "472018", "271004"] {
+            assert!(is_valid_local_government_code(code), "{code}");
+        }
+        // r = 0 and r = 1, the two cases where 11 − r has two digits.
+        assert_eq!(local_government_code_check_digit("13113"), Some(0));
+        assert_eq!(local_government_code_check_digit("01000"), Some(6));
+        assert_eq!(local_government_code_check_digit("11000"), Some(1), "6 + 5 = 11, r = 0");
+        for code in ["131131", "481130", "001002", "13113", "1311300", "１３１１３０", "13113a", ""] {
+            assert!(!is_valid_local_government_code(code), "{code}");
+        }
+        // Any single changed digit of this code is caught: its r is 1, and no other r gives 0
+        // (r = 0 and r = 10 share the check digit 1, so codes ending in 1 are weaker).
+        for (pos, digit, changed) in single_digit_changes("131130") {
+            assert!(!is_valid_local_government_code(&changed), "digit {pos} -> {digit}: {changed}");
+        }
     }
 
     #[test]

@@ -10,13 +10,13 @@
 //! first catches up with the bucket's last revision, so a schema registered a moment ago is
 //! never refused.
 //!
-//! The local check is the validator's own (draft 2020-12, formats asserted including
-//! `my-number` and `corporate-number`, `$ref`s resolved from the bucket only) and its messages
+//! The local check is the validator's own (draft 2020-12, formats asserted including Kakehashi's
+//! `my-number`, `corporate-number` and `local-government-code`, `$ref`s resolved from the bucket only) and its messages
 //! are masked: they never quote a payload value.
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
-use kakehashi_proto::{ident, subjects};
+use kakehashi_proto::{formats, subjects};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -370,13 +370,14 @@ impl Inner {
             .schema_text(subject, version)
             .ok_or_else(|| SchemaError::UnknownVersion { subject: subject.to_string(), version })?;
         let schema: Value = serde_json::from_str(&text).map_err(|e| unusable(e.to_string()))?;
-        let compiled = jsonschema::options()
+        let options = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
             .should_validate_formats(true)
             // As in the registry: unknown formats are annotations (kakehashi_proto::formats).
-            .should_ignore_unknown_formats(true)
-            .with_format("my-number", ident::is_valid_my_number)
-            .with_format("corporate-number", ident::is_valid_corporate_number)
+            .should_ignore_unknown_formats(true);
+        let compiled = formats::KAKEHASHI_FORMAT_CHECKS
+            .into_iter()
+            .fold(options, |o, (name, check)| o.with_format(name, check))
             .with_retriever(BucketRetriever { texts: self.snapshot_texts() })
             .build(&schema)
             .map_err(|e| unusable(e.to_string()))?;

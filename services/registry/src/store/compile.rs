@@ -3,7 +3,7 @@
 //! [`kakehashi_proto::formats`]), `$ref`s to other subjects resolved from the store only.
 
 use super::record::{parse_schema_uri, SchemaRecord};
-use kakehashi_proto::ident;
+use kakehashi_proto::formats::KAKEHASHI_FORMAT_CHECKS;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -41,13 +41,14 @@ pub fn compile(schema: &Value, index: &VersionIndex) -> Result<jsonschema::Valid
             return Err(format!("$schema must be {DRAFT_2020_12} (draft 2020-12)"));
         }
     }
-    jsonschema::options()
+    let options = jsonschema::options()
         .with_draft(jsonschema::Draft::Draft202012)
         .should_validate_formats(true)
         // Unknown formats are annotations (2020-12 §7.2.3); `register` reports them as warnings.
-        .should_ignore_unknown_formats(true)
-        .with_format("my-number", ident::is_valid_my_number)
-        .with_format("corporate-number", ident::is_valid_corporate_number)
+        .should_ignore_unknown_formats(true);
+    KAKEHASHI_FORMAT_CHECKS
+        .into_iter()
+        .fold(options, |o, (name, check)| o.with_format(name, check))
         .with_retriever(StoreRetriever { index: index.clone() })
         .build(schema)
         .map_err(|e| {
@@ -85,11 +86,13 @@ mod tests {
     #[test]
     fn unknown_format_is_an_annotation_and_custom_formats_stay_asserted() {
         let v = compiled(json!({"properties": {
-            "x": {"format": "x-unknown"}, "m": {"format": "my-number"}, "c": {"format": "corporate-number"}}}))
+            "x": {"format": "x-unknown"}, "m": {"format": "my-number"}, "c": {"format": "corporate-number"},
+            "l": {"format": "local-government-code"}}}))
         .expect("unknown formats do not refuse a schema");
         assert!(v.is_valid(&json!({"x": "anything"})));
         assert!(!v.is_valid(&json!({"m": "123456789012"})));
         assert!(!v.is_valid(&json!({"c": "8000012050002"})));
-        assert!(v.is_valid(&json!({"m": "123456789018", "c": "7000012050002"})));
+        assert!(!v.is_valid(&json!({"l": "131131"})));
+        assert!(v.is_valid(&json!({"m": "123456789018", "c": "7000012050002", "l": "131130"})));
     }
 }
