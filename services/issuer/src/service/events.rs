@@ -2,6 +2,7 @@
 //! Inputs are read leniently (members the issuer does not need are ignored, the registry has
 //! validated them already); outputs are written exactly as the schemas describe.
 
+use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// `health.vaccination.recorded`.
@@ -43,10 +44,46 @@ pub struct Vaccination {
     pub date: String,
     /// Vaccine name as the municipality records it.
     pub vaccine: String,
-    /// Dose number in the series.
-    pub dose_number: u32,
+    /// Dose number in the series. The schemas bound it only from below (`minimum: 1`), so it is
+    /// read as wide as a JSON integer goes here (see [`json_integer`]): a valid record is never
+    /// refused for its dose number.
+    #[serde(deserialize_with = "json_integer")]
+    pub dose_number: u64,
     /// Lot number.
     pub lot_number: String,
+}
+
+/// Reads a JSON Schema `integer` that is bounded only from below: any non-negative integer below
+/// 2^64, including one written with a zero fraction (`2.0`, `1e3`), which JSON Schema counts as
+/// an integer and the registry therefore accepts. Only what no `u64` can hold is an error.
+fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct Integer;
+    impl Visitor<'_> for Integer {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a non-negative integer below 2^64")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 is exact as an f64, and every integral f64 below it fits a u64 exactly.
+            const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+            if v.fract() == 0.0 && (0.0..TWO_POW_64).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+    deserializer.deserialize_u64(Integer)
 }
 
 /// A delivered `health.vaccination.certificate.requested` payload.
@@ -154,6 +191,44 @@ pub struct Refused {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn recorded(dose_number: &str) -> serde_json::Result<Recorded> {
+        serde_json::from_str(&format!(
+            r#"{{"person": {{"my_number": "kh1:0123456789abcdef0123456789abcdef", "name": "x",
+                "birth_date": "2019-05-01"}},
+              "vaccination": {{"date": "2024-10-15", "vaccine": "MR", "dose_number": {dose_number},
+                "lot_number": "Y1"}},
+              "municipality_code": "131130"}}"#
+        ))
+    }
+
+    #[test]
+    fn every_dose_number_the_schema_accepts_decodes() {
+        // The schema says only `minimum: 1`: 2^32 passed the registry and was lost as a u32.
+        for (written, want) in [
+            ("1", 1),
+            ("4294967296", 4_294_967_296),
+            ("18446744073709551615", u64::MAX),
+            ("2.0", 2),
+            ("1e3", 1000),
+        ] {
+            let r = recorded(written).unwrap_or_else(|e| panic!("dose_number {written}: {e}"));
+            assert_eq!(r.vaccination.dose_number, want, "{written}");
+        }
+        // What no u64 holds is still an error (the worker nacks it into the dead-letter stream).
+        for written in ["1.5", "-1", "18446744073709551616", "\"2\""] {
+            assert!(recorded(written).is_err(), "dose_number {written} decoded");
+        }
+    }
+
+    #[test]
+    fn a_large_dose_number_is_written_back_as_an_integer() {
+        let v = recorded("4294967296").expect("decodes").vaccination;
+        let json = serde_json::to_value(&v).expect("serialise");
+        assert_eq!(json["dose_number"], serde_json::json!(4_294_967_296_u64));
+        let back: Vaccination = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back, v);
+    }
 
     #[test]
     fn refusal_reasons_are_the_schema_enumeration() {

@@ -16,7 +16,7 @@ pub fn vaccine_code(name: &str) -> VaccineCode {
     let n = name.to_lowercase();
     let cvx = if n.contains("新型コロナ") || n.contains("covid") || n.contains("sars-cov-2") {
         Some("213") // SARS-COV-2 (COVID-19) vaccine, unspecified formulation
-    } else if n.contains("麻しん風しん") || n.starts_with("mr") {
+    } else if n.contains("麻しん風しん") || is_mr(&n) {
         Some("04") // M/R: measles and rubella virus vaccine
     } else if n.contains("インフルエンザ") || n.contains("influenza") {
         Some("88") // influenza virus vaccine, unspecified formulation
@@ -29,6 +29,13 @@ pub fn vaccine_code(name: &str) -> VaccineCode {
         Some(code) => VaccineCode { system: CVX_SYSTEM.into(), code: code.into() },
         None => VaccineCode { system: LOCAL_VACCINE_SYSTEM.into(), code: name.into() },
     }
+}
+
+/// Whether a lower-cased vaccine name is the MR vaccine by its abbreviation: "mr" as a word of
+/// its own ("MR", "MR (麻しん風しん混合)", "MRワクチン"), never the start of a longer word such as
+/// "mRNA", which names no disease and must not be signed as measles–rubella.
+fn is_mr(lower: &str) -> bool {
+    lower.strip_prefix("mr").is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_alphanumeric()))
 }
 
 /// What the issuer answers.
@@ -167,7 +174,7 @@ mod tests {
         }
     }
 
-    fn record(dose: u32, vaccine: &str) -> StoredRecord {
+    fn record(dose: u64, vaccine: &str) -> StoredRecord {
         StoredRecord {
             event_id: format!("e{dose}"),
             pseudonym: PSEUDONYM.into(),
@@ -186,6 +193,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys = KeyStore::open(&dir.path().join("keys"), dir.path()).expect("keys");
         (dir, keys)
+    }
+
+    #[test]
+    fn mr_is_recognised_only_as_a_word_and_mrna_is_not_measles_rubella() {
+        for name in ["MR", "mr", "MR (麻しん風しん混合)", "MRワクチン", "MR-II", "麻しん風しん混合ワクチン"]
+        {
+            assert_eq!(vaccine_code(name).code, "04", "{name}");
+        }
+        for name in ["mRNA", "mRNA-1273", "MRNA ワクチン", "mr1"] {
+            let code = vaccine_code(name);
+            assert_eq!((code.system.as_str(), code.code.as_str()), (LOCAL_VACCINE_SYSTEM, name), "{name}");
+        }
+        assert_eq!(vaccine_code("mRNA 新型コロナウイルスワクチン").code, "213");
     }
 
     #[test]

@@ -170,7 +170,7 @@ impl State {
     /// A person's vaccinations, oldest first; for the same vaccine and dose number the record
     /// stored last wins (a correction replaces the earlier entry).
     pub fn records_of(&self, pseudonym: &str) -> Vec<&StoredRecord> {
-        let mut latest: BTreeMap<(&str, u32), &StoredRecord> = BTreeMap::new();
+        let mut latest: BTreeMap<(&str, u64), &StoredRecord> = BTreeMap::new();
         for r in self.records.get(pseudonym).into_iter().flatten() {
             latest.insert((r.vaccination.vaccine.as_str(), r.vaccination.dose_number), r);
         }
@@ -202,7 +202,7 @@ impl State {
 mod tests {
     use super::*;
 
-    fn record(event_id: &str, dose: u32, date: &str) -> StoredRecord {
+    fn record(event_id: &str, dose: u64, date: &str) -> StoredRecord {
         StoredRecord {
             event_id: event_id.into(),
             pseudonym: "kh1:0123456789abcdef0123456789abcdef".into(),
@@ -248,7 +248,7 @@ mod tests {
             let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "the state holds passport details");
         }
-        let doses: Vec<u32> = s
+        let doses: Vec<u64> = s
             .records_of("kh1:0123456789abcdef0123456789abcdef")
             .iter()
             .map(|r| r.vaccination.dose_number)

@@ -9,6 +9,11 @@
 //!   answer (fsync), write the card files, publish (retried with the same id while the adapter
 //!   is unreachable) → ack.
 //!
+//! A delivery whose payload the issuer cannot read (see [`decode`]) is nacked with a delay, never
+//! acked: the registry redelivers it up to the subscription's max deliveries and then
+//! dead-letters it as `delivery_exhausted` with the raw bytes, so no record or request is lost
+//! without a trace.
+//!
 //! The two subscriptions are two streams, so a request can arrive before a record published
 //! just ahead of it: a request for a person without records is held (unacked) for
 //! `refuse_after_ms`, and answered as soon as a record for the person arrives; only then is it
@@ -24,16 +29,96 @@ use super::{ids, output, ServiceError};
 use crate::HealthCard;
 use kakehashi_proto::ident::is_pseudonym;
 use kakehashi_proto::v1::{Event, EventDelivery};
+use serde::de::DeserializeOwned;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// How long a delivery the issuer must not process (a raw My Number) waits before it comes
-/// again; after the subscription's max deliveries it is dead-lettered for the operator.
+/// How long a delivery the issuer must not or cannot process (a raw My Number, a payload it
+/// cannot read) waits before it comes again; after the subscription's max deliveries it is
+/// dead-lettered for the operator.
 const RETRY_LATER: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How the worker settles a delivery it does not process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with: it never comes again.
+    Ack,
+    /// Comes again after the delay; past the subscription's max deliveries the registry
+    /// dead-letters it (`delivery_exhausted`, with the raw bytes).
+    Nack(Duration),
+}
+
+/// Why a delivery is not processed. Says nothing of the payload's content: serde_json's own
+/// messages quote the offending value, which may be personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unprocessable {
+    /// The delivery carries no event: there is nothing to process, now or later.
+    NoEvent,
+    /// The payload does not decode into the issuer's type.
+    Undecodable {
+        /// What kind of problem (serde_json's category), e.g. "not the expected shape".
+        problem: &'static str,
+        /// Where in the payload (1-based).
+        line: usize,
+        /// Where in the payload (1-based).
+        column: usize,
+    },
+}
+
+impl Unprocessable {
+    /// The settlement: an undecodable payload is nacked, never acked, so that it ends in the
+    /// dead-letter stream rather than being dropped.
+    pub fn settle(&self) -> Settle {
+        match self {
+            Self::NoEvent => Settle::Ack,
+            Self::Undecodable { .. } => Settle::Nack(RETRY_LATER),
+        }
+    }
+}
+
+/// A delivery's event and its payload decoded as `T`; or why it is not processed (settle it
+/// with [`Unprocessable::settle`]). Pure, so the worker's choice is tested directly.
+pub fn decode<T: DeserializeOwned>(event: Option<&Event>) -> Result<(&Event, T), Unprocessable> {
+    let event = event.ok_or(Unprocessable::NoEvent)?;
+    serde_json::from_slice(&event.data).map(|payload| (event, payload)).map_err(|e| {
+        use serde_json::error::Category;
+        let problem = match e.classify() {
+            Category::Io => "unreadable",
+            Category::Syntax => "not JSON",
+            Category::Eof => "truncated JSON",
+            Category::Data => "not the expected shape",
+        };
+        Unprocessable::Undecodable { problem, line: e.line(), column: e.column() }
+    })
+}
+
+/// Settles a delivery that is not processed, with one log line (event id and position only).
+async fn settle_unprocessed(s: &Stream, d: &EventDelivery, what: &str, why: &Unprocessable) {
+    let event_id = d.event.as_ref().map_or("", |e| e.id.as_str());
+    let settle = why.settle();
+    match why {
+        Unprocessable::NoEvent => {
+            tracing::warn!(delivery_id = d.delivery_id, "delivery without an event; acked")
+        }
+        Unprocessable::Undecodable { problem, line, column } => tracing::error!(
+            %event_id,
+            attempt = d.attempt,
+            problem,
+            line,
+            column,
+            retry = ?settle,
+            "payload is not a readable {what}: nacked, to be dead-lettered after the subscription's max deliveries"
+        ),
+    }
+    match settle {
+        Settle::Ack => s.ack(d.delivery_id).await,
+        Settle::Nack(delay) => s.nack(d.delivery_id, delay).await,
+    }
+}
 
 struct Pending {
     delivery_id: u64,
@@ -151,20 +236,17 @@ impl Worker {
     }
 
     async fn on_record(&mut self, s: &Stream, d: EventDelivery) -> Result<(), ServiceError> {
-        let Some(event) = d.event.as_ref() else {
-            s.ack(d.delivery_id).await;
-            return Ok(());
-        };
-        if self.state.has_record(&event.id) {
+        if let Some(event) = d.event.as_ref().filter(|e| self.state.has_record(&e.id)) {
+            tracing::debug!(event_id = %event.id, "vaccination record stored before");
             s.ack(d.delivery_id).await;
             return Ok(());
         }
-        let record: Recorded = match serde_json::from_slice(&event.data) {
-            Ok(r) => r,
-            Err(e) => {
-                // The registry validated it: a payload this issuer cannot read will never change.
-                tracing::error!(event_id = %event.id, error = %e, "not a vaccination record; skipped");
-                s.ack(d.delivery_id).await;
+        // The registry validated it, yet this issuer may not read it: never acked unread, so it
+        // reaches the dead-letter stream (with its bytes) instead of being lost.
+        let (event, record): (_, Recorded) = match decode(d.event.as_ref()) {
+            Ok(decoded) => decoded,
+            Err(why) => {
+                settle_unprocessed(s, &d, "vaccination record", &why).await;
                 return Ok(());
             }
         };
@@ -190,23 +272,22 @@ impl Worker {
 
     /// `Ok(false)` when stopped before the answer was published.
     async fn on_request(&mut self, s: &Stream, d: EventDelivery) -> Result<bool, ServiceError> {
-        let Some(event) = d.event else {
-            s.ack(d.delivery_id).await;
-            return Ok(true);
-        };
-        let request_id = event.id.clone();
-        if let Some(answer) = self.state.answer(&request_id).cloned() {
+        let stored = d.event.as_ref().and_then(|e| self.state.answer(&e.id)).cloned();
+        if let Some(answer) = stored {
+            let request_id = &answer.request_id;
             tracing::info!(%request_id, attempt = d.attempt, "request answered before: publishing the stored answer again");
             return self.deliver_answer(s, d.delivery_id, &answer).await;
         }
-        let request: Requested = match serde_json::from_slice(&event.data) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(%request_id, error = %e, "not a certificate request; skipped");
-                s.ack(d.delivery_id).await;
+        // Only a request the issuer cannot read goes unanswered, nacked towards the dead-letter
+        // stream; a readable one is answered, with a card or a refusal event.
+        let (event, request): (_, Requested) = match decode(d.event.as_ref()) {
+            Ok(decoded) => decoded,
+            Err(why) => {
+                settle_unprocessed(s, &d, "certificate request", &why).await;
                 return Ok(true);
             }
         };
+        let request_id = event.id.clone();
         if !is_pseudonym(&request.person.my_number) {
             tracing::error!(
                 %request_id,
@@ -361,5 +442,98 @@ impl Worker {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas");
+
+    fn example(path: &str) -> Vec<u8> {
+        let path = format!("{EXAMPLES}/{path}");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn event(data: Vec<u8>) -> Event {
+        Event { id: "evt-1".into(), data, ..Default::default() }
+    }
+
+    /// The valid example record, pseudonymised as the issuer receives it, with `dose_number`
+    /// replaced by `dose` (JSON text).
+    fn record_json(dose: &str) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_slice(&example(
+            "health.vaccination.recorded/examples/valid-mr-second-dose.json",
+        ))
+        .expect("example");
+        v["person"]["my_number"] = "kh1:0123456789abcdef0123456789abcdef".into();
+        v["vaccination"]["dose_number"] = serde_json::Value::Null;
+        v.to_string().replace("null", dose).into_bytes()
+    }
+
+    #[test]
+    fn a_record_with_dose_number_2_pow_32_is_decoded_not_dropped() {
+        let e = event(record_json("4294967296"));
+        let (event, record): (_, Recorded) = decode(Some(&e)).expect("a valid record decodes");
+        assert_eq!(event.id, "evt-1");
+        assert_eq!(record.vaccination.dose_number, 4_294_967_296);
+    }
+
+    #[test]
+    fn an_undecodable_record_is_nacked_with_a_delay_never_acked() {
+        // A protobuf record delivered as published (the issuer reads JSON), and a JSON record whose
+        // dose number no u64 holds: both pass the registry, neither can be read here.
+        for data in [
+            example("health.vaccination.recorded.pb/examples/valid-mr-second-dose.binpb"),
+            record_json("18446744073709551616"),
+        ] {
+            let e = event(data);
+            let why = decode::<Recorded>(Some(&e)).map(|_| ()).expect_err("undecodable");
+            assert!(matches!(why, Unprocessable::Undecodable { .. }), "{why:?}");
+            let settle = why.settle();
+            assert_ne!(settle, Settle::Ack, "an unread record must not be acked (it would be lost)");
+            assert_eq!(settle, Settle::Nack(RETRY_LATER));
+            assert!(!RETRY_LATER.is_zero(), "redelivered later, not in a tight loop");
+        }
+    }
+
+    #[test]
+    fn an_undecodable_request_is_nacked_a_readable_one_is_processed() {
+        let valid = example("health.vaccination.certificate.requested/examples/valid-two-given-names.json");
+        let readable = event(valid.clone());
+        let (_, request): (_, Requested) = decode(Some(&readable)).expect("a valid request decodes");
+        assert!(!request.passport.family_name.is_empty());
+        // Cut short: the same request the issuer cannot read.
+        let truncated = event(valid[..valid.len() / 2].to_vec());
+        let why = decode::<Requested>(Some(&truncated)).map(|_| ()).expect_err("undecodable");
+        assert_eq!(why.settle(), Settle::Nack(RETRY_LATER));
+    }
+
+    #[test]
+    fn the_reason_quotes_nothing_of_the_payload() {
+        // serde_json's own message would quote the string, here a raw My Number.
+        let mut v: serde_json::Value = serde_json::from_slice(&example(
+            "health.vaccination.recorded/examples/valid-mr-second-dose.json",
+        ))
+        .expect("example");
+        v["vaccination"]["dose_number"] = "161803398872".into();
+        let e = event(v.to_string().into_bytes());
+        let serde_message =
+            serde_json::from_slice::<Recorded>(&e.data).map(|_| ()).expect_err("bad").to_string();
+        assert!(serde_message.contains("161803398872"), "the hazard this guards against: {serde_message}");
+        let why = decode::<Recorded>(Some(&e)).map(|_| ()).expect_err("undecodable");
+        let logged = format!("{why:?}");
+        assert!(!logged.contains("161803398872") && !logged.contains("Y123"), "{logged}");
+        assert!(
+            matches!(why, Unprocessable::Undecodable { problem: "not the expected shape", .. }),
+            "{logged}"
+        );
+    }
+
+    #[test]
+    fn a_delivery_without_an_event_is_acked() {
+        let why = decode::<Recorded>(None).map(|_| ()).expect_err("nothing to decode");
+        assert_eq!((why.clone(), why.settle()), (Unprocessable::NoEvent, Settle::Ack));
     }
 }

@@ -115,11 +115,16 @@ impl VaccinationRecord {
     /// The minified FHIR R4 Bundle for this record (call [`Self::validate`] first).
     pub fn to_bundle(&self) -> Value {
         let h = &self.holder;
+        // FHIR JSON allows no empty array: a holder without given names has no `given` at all.
+        let mut name = json!({"family": h.family});
+        if !h.given.is_empty() {
+            name["given"] = json!(h.given);
+        }
         let mut entries = vec![json!({
             "fullUrl": "resource:0",
             "resource": {
                 "resourceType": "Patient",
-                "name": [{"family": h.family, "given": h.given}],
+                "name": [name],
                 "birthDate": h.birth_date,
             }
         })];
@@ -327,6 +332,18 @@ mod tests {
                 performer: Some("Shibuya Clinic".into()),
             }],
         }
+    }
+
+    #[test]
+    fn a_holder_without_given_names_has_no_empty_given_array() {
+        let mut r = record();
+        r.holder.given.clear();
+        r.validate().expect("a passport may carry no given names");
+        let b = r.to_bundle();
+        let name = &b["entry"][0]["resource"]["name"][0];
+        assert_eq!(name["family"], "Yamada");
+        assert!(name.get("given").is_none(), "FHIR JSON has no empty arrays: {name}");
+        assert_eq!(record_from_bundle(&b).expect("reads back"), r);
     }
 
     #[test]
