@@ -2,14 +2,17 @@
 //! an oversized payload with the reason the bus dead-letters it for, and an oversized schema or
 //! event gets `RESOURCE_EXHAUSTED` naming the configured limit from the service itself, not
 //! `OUT_OF_RANGE` from the gRPC library's 4 MiB default. Only sizes over `max_request_bytes`
-//! are left to the transport.
+//! are left to the transport. And every message `KH_INGRESS` accepts, however close to its size
+//! limit, can be dead-lettered whole: its partition never stalls on a letter `KH_DLQ` refuses.
 
+use kakehashi_proto::subjects;
 use kakehashi_proto::v1::publisher_client::PublisherClient;
 use kakehashi_proto::v1::schema_registry_client::SchemaRegistryClient;
 use kakehashi_proto::v1::{Event, RegisterSchemaRequest, ValidatePayloadRequest};
 use kakehashi_tests::bus;
 use kakehashi_tests::services::{adapter_config, registry_config};
 use kakehashi_tests::{wait, Adapter, NatsServer, Registry};
+use prost::Message as _;
 use serde_json::json;
 use std::time::Duration;
 use tonic::Code;
@@ -117,4 +120,125 @@ async fn requests_over_max_request_bytes_are_refused_by_the_transport_naming_the
         .expect_err("over max_request_bytes");
     assert_eq!(absurd.code(), Code::OutOfRange, "{absurd:?}");
     assert!(absurd.message().contains("2097152"), "the bound is named: {}", absurd.message());
+}
+
+/// An event whose encoding is exactly `size` bytes (its `data` padded).
+fn event_of_size(size: usize) -> Event {
+    let mut event = bus::event(SOURCE, TYPE, 0);
+    let mut pad = size.saturating_sub(event.encoded_len());
+    loop {
+        event.data = vec![b'x'; pad];
+        match event.encoded_len() {
+            n if n == size => return event,
+            n if n > size => pad -= 1,
+            // The length prefix of `data` grew by a byte less than assumed.
+            _ => pad += 1,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_just_under_the_ingress_limit_is_dead_lettered_whole_and_its_partition_moves_on() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(registry_config(&nats)).await;
+    bus::register_schema(&registry.endpoint(), TYPE, r#"{"type":"object"}"#).await;
+    bus::put_policy(&registry.endpoint(), TYPE, &[SOURCE], &[]).await;
+    let admin = bus::jetstream(&nats).await;
+    let mut ingress = admin.get_stream(subjects::STREAM_INGRESS).await.expect("KH_INGRESS");
+    let limit = ingress.info().await.expect("KH_INGRESS info").config.max_message_size;
+    let limit = usize::try_from(limit).expect("KH_INGRESS has a size limit");
+
+    // The department itself publishes, straight to NATS, a message a few hundred bytes under
+    // the stream's limit (headers included), then a valid event of the same key (so of the same
+    // partition, validated only after the big one is settled).
+    let client = nats
+        .department_auth(SOURCE)
+        .options("test-department")
+        .expect("department credentials")
+        .connect(nats.url())
+        .await
+        .expect("connect as the department");
+    let js = async_nats::jetstream::new(client);
+    let big = event_of_size(limit - 200);
+    let valid = bus::event(SOURCE, TYPE, 1);
+    assert_eq!(big.subject, valid.subject, "one record key, one partition");
+    let subject = subjects::ingress(SOURCE, TYPE, &big.subject);
+    let raw = big.encode_to_vec();
+    js.publish(subject.clone(), raw.clone().into())
+        .await
+        .expect("publish the big message")
+        .await
+        .expect("KH_INGRESS stores a message under its limit");
+    js.publish(subject, valid.encode_to_vec().into())
+        .await
+        .expect("publish the valid event")
+        .await
+        .expect("KH_INGRESS stores the valid event");
+
+    let letter = wait::until("the big message's dead letter", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        async move { bus::dead_letters(&admin).await.into_iter().find(|l| !l.letter.raw.is_empty()) }
+    })
+    .await;
+    assert_eq!(letter.letter.reason, "payload_too_large", "{}", letter.letter.message);
+    assert_eq!(letter.header("Kh-Reason").as_deref(), Some("payload_too_large"));
+    assert_eq!(letter.letter.raw.len(), raw.len(), "the raw bytes are kept whole");
+    assert!(letter.letter.raw == raw, "the raw bytes are kept unchanged");
+    assert!(letter.letter.message.contains("limits.max_payload_bytes"), "{}", letter.letter.message);
+
+    // The partition moved on: the valid event behind it is validated.
+    wait::until("the valid event in KH_EVENTS", Duration::from_secs(20), || {
+        let (admin, id) = (admin.clone(), valid.id.clone());
+        async move { bus::event_ids_in_events_stream(&admin).await.contains(&id).then_some(()) }
+    })
+    .await;
+    bus::wait_stream_len(&admin, subjects::STREAM_INGRESS, 0, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn the_registry_lowers_an_old_ingress_limit_and_refuses_a_dead_letter_stream_too_small() {
+    let nats = NatsServer::start();
+    let admin = bus::jetstream(&nats).await;
+    let max_size = |name: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let mut stream = admin.get_stream(name).await.expect("stream");
+            stream.info().await.expect("stream info").config.max_message_size
+        }
+    };
+
+    // KH_INGRESS as a version before the dead-letter room left it: as large as KH_DLQ.
+    let registry = Registry::start(registry_config(&nats)).await;
+    let (ingress, dlq) = (max_size(subjects::STREAM_INGRESS).await, max_size(subjects::STREAM_DLQ).await);
+    assert!(ingress < dlq, "KH_INGRESS ({ingress}) leaves room under KH_DLQ ({dlq})");
+    registry.stop().await;
+    let mut config =
+        admin.get_stream(subjects::STREAM_INGRESS).await.expect("KH_INGRESS").cached_info().config.clone();
+    config.max_message_size = dlq;
+    admin.update_stream(config).await.expect("enlarge KH_INGRESS");
+    let registry = Registry::start(registry_config(&nats)).await;
+    assert_eq!(max_size(subjects::STREAM_INGRESS).await, ingress, "lowered again at start");
+    registry.stop().await;
+
+    // A KH_DLQ made smaller than KH_INGRESS's messages: the registry refuses to start, naming it.
+    let mut config =
+        admin.get_stream(subjects::STREAM_DLQ).await.expect("KH_DLQ").cached_info().config.clone();
+    config.max_message_size = ingress;
+    admin.update_stream(config).await.expect("shrink KH_DLQ");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        kakehashi_registry::run(registry_config(&nats), listener, std::future::pending()),
+    )
+    .await
+    .expect("refused at start, not served")
+    .expect_err("a dead letter of the largest ingress message would not fit");
+    let refused = refused.to_string();
+    assert!(!refused.contains('\n'), "one line: {refused}");
+    assert!(
+        refused.contains("KH_DLQ")
+            && refused.contains("max_message_size")
+            && refused.contains("topology.max_message_bytes"),
+        "{refused}"
+    );
 }

@@ -7,17 +7,97 @@
 /// (for a duplicate, that of the copy stored first); none when it was not stored: a status (a
 /// 503 says no stream listens), an `error`, or no `seq`.
 pub fn stored_seq(msg: &async_nats::Message) -> Option<u64> {
+    acknowledged(msg).ok()
+}
+
+/// JetStream's `err_code` for a message over a stream's `max_message_size` ("message size
+/// exceeds maximum allowed"): a refusal no retry overcomes.
+pub const ERR_MESSAGE_TOO_LARGE: u64 = 10054;
+
+/// Why JetStream did not store a published message, as its reply said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{description} (JetStream {})", self.codes())]
+pub struct Refusal {
+    /// The reply's NATS status (503: no stream listens on the subject), when it carried one.
+    pub status: Option<u16>,
+    /// The error's HTTP-like `code` (400, 503, …), when it carried an `error`.
+    pub code: Option<u16>,
+    /// JetStream's own `err_code` (e.g. [`ERR_MESSAGE_TOO_LARGE`]), when given.
+    pub err_code: Option<u64>,
+    /// What the reply said (or what was wrong with it).
+    pub description: String,
+}
+
+impl Refusal {
+    /// Whether the message is over the stream's `max_message_size`: refused again at every
+    /// retry, whatever the retry waits for.
+    pub fn is_too_large(&self) -> bool {
+        self.err_code == Some(ERR_MESSAGE_TOO_LARGE)
+    }
+
+    fn codes(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = self.status {
+            parts.push(format!("status {s}"));
+        }
+        if let Some(c) = self.code {
+            parts.push(format!("code {c}"));
+        }
+        if let Some(e) = self.err_code {
+            parts.push(format!("err_code {e}"));
+        }
+        if parts.is_empty() {
+            "reply".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// What `msg`, a reply to a JetStream publish, says: the stream sequence the message is stored
+/// at (for a duplicate, that of the copy stored first), or why it is not stored, with
+/// JetStream's code and description.
+pub fn acknowledged(msg: &async_nats::Message) -> Result<u64, Refusal> {
     #[derive(serde::Deserialize)]
     struct PubAck {
         #[serde(default)]
-        error: Option<serde::de::IgnoredAny>,
+        error: Option<ApiError>,
         #[serde(default)]
         seq: Option<u64>,
     }
-    if msg.status.is_some() {
-        return None;
+    #[derive(serde::Deserialize)]
+    struct ApiError {
+        #[serde(default)]
+        code: Option<u16>,
+        #[serde(default)]
+        err_code: Option<u64>,
+        #[serde(default)]
+        description: Option<String>,
     }
-    serde_json::from_slice::<PubAck>(&msg.payload).ok().filter(|a| a.error.is_none()).and_then(|a| a.seq)
+    let refusal = |code, err_code, description: String| Refusal {
+        status: msg.status.map(|s| s.as_u16()),
+        code,
+        err_code,
+        description,
+    };
+    if let Some(status) = msg.status {
+        let description = msg.description.clone().unwrap_or_else(|| {
+            if status.as_u16() == 503 {
+                "no responders".into()
+            } else {
+                String::new()
+            }
+        });
+        return Err(refusal(None, None, description));
+    }
+    match serde_json::from_slice::<PubAck>(&msg.payload) {
+        Ok(PubAck { error: Some(e), .. }) => {
+            Err(refusal(e.code, e.err_code, e.description.unwrap_or_else(|| "refused".into())))
+        }
+        Ok(PubAck { seq: Some(seq), .. }) => Ok(seq),
+        Ok(_) => Err(refusal(None, None, "acknowledgement without a sequence".into())),
+        Err(e) => Err(refusal(None, None, format!("unreadable acknowledgement: {e}"))),
+    }
 }
 
 /// The number `n` of a reply subject `<inbox>.<n>`: which of the publisher's messages a reply
@@ -52,5 +132,23 @@ mod tests {
         assert_eq!(stored_seq(&reply("not json", None)), None);
         assert_eq!(stored_seq(&reply(r#"{"stream":"KH_EVENTS"}"#, None)), None);
         assert_eq!(reply_number(&reply("", None)), Some(1));
+    }
+
+    #[test]
+    fn a_refusal_carries_jetstream_s_code_and_description() {
+        let too_large =
+            r#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#;
+        let refusal = acknowledged(&reply(too_large, None)).expect_err("refused");
+        assert!(refusal.is_too_large());
+        assert_eq!((refusal.code, refusal.err_code), (Some(400), Some(10054)));
+        let text = refusal.to_string();
+        assert!(text.contains("message size exceeds maximum allowed") && text.contains("10054"), "{text}");
+        let limits = r#"{"error":{"code":503,"err_code":10077,"description":"resource limits exceeded"}}"#;
+        assert!(!acknowledged(&reply(limits, None)).expect_err("refused").is_too_large());
+        let none =
+            acknowledged(&reply("", Some(async_nats::StatusCode::NO_RESPONDERS))).expect_err("no stream");
+        assert_eq!(none.status, Some(503));
+        assert!(none.to_string().contains("status 503"), "{none}");
+        assert_eq!(acknowledged(&reply(r#"{"stream":"KH_EVENTS","seq":42}"#, None)), Ok(42));
     }
 }

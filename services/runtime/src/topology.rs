@@ -38,7 +38,9 @@ pub struct TopologyConfig {
     pub audit_linger_ms: u64,
     /// Dedup window of `Nats-Msg-Id`; must exceed the longest ack wait and publish retry span.
     pub dedup_window_secs: u64,
-    /// Largest message any stream accepts, in bytes (envelope included).
+    /// Largest message any stream accepts, in bytes (envelope included); at most the NATS
+    /// server's `max_payload` (checked at start). `KH_INGRESS` accepts [`DEAD_LETTER_ROOM`]
+    /// less ([`TopologyConfig::ingress_max_message_bytes`]).
     pub max_message_bytes: i32,
     /// `KH_AUDIT` refuses message deletes and purges (JetStream `deny_delete`/`deny_purge`,
     /// which no later update can lift); records leave only by retention. Off only in tests
@@ -66,6 +68,41 @@ impl Default for TopologyConfig {
             audit_append_only: true,
             ingress_partitions: 6,
         }
+    }
+}
+
+/// Bytes by which `KH_INGRESS`'s limit is under `max_message_bytes` (16 KiB): room for what a
+/// dead letter carries around the raw bytes of the largest ingress message (reason, message,
+/// subjects, ids, actor, timestamp, headers; `dead_letter::build_within` shortens the message
+/// and leaves out field violations to stay within it), so that dead letter fits in `KH_DLQ`,
+/// and for the CloudEvents headers of a valid event's `KH_EVENTS` message.
+pub const DEAD_LETTER_ROOM: i32 = 16 * 1024;
+
+impl TopologyConfig {
+    /// Largest message `KH_INGRESS` accepts, headers included: `max_message_bytes` less
+    /// [`DEAD_LETTER_ROOM`].
+    pub fn ingress_max_message_bytes(&self) -> i32 {
+        self.max_message_bytes.saturating_sub(DEAD_LETTER_ROOM)
+    }
+
+    /// Refuses limits that could not all hold: a stream limit over the server's `max_payload`
+    /// (`server_max_payload`), or too small to leave room for a dead letter's envelope.
+    pub fn check_limits(&self, server_max_payload: usize) -> Result<(), TopologyError> {
+        let refuse = |m: String| Err(TopologyError::Limits(m));
+        if self.max_message_bytes < 4 * DEAD_LETTER_ROOM {
+            return refuse(format!(
+                "topology.max_message_bytes = {} is under {}: KH_INGRESS takes {DEAD_LETTER_ROOM} bytes less, the room of a dead letter's envelope",
+                self.max_message_bytes,
+                4 * DEAD_LETTER_ROOM
+            ));
+        }
+        if usize::try_from(self.max_message_bytes).map_or(true, |m| m > server_max_payload) {
+            return refuse(format!(
+                "topology.max_message_bytes = {} is over the NATS server's max_payload of {server_max_payload} bytes: a dead letter or event the streams accept could not be published (raise max_payload in the server configuration, as deploy/nats/*.conf do, or lower topology.max_message_bytes)",
+                self.max_message_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -107,6 +144,9 @@ pub enum TopologyError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The size limits cannot all hold (one line naming the settings).
+    #[error("{0}")]
+    Limits(String),
     /// The configured partition count is out of range.
     #[error("topology.ingress_partitions = {0}: must be between 1 and {MAX_PARTITIONS}")]
     Partitions(u32),
@@ -149,6 +189,7 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
     // An old server may answer in a shape the client cannot read: name the version first.
     require_server(&js.client())?;
     account.map_err(|e| TopologyError::Stream { name: "(account)", source: Box::new(e) })?;
+    cfg.check_limits(js.client().server_info().max_payload)?;
     let base = |name: &'static str, subject: &str, max_age: u64| stream::Config {
         name: name.to_string(),
         subjects: vec![subject.to_string()],
@@ -205,20 +246,24 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
 /// Most ingress partitions (each is a consumer and a validator task per instance).
 pub const MAX_PARTITIONS: u32 = 256;
 
-/// `KH_INGRESS`: a work queue whose messages are stored under `kh.ip.<partition>.…`.
+/// `KH_INGRESS`: a work queue whose messages are stored under `kh.ip.<partition>.…`, smaller
+/// than the other streams' by [`DEAD_LETTER_ROOM`].
 fn ingress_config(cfg: &TopologyConfig, base: stream::Config) -> stream::Config {
     let (source, destination) = subjects::ingress_transform(cfg.ingress_partitions);
     stream::Config {
         retention: stream::RetentionPolicy::WorkQueue,
         subject_transform: Some(stream::SubjectTransform { source, destination }),
+        max_message_size: cfg.ingress_max_message_bytes(),
         ..base
     }
 }
 
-/// Brings `KH_INGRESS` to the configured partitioning (the registry calls this after
-/// [`ensure`]): unchanged when it already is, updated while the stream is empty, and refused
-/// with [`TopologyError::Repartition`] otherwise, since messages of one key would then sit in
-/// two partitions and could be validated out of order.
+/// Brings `KH_INGRESS` to the configured partitioning and size limit (the registry calls this
+/// after [`ensure`]): unchanged when it already is, the size updated whenever it differs, the
+/// partitioning updated while the stream is empty and refused with
+/// [`TopologyError::Repartition`] otherwise, since messages of one key would then sit in two
+/// partitions and could be validated out of order. Then checks that a dead letter of the
+/// largest message `KH_INGRESS` accepts fits in `KH_DLQ` ([`check_dead_letter_room`]).
 pub async fn ensure_ingress_partitions(
     js: &jetstream::Context,
     cfg: &TopologyConfig,
@@ -234,24 +279,65 @@ pub async fn ensure_ingress_partitions(
         _ => false,
     };
     let subjects_wanted = vec![INGRESS_STREAM.to_string()];
-    if same(&info.config.subject_transform, &wanted.subject_transform)
-        && info.config.subjects == subjects_wanted
-    {
-        return Ok(());
+    let partitioned = same(&info.config.subject_transform, &wanted.subject_transform)
+        && info.config.subjects == subjects_wanted;
+    let sized = info.config.max_message_size == wanted.max_message_size;
+    if !partitioned {
+        let current = match &info.config.subject_transform {
+            Some(t) => format!("{} -> {}", t.source, t.destination),
+            None => "unpartitioned".to_string(),
+        };
+        if info.state.messages > 0 {
+            return Err(TopologyError::Repartition {
+                current,
+                wanted: cfg.ingress_partitions,
+                messages: info.state.messages,
+            });
+        }
+        js.update_stream(stream::Config { subjects: subjects_wanted, ..wanted })
+            .await
+            .map_err(|e| err(&e))?;
+        tracing::warn!(from = %current, partitions = cfg.ingress_partitions, "KH_INGRESS was empty: repartitioned");
+    } else if !sized {
+        // A size limit reorders nothing: changed whatever the stream holds. Messages stored
+        // under a larger limit before stay; should one's dead letter not fit, the validator
+        // says so and keeps it (docs/operations.md).
+        let (from, to) = (info.config.max_message_size, wanted.max_message_size);
+        js.update_stream(wanted).await.map_err(|e| err(&e))?;
+        tracing::warn!(
+            from,
+            to,
+            messages = info.state.messages,
+            "KH_INGRESS max_message_size set to topology.max_message_bytes less the dead-letter room"
+        );
     }
-    let current = match &info.config.subject_transform {
-        Some(t) => format!("{} -> {}", t.source, t.destination),
-        None => "unpartitioned".to_string(),
-    };
-    if info.state.messages > 0 {
-        return Err(TopologyError::Repartition {
-            current,
-            wanted: cfg.ingress_partitions,
-            messages: info.state.messages,
-        });
+    check_dead_letter_room(js).await
+}
+
+/// Refuses (with [`TopologyError::Limits`]) streams between which a dead letter could be lost:
+/// the largest message `KH_INGRESS` accepts plus [`DEAD_LETTER_ROOM`] must fit in `KH_DLQ`
+/// (its dead letter) and in `KH_EVENTS` (the validated event), and under the server's
+/// `max_payload`, as the streams are now (they may have been created with other settings).
+pub async fn check_dead_letter_room(js: &jetstream::Context) -> Result<(), TopologyError> {
+    let server = i64::try_from(js.client().server_info().max_payload).unwrap_or(i64::MAX);
+    let mut limits = Vec::new();
+    for name in [STREAM_INGRESS, STREAM_DLQ, STREAM_EVENTS] {
+        let err = |e: &dyn std::fmt::Display| TopologyError::Stream { name, source: e.to_string().into() };
+        let mut stream = js.get_stream(name).await.map_err(|e| err(&e))?;
+        let configured = stream.info().await.map_err(|e| err(&e))?.config.max_message_size;
+        // No limit of the stream's own (-1): the server's.
+        let effective = if configured <= 0 { server } else { i64::from(configured).min(server) };
+        limits.push((name, configured, effective));
     }
-    js.update_stream(stream::Config { subjects: subjects_wanted, ..wanted }).await.map_err(|e| err(&e))?;
-    tracing::warn!(from = %current, partitions = cfg.ingress_partitions, "KH_INGRESS was empty: repartitioned");
+    let (_, _, ingress) = limits[0];
+    let needed = ingress + i64::from(DEAD_LETTER_ROOM);
+    for &(name, configured, effective) in &limits[1..] {
+        if effective < needed {
+            return Err(TopologyError::Limits(format!(
+                "{name} takes messages up to {effective} bytes (its max_message_size {configured}, the server's max_payload {server}), but KH_INGRESS takes up to {ingress} and a dead letter or event of such a message needs {needed} (KH_INGRESS's limit + {DEAD_LETTER_ROOM}): set topology.max_message_bytes to {name}'s limit (KH_INGRESS follows it), or, as the NATS admin identity, raise {name}'s max_message_size (docs/operations.md)"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -290,5 +376,17 @@ mod tests {
         assert!(parse_server_version("2.9.10").is_some_and(|v| v < MIN_SERVER_VERSION));
         assert!(parse_server_version("2.10.0").is_some_and(|v| v < MIN_SERVER_VERSION));
         assert_eq!(parse_server_version("nonsense"), None);
+    }
+
+    #[test]
+    fn limits_must_leave_a_dead_letter_room_and_fit_the_server() {
+        let cfg = TopologyConfig::default();
+        assert_eq!(cfg.ingress_max_message_bytes(), 1024 * 1024 - 16 * 1024);
+        assert!(cfg.check_limits(1024 * 1024).is_ok(), "the defaults fit the server's default max_payload");
+        let over = cfg.check_limits(512 * 1024).expect_err("over max_payload").to_string();
+        assert!(over.contains("topology.max_message_bytes") && over.contains("max_payload"), "{over}");
+        let small = TopologyConfig { max_message_bytes: 20 * 1024, ..TopologyConfig::default() };
+        let small = small.check_limits(1024 * 1024).expect_err("no room left for KH_INGRESS").to_string();
+        assert!(small.contains("topology.max_message_bytes"), "{small}");
     }
 }

@@ -118,6 +118,17 @@ pub async fn run(
             }
         }
     };
+    let dead_letter_limit = loop {
+        match dead_letter_limit(&js).await {
+            Ok(limit) => break limit,
+            Err(e) => {
+                tracing::warn!(error = %e, "validator: KH_DLQ not reachable; retrying");
+                if pause(&mut setup).await {
+                    return Ok(());
+                }
+            }
+        }
+    };
     if let Err(e) = retire_consumers(&stream, settings.partitions).await {
         tracing::warn!(error = %e, "validator: retired consumers not deleted (retried at the next start)");
     }
@@ -163,6 +174,7 @@ pub async fn run(
                 policy: &policy,
                 settings: &settings,
                 share: &share,
+                dead_letter_limit,
             };
             while !*shutdown.borrow() {
                 if let Err(e) = p.validate(&consumer, &mut shutdown).await {
@@ -178,6 +190,17 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     let _ = announcing.await;
     Ok(())
+}
+
+/// The largest dead letter the validator can store, headers included: `KH_DLQ`'s
+/// `max_message_size` (or, without one, the server's `max_payload`), and never more than the
+/// server's `max_payload`.
+async fn dead_letter_limit(js: &jetstream::Context) -> Result<usize, ValidatorError> {
+    let err = |e: &dyn std::fmt::Display| ValidatorError::Consumer(format!("KH_DLQ: {e}"));
+    let mut dlq = js.get_stream(subjects::STREAM_DLQ).await.map_err(|e| err(&e))?;
+    let configured = dlq.info().await.map_err(|e| err(&e))?.config.max_message_size;
+    let server = js.client().server_info().max_payload;
+    Ok(usize::try_from(configured).ok().filter(|&c| c > 0).map_or(server, |c| c.min(server)))
 }
 
 /// Waits a second before a set-up call is tried again; true when shutting down instead.
@@ -328,6 +351,8 @@ struct Pinned<'a> {
     policy: &'a ProducerPolicy,
     settings: &'a ValidatorSettings,
     share: &'a share::Share,
+    /// The largest dead letter `KH_DLQ` stores ([`dead_letter_limit`]).
+    dead_letter_limit: usize,
 }
 
 impl Pinned<'_> {
@@ -429,7 +454,8 @@ impl Pinned<'_> {
                 work.push(Ingress::delivered(m, &d));
             }
             tracing::debug!(actor = %settings.actor, partition = partition.index, pin = ?tenure.pin, last = tenure.last, ?received, ?acked_only, ?gaps, "validator chunk");
-            process_batch(&mut confirmations, self.store, self.policy, settings, work, shutdown).await;
+            let limit = self.dead_letter_limit;
+            process_batch(&mut confirmations, self.store, self.policy, settings, work, limit, shutdown).await;
             if *shutdown.borrow() {
                 // Possibly unconfirmed: the redeliveries stay unacked too.
                 return Ok(());
@@ -528,13 +554,17 @@ async fn read_gap(
 /// Checks a batch, then publishes every outcome pipelined and acks each ingress message once
 /// its publish is confirmed. On a failure it publishes again from the first unconfirmed
 /// message, in order (dedup drops what was already stored), so a failure never reorders or
-/// skips anything; unacked messages are kept alive with progress acks meanwhile.
+/// skips anything; unacked messages are kept alive with progress acks meanwhile. A validated
+/// event `KH_EVENTS` refuses as too large is dead-lettered instead (`payload_too_large`); a
+/// dead letter refused as too large (which the limits checked at start rule out) is logged as
+/// an error, with JetStream's code and description, at each retry of a growing series.
 async fn process_batch(
     confirmations: &mut publish::Confirmations,
     store: &SchemaStore,
     policy: &ProducerPolicy,
     settings: &ValidatorSettings,
     batch: Vec<Ingress>,
+    dead_letter_limit: usize,
     shutdown: &watch::Receiver<bool>,
 ) {
     let mut outgoing: Vec<(String, Outgoing, Option<AuditRecord>, Verdict)> = batch
@@ -559,11 +589,13 @@ async fn process_batch(
                 otel.status_code = tracing::field::Empty,
                 otel.status_description = tracing::field::Empty
             );
-            outcome(store, policy, settings, msg, &span)
+            outcome(store, policy, settings, msg, &span, dead_letter_limit)
         })
         .collect();
     let mut done = 0;
     let mut backoff = Duration::from_millis(100);
+    // Refusals of a message as too large, for which the same message will never be stored.
+    let mut too_large = 0u32;
     while done < batch.len() {
         // A message per send, from the outcome decided once: a retry must publish exactly what
         // the first attempt did (which may be stored already), never a fresh verdict that
@@ -581,6 +613,40 @@ async fn process_batch(
         for stored in confirmations.publish(messages).await {
             let sequence = match stored {
                 Ok(sequence) => sequence,
+                Err(e) if e.is_too_large() => {
+                    let ingress = &batch[done];
+                    if let Outgoing::Event { event, version, .. } = &outgoing[done].1 {
+                        // Valid, but its CloudEvent is over KH_EVENTS's limit: never stored
+                        // by a retry, so it is dead-lettered, raw bytes whole, instead.
+                        let (headers, body) = outgoing[done].1.message(&ingress.payload);
+                        let size = dead_letter::message_len(&headers, body.len());
+                        tracing::warn!(event_id = %event.id, ingress_seq = ingress.seq, size, error = %e, "validated event too large for KH_EVENTS: dead-lettered as payload_too_large");
+                        let message = format!(
+                            "valid, but its KH_EVENTS message (CloudEvents headers and data) is {size} bytes and was refused: {e} (topology.max_message_bytes)"
+                        );
+                        let trace_id =
+                            outgoing[done].2.as_ref().map(|r| r.trace_id.clone()).unwrap_or_default();
+                        let details = dead_letter::Details {
+                            reason: reason::Reason::PayloadTooLarge,
+                            message,
+                            violations: Vec::new(),
+                            original_subject: &ingress.subject,
+                            raw: &ingress.payload,
+                            event: Some(event),
+                            actor: &settings.actor,
+                            subscription: "",
+                            schema_version: *version,
+                        };
+                        let letter = dead_lettered(ingress, details, trace_id, dead_letter_limit);
+                        outgoing[done] = letter;
+                    } else {
+                        too_large += 1;
+                        if too_large.is_power_of_two() {
+                            tracing::error!(ingress_seq = ingress.seq, subject = %ingress.subject, attempts = too_large, error = %e, "a dead letter is refused as too large: it cannot be stored whole, the message stays in KH_INGRESS and its partition waits; raise KH_DLQ's max_message_size (and the server's max_payload) or see docs/operations.md");
+                        }
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "retrying in order");
                     break;
@@ -695,8 +761,8 @@ fn outcome(
     settings: &ValidatorSettings,
     msg: &Ingress,
     span: &tracing::Span,
+    dead_letter_limit: usize,
 ) -> (String, Outgoing, Option<AuditRecord>, Verdict) {
-    let seq = msg.seq;
     match check::check(&msg.subject, &msg.payload, store, settings.limits, |s, t| policy(s, t)) {
         Ok(accepted) => {
             let event = &accepted.event;
@@ -749,7 +815,7 @@ fn outcome(
                 "otel.status_description",
                 format!("{}: {}", rejected.reason.code(), rejected.message).as_str(),
             );
-            let out = dead_letter::build(dead_letter::Details {
+            let details = dead_letter::Details {
                 reason: rejected.reason,
                 message: rejected.message,
                 violations: rejected.violations,
@@ -759,26 +825,40 @@ fn outcome(
                 actor: &settings.actor,
                 subscription: "",
                 schema_version: rejected.schema_version,
-            });
-            let mut headers = out.headers;
-            // Keyed by ingress sequence: a redelivered message is dead-lettered once.
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("dlq-in-{seq}").as_str());
-            let record =
-                rejected.event.as_ref().filter(|e| kakehashi_proto::ids::is_valid_event_id(&e.id)).map(|e| {
-                    let mut r = AuditRecord::hop(e, "dead_lettered", "rejected");
-                    r.detail = rejected.reason.code().to_string();
-                    r.schema_version = rejected.schema_version;
-                    r.trace_id = trace_id;
-                    r
-                });
-            (
-                out.subject,
-                Outgoing::Ready(headers, out.body.into()),
-                record,
-                Verdict::DeadLettered(rejected.reason.code()),
-            )
+            };
+            dead_lettered(msg, details, trace_id, dead_letter_limit)
         }
     }
+}
+
+/// The dead letter of `msg`, within `limit` bytes ([`dead_letter::build_within`]: shortened,
+/// never its raw bytes), keyed by ingress sequence so a redelivered message is dead-lettered
+/// once, with the audit hop of its event when that has a valid id.
+fn dead_lettered(
+    msg: &Ingress,
+    details: dead_letter::Details<'_>,
+    trace_id: String,
+    limit: usize,
+) -> (String, Outgoing, Option<AuditRecord>, Verdict) {
+    let (reason, schema_version) = (details.reason, details.schema_version);
+    let record = details.event.filter(|e| kakehashi_proto::ids::is_valid_event_id(&e.id)).map(|e| {
+        let mut r = AuditRecord::hop(e, "dead_lettered", "rejected");
+        r.detail = reason.code().to_string();
+        r.schema_version = schema_version;
+        r.trace_id = trace_id;
+        r
+    });
+    let out = match dead_letter::build_within(details, limit) {
+        Ok(out) => out,
+        Err(too_large) => {
+            // Published anyway: its refusals are logged, and the message stays in KH_INGRESS.
+            tracing::error!(ingress_seq = msg.seq, subject = %msg.subject, error = %too_large, "cannot dead-letter this KH_INGRESS message with its raw bytes whole");
+            too_large.letter
+        }
+    };
+    let mut headers = out.headers;
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("dlq-in-{}", msg.seq).as_str());
+    (out.subject, Outgoing::Ready(headers, out.body.into()), record, Verdict::DeadLettered(reason.code()))
 }
 
 #[cfg(test)]

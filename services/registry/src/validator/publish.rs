@@ -6,7 +6,7 @@
 use async_nats::{HeaderMap, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
-use kakehashi_runtime::pub_acks::{reply_number, stored_seq};
+use kakehashi_runtime::pub_acks::{acknowledged, reply_number, Refusal};
 use std::time::Duration;
 
 /// How long a batch's acknowledgements are awaited before what is unconfirmed is published
@@ -19,12 +19,28 @@ pub(super) enum NotStored {
     /// The client did not take it (or an earlier message of the batch).
     #[error("publish failed: {0}")]
     NotSent(String),
-    /// JetStream answered that it did not store it (no stream, limits, …).
-    #[error("publish refused")]
-    Refused,
+    /// JetStream answered that it did not store it (no stream, limits, …), with its code and
+    /// description.
+    #[error("publish refused: {0}")]
+    Refused(Refusal),
+    /// The client refused it as over the server's `max_payload`: refused again at every retry.
+    #[error("publish failed: {0} (the NATS server's max_payload)")]
+    OverMaxPayload(String),
     /// No acknowledgement within the wait.
     #[error("publish not confirmed")]
     Unconfirmed,
+}
+
+impl NotStored {
+    /// Whether the message is too large for the server or its stream: the same message is
+    /// refused again at every retry.
+    pub(super) fn is_too_large(&self) -> bool {
+        match self {
+            NotStored::Refused(r) => r.is_too_large(),
+            NotStored::OverMaxPayload(_) => true,
+            NotStored::NotSent(_) | NotStored::Unconfirmed => false,
+        }
+    }
 }
 
 /// Where one pull session's publishes are confirmed.
@@ -70,6 +86,10 @@ impl Confirmations {
                     self.next += 1;
                     results.push(Err(NotStored::Unconfirmed));
                 }
+                Err(e) if e.kind() == async_nats::PublishErrorKind::MaxPayloadExceeded => {
+                    results.push(Err(NotStored::OverMaxPayload(e.to_string())));
+                    break;
+                }
                 Err(e) => {
                     results.push(Err(NotStored::NotSent(e.to_string())));
                     break;
@@ -89,7 +109,7 @@ impl Confirmations {
                         continue;
                     };
                     if let Some(slot @ Err(NotStored::Unconfirmed)) = results.get_mut(i) {
-                        *slot = stored_seq(&reply).ok_or(NotStored::Refused);
+                        *slot = acknowledged(&reply).map_err(NotStored::Refused);
                         waiting -= 1;
                     }
                 }
