@@ -109,6 +109,24 @@ async fn publish_refuses_unknown_type_bad_json_and_oversized_payloads_with_reaso
     assert!(ack.sequence > 0);
 }
 
+/// The payload limit is not the only one: extensions count too. An event `KH_INGRESS` would
+/// refuse is refused by `Publish` itself as final (RESOURCE_EXHAUSTED, its own reason), never
+/// as a bus that is unavailable and worth a retry.
+#[tokio::test]
+async fn an_event_over_the_ingress_limit_through_its_extensions_is_refused_as_final() {
+    let (nats, _registry, adapter) = bus(|_| {}).await;
+    let mut publisher = PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
+    let mut big = event(1);
+    big.extensions.insert("pad".into(), "x".repeat(1_100_000));
+    let refused = publisher.publish(big).await.expect_err("too large for KH_INGRESS");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("bytes encoded, over the"), "{}", refused.message());
+    assert!(refused.message().contains("topology.max_message_bytes"), "{}", refused.message());
+    let js = async_nats::jetstream::new(nats.admin().await);
+    let ingress = js.get_stream("KH_INGRESS").await.expect("KH_INGRESS").get_info().await.expect("info");
+    assert_eq!(ingress.state.messages, 0, "nothing reached the bus");
+}
+
 #[tokio::test]
 async fn publish_stream_answers_every_event_in_order_with_per_event_errors() {
     let (_nats, _registry, adapter) = bus(|c| c.max_payload_bytes = 1024).await;

@@ -126,7 +126,11 @@ pub async fn run(
         identities,
         schemas,
         (audit, &metrics),
-        (config.max_payload_bytes, config.stream_window),
+        (
+            config.max_payload_bytes,
+            usize::try_from(config.topology.ingress_max_message_bytes()).unwrap_or(0),
+            config.stream_window,
+        ),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let (Some(addr), Some(access)) = (config.metrics_addr, metrics_access) {

@@ -21,6 +21,7 @@ use kakehashi_runtime::audit::{AuditRecord, AuditWriter};
 use kakehashi_runtime::identity::Identities;
 use kakehashi_runtime::metrics::{CounterVec, Registry};
 use kakehashi_runtime::telemetry;
+use prost::Message as _;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -45,6 +46,8 @@ pub struct PublisherService {
     /// Registered schema subjects, to refuse events of unknown types at once.
     schemas: SchemaIndex,
     max_payload_bytes: usize,
+    /// Largest encoded event `KH_INGRESS` takes (its limit less [`HEADER_ALLOWANCE`]).
+    max_event_bytes: usize,
     window: usize,
 }
 
@@ -97,10 +100,10 @@ impl PublisherService {
         identities: Identities,
         schemas: SchemaIndex,
         observe: (AuditWriter, &Registry),
-        limits: (usize, usize),
+        limits: (usize, usize, usize),
     ) -> Self {
         let (audit, metrics) = observe;
-        let (max_payload_bytes, window) = limits;
+        let (max_payload_bytes, ingress_max_message_bytes, window) = limits;
         Self {
             js,
             identities,
@@ -117,6 +120,7 @@ impl PublisherService {
             ),
             schemas,
             max_payload_bytes,
+            max_event_bytes: ingress_max_message_bytes.saturating_sub(HEADER_ALLOWANCE),
             window: window.max(1),
         }
     }
@@ -179,6 +183,20 @@ impl PublisherService {
         adopt_trace_context(metadata, &mut event);
         let event = envelope::prepare(event, source, self.max_payload_bytes)
             .map_err(|e| Refusal::from_envelope(&e))?;
+        // The payload limit leaves room for the envelope, but extensions and ids are the
+        // caller's too: the whole event must fit KH_INGRESS, or the stream refuses it.
+        let size = event.encoded_len();
+        if size > self.max_event_bytes {
+            return Err(Refusal {
+                code: Code::ResourceExhausted,
+                reason: "event_too_large",
+                message: format!(
+                    "the event is {size} bytes encoded, over the {} KH_INGRESS takes \
+                     (topology.max_message_bytes less the dead-letter room and {HEADER_ALLOWANCE} bytes of headers)",
+                    self.max_event_bytes
+                ),
+            });
+        }
         let subject = if event.schema.is_empty() { &event.r#type } else { &event.schema };
         if let Err(e) = self.schemas.resolve(subject, event.schema_version).await {
             return Err(Refusal {
@@ -237,12 +255,33 @@ async fn start(
                     duplicate: ack.duplicate,
                     error: None,
                 },
-                Err(e) => error_ack(id, Code::Unavailable, "bus_unavailable", format!("not confirmed: {e}")),
+                Err(e) => failed_ack(id, &e, "not confirmed"),
             }
         }),
         Err(e) => {
-            let ack = error_ack(id, Code::Unavailable, "bus_unavailable", format!("publish failed: {e}"));
+            let ack = failed_ack(id, &e, "publish failed");
             Box::pin(async move { ack })
+        }
+    }
+}
+
+/// Room left for the NATS headers of an ingress message (`Nats-Msg-Id`, W3C trace context)
+/// when the encoded event is checked against `KH_INGRESS`'s limit.
+const HEADER_ALLOWANCE: usize = 1024;
+
+/// The error ack of a publish NATS did not store: a refusal of this very message (over a
+/// limit, refused by the stream) is final and says so; anything else is worth a retry.
+fn failed_ack(event_id: String, e: &jetstream::context::PublishError, what: &str) -> PublishAck {
+    match crate::sdk::bus::classify(e) {
+        crate::sdk::bus::Failure::Refused(refused) => {
+            let code = match refused.reason() {
+                "payload_too_large" => Code::ResourceExhausted,
+                _ => Code::FailedPrecondition,
+            };
+            error_ack(event_id, code, refused.reason(), format!("{what}: {refused}"))
+        }
+        crate::sdk::bus::Failure::Transient => {
+            error_ack(event_id, Code::Unavailable, "bus_unavailable", format!("{what}: {e}"))
         }
     }
 }

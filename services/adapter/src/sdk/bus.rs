@@ -72,7 +72,7 @@ impl PublishError {
 }
 
 /// How a failed publish is handled.
-pub(super) enum Failure {
+pub(crate) enum Failure {
     /// Worth retrying: no confirmation, no responders, connection trouble, JetStream busy.
     Transient,
     /// The server refused this message; retrying will not help.
@@ -80,7 +80,7 @@ pub(super) enum Failure {
 }
 
 /// Sorts a client publish error into transient or final.
-pub(super) fn classify(error: &context::PublishError) -> Failure {
+pub(crate) fn classify(error: &context::PublishError) -> Failure {
     use context::PublishErrorKind as Kind;
     match error.kind() {
         Kind::MaxPayloadExceeded => Failure::Refused(PublishError::Refused {
