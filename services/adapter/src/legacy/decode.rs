@@ -3,7 +3,8 @@
 //! Records are split on raw bytes first (see [`super::records`]) and each field is decoded here,
 //! so byte offsets stay exact in the original file. Decoding never substitutes U+FFFD: a byte
 //! sequence that is not valid in the file's encoding is reported with its offset, because a
-//! silently mangled name or address is worse than a rejected row.
+//! silently mangled name or address is worse than a rejected row. For the same reason a user-defined
+//! character (外字, a Private Use Area code point) is refused with its offset.
 
 use std::io::{self, Read};
 
@@ -121,26 +122,59 @@ pub fn utf8_in_cp932(bytes: &[u8]) -> Option<usize> {
     std::str::from_utf8(&bytes[first..]).is_ok().then_some(first)
 }
 
-/// A byte sequence that is not valid text in the expected encoding.
+/// Bytes of a field that are not accepted as text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Undecodable {
     /// Offset of the first bad byte, relative to the start of the decoded slice.
     pub offset: usize,
+    /// Why the bytes are refused.
+    pub kind: UndecodableKind,
 }
 
-/// Decodes one field without replacement. `Auto` (normally resolved before reading) decodes as
-/// UTF-8 when valid and as CP932 otherwise.
+/// Why a field's bytes are not accepted as text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UndecodableKind {
+    /// Not valid in the expected encoding.
+    Invalid,
+    /// A Private Use Area character (see [`is_private_use`]).
+    PrivateUse,
+}
+
+impl Undecodable {
+    fn invalid(offset: usize) -> Self {
+        Self { offset, kind: UndecodableKind::Invalid }
+    }
+}
+
+/// Whether `c` is a Private Use Area code point: U+E000–U+F8FF, or planes 15–16.
+///
+/// CP932 user-defined characters (外字, lead bytes 0xF0–0xF9) decode to U+E000–U+E757, and
+/// UTF-8 exports carry 外字 the same way. What such a character looks like depends on the
+/// sending system's private font, so it is no name at all to anyone else: refused, not passed on.
+pub fn is_private_use(c: char) -> bool {
+    ('\u{E000}'..='\u{F8FF}').contains(&c) || c >= '\u{F0000}'
+}
+
+/// Decodes one field without replacement, refusing Private Use Area characters (外字). `Auto`
+/// (normally resolved before reading) decodes as UTF-8 when valid and as CP932 otherwise.
 pub fn decode_field(bytes: &[u8], encoding: Encoding) -> Result<String, Undecodable> {
     match encoding {
         Encoding::Utf8 => match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(e) => Err(Undecodable { offset: e.valid_up_to() }),
+            Ok(s) => utf8_without_private_use(s),
+            Err(e) => Err(Undecodable::invalid(e.valid_up_to())),
         },
         Encoding::ShiftJis => decode_cp932(bytes),
         Encoding::Auto => match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_owned()),
+            Ok(s) => utf8_without_private_use(s),
             Err(_) => decode_cp932(bytes),
         },
+    }
+}
+
+fn utf8_without_private_use(s: &str) -> Result<String, Undecodable> {
+    match s.char_indices().find(|&(_, c)| is_private_use(c)) {
+        Some((offset, _)) => Err(Undecodable { offset, kind: UndecodableKind::PrivateUse }),
+        None => Ok(s.to_owned()),
     }
 }
 
@@ -152,18 +186,34 @@ fn decode_cp932(bytes: &[u8]) -> Result<String, Undecodable> {
     }
     let mut decoder = encoding_rs::SHIFT_JIS.new_decoder_without_bom_handling();
     let capacity =
-        decoder.max_utf8_buffer_length_without_replacement(bytes.len()).ok_or(Undecodable { offset: 0 })?;
+        decoder.max_utf8_buffer_length_without_replacement(bytes.len()).ok_or(Undecodable::invalid(0))?;
     let mut out = String::with_capacity(capacity);
     let (result, read) = decoder.decode_to_string_without_replacement(bytes, &mut out, true);
     match result {
-        encoding_rs::DecoderResult::InputEmpty => Ok(out),
+        encoding_rs::DecoderResult::InputEmpty => match out.chars().position(is_private_use) {
+            None => Ok(out),
+            Some(n) => {
+                Err(Undecodable { offset: cp932_char_start(bytes, n), kind: UndecodableKind::PrivateUse })
+            }
+        },
         // The malformed sequence is `bad` bytes long and ends `after` bytes before `read`.
         encoding_rs::DecoderResult::Malformed(bad, after) => {
-            Err(Undecodable { offset: read.saturating_sub(usize::from(after) + usize::from(bad)) })
+            Err(Undecodable::invalid(read.saturating_sub(usize::from(after) + usize::from(bad))))
         }
         // Cannot happen with a buffer of the maximum length; report rather than panic.
-        encoding_rs::DecoderResult::OutputFull => Err(Undecodable { offset: read }),
+        encoding_rs::DecoderResult::OutputFull => Err(Undecodable::invalid(read)),
     }
+}
+
+/// The byte offset of the `n`th character of `bytes`, which decoded as CP932 without error, so
+/// the lead bytes 0x81–0x9F and 0xE0–0xFC each start a two-byte character and any other byte is
+/// a character of its own (WHATWG Shift_JIS decoder).
+fn cp932_char_start(bytes: &[u8], n: usize) -> usize {
+    let mut at = 0;
+    for _ in 0..n {
+        at += if matches!(bytes.get(at), Some(0x81..=0x9F | 0xE0..=0xFC)) { 2 } else { 1 };
+    }
+    at
 }
 
 #[cfg(test)]
@@ -197,9 +247,9 @@ mod tests {
         let mut bytes = cp932("山田");
         bytes.extend_from_slice(&[0x85, 0x40]); // an unassigned CP932 code point
         bytes.extend_from_slice(&cp932("太郎"));
-        assert_eq!(decode_field(&bytes, Encoding::ShiftJis), Err(Undecodable { offset: 4 }));
+        assert_eq!(decode_field(&bytes, Encoding::ShiftJis), Err(Undecodable::invalid(4)));
         // A lead byte cut off at the end of a field.
-        assert_eq!(decode_field(&[0x41, 0x82], Encoding::ShiftJis), Err(Undecodable { offset: 1 }));
+        assert_eq!(decode_field(&[0x41, 0x82], Encoding::ShiftJis), Err(Undecodable::invalid(1)));
     }
 
     #[test]
@@ -210,8 +260,37 @@ mod tests {
     }
 
     #[test]
+    fn cp932_user_defined_characters_are_refused_with_their_offset() {
+        // 外字: lead bytes 0xF0–0xF9 decode to Private Use Area code points (U+E000…).
+        let refused = Undecodable { offset: 0, kind: UndecodableKind::PrivateUse };
+        assert_eq!(decode_field(&[0xF0, 0x40], Encoding::ShiftJis), Err(refused));
+        let mut bytes = cp932("山田");
+        bytes.extend_from_slice(&[0xF9, 0xFC]); // the last 外字 code point, U+E757
+        bytes.extend_from_slice(&cp932("郎"));
+        assert_eq!(decode_field(&bytes, Encoding::ShiftJis).map_err(|e| e.offset), Err(4));
+        // One-byte characters before it (ASCII, half-width katakana) count as one byte.
+        let mut bytes = cp932("Aｱ髙");
+        bytes.extend_from_slice(&[0xF5, 0x80]);
+        assert_eq!(decode_field(&bytes, Encoding::ShiftJis).map_err(|e| e.offset), Err(4));
+        assert!(decode_field(&[0xF0, 0x40], Encoding::Auto).is_err());
+    }
+
+    #[test]
+    fn utf8_private_use_characters_are_refused_with_their_offset() {
+        for encoding in [Encoding::Utf8, Encoding::Auto] {
+            let refused = |s: &str| decode_field(s.as_bytes(), encoding).map_err(|e| e.offset);
+            assert_eq!(refused("山\u{E000}"), Err(3));
+            assert_eq!(refused("a\u{F8FF}"), Err(1));
+            // The supplementary private use planes (15 and 16) too.
+            assert_eq!(refused("\u{F0000}"), Err(0));
+            // Just outside the BMP Private Use Area (U+F900 is a CJK compatibility ideograph).
+            assert_eq!(refused("\u{D7FF}\u{F900}"), Ok("\u{D7FF}\u{F900}".to_string()));
+        }
+    }
+
+    #[test]
     fn invalid_utf8_is_an_error_with_offset() {
-        assert_eq!(decode_field(b"ab\xFFc", Encoding::Utf8), Err(Undecodable { offset: 2 }));
+        assert_eq!(decode_field(b"ab\xFFc", Encoding::Utf8), Err(Undecodable::invalid(2)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - era name + year + month + day: `令和元年5月1日`, `昭和６４年１月７日`, `平成 31年 4月 30日`
 //! - short forms (JIS X 0301 style): `R01.05.01`, `H31/4/30`, `s64-1-7`, `Ｈ３１．０４．３０`
 //! - one-kanji era abbreviations as printed on forms: `昭50.4.1`, `平31年4月30日`
+//! - era square characters: `㍻31年4月30日`, `㋿元年5月1日` (also ㍾ ㍽ ㍼)
 //! - Gregorian: `2024-02-29`, `2024/02/29`, `2024.02.29`, `20240229`, `2024年2月29日`
 //!
 //! Era names are M/明治, T/大正, S/昭和, H/平成, R/令和; the year may be `元` (first year).
@@ -61,13 +62,16 @@ pub enum Era {
     Reiwa,
 }
 
-/// Eras in order with their kanji name, one-kanji and letter abbreviations and first day.
-const ERAS: [(Era, &str, &str, char, Date); 5] = [
-    (Era::Meiji, "明治", "明", 'M', date(1868, 10, 23)),
-    (Era::Taisho, "大正", "大", 'T', date(1912, 7, 30)),
-    (Era::Showa, "昭和", "昭", 'S', date(1926, 12, 25)),
-    (Era::Heisei, "平成", "平", 'H', date(1989, 1, 8)),
-    (Era::Reiwa, "令和", "令", 'R', date(2019, 5, 1)),
+/// Eras in order with their kanji name, one-kanji and letter abbreviations, first day and
+/// square character. The squares ㍾㍽㍼㍻ are CP932 0x878D, 0x878E, 0x878F, 0x877E (NEC row 13)
+/// and appear in old exports; ㋿ (Unicode 12) only occurs in UTF-8. NFKC maps each to the era's
+/// name, so they are matched here rather than pulling in a normalisation crate.
+const ERAS: [(Era, &str, &str, char, Date, char); 5] = [
+    (Era::Meiji, "明治", "明", 'M', date(1868, 10, 23), '\u{337E}'),
+    (Era::Taisho, "大正", "大", 'T', date(1912, 7, 30), '\u{337D}'),
+    (Era::Showa, "昭和", "昭", 'S', date(1926, 12, 25), '\u{337C}'),
+    (Era::Heisei, "平成", "平", 'H', date(1989, 1, 8), '\u{337B}'),
+    (Era::Reiwa, "令和", "令", 'R', date(2019, 5, 1), '\u{32FF}'),
 ];
 
 impl Era {
@@ -237,13 +241,17 @@ pub fn parse_date(input: &str) -> Result<Date, EraError> {
     Ok(result)
 }
 
-/// Splits a leading era name (kanji, one-kanji abbreviation or letter) from the rest.
+/// Splits a leading era name (kanji, one-kanji abbreviation, square character or letter) from
+/// the rest.
 fn split_era(text: &str) -> (Option<Era>, &str) {
-    for (era, name, short, letter, _) in ERAS {
+    for (era, name, short, letter, _, square) in ERAS {
         if let Some(rest) = text.strip_prefix(name) {
             return (Some(era), rest);
         }
         if let Some(rest) = text.strip_prefix(short) {
+            return (Some(era), rest);
+        }
+        if let Some(rest) = text.strip_prefix(square) {
             return (Some(era), rest);
         }
         let mut chars = text.chars();

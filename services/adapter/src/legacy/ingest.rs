@@ -448,7 +448,7 @@ where
                 run.save(true, false)?;
                 return Err(read_err(e));
             }
-            Err(e) => Some((e.line(), String::new(), e.to_string())),
+            Err(e) => Some((e.line(), e.column().unwrap_or_default().to_owned(), e.to_string())),
         };
         if let Some((line, column, reason)) = rejected {
             run.queue.push_back(Unsettled { after, state: RowState::Rejected { line, column, reason } });

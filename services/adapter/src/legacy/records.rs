@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 
 use serde::{Deserialize, Serialize};
 
-use super::decode::{self, decode_field, Encoding, UTF8_BOM};
+use super::decode::{self, decode_field, Encoding, UndecodableKind, UTF8_BOM};
 use super::split::{Cursor, RawField, RawRecord, Splitter};
 use super::width::trim_spaces;
 
@@ -90,6 +90,13 @@ pub enum RowError {
     /// cuts a double-byte character).
     #[error("line {line}: bytes at offset {byte_offset} are not valid {encoding}")]
     Undecodable { line: u64, byte_offset: u64, encoding: &'static str },
+    /// A user-defined character (外字, a Private Use Area code point): it has no meaning outside
+    /// the sending system's own font, so the row is not published.
+    #[error(
+        "line {line}: column {column}: user-defined character (外字, Unicode Private Use Area) at byte \
+         offset {byte_offset}; replace it with a standard character or a registered substitute"
+    )]
+    PrivateUse { line: u64, byte_offset: u64, column: String },
     /// A row in a file read as Shift_JIS (CP932) whose raw bytes are valid UTF-8 with
     /// multibyte characters: almost certainly typed in UTF-8, and it would decode to mojibake
     /// (UTF-8 `佐藤　健` is valid CP932 `菴占陸縲蛛･`). Pure-ASCII rows never match.
@@ -128,11 +135,20 @@ impl RowError {
             | Self::TooManyFields { line, .. }
             | Self::RowLength { line, .. }
             | Self::Undecodable { line, .. }
+            | Self::PrivateUse { line, .. }
             | Self::MixedEncoding { line, .. }
             | Self::StrayQuote { line, .. }
             | Self::UnterminatedQuote { line, .. }
             | Self::RowTooLarge { line, .. } => Some(*line),
             Self::Options(_) | Self::Io(_) => None,
+        }
+    }
+
+    /// The column the error concerns (header name, or `#n` counting from 1), when it names one.
+    pub fn column(&self) -> Option<&str> {
+        match self {
+            Self::PrivateUse { column, .. } => Some(column),
+            _ => None,
         }
     }
 }
@@ -262,16 +278,30 @@ impl<R: Read> RecordReader<R> {
             }
         }
         let mut values = Vec::with_capacity(found);
-        for f in fields {
+        for (i, f) in fields.into_iter().enumerate() {
             let bytes = &raw.bytes[f.start..f.end];
-            let text = decode_field(bytes, self.encoding).map_err(|e| RowError::Undecodable {
-                line,
-                byte_offset: byte_offset + (f.start + e.offset) as u64,
-                encoding: self.encoding.label(),
+            let text = decode_field(bytes, self.encoding).map_err(|e| {
+                let byte_offset = byte_offset + (f.start + e.offset) as u64;
+                match e.kind {
+                    UndecodableKind::Invalid => {
+                        RowError::Undecodable { line, byte_offset, encoding: self.encoding.label() }
+                    }
+                    UndecodableKind::PrivateUse => {
+                        RowError::PrivateUse { line, byte_offset, column: self.column_label(i) }
+                    }
+                }
             })?;
             values.push(if f.quoted { unquote(&text) } else { text });
         }
         Ok(Record { line, byte_offset, fields: values })
+    }
+
+    /// The header's name for column `i` (0-based), else `#n` as mappings number columns.
+    fn column_label(&self, i: usize) -> String {
+        match self.headers.as_ref().and_then(|h| h.get(i)).filter(|name| !name.is_empty()) {
+            Some(name) => name.clone(),
+            None => format!("#{}", i + 1),
+        }
     }
 }
 

@@ -9,17 +9,23 @@ use std::borrow::Cow;
 /// The ideographic (full-width) space, common as padding in fixed-width exports.
 const IDEOGRAPHIC_SPACE: char = '\u{3000}';
 
-/// Folds full-width ASCII (U+FF01–U+FF5E) to ASCII and U+3000 to a plain space.
+/// The wave dash U+301C: what JIS-based converters make of Shift_JIS 0x8160, which CP932 (as
+/// Windows and encoding_rs decode it) reads as the full-width tilde U+FF5E.
+const WAVE_DASH: char = '\u{301C}';
+
+/// Folds full-width ASCII (U+FF01–U+FF5E) to ASCII, U+3000 to a plain space, and the wave dash
+/// U+301C to `~` like U+FF5E, so the same value gives the same key whatever the file's encoding.
 ///
 /// Borrows the input unchanged when there is nothing to fold (the common case for clean data).
 pub fn fold_to_halfwidth(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| is_fullwidth_ascii(c) || c == IDEOGRAPHIC_SPACE) {
+    if !s.chars().any(|c| is_fullwidth_ascii(c) || c == IDEOGRAPHIC_SPACE || c == WAVE_DASH) {
         return Cow::Borrowed(s);
     }
     Cow::Owned(
         s.chars()
             .map(|c| match c {
                 IDEOGRAPHIC_SPACE => ' ',
+                WAVE_DASH => '~',
                 // The full-width block mirrors ASCII 0x21..=0x7E at a fixed distance.
                 c if is_fullwidth_ascii(c) => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
                 c => c,
@@ -119,6 +125,13 @@ mod tests {
     #[test]
     fn fullwidth_digits_letters_and_ideographic_space_fold_to_ascii() {
         assert_eq!(fold_to_halfwidth("１２３ＡＢＣｘｙｚ　！～"), "123ABCxyz !~");
+    }
+
+    #[test]
+    fn wave_dash_folds_like_the_fullwidth_tilde_cp932_decodes_to() {
+        // CP932 0x8160 decodes to U+FF5E; JIS-based UTF-8 converters write U+301C for it.
+        assert_eq!(fold_to_halfwidth("1〜3"), fold_to_halfwidth("1～3"));
+        assert_eq!(fold_to_halfwidth("1〜3"), "1~3");
     }
 
     #[test]

@@ -170,3 +170,35 @@ fn era_bounds_are_consistent() {
     assert_eq!(Era::Reiwa.last_day(), None);
     assert_eq!(day_before(date(2024, 3, 1)), date(2024, 2, 29));
 }
+
+#[test]
+fn era_squares_are_read_as_era_names() {
+    assert_eq!(iso("㍻31年4月30日"), "2019-04-30");
+    assert_eq!(iso("㍼64年1月7日"), "1989-01-07");
+    assert_eq!(iso("㋿元年5月1日"), "2019-05-01");
+    assert_eq!(iso("㍽元年7月30日"), "1912-07-30");
+    assert_eq!(iso("㍾45年7月29日"), "1912-07-29");
+    assert_eq!(iso("　㍻３１．０４．３０"), "2019-04-30");
+    // The era's span still applies.
+    assert!(is_outside(&err("㍻31年5月1日"), Era::Heisei));
+}
+
+#[test]
+fn era_squares_decoded_from_cp932_nec_row_13_are_read_as_era_names() {
+    use crate::legacy::decode::{decode_field, Encoding};
+    let cases: [([u8; 2], &str, &str); 4] = [
+        ([0x87, 0x7E], "31年4月30日", "2019-04-30"),  // ㍻
+        ([0x87, 0x8F], "64年1月7日", "1989-01-07"),   // ㍼
+        ([0x87, 0x8E], "15年12月24日", "1926-12-24"), // ㍽
+        ([0x87, 0x8D], "45年7月29日", "1912-07-29"),  // ㍾
+    ];
+    for (square, rest, want) in cases {
+        let (tail, _, unmappable) = encoding_rs::SHIFT_JIS.encode(rest);
+        assert!(!unmappable);
+        let text = match decode_field(&[&square[..], &tail].concat(), Encoding::ShiftJis) {
+            Ok(text) => text,
+            Err(e) => panic!("{square:02X?} should decode: {e:?}"),
+        };
+        assert_eq!(iso(&text), want, "{square:02X?}");
+    }
+}

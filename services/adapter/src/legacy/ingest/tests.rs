@@ -468,3 +468,26 @@ fn utf8_row_in_a_cp932_export_is_rejected_as_mixed_encoding_not_published() {
         assert!(!rejects[1].contains(content), "{content} copied into rejects: {rejects:?}");
     }
 }
+
+#[test]
+fn user_defined_character_in_a_name_is_rejected_naming_the_column_not_published() {
+    let dir = Scratch::new("gaiji");
+    let job = dir.job(IngestLimits::default());
+    let mut bytes = export(3);
+    // Line 5: a name with the CP932 外字 0xF0 0x40, which decodes to U+E000.
+    let cp932 = |s: &str| encoding_rs::SHIFT_JIS.encode(s).0.into_owned();
+    bytes.extend(cp932(&format!("{MY_NUMBER_PREFIX}0004,山田")));
+    bytes.extend_from_slice(&[0xF0, 0x40]);
+    bytes.extend(cp932("太郎,令和6年10月4日,１,A004\r\n"));
+    std::fs::write(&job.input, bytes).ok();
+    let mut sink = VecSink::default();
+    let summary = run(&job, &mut sink).map_err(|e| e.to_string());
+    assert_eq!(summary.map(|s| (s.rows_total, s.published, s.rejected)), Ok((4, 3, 1)));
+    assert!(sink.events.iter().all(|e| e.line != 5), "the row with 外字 was published");
+    let rejects = rejects_lines(&job);
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
+    assert!(rejects[1].contains(",5,氏名,\"line 5: column 氏名: user-defined character"), "{rejects:?}");
+    for content in [MY_NUMBER_PREFIX, "山田", "太郎", "\u{E000}"] {
+        assert!(!rejects[1].contains(content), "{content} copied into rejects: {rejects:?}");
+    }
+}

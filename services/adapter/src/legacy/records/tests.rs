@@ -283,3 +283,39 @@ fn utf8_file_with_multibyte_rows_is_unaffected() {
         assert!(r.next().is_none());
     }
 }
+
+#[test]
+fn user_defined_character_rejects_the_row_naming_column_and_offset_not_value() {
+    // CP932 外字 (0xF0 0x40 → U+E000): the row is refused, the next one still reads.
+    let mut bytes = cp932("番号,氏名\r\n1,山田");
+    let bad_at = bytes.len();
+    bytes.extend_from_slice(&[0xF0, 0x40]);
+    bytes.extend(cp932("\r\n2,鈴木\r\n"));
+    let mut r = open(&bytes, csv_options(Encoding::ShiftJis, true));
+    match r.next() {
+        Some(Err(e)) => {
+            let message = e.to_string();
+            assert_eq!(e.line(), Some(2), "{message}");
+            assert!(
+                message.contains("column 氏名") && message.contains(&format!("offset {bad_at}")),
+                "{message}"
+            );
+            assert!(!message.contains("山田"), "the value must not appear: {message}");
+        }
+        other => panic!("expected a row error for line 2, got {other:?}"),
+    }
+    assert_eq!(ok(r.next()).fields, ["2", "鈴木"]);
+
+    // The same in a UTF-8 file without a header: the column is named by its number.
+    let text = "1,佐藤\u{E000}\n2,山田\n";
+    let mut r = open(text.as_bytes(), csv_options(Encoding::Utf8, false));
+    match r.next() {
+        Some(Err(e)) => {
+            let message = e.to_string();
+            assert!(message.contains("column #2") && message.contains("offset 8"), "{message}");
+            assert!(!message.contains("佐藤"), "the value must not appear: {message}");
+        }
+        other => panic!("expected a row error for line 1, got {other:?}"),
+    }
+    assert_eq!(ok(r.next()).fields, ["2", "山田"]);
+}
