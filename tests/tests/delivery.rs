@@ -239,6 +239,62 @@ async fn unacked_past_max_deliveries_is_dead_lettered_as_delivery_exhausted_and_
     assert_eq!(letters.len(), 1, "one dead letter per exhausted event");
 }
 
+/// Sets `KH_DLQ`'s `max_message_size` as an operator would; returns the one it had.
+async fn resize_dead_letter_stream(js: &async_nats::jetstream::Context, max_message_size: i32) -> i32 {
+    let mut dlq = js.get_stream(bus::DLQ).await.expect("KH_DLQ");
+    let mut config = dlq.info().await.expect("KH_DLQ info").config.clone();
+    let was = std::mem::replace(&mut config.max_message_size, max_message_size);
+    js.update_stream(config).await.expect("resize KH_DLQ");
+    was
+}
+
+#[tokio::test]
+async fn a_dead_letter_refused_as_too_large_keeps_its_event_in_kh_events_without_a_redelivery_loop() {
+    // KH_DLQ made smaller than this event's dead letter after the registry started (which checks
+    // it): JetStream refuses the letter (err_code 10054) however often it is tried. Once, the
+    // event was then redelivered and refused again at every ack wait, forever, without a word.
+    let bus = Bus::start(&[SOURCE], |_| {}).await;
+    let mut sub = bus.subscribe(sub_with("oversized-letter", Duration::from_secs(1), 1), 10).await;
+    let consumer = format!("sub_{READER}_oversized-letter");
+    let limit = resize_dead_letter_stream(&bus.js, 64).await;
+    let event = bus::event(SOURCE, TYPE, 3);
+    let bytes = bus::publish_ingress(&bus.js, &event).await;
+    let first = sub.expect_next("attempt 1", SOON).await;
+    assert_eq!(delivered_id(&first), event.id);
+    // Never acked: the delivery past the maximum (1) is the dead letter's first, refused, try.
+    wait::until("the delivery past max_deliveries", SOON, || {
+        let (js, consumer) = (bus.js.clone(), consumer.clone());
+        async move {
+            let info = bus::consumer_info(&js, bus::EVENTS, &consumer).await;
+            (info.delivered.consumer_sequence >= 2).then_some(())
+        }
+    })
+    .await;
+    sub.expect_nothing_for(Duration::from_secs(4), "an exhausted event is not delivered again").await;
+    let info = bus::consumer_info(&bus.js, bus::EVENTS, &consumer).await;
+    assert_eq!(
+        info.delivered.consumer_sequence, 2,
+        "the refused dead letter is tried again only after a long delay, not at each 1 s ack wait: {info:?}"
+    );
+    assert_eq!(info.num_ack_pending, 1, "not terminated without its dead letter: {info:?}");
+    assert_eq!(bus::stream_len(&bus.js, bus::EVENTS).await, 1, "the event stays in KH_EVENTS");
+    assert!(bus::dead_letters(&bus.js).await.is_empty(), "KH_DLQ refuses the letter");
+
+    // The operator raises KH_DLQ's limit again; the subscriber's next stream gets the event
+    // back at once and, unacked, it is dead-lettered whole.
+    resize_dead_letter_stream(&bus.js, limit).await;
+    drop(sub);
+    let mut sub = Subscriber::expect_open(&bus.registry.endpoint(), READER, "oversized-letter", 10).await;
+    let again = sub.expect_next("the event again on the next stream", Duration::from_secs(30)).await;
+    assert_eq!(delivered_id(&again), event.id);
+    let stored = bus::wait_dead_letter(&bus.js, &event.id, SOON).await;
+    assert_eq!(stored.letter.reason, "delivery_exhausted");
+    assert_eq!(stored.letter.raw, bytes, "raw bytes are the event exactly as published");
+    let size = kakehashi_registry::dead_letter::message_len(&stored.headers, stored.letter.encoded_len());
+    assert!(size <= usize::try_from(limit).expect("a limit"), "{size} bytes in KH_DLQ's {limit}");
+    sub.expect_nothing_for(Duration::from_secs(2), "dead-lettered events are not delivered again").await;
+}
+
 #[tokio::test]
 async fn deliveries_lost_in_transit_do_not_let_newer_events_overtake_them() {
     // Deliveries NATS made that never reached the stream (a node died with them in flight) are

@@ -1,8 +1,10 @@
 //! `Delivery.Subscribe`: streams a subscription's events to a department. The server keeps at
 //! most the client's in-flight limit unacked on one stream; acks and nacks map to JetStream
 //! acks and naks; an event delivered more than the subscription's maximum is dead-lettered as
-//! `delivery_exhausted` and terminated. When the client goes away its unacked deliveries are
-//! nacked at once, so a reconnecting subscriber gets them without waiting for the ack wait.
+//! `delivery_exhausted` and terminated once the dead letter is stored (one `KH_DLQ` refuses as
+//! too large is logged and the event kept in `KH_EVENTS`, tried again a minute later). When the
+//! client goes away its unacked deliveries are nacked at once, so a reconnecting subscriber gets
+//! them without waiting for the ack wait.
 
 use crate::dead_letter;
 use crate::metrics::RegistryMetrics;
@@ -162,6 +164,7 @@ impl kakehashi_proto::v1::delivery_server::Delivery for DeliveryService {
             dead_lettered: self.metrics.dead_lettered.clone(),
             actor: self.actor.clone(),
             in_flight,
+            dead_letter_limit: Default::default(),
             tx,
             _claim: claim,
         };
@@ -277,6 +280,9 @@ struct Session {
     dead_lettered: kakehashi_runtime::metrics::CounterVec,
     actor: String,
     in_flight: usize,
+    /// The largest dead letter `KH_DLQ` stores, read at this stream's first dead letter
+    /// ([`crate::validator::dead_letter_limit`], the validator's limit).
+    dead_letter_limit: tokio::sync::OnceCell<usize>,
     tx: mpsc::Sender<Result<EventDelivery, Status>>,
     /// This stream's hold on its subscription, released when the session ends.
     _claim: crate::stream_claims::Claim,
@@ -475,7 +481,8 @@ impl Session {
             span.record("otel.status_description", format!("{}: {message}", reason.code()).as_str());
             let source = event.as_ref().map_or("unknown", |e| e.source.as_str());
             let dead_lettered = self.dead_lettered.with(&[reason.code(), source]);
-            let out = dead_letter::build(dead_letter::Details {
+            let limit = self.dead_letter_limit().await;
+            let details = dead_letter::Details {
                 reason,
                 message,
                 violations: Vec::new(),
@@ -485,17 +492,30 @@ impl Session {
                 actor: &self.actor,
                 subscription: &self.consumer_name,
                 schema_version: 0,
-            });
+            };
+            // Within KH_DLQ's limit, as the validator's (raw bytes never cut). One still over it
+            // is published anyway: JetStream has the last word, and its refusal is handled below.
+            let (out, oversize) = match dead_letter::build_within(details, limit) {
+                Ok(out) => (out, None),
+                Err(too_large) => {
+                    (too_large.letter, Some(format!("{} bytes over {}", too_large.size, too_large.limit)))
+                }
+            };
             let publish = jetstream::message::PublishMessage::build()
                 .payload(out.body.into())
                 .headers(out.headers)
                 .message_id(format!("dlq-{}-{seq}", self.consumer_name));
-            let confirmed = match self.js.send_publish(out.subject, publish).await {
-                Ok(f) => f.await.is_ok(),
-                Err(_) => false,
+            let stored = match self.js.send_publish(out.subject, publish).await {
+                Ok(ack) => ack.await.map(drop),
+                Err(e) => Err(e),
             };
             // Terminate only once the dead letter is stored; otherwise it comes back later.
-            if confirmed {
+            if let Err(e) = stored {
+                // Refusals of this event's dead letter so far (its deliveries past the maximum).
+                let refusals =
+                    attempt.saturating_sub(if event.is_ok() { self.sub.max_deliveries } else { 0 });
+                self.dead_letter_not_stored(&acker, seq, event_id, refusals, &e, oversize).await;
+            } else {
                 dead_lettered.inc();
                 unacked.forget(seq);
                 let _ = acker.ack_with(AckKind::Term).await;
@@ -569,6 +589,49 @@ impl Session {
             otel.status_code = tracing::field::Empty,
             otel.status_description = tracing::field::Empty
         )
+    }
+
+    /// The largest dead letter `KH_DLQ` stores, read once per stream; the server's `max_payload`
+    /// while `KH_DLQ` cannot be read (read again at the next dead letter).
+    async fn dead_letter_limit(&self) -> usize {
+        let read =
+            self.dead_letter_limit.get_or_try_init(|| crate::validator::dead_letter_limit(&self.js)).await;
+        read.copied().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, subscription = %self.sub.name, "KH_DLQ's size limit not read; dead letter built within the server's max_payload");
+            self.js.client().server_info().max_payload
+        })
+    }
+
+    /// The dead letter of the event at KH_EVENTS sequence `seq` was not stored (the `refusals`th
+    /// time): logged with JetStream's code and description (as an error when it is too large
+    /// for `KH_DLQ`, at growing intervals), and the event nacked to be tried again later.
+    ///
+    /// A letter refused as too large is never terminated: that would leave no trace of the
+    /// event's bytes once `KH_EVENTS`'s max age removes it (a letter without its raw bytes,
+    /// pointing at the sequence, is not safe for that reason). It stays unacked in `KH_EVENTS`,
+    /// tried again every [`TOO_LARGE_RETRY`] (not in a loop at each ack wait), until an operator
+    /// raises `KH_DLQ`'s limit; reopening the subscription's stream then retries at once.
+    async fn dead_letter_not_stored(
+        &self,
+        acker: &Acker,
+        seq: u64,
+        event_id: &str,
+        refusals: u32,
+        error: &jetstream::context::PublishError,
+        oversize: Option<String>,
+    ) {
+        let ack_wait = Duration::from_secs(self.sub.ack_wait_secs.max(1));
+        let subscription = &self.consumer_name;
+        let oversize = oversize.unwrap_or_default();
+        let too_large = refused_as_too_large(error);
+        let retry_in = if too_large { TOO_LARGE_RETRY.max(ack_wait) } else { ack_wait };
+        // Logged at the 1st, 2nd, 4th, … refusal: once per event, then at growing intervals.
+        if too_large && refusals.is_power_of_two() {
+            tracing::error!(events_seq = seq, event_id, %subscription, refusals, ?retry_in, %error, oversize, "dead letter refused as too large for KH_DLQ: the event stays unacked in KH_EVENTS at this sequence (until its max age) and is tried again later; raise KH_DLQ's max_message_size (and the server's max_payload) to store it whole (docs/operations.md)");
+        } else if refusals.is_power_of_two() {
+            tracing::warn!(events_seq = seq, event_id, %subscription, refusals, ?retry_in, %error, "dead letter not stored; the event is tried again later");
+        }
+        let _ = acker.ack_with(AckKind::Nak(Some(retry_in))).await;
     }
 
     /// Raises the repeat mark before the event at `seq` is sent, retrying until it is stored:
@@ -699,6 +762,20 @@ impl Session {
     }
 }
 
+/// How long an event whose dead letter `KH_DLQ` refuses as too large waits before it is tried
+/// again (or the subscription's ack wait, when longer): only an operator can make it fit.
+const TOO_LARGE_RETRY: Duration = Duration::from_secs(60);
+
+/// Whether a publish failed because the message is too large (the stream's `max_message_size`,
+/// JetStream's err_code 10054, or the server's `max_payload`): refused again at every retry.
+fn refused_as_too_large(e: &jetstream::context::PublishError) -> bool {
+    use jetstream::context::PublishErrorKind;
+    e.kind() == PublishErrorKind::MaxPayloadExceeded
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|j| j.error_code().0 == kakehashi_runtime::pub_acks::ERR_MESSAGE_TOO_LARGE)
+}
+
 /// The span of an ack or nack: CLIENT (`settle`: the registry settles the message with
 /// JetStream), child of the delivery it settles.
 fn settle_span(delivery: &tracing::Span, operation: &'static str, event_id: &str) -> tracing::Span {
@@ -712,4 +789,32 @@ fn settle_span(delivery: &tracing::Span, operation: &'static str, event_id: &str
         messaging.operation.name = operation,
         messaging.message.id = %event_id,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_as_too_large;
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+
+    /// The error `send_publish`'s acknowledgement gives for JetStream's reply `error`.
+    fn refused(error: &str) -> PublishError {
+        let e: async_nats::jetstream::Error = serde_json::from_str(error).expect("a JetStream error");
+        PublishError::with_source(PublishErrorKind::Other, e)
+    }
+
+    #[test]
+    fn only_a_size_refusal_is_too_large_and_the_log_has_jetstreams_code_and_description() {
+        let size =
+            refused(r#"{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}"#);
+        assert!(refused_as_too_large(&size));
+        let text = size.to_string();
+        assert!(text.contains("message size exceeds maximum allowed") && text.contains("10054"), "{text}");
+        assert!(refused_as_too_large(&PublishError::new(PublishErrorKind::MaxPayloadExceeded)));
+        let busy = refused(
+            r#"{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}"#,
+        );
+        assert!(!refused_as_too_large(&busy));
+        assert!(!refused_as_too_large(&PublishError::new(PublishErrorKind::TimedOut)));
+        assert!(!refused_as_too_large(&PublishError::new(PublishErrorKind::StreamNotFound)));
+    }
 }

@@ -192,10 +192,10 @@ pub async fn run(
     Ok(())
 }
 
-/// The largest dead letter the validator can store, headers included: `KH_DLQ`'s
+/// The largest dead letter the validator (and delivery) can store, headers included: `KH_DLQ`'s
 /// `max_message_size` (or, without one, the server's `max_payload`), and never more than the
 /// server's `max_payload`.
-async fn dead_letter_limit(js: &jetstream::Context) -> Result<usize, ValidatorError> {
+pub(crate) async fn dead_letter_limit(js: &jetstream::Context) -> Result<usize, ValidatorError> {
     let err = |e: &dyn std::fmt::Display| ValidatorError::Consumer(format!("KH_DLQ: {e}"));
     let mut dlq = js.get_stream(subjects::STREAM_DLQ).await.map_err(|e| err(&e))?;
     let configured = dlq.info().await.map_err(|e| err(&e))?.config.max_message_size;
