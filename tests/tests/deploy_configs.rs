@@ -468,6 +468,19 @@ fn unauthenticated_listeners(file: &str, name: &str, block: &str, kubernetes: bo
             block.contains(&format!("{var}: "))
         }
     };
+    // A variable's literal value: `VAR: value` in compose, `- name: VAR` then `value: value`.
+    let lines: Vec<&str> = block.lines().map(str::trim).collect();
+    let value = |var: &str| -> Option<&str> {
+        let value = if kubernetes {
+            lines
+                .windows(2)
+                .find(|w| w[0] == format!("- name: {var}"))
+                .and_then(|w| w[1].strip_prefix("value: "))
+        } else {
+            lines.iter().find_map(|l| l.strip_prefix(&format!("{var}: ")))
+        };
+        value.map(|v| v.trim_matches('"'))
+    };
     let mut found = Vec::new();
     let mut need = |var: &str, why: &str| {
         if !has(var) {
@@ -476,6 +489,10 @@ fn unauthenticated_listeners(file: &str, name: &str, block: &str, kubernetes: bo
     };
     if block.contains("\"kakehashi-registry\"") || block.contains("\"kakehashi-adapter\"") {
         need("KAKEHASHI_CREDENTIALS_FILE", "gRPC without bearer tokens");
+        // Bearer tokens (and raw-PII deliveries) must not cross the compose or pod network in
+        // clear.
+        need("KAKEHASHI_GRPC_TLS_CERT", "gRPC without TLS");
+        need("KAKEHASHI_GRPC_TLS_KEY", "gRPC without TLS");
         // Compose sets the metrics address and token by environment; Kubernetes in the
         // ConfigMap (checked in tests/tests/observability.rs), the token file from the Secret.
         if kubernetes {
@@ -485,9 +502,6 @@ fn unauthenticated_listeners(file: &str, name: &str, block: &str, kubernetes: bo
         } else {
             need("KAKEHASHI_METRICS_ADDR", "metrics not exposed");
             need("KAKEHASHI_METRICS_TOKEN_FILE", "metrics without the scrape token");
-            // Bearer tokens must not cross the compose network in clear.
-            need("KAKEHASHI_GRPC_TLS_CERT", "gRPC without TLS");
-            need("KAKEHASHI_GRPC_TLS_KEY", "gRPC without TLS");
             if block.contains("\"kakehashi-registry\"") {
                 need("KAKEHASHI_PSEUDONYM_SECRET_FILE", "the public development pseudonym secret");
             }
@@ -495,11 +509,27 @@ fn unauthenticated_listeners(file: &str, name: &str, block: &str, kubernetes: bo
     } else if block.contains("\"kakehashi-console\"") {
         need("KAKEHASHI_CONSOLE_TLS_CERT", "console without TLS");
         need("KAKEHASHI_CONSOLE_TLS_KEY", "console without TLS");
-        if !kubernetes {
-            need("KAKEHASHI_CA", "the registry's CA");
-            if !block.contains("KAKEHASHI_REGISTRY: https://") {
-                found.push(format!("{file}: {name}: the console calls the registry without TLS"));
-            }
+        need("KAKEHASHI_CA", "the registry's CA");
+        if !value("KAKEHASHI_REGISTRY").is_some_and(|v| v.starts_with("https://")) {
+            found.push(format!("{file}: {name}: the console calls the registry without TLS"));
+        }
+    }
+    // The certificate files are on a mounted volume (the Secret's, in Kubernetes): `- name:/dir`
+    // in compose, `mountPath: /dir` in Kubernetes.
+    let mounts: Vec<&str> = if kubernetes {
+        lines.iter().filter_map(|l| l.strip_prefix("mountPath: ")).collect()
+    } else {
+        lines.iter().filter_map(|l| l.strip_prefix("- ")).filter_map(|v| v.split(':').nth(1)).collect()
+    };
+    for var in [
+        "KAKEHASHI_GRPC_TLS_CERT",
+        "KAKEHASHI_GRPC_TLS_KEY",
+        "KAKEHASHI_CONSOLE_TLS_CERT",
+        "KAKEHASHI_CONSOLE_TLS_KEY",
+        "KAKEHASHI_CA",
+    ] {
+        if let Some(path) = value(var).filter(|p| !mounts.iter().any(|m| p.starts_with(&format!("{m}/")))) {
+            found.push(format!("{file}: {name}: {var} {path} is on no mounted volume"));
         }
     }
     found
