@@ -3,8 +3,9 @@
 //! the configuration `kakehashi nats config` generates, and each refused — while the same
 //! department's legitimate publish through the SDK is validated and delivered. Also the known
 //! ways around subject permissions inside one account (a consumer whose deliver subject points
-//! into a stream, a pull request whose reply subject does), tried by the adapter's identity, and
-//! deletes of audit records by every identity.
+//! into a stream, a pull request whose reply subject does), tried by the adapter's identity; a
+//! publish onto a department's ingress by the operator's identity; and deletes of audit records
+//! by every identity.
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
@@ -296,6 +297,47 @@ async fn the_adapter_identity_cannot_inject_into_streams_through_consumers_or_pu
     let consumers: Vec<_> =
         l.admin.get_stream("KH_EVENTS").await.expect("stream").consumer_names().collect().await;
     assert_eq!(consumers.len(), 1, "only the subscription's consumer exists: {consumers:?}");
+}
+
+/// The last sequence `stream` ever stored (a work queue's messages leave once validated; its
+/// sequence stays).
+async fn last_sequence(js: &jetstream::Context, stream: &str) -> u64 {
+    let mut s = js.get_stream(stream).await.unwrap_or_else(|e| panic!("stream {stream}: {e}"));
+    s.info().await.unwrap_or_else(|e| panic!("stream {stream} info: {e}")).state.last_sequence
+}
+
+#[tokio::test]
+async fn the_operator_identity_cannot_publish_onto_any_departments_ingress() {
+    let l = lanes().await;
+    let mut subscriber = FLOW.open(&l.registry.endpoint(), 16).await;
+    let (operator, mut errors) =
+        connect(&l.nats, Some(&l.nats.generated().service(Service::Operator))).await.expect("operator");
+    let ingress_before = last_sequence(&l.admin, bus::INGRESS).await;
+    let forged = bus::event(OTHER, TYPE, 9);
+    let bytes: bytes::Bytes = prost::Message::encode_to_vec(&forged).into();
+
+    // The validator takes the source from the subject: a publish here would be OTHER's event.
+    // (Dead letters go back to ingress through the registry's `DeadLetters` API instead.)
+    for subject in [format!("kh.in.{OTHER}._0.{TYPE}"), kakehashi_proto::subjects::ingress(OTHER, TYPE, "")] {
+        operator.publish(subject.clone(), bytes.clone()).await.expect("sent");
+        operator.flush().await.expect("flush");
+        expect_violation(&mut errors, &subject).await;
+    }
+    // Through JetStream, the publish is refused too, so it is never confirmed.
+    let mut js = jetstream::new(operator.clone());
+    js.set_timeout(Duration::from_secs(1));
+    let subject = kakehashi_proto::subjects::ingress(SOURCE, TYPE, "");
+    let ack = async { js.publish(subject, bytes.clone()).await?.await };
+    assert!(ack.await.is_err(), "the operator's publish onto ingress must not be confirmed");
+    // What the operator keeps: reading the dead letters and the audit trail.
+    assert!(js.get_stream("KH_DLQ").await.is_ok(), "the operator reads KH_DLQ");
+    kakehashi_ctl::commands::dlq::read_all(&js, "kh.dlq.>").await.expect("the operator lists dead letters");
+    kakehashi_ctl::commands::audit::read_all(&js).await.expect("the operator reads the audit trail");
+
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(last_sequence(&l.admin, bus::INGRESS).await, ingress_before, "nothing reached KH_INGRESS");
+    assert_eq!(bus::stream_len(&l.admin, bus::EVENTS).await, 0, "nothing forged reached KH_EVENTS");
+    subscriber.expect_nothing_for(SETTLE, "no forged event may be delivered").await;
 }
 
 #[tokio::test]

@@ -528,6 +528,14 @@ pub enum DlqCommand {
         seq: u64,
     },
     /// Put dead letters back into ingress (after a schema or policy fix) and report each outcome.
+    ///
+    /// The registry does the redrive (its `DeadLetters` API, at --registry): the --token (or
+    /// --cert) decides which letters may go back — an administrator's all, a department's only
+    /// those of events it published — and the registry writes an audit record naming the caller.
+    /// The NATS operator credentials only read: the letters the filters select, and each
+    /// outcome from the audit trail. A sequence that is missing, or that the caller may not
+    /// see, is reported as `not found` (not an error); letters are redriven in batches of up
+    /// to 1000 before their outcomes are followed.
     Replay {
         /// KH_DLQ sequences to replay; or use the filters.
         seqs: Vec<u64>,

@@ -4,9 +4,9 @@
 use crate::cli::Conn;
 use crate::error::CtlError;
 use kakehashi_proto::v1::{
-    delivery_client::DeliveryClient, flows_client::FlowsClient, policies_client::PoliciesClient,
-    publisher_client::PublisherClient, schema_registry_client::SchemaRegistryClient,
-    subscriptions_client::SubscriptionsClient,
+    dead_letters_client::DeadLettersClient, delivery_client::DeliveryClient, flows_client::FlowsClient,
+    policies_client::PoliciesClient, publisher_client::PublisherClient,
+    schema_registry_client::SchemaRegistryClient, subscriptions_client::SubscriptionsClient,
 };
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -110,6 +110,11 @@ pub async fn delivery(c: &Conn) -> Result<DeliveryClient<Authed>, CtlError> {
 /// Publisher client.
 pub async fn publisher(c: &Conn) -> Result<PublisherClient<Authed>, CtlError> {
     Ok(PublisherClient::new(channel("the adapter", &c.adapter, c).await?))
+}
+
+/// DeadLetters client (redriving dead letters under the registry's identity and rules).
+pub async fn dead_letters(c: &Conn) -> Result<DeadLettersClient<Authed>, CtlError> {
+    Ok(DeadLettersClient::new(channel("the registry", &c.registry, c).await?))
 }
 
 /// Flows client.

@@ -1,6 +1,6 @@
-//! Reading dead letters from `KH_DLQ` and putting them back on ingress ("redrive", the CLI's
-//! `dlq replay`): one implementation for the `DeadLetters` API and `kakehashi dlq`, so both
-//! deduplicate the same way.
+//! Reading dead letters from `KH_DLQ` and putting them back on ingress ("redrive"): the
+//! `DeadLetters` API, which the console and the CLI's `dlq replay` call, so every redrive is
+//! done, deduplicated and audited by the registry under its own identity.
 
 use async_nats::jetstream::{self, consumer};
 use kakehashi_proto::subjects::STREAM_DLQ;

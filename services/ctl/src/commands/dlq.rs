@@ -1,16 +1,21 @@
-//! `kakehashi dlq …`: dead letters read straight from `KH_DLQ`.
+//! `kakehashi dlq …`: dead letters read straight from `KH_DLQ` (the operator's NATS identity
+//! reads only); `replay` asks the registry's `DeadLetters` API to put them back on ingress, so
+//! the operator's credentials cannot publish as any department.
 
 use crate::cli::{Conn, DlqCommand};
 use crate::error::CtlError;
 use crate::output::emit;
 use async_nats::jetstream::{self, consumer};
-use kakehashi_proto::v1::Event;
+use kakehashi_proto::v1::{Event, RedriveDeadLettersRequest};
+use kakehashi_registry::redrive;
 use prost::Message as _;
 use serde_json::json;
 
 /// A dead letter with its place in the stream (shared with the registry's `DeadLetters` API).
 pub use kakehashi_registry::redrive::Stored;
-use kakehashi_registry::redrive::{self, Redriven};
+
+/// Most ids one `RedriveDeadLetters` request may name (the registry's limit).
+const REDRIVE_BATCH: usize = 1000;
 
 async fn connect(conn: &Conn) -> Result<jetstream::Context, CtlError> {
     Ok(jetstream::new(crate::nats_client::connect(conn).await?))
@@ -65,12 +70,8 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
             });
         }
         DlqCommand::Replay { seqs, reason, source, event_type, wait } => {
-            let letters = if !seqs.is_empty() {
-                let mut out = Vec::new();
-                for seq in seqs {
-                    out.push(redrive::get(&js, seq).await.map_err(|e| CtlError::Nats(e.to_string()))?);
-                }
-                out
+            let seqs = if !seqs.is_empty() {
+                seqs
             } else if reason.is_some() || source.is_some() || event_type.is_some() {
                 let filter = format!(
                     "kh.dlq.{}.{}",
@@ -81,13 +82,14 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
                     .await?
                     .into_iter()
                     .filter(|s| reason.as_deref().is_none_or(|r| s.letter.reason == r))
+                    .map(|s| s.seq)
                     .collect()
             } else {
                 return Err(CtlError::Usage(
                     "name KH_DLQ sequences, or filter with --reason/--source/--type".into(),
                 ));
             };
-            replay(&js, letters, std::time::Duration::from_secs(wait), json_mode).await?;
+            replay(conn, &js, seqs, std::time::Duration::from_secs(wait), json_mode).await?;
         }
         DlqCommand::Show { seq } => {
             let Stored { letter, .. } =
@@ -128,24 +130,35 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
     Ok(())
 }
 
-/// Publishes each letter's raw bytes back to its ingress subject and reports what became of it.
+/// Has the registry redrive the letters at `seqs` (its `RedriveDeadLetters` API: the caller's
+/// token decides which it may, the registry publishes and audits) and reports what became of
+/// each.
 async fn replay(
+    conn: &Conn,
     js: &jetstream::Context,
-    letters: Vec<Stored>,
+    seqs: Vec<u64>,
     wait: std::time::Duration,
     json_mode: bool,
 ) -> Result<(), CtlError> {
     let started_us = kakehashi_runtime::audit::now_us();
+    let mut outcomes = Vec::new();
+    if !seqs.is_empty() {
+        let mut client = crate::clients::dead_letters(conn).await?;
+        for ids in seqs.chunks(REDRIVE_BATCH) {
+            let request = RedriveDeadLettersRequest { ids: ids.to_vec() };
+            outcomes.extend(client.redrive_dead_letters(request).await?.into_inner().outcomes);
+        }
+    }
     let mut results = Vec::new();
-    for s in &letters {
-        let l = &s.letter;
-        let outcome = match redrive::redrive(js, s).await.map_err(|e| CtlError::Nats(e.to_string()))? {
-            Redriven::Skipped(why) => format!("skipped: {why}"),
-            Redriven::Duplicate => "already replayed (deduplicated)".to_string(),
-            Redriven::Published if l.event_id.is_empty() => "replayed (no event id to follow)".to_string(),
-            Redriven::Published => follow(js, &l.event_id, started_us, wait).await,
+    for o in outcomes {
+        let outcome = match o.outcome.as_str() {
+            "redriven" if o.event_id.is_empty() => "replayed (no event id to follow)".to_string(),
+            "redriven" => follow(js, &o.event_id, started_us, wait).await,
+            "duplicate" => "already replayed (deduplicated)".to_string(),
+            "not_found" => format!("not found: {}", o.detail),
+            other => format!("{other}: {}", o.detail),
         };
-        results.push((s.seq, l.event_id.clone(), outcome));
+        results.push((o.id, o.event_id, outcome));
     }
     emit(
         json_mode,

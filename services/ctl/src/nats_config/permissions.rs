@@ -25,7 +25,8 @@ pub enum Service {
     Registry,
     /// The adapter: publishes for departments authenticated over gRPC.
     Adapter,
-    /// The CLI's operator mode: dead letters (read and replay) and audit verification.
+    /// The CLI's operator mode: reading dead letters and the audit trail (`dlq`, `audit verify`;
+    /// `dlq replay` redrives through the registry's gRPC API, not with this identity).
     Operator,
     /// Break-glass administration (stream settings, the audit stream); never used by a service.
     Admin,
@@ -89,8 +90,9 @@ impl Service {
                 publish.push(schema_reads());
             }
             Service::Operator => {
-                // Replay puts a dead letter's raw bytes back on its source's ingress.
-                publish.push("kh.in.*.>".into());
+                // Reads only. No ingress: the validator takes an event's source from its subject,
+                // so publishing there is speaking as any department; `dlq replay` asks the
+                // registry's `DeadLetters` API, which checks who may redrive what.
                 publish.extend(strings(&["$JS.API.INFO", "$JS.API.STREAM.INFO.*"]));
                 for s in [STREAM_DLQ, STREAM_AUDIT, &kv_config] {
                     publish.extend(read_stream(s));
@@ -225,6 +227,18 @@ mod tests {
             doc.contains(&table),
             "docs/security.md is out of date; replace its permission table with:\n\n{table}"
         );
+    }
+
+    #[test]
+    fn only_the_registry_and_the_adapter_may_publish_onto_ingress() {
+        for s in Service::ALL {
+            let ingress =
+                s.permissions().publish_allow.iter().any(|a| a.starts_with("kh.in.") || a == "kh.>");
+            let expected = matches!(s, Service::Registry | Service::Adapter | Service::Admin);
+            assert_eq!(ingress, expected, "{s:?}");
+        }
+        let operator = Service::Operator.permissions();
+        assert!(operator.publish_allow.iter().all(|a| a.starts_with("$JS.")), "{operator:?}");
     }
 
     #[test]
