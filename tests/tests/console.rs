@@ -534,3 +534,132 @@ async fn https_with_a_certificate_and_plain_http_only_on_loopback() {
     let refused = kakehashi_console::run(open, listener, async {}).await;
     assert!(refused.is_err(), "plain HTTP on a non-loopback address must be refused");
 }
+
+/// A plain HTTP request to the console: status, the session cookie it sets (`name=value`) and
+/// the body.
+async fn http(
+    console: &Console,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    form: &str,
+) -> (u16, String, String) {
+    let stream = tokio::net::TcpStream::connect(console.addr).await.expect("console");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("http");
+    tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", console.addr.to_string())
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form.to_string())))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let set = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .to_string();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, set, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Logs in over plain HTTP; the session cookie.
+async fn http_login(console: &Console, token: &str) -> String {
+    let (status, cookie, html) = http(console, "GET", "/login", "", "").await;
+    assert_eq!(status, 200, "{html}");
+    let form = format!("csrf={}&token={token}", csrf_of(&html));
+    let (status, session, body) = http(console, "POST", "/login", &cookie, &form).await;
+    assert_eq!(status, 303, "{body}");
+    assert!(!session.is_empty(), "a session cookie");
+    session
+}
+
+/// Dead letters of about 1 MiB each (listed with their raw bytes and the decoded event: about
+/// 2 MiB) fill more than the 4 MiB a gRPC client reads by default: the registry pages them
+/// within `limits.max_list_response_bytes`, and the console lists, pages and confirms them; a
+/// console reading less than one letter answers with its own error naming its limit.
+#[tokio::test]
+async fn dead_letters_of_a_megabyte_are_listed_paged_and_confirmed() {
+    let nats = NatsServer::start();
+    let mut cfg = registry_config(&nats);
+    cfg.credentials.insert("tok-admin".into(), "digital-agency".into());
+    cfg.admins = vec!["digital-agency".into()];
+    let registry = Registry::start(cfg).await;
+    let reg = registry.endpoint();
+    let js = kakehashi_tests::bus::jetstream(&nats).await;
+    for _ in 0..4 {
+        let event = Event {
+            id: kakehashi_proto::ids::new_event_id(),
+            source: "city-shibuya".into(),
+            r#type: SCREENING.into(),
+            data_content_type: "application/json".into(),
+            data: serde_json::json!({"blob": "x".repeat(900 * 1024)}).to_string().into_bytes(),
+            ..Default::default()
+        };
+        kakehashi_tests::bus::publish_ingress(&js, &event).await;
+    }
+    // Through the API with a client's default 4 MiB decoding limit: every page fits it.
+    let dlq = dead_letters_client::DeadLettersClient::connect(reg.clone()).await.expect("registry");
+    let ids = kakehashi_tests::wait::until("four large dead letters", Duration::from_secs(30), || {
+        let mut dlq = dlq.clone();
+        async move {
+            let (mut ids, mut token, mut pages) = (Vec::new(), String::new(), 0);
+            loop {
+                let request = ListDeadLettersRequest { page_token: token, ..Default::default() };
+                let r =
+                    dlq.list_dead_letters(authed("tok-admin", request)).await.expect("a page").into_inner();
+                pages += 1;
+                ids.extend(r.dead_letters.iter().map(|s| s.id));
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                token = r.next_page_token;
+            }
+            (ids.len() == 4).then_some((ids, pages))
+        }
+    })
+    .await;
+    let (ids, pages) = ids;
+    assert!(pages >= 2, "about 8 MiB of letters come in pages of at most 4 MiB: {pages} page(s)");
+
+    let console = Console::start(ConsoleConfig::default(), &reg).await;
+    let cookie = http_login(&console, "tok-admin").await;
+    let mut seen: Vec<u64> = Vec::new();
+    let mut path = "/dead-letters?source=city-shibuya".to_string();
+    let mut csrf = String::new();
+    for _ in 0..10 {
+        let (status, _, html) = http(&console, "GET", &path, &cookie, "").await;
+        assert_eq!(status, 200, "{path}: {html}");
+        csrf = csrf_of(&html);
+        seen.extend(ids.iter().filter(|id| html.contains(&format!("id=\"letter-{id}\""))));
+        let Some(at) = html.find("id=\"next-page\" href=\"") else { break };
+        let rest = &html[at + "id=\"next-page\" href=\"".len()..];
+        path = rest[..rest.find('"').expect("end of link")].replace("&amp;", "&");
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "every large dead letter listed over the pages: {seen:?} of {ids:?}");
+
+    // The confirmation fetches all four, over as many answers as the budget takes.
+    let form: String = ids.iter().map(|id| format!("&id={id}")).collect();
+    let (status, _, html) =
+        http(&console, "POST", "/dead-letters/redrive", &cookie, &format!("csrf={csrf}{form}")).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("Redrive these 4 dead letter(s)"), "{html}");
+
+    // A console reading less than one letter says so, naming its own limit.
+    let small = Console::start(
+        ConsoleConfig { max_registry_response_bytes: 1024 * 1024, ..Default::default() },
+        &reg,
+    )
+    .await;
+    let cookie = http_login(&small, "tok-admin").await;
+    let (status, _, html) = http(&small, "GET", "/dead-letters", &cookie, "").await;
+    assert_eq!(status, 502, "{html}");
+    assert!(html.contains("max_registry_response_bytes = 1048576"), "{html}");
+}

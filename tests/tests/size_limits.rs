@@ -4,6 +4,8 @@
 //! `OUT_OF_RANGE` from the gRPC library's 4 MiB default. Only sizes over `max_request_bytes`
 //! are left to the transport. And every message `KH_INGRESS` accepts, however close to its size
 //! limit, can be dead-lettered whole: its partition never stalls on a letter `KH_DLQ` refuses.
+//! Nesting too is limited by our own `limits.max_json_depth`, in the dry run and on the bus
+//! alike, never by the JSON parser's built-in recursion limit.
 
 use kakehashi_proto::subjects;
 use kakehashi_proto::v1::publisher_client::PublisherClient;
@@ -65,6 +67,68 @@ async fn dry_run_refuses_a_payload_over_the_limit_with_the_reason_the_bus_dead_l
     })
     .await;
     assert_eq!(letter.header("Kh-Reason").as_deref(), Some(dry.reason.as_str()));
+}
+
+/// A JSON object nested `depth` objects deep, a value at the bottom.
+fn nested(depth: usize) -> Vec<u8> {
+    let mut doc = json!("my number 123456789018");
+    for _ in 0..depth {
+        doc = json!({ "k": doc });
+    }
+    doc.to_string().into_bytes()
+}
+
+#[tokio::test]
+async fn a_payload_nested_deeper_than_max_json_depth_is_dead_lettered_naming_the_limit() {
+    let nats = NatsServer::start();
+    let mut config = registry_config(&nats);
+    config.limits.max_json_depth = 8;
+    let registry = Registry::start(config).await;
+    bus::register_schema(&registry.endpoint(), TYPE, r#"{"type":"object"}"#).await;
+    bus::put_policy(&registry.endpoint(), TYPE, &[SOURCE], &[]).await;
+    let expected = "payload nests deeper than 8 levels (limits.max_json_depth)";
+
+    // The dry run: at the limit valid, one level deeper (or far deeper than the JSON parser's own
+    // limit of 128) refused with our limit's message.
+    let c = SchemaRegistryClient::connect(registry.endpoint()).await.expect("connect registry");
+    let dry = |payload: Vec<u8>| {
+        let request = ValidatePayloadRequest { subject: TYPE.into(), version: 0, payload };
+        let mut c = c.clone();
+        async move { c.validate_payload(request).await.expect("validate").into_inner() }
+    };
+    let at = dry(nested(8)).await;
+    assert!(at.valid && at.reason.is_empty(), "{at:?}");
+    for depth in [9, 200] {
+        let deep = dry(nested(depth)).await;
+        assert!(!deep.valid, "{depth}: {deep:?}");
+        assert_eq!(deep.reason, "schema_violation", "{depth}");
+        assert_eq!(deep.violations.len(), 1, "{depth}: {:?}", deep.violations);
+        assert_eq!(deep.violations[0].message, expected, "{depth}");
+    }
+
+    // The bus says the same: the deeper event is dead-lettered, the one at the limit behind it
+    // (same record key, same partition) is validated.
+    let js = bus::jetstream(&nats).await;
+    let deep = Event { data: nested(9), ..bus::event(SOURCE, TYPE, 0) };
+    let at = Event { data: nested(8), ..bus::event(SOURCE, TYPE, 1) };
+    let raw = bus::publish_ingress(&js, &deep).await;
+    bus::publish_ingress(&js, &at).await;
+    let letter = wait::until("the dead letter", Duration::from_secs(10), || {
+        let js = js.clone();
+        async move { bus::dead_letters(&js).await.into_iter().next() }
+    })
+    .await;
+    assert_eq!(letter.letter.reason, "schema_violation", "{}", letter.letter.message);
+    assert_eq!(letter.header("Kh-Reason").as_deref(), Some("schema_violation"));
+    assert_eq!(letter.letter.message, expected);
+    assert!(!letter.letter.message.contains("123456789018"), "no payload value is quoted");
+    assert!(letter.letter.raw == raw, "the raw bytes are kept");
+    wait::until("the event at the limit in KH_EVENTS", Duration::from_secs(10), || {
+        let (js, id) = (js.clone(), at.id.clone());
+        async move { bus::event_ids_in_events_stream(&js).await.contains(&id).then_some(()) }
+    })
+    .await;
+    assert_eq!(bus::dead_letters(&js).await.len(), 1, "only the deeper event is dead-lettered");
 }
 
 #[tokio::test]

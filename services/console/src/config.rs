@@ -42,6 +42,13 @@ pub struct ConsoleConfig {
     pub flow_minutes: u32,
     /// Longest wait for one registry call.
     pub registry_timeout_secs: u64,
+    /// Largest registry answer read, in bytes; a larger one is answered with the console's own
+    /// error page naming this key. At least the registry's `limits.max_list_response_bytes`
+    /// and the largest single dead letter as listed (about twice the registry's
+    /// `topology.max_message_bytes`: its raw bytes and the event decoded from them).
+    pub max_registry_response_bytes: usize,
+    /// Largest POST body (login and redrive forms), in bytes; a larger one is answered 413.
+    pub max_form_bytes: usize,
 }
 
 /// The console's certificate and key (PEM).
@@ -73,6 +80,8 @@ impl Default for ConsoleConfig {
             trace_url_template: String::new(),
             flow_minutes: 15,
             registry_timeout_secs: 10,
+            max_registry_response_bytes: 8 * 1024 * 1024,
+            max_form_bytes: 64 * 1024,
         }
     }
 }
@@ -160,6 +169,12 @@ impl ConsoleConfig {
         if self.session_idle_secs == 0 || self.session_max_secs == 0 || self.max_sessions == 0 {
             return bad("session_idle_secs", "session limits must be above 0");
         }
+        if self.max_registry_response_bytes == 0 {
+            return bad("max_registry_response_bytes", "must be above 0");
+        }
+        if self.max_form_bytes == 0 {
+            return bad("max_form_bytes", "must be above 0");
+        }
         if !self.trace_url_template.is_empty() && !self.trace_url_template.contains("{trace_id}") {
             return bad("trace_url_template", "must contain {trace_id}");
         }
@@ -194,6 +209,8 @@ mod tests {
             "trace_url_template",
             "flow_minutes",
             "registry_timeout_secs",
+            "max_registry_response_bytes",
+            "max_form_bytes",
         ] {
             let shown = EXAMPLE.lines().any(|l| {
                 let l = l.trim_start_matches('#').trim();

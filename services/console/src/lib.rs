@@ -26,7 +26,8 @@ pub mod pages;
 pub mod registry;
 pub mod session;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -189,6 +190,16 @@ impl App {
                 tonic::Code::InvalidArgument => {
                     (StatusCode::BAD_REQUEST, "Bad request", s.message().to_string())
                 }
+                // The registry never answers OUT_OF_RANGE itself: this is the transport's
+                // decoding limit, which the console sets (`max_registry_response_bytes`).
+                tonic::Code::OutOfRange => (
+                    StatusCode::BAD_GATEWAY,
+                    "Registry answer too large",
+                    format!(
+                        "the registry's answer is larger than this console reads (max_registry_response_bytes = {} bytes): narrow the filters, or raise max_registry_response_bytes to at least the registry's limits.max_list_response_bytes and twice its topology.max_message_bytes",
+                        self.config.max_registry_response_bytes
+                    ),
+                ),
                 _ => (
                     StatusCode::BAD_GATEWAY,
                     "Registry unavailable",
@@ -235,6 +246,40 @@ pub fn check_origin(headers: &HeaderMap) -> Result<(), PageError> {
         (Some(o), Some(h)) if o.split_once("://").map(|(_, rest)| rest) == Some(h) => Ok(()),
         _ => refused,
     }
+}
+
+/// A POST body within `max_form_bytes` (the router's [`DefaultBodyLimit`]); a larger one is
+/// answered by the console's own 413 page, not axum's plain-text one.
+pub struct FormBody(pub Bytes);
+
+impl FromRequest<Arc<App>> for FormBody {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, app: &Arc<App>) -> Result<Self, Response> {
+        match Bytes::from_request(request, app).await {
+            Ok(body) => Ok(FormBody(body)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(form_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Form too large",
+                &format!(
+                    "the form is larger than this console accepts (max_form_bytes = {} bytes)",
+                    app.config.max_form_bytes
+                ),
+            )),
+            Err(e) => Err(form_error(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                &format!("the form could not be read: {e}"),
+            )),
+        }
+    }
+}
+
+/// The console's error page for a form it could not read (no session is looked at).
+fn form_error(status: StatusCode, title: &str, message: &str) -> Response {
+    let body =
+        format!("<p class=\"err\" id=\"error\">{}</p><p><a href=\"/flows\">Back</a></p>", html::esc(message));
+    html_response(status, html::page(title, html::Nav::None, None, &body))
 }
 
 /// The pairs of a query string or `application/x-www-form-urlencoded` body.
@@ -309,6 +354,7 @@ pub fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn_with_state(app.clone(), bind_certificate_sessions))
+        .layer(DefaultBodyLimit::max(app.config.max_form_bytes))
         .with_state(app)
 }
 
@@ -376,6 +422,7 @@ pub async fn run(
         config.registry_ca_file.as_deref(),
         identity,
         Duration::from_secs(config.registry_timeout_secs.max(1)),
+        config.max_registry_response_bytes,
     )?;
     let client_certs =
         config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()) && registry.delegates();
@@ -428,6 +475,62 @@ mod tests {
         );
         assert!(check_origin(&headers(&[("host", "127.0.0.1:1"), ("sec-fetch-site", "cross-site")])).is_err());
         assert!(check_origin(&headers(&[("host", "127.0.0.1:1"), ("sec-fetch-site", "same-origin")])).is_ok());
+    }
+
+    /// The status line and the whole answer of `head` then `body` sent to `addr`.
+    async fn exchange(addr: std::net::SocketAddr, head: String, body: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("head");
+        // The console may answer before reading all of a body it refuses.
+        let _ = stream.write_all(body).await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_form_over_max_form_bytes_gets_the_consoles_own_413_page() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = ConsoleConfig {
+            listen_addr: addr,
+            // Never called: the forms are refused before any registry call.
+            registry_url: "http://127.0.0.1:9".into(),
+            max_form_bytes: 1024,
+            ..Default::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let head = |path: &str, framing: String| {
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n{framing}\r\nConnection: close\r\n\r\n"
+            )
+        };
+        let form = |len: usize| format!("csrf={}", "a".repeat(len - 5)).into_bytes();
+        for path in ["/login", "/login/certificate", "/logout", "/dead-letters/redrive"] {
+            // Declared too large.
+            let answer = exchange(addr, head(path, "Content-Length: 1025".into()), &form(1025)).await;
+            assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+            assert!(answer.contains("text/html"), "{path}: {answer}");
+            assert!(
+                answer.contains("id=\"error\"") && answer.contains("max_form_bytes = 1024 bytes"),
+                "{answer}"
+            );
+            // Found too large while read (no length declared).
+            let chunked =
+                [format!("{:x}\r\n", 4096).into_bytes(), form(4096), b"\r\n0\r\n\r\n".to_vec()].concat();
+            let answer = exchange(addr, head(path, "Transfer-Encoding: chunked".into()), &chunked).await;
+            assert!(answer.starts_with("HTTP/1.1 413"), "{path} chunked: {answer}");
+            assert!(answer.contains("max_form_bytes = 1024 bytes"), "{answer}");
+            // At the limit it is read: without a session, the login page.
+            let answer = exchange(addr, head(path, "Content-Length: 1024".into()), &form(1024)).await;
+            assert!(answer.starts_with("HTTP/1.1 303"), "{path} at the limit: {answer}");
+        }
+        let _ = stop.send(());
+        server.await.expect("console task").expect("console ran");
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub enum RegistryError {
 pub struct Registry {
     channel: Channel,
     delegate: Option<Channel>,
+    /// Largest answer read (`max_registry_response_bytes`), set on every client rather than
+    /// left to tonic's default.
+    max_response_bytes: usize,
 }
 
 /// The console's own client certificate and key files (PEM).
@@ -64,12 +67,14 @@ fn read(path: &Path) -> Result<Vec<u8>, RegistryError> {
 impl Registry {
     /// Channels to `url` (TLS for `https://`, trusting `ca` or the system's roots; with
     /// `identity`, a second channel presenting it); nothing is connected until the first call,
-    /// so the console starts while the registry is down.
+    /// so the console starts while the registry is down. Answers over `max_response_bytes`
+    /// fail with `OUT_OF_RANGE`.
     pub fn new(
         url: &str,
         ca: Option<&Path>,
         identity: Option<ClientIdentity<'_>>,
         timeout: Duration,
+        max_response_bytes: usize,
     ) -> Result<Self, RegistryError> {
         let endpoint_err = |source| RegistryError::Endpoint { url: url.to_string(), source };
         let endpoint = Endpoint::from_shared(url.to_string())
@@ -77,7 +82,7 @@ impl Registry {
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5));
         if !url.starts_with("https://") {
-            return Ok(Self { channel: endpoint.connect_lazy(), delegate: None });
+            return Ok(Self { channel: endpoint.connect_lazy(), delegate: None, max_response_bytes });
         }
         let tls = match ca {
             Some(path) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(path)?)),
@@ -91,7 +96,7 @@ impl Registry {
             None => None,
         };
         let channel = endpoint.tls_config(tls).map_err(endpoint_err)?.connect_lazy();
-        Ok(Self { channel, delegate })
+        Ok(Self { channel, delegate, max_response_bytes })
     }
 
     /// Whether certificate logins can be served (the console has its own registry identity).
@@ -111,7 +116,7 @@ impl Registry {
     /// without one, which the registry answers UNAUTHENTICATED).
     pub fn with_token(&self, token: &str) -> As {
         let header = MetadataValue::try_from(format!("Bearer {token}")).ok().map(|v| ("authorization", v));
-        As { channel: self.channel.clone(), header: AddHeader(header) }
+        As { channel: self.channel.clone(), header: AddHeader(header), max: self.max_response_bytes }
     }
 
     /// The clients of `department`, through the console's delegate identity. Without one (or
@@ -120,7 +125,11 @@ impl Registry {
     pub fn on_behalf_of(&self, department: &str) -> As {
         let header = AsciiMetadataValue::try_from(department).ok().map(|v| (ON_BEHALF_OF, v));
         let channel = self.delegate.clone().unwrap_or_else(|| self.channel.clone());
-        As { channel, header: AddHeader(header.filter(|_| self.delegate.is_some())) }
+        As {
+            channel,
+            header: AddHeader(header.filter(|_| self.delegate.is_some())),
+            max: self.max_response_bytes,
+        }
     }
 }
 
@@ -145,6 +154,8 @@ pub type Client = InterceptedService<Channel, AddHeader>;
 pub struct As {
     channel: Channel,
     header: AddHeader,
+    /// Largest answer read.
+    max: usize,
 }
 
 impl As {
@@ -154,26 +165,26 @@ impl As {
 
     /// Schema registry client.
     pub fn schemas(&self) -> SchemaRegistryClient<Client> {
-        SchemaRegistryClient::new(self.client())
+        SchemaRegistryClient::new(self.client()).max_decoding_message_size(self.max)
     }
 
     /// Flows (trace, find, summary) client.
     pub fn flows(&self) -> FlowsClient<Client> {
-        FlowsClient::new(self.client())
+        FlowsClient::new(self.client()).max_decoding_message_size(self.max)
     }
 
     /// Dead letters client.
     pub fn dead_letters(&self) -> DeadLettersClient<Client> {
-        DeadLettersClient::new(self.client())
+        DeadLettersClient::new(self.client()).max_decoding_message_size(self.max)
     }
 
     /// Subscriptions client.
     pub fn subscriptions(&self) -> SubscriptionsClient<Client> {
-        SubscriptionsClient::new(self.client())
+        SubscriptionsClient::new(self.client()).max_decoding_message_size(self.max)
     }
 
     /// Policies (and WhoAmI) client.
     pub fn policies(&self) -> PoliciesClient<Client> {
-        PoliciesClient::new(self.client())
+        PoliciesClient::new(self.client()).max_decoding_message_size(self.max)
     }
 }

@@ -82,6 +82,11 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Most field violations reported for one payload.
     pub max_violations: usize,
+    /// Deepest nesting of arrays and objects in a JSON payload (`[]` and `{}` are one level);
+    /// deeper payloads are dead-lettered. 1 to 126: a larger value is refused at load, as
+    /// serde_json's own recursion limit (128) would answer before ours.
+    #[serde(deserialize_with = "json_depth")]
+    pub max_json_depth: usize,
     /// Most compiled validators kept in memory.
     pub max_cached_validators: usize,
     /// Most audit records one `Flows.FindEvents` scan reads.
@@ -89,6 +94,11 @@ pub struct Limits {
     /// Largest gRPC request read, in bytes (raised to the larger of the schema and payload
     /// limits plus 64 KiB if lower); larger ones get `OUT_OF_RANGE` from the transport.
     pub max_request_bytes: usize,
+    /// Most bytes of one `DeadLetters.ListDeadLetters` response: a page ends before the letter
+    /// that would exceed it, with `next_page_token` where the next starts (a page always holds
+    /// at least one letter, however large). Default 4 MiB less 64 KiB: under the 4 MiB a gRPC
+    /// client reads by default.
+    pub max_list_response_bytes: usize,
 }
 
 /// How the validator pulls from `KH_INGRESS`.
@@ -153,11 +163,26 @@ impl Default for Limits {
             max_schema_bytes: 256 * 1024,
             max_payload_bytes: 512 * 1024,
             max_violations: 100,
+            max_json_depth: 64,
             max_cached_validators: 10_000,
             max_audit_scan: 100_000,
             max_request_bytes: kakehashi_runtime::grpc::DEFAULT_MAX_REQUEST_BYTES,
+            max_list_response_bytes: 4 * 1024 * 1024 - 64 * 1024,
         }
     }
+}
+
+/// `limits.max_json_depth`, refused when serde_json's recursion limit would answer before ours.
+fn json_depth<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let depth = usize::deserialize(deserializer)?;
+    let ceiling = crate::validator::unique_keys::MAX_DEPTH_CEILING;
+    if !(1..=ceiling).contains(&depth) {
+        return Err(serde::de::Error::custom(format!(
+            "limits.max_json_depth = {depth} is out of range: it must be 1 to {ceiling} (the JSON parser \
+             stops at 128 levels on its own, before our limit could answer)"
+        )));
+    }
+    Ok(depth)
 }
 
 impl Default for ValidatorConfig {
@@ -280,6 +305,32 @@ mod tests {
             });
             assert!(shown, "deploy/config/registry.toml does not show the key `{name}`");
         }
+    }
+}
+
+#[cfg(test)]
+mod json_depth_tests {
+    use super::*;
+
+    #[test]
+    fn max_json_depth_outside_1_to_126_is_refused_at_load_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("registry.toml");
+        for (depth, ok) in [(0, false), (1, true), (126, true), (127, false), (128, false), (10_000, false)] {
+            std::fs::write(&config, format!("[limits]\nmax_json_depth = {depth}\n")).expect("write config");
+            match RegistryConfig::load(Some(&config)) {
+                Ok(loaded) => {
+                    assert!(ok, "{depth} is accepted");
+                    assert_eq!(loaded.limits.max_json_depth, depth);
+                }
+                Err(e) => {
+                    assert!(!ok, "{depth} is refused: {e}");
+                    let e = e.to_string();
+                    assert!(e.contains("limits.max_json_depth") && e.contains("1 to 126"), "{e}");
+                }
+            }
+        }
+        assert_eq!(RegistryConfig::default().limits.max_json_depth, 64);
     }
 }
 

@@ -193,6 +193,7 @@ pub async fn run_with(
     let check_limits = validator::CheckLimits {
         max_payload_bytes: config.limits.max_payload_bytes,
         max_violations: config.limits.max_violations,
+        max_json_depth: config.limits.max_json_depth,
     };
     let validator_task = if config.validator.enabled {
         let p = policies.clone();
@@ -255,7 +256,8 @@ pub async fn run_with(
         store.clone(),
         audit.clone(),
         config.limits.max_audit_scan,
-    );
+    )
+    .with_max_response_bytes(config.limits.max_list_response_bytes);
     let delivery = delivery::DeliveryService::new(
         js.clone(),
         identities.clone(),

@@ -4,8 +4,7 @@
 
 use super::{ago, span_secs};
 use crate::html::{self, esc, esc_id, esc_token, q, Nav};
-use crate::{html_response, pairs, param, App, Ctx, PageError};
-use axum::body::Bytes;
+use crate::{html_response, pairs, param, App, Ctx, FormBody, PageError};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -138,16 +137,23 @@ async fn list_body(app: &App, ctx: &Ctx, qp: &[(String, String)]) -> Result<Stri
     Ok(out)
 }
 
+/// The letters `ids` names that the login may see, over as many answers as the registry's
+/// response budget (`limits.max_list_response_bytes`) takes.
 async fn fetch(app: &App, ctx: &Ctx, ids: Vec<u64>) -> Result<Vec<StoredDeadLetter>, PageError> {
-    let request = ListDeadLettersRequest { ids, ..Default::default() };
-    Ok(app
-        .registry
-        .as_login(&ctx.login)
-        .dead_letters()
-        .list_dead_letters(request)
-        .await?
-        .into_inner()
-        .dead_letters)
+    let mut client = app.registry.as_login(&ctx.login).dead_letters();
+    let mut letters = Vec::new();
+    let mut page_token = String::new();
+    // Every answer holds at least one id's letter or moves past it: at most one call per id.
+    for _ in 0..=ids.len() {
+        let request = ListDeadLettersRequest { ids: ids.clone(), page_token, ..Default::default() };
+        let r = client.list_dead_letters(request).await?.into_inner();
+        letters.extend(r.dead_letters);
+        if r.next_page_token.is_empty() {
+            return Ok(letters);
+        }
+        page_token = r.next_page_token;
+    }
+    Err(PageError::Status(tonic::Status::internal("the registry's answers did not end")))
 }
 
 /// `GET /dead-letters/{id}`.
@@ -244,7 +250,7 @@ fn detail(ctx: &Ctx, s: &StoredDeadLetter) -> String {
 
 /// `POST /dead-letters/redrive`: without `confirm=yes` a confirmation page naming the letters;
 /// with it, the redrive and what became of each.
-pub async fn redrive(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn redrive(State(app): State<Arc<App>>, headers: HeaderMap, FormBody(body): FormBody) -> Response {
     let ctx = match app.ctx(&headers) {
         Ok(c) => c,
         Err(r) => return *r,

@@ -3,8 +3,7 @@
 
 use crate::html::{self, esc, Nav};
 use crate::session::{self, Credential, Login};
-use crate::{html_response, pairs, param, redirect, App};
-use axum::body::Bytes;
+use crate::{html_response, pairs, param, redirect, App, FormBody};
 use axum::extract::{Extension, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -104,7 +103,7 @@ pub async fn submit(
     State(app): State<Arc<App>>,
     peer: Option<Extension<PeerCertificates>>,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let certificate = certificate_of(&app, peer.as_ref().map(|p| &p.0));
     let form = pairs(&body);
@@ -162,7 +161,7 @@ pub async fn certificate(
     State(app): State<Arc<App>>,
     peer: Option<Extension<PeerCertificates>>,
     headers: HeaderMap,
-    body: Bytes,
+    FormBody(body): FormBody,
 ) -> Response {
     let form = pairs(&body);
     let Some(old) = cookie_of(&headers) else { return redirect("/login") };
@@ -216,7 +215,7 @@ pub async fn certificate(
 }
 
 /// `POST /logout`: ends the session.
-pub async fn logout(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn logout(State(app): State<Arc<App>>, headers: HeaderMap, FormBody(body): FormBody) -> Response {
     let ctx = match app.ctx(&headers) {
         Ok(c) => c,
         Err(r) => return *r,

@@ -22,6 +22,9 @@ const MAX_REDRIVE: usize = 1000;
 /// Annotated values shorter than this are not searched for in the raw bytes (they would mask
 /// unrelated bytes); the 12-digit rule still covers them.
 const MIN_MASKED_VALUE: usize = 4;
+/// Bytes of a list response besides its letters: `next_page_token` (a `u64` in decimal) and
+/// `truncated`, each with its field key and length.
+const RESPONSE_OVERHEAD: usize = 24;
 
 /// The DeadLetters service.
 #[derive(Clone)]
@@ -32,10 +35,14 @@ pub struct DeadLettersService {
     audit: AuditWriter,
     /// Most KH_DLQ messages one list request reads.
     max_scan: usize,
+    /// Most bytes of one list response (`limits.max_list_response_bytes`).
+    max_response_bytes: usize,
 }
 
 impl DeadLettersService {
-    /// New service; `max_scan` bounds the messages one list request reads.
+    /// New service; `max_scan` bounds the messages one list request reads. A list response
+    /// holds at most the default `limits.max_list_response_bytes` until
+    /// [`Self::with_max_response_bytes`] sets it.
     pub fn new(
         js: jetstream::Context,
         identities: Identities,
@@ -43,7 +50,15 @@ impl DeadLettersService {
         audit: AuditWriter,
         max_scan: usize,
     ) -> Self {
-        Self { js, identities, store, audit, max_scan }
+        let max_response_bytes = crate::config::Limits::default().max_list_response_bytes;
+        Self { js, identities, store, audit, max_scan, max_response_bytes }
+    }
+
+    /// The most bytes one list response holds (`limits.max_list_response_bytes`): a page ends
+    /// before the letter that would exceed it (see [`PageBudget`]).
+    pub fn with_max_response_bytes(mut self, max_response_bytes: usize) -> Self {
+        self.max_response_bytes = max_response_bytes;
+        self
     }
 
     /// The letter as the API shows it: raw bytes and texts masked, the envelope decoded.
@@ -57,6 +72,42 @@ impl DeadLettersService {
         }
         let event = Event::decode(letter.raw.as_slice()).ok();
         StoredDeadLetter { id: s.seq, letter: Some(letter), raw_masked: masked, event, redrivable }
+    }
+}
+
+/// The bytes a letter adds to a list response (the repeated field's key and length included).
+fn listed_len(letter: &StoredDeadLetter) -> usize {
+    let len = letter.encoded_len();
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// A list page filled within its byte budget (`limits.max_list_response_bytes`): letters are
+/// taken while the response stays within it, and the page ends before the first that would
+/// not fit — its `next_page_token` then starts there. The first letter is always taken, however
+/// large, so paging always moves on (a client's decoding limit must allow one letter alone:
+/// about twice `topology.max_message_bytes`, the raw bytes and the event decoded from them).
+#[derive(Debug)]
+struct PageBudget {
+    max_bytes: usize,
+    used: usize,
+    taken: usize,
+}
+
+impl PageBudget {
+    fn new(max_bytes: usize) -> Self {
+        Self { max_bytes, used: RESPONSE_OVERHEAD, taken: 0 }
+    }
+
+    /// Takes a letter adding `len` bytes to the response if it fits (the first always does);
+    /// whether it was taken.
+    fn take(&mut self, len: usize) -> bool {
+        let used = self.used.saturating_add(len);
+        if self.taken > 0 && used > self.max_bytes {
+            return false;
+        }
+        self.used = used;
+        self.taken += 1;
+        true
     }
 }
 
@@ -211,18 +262,36 @@ impl DeadLetters for DeadLettersService {
                 && visible(&scope, l)
         };
         if !r.ids.is_empty() {
+            // Paged by the response budget too: the token is the position in `ids` of the
+            // first one not answered yet (ids may repeat, so not the id itself).
+            let ids = &r.ids[..r.ids.len().min(MAX_PAGE)];
+            let resume = match r.page_token.as_str() {
+                "" => 0,
+                t => t.parse::<usize>().ok().filter(|i| *i < ids.len()).ok_or_else(|| {
+                    Status::invalid_argument("bad page_token (with ids, a position in ids)")
+                })?,
+            };
             let mut out = Vec::new();
-            for seq in r.ids.iter().take(MAX_PAGE) {
+            let mut budget = PageBudget::new(self.max_response_bytes);
+            let mut next = String::new();
+            for (i, seq) in ids.iter().enumerate().skip(resume) {
                 match redrive::get(&self.js, *seq).await {
                     // Another department's letter answers like a missing one: no oracle.
-                    Ok(s) if wanted(&s.letter) => out.push(self.present(s)),
+                    Ok(s) if wanted(&s.letter) => {
+                        let shown = self.present(s);
+                        if !budget.take(listed_len(&shown)) {
+                            next = i.to_string();
+                            break;
+                        }
+                        out.push(shown);
+                    }
                     Ok(_) | Err(RedriveError::NotFound(_)) | Err(RedriveError::Decode { .. }) => {}
                     Err(e) => return Err(status(e)),
                 }
             }
             return Ok(Response::new(ListDeadLettersResponse {
                 dead_letters: out,
-                next_page_token: String::new(),
+                next_page_token: next,
                 truncated: false,
             }));
         }
@@ -240,24 +309,31 @@ impl DeadLetters for DeadLettersService {
         } else {
             consumer::DeliverPolicy::All
         };
-        let mut found: Vec<Stored> = Vec::new();
+        let mut dead_letters: Vec<StoredDeadLetter> = Vec::new();
+        let mut budget = PageBudget::new(self.max_response_bytes);
         let mut next = String::new();
         let truncated =
             redrive::scan(&self.js, &redrive::filter(&source, &r.r#type), start, self.max_scan, |s| {
                 if !wanted(&s.letter) {
                     return true;
                 }
-                if found.len() == page {
+                if dead_letters.len() == page {
                     // One more match than the page holds: the next page starts there.
                     next = s.seq.to_string();
                     return false;
                 }
-                found.push(s);
+                let seq = s.seq;
+                let shown = self.present(s);
+                if !budget.take(listed_len(&shown)) {
+                    // Over the response budget: the next page starts with this letter.
+                    next = seq.to_string();
+                    return false;
+                }
+                dead_letters.push(shown);
                 true
             })
             .await
             .map_err(status)?;
-        let dead_letters = found.into_iter().map(|s| self.present(s)).collect();
         Ok(Response::new(ListDeadLettersResponse { dead_letters, next_page_token: next, truncated }))
     }
 
@@ -347,6 +423,39 @@ mod tests {
             Some(MAX_SECONDS * 1_000_000 + 999_999)
         );
         assert_eq!(timestamp_micros(&prost_types::Timestamp { seconds: i64::MAX, nanos: 0 }), None);
+    }
+
+    #[test]
+    fn a_page_ends_before_the_letter_over_the_response_budget() {
+        let take_all = |max, sizes: &[usize]| {
+            let mut b = PageBudget::new(max);
+            sizes.iter().take_while(|len| b.take(**len)).count()
+        };
+        const MIB: usize = 1024 * 1024;
+        // Four letters of about 1 MiB (raw bytes and the decoded event: ~2 MiB listed each)
+        // fit two to a 4 MiB page (less the margin); the third starts the next page.
+        let budget = 4 * MIB - 64 * 1024;
+        assert_eq!(take_all(budget, &[2 * MIB - 100_000; 4]), 2);
+        assert_eq!(take_all(budget, &[MIB; 4]), 3);
+        assert_eq!(take_all(4 * MIB, &[MIB; 4]), 3, "the response's own bytes count too");
+        assert_eq!(take_all(budget, &[1000; 10]), 10);
+        // A letter alone over the budget still makes a page of one, so paging moves on.
+        assert_eq!(take_all(budget, &[5 * MIB, 10]), 1);
+        assert_eq!(take_all(0, &[1, 1]), 1);
+        // Exactly at the budget fits.
+        assert_eq!(take_all(100 + RESPONSE_OVERHEAD, &[60, 40, 1]), 2);
+        // A listed letter's bytes are those it adds to the encoded response.
+        let letter = StoredDeadLetter {
+            id: 7,
+            letter: Some(DeadLetter { raw: vec![b'x'; 300], ..Default::default() }),
+            ..Default::default()
+        };
+        let response = ListDeadLettersResponse {
+            dead_letters: vec![letter.clone(), letter.clone()],
+            next_page_token: u64::MAX.to_string(),
+            truncated: true,
+        };
+        assert_eq!(response.encoded_len(), 2 * listed_len(&letter) + RESPONSE_OVERHEAD);
     }
 
     #[test]

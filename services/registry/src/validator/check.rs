@@ -44,6 +44,9 @@ pub struct CheckLimits {
     pub max_payload_bytes: usize,
     /// Most violations reported.
     pub max_violations: usize,
+    /// Deepest nesting of arrays and objects in a JSON payload (at most
+    /// `unique_keys::MAX_DEPTH_CEILING`).
+    pub max_json_depth: usize,
 }
 
 /// Checks one ingress message. `may_publish` is the producer policy.
@@ -192,20 +195,27 @@ pub(crate) fn check_size(data: &[u8], limits: CheckLimits) -> Result<(), Payload
     })
 }
 
-/// Every check the bus applies to a payload once its schema is resolved: the size limit, JSON,
-/// the schema. The dry run (`SchemaRegistry/ValidatePayload`) calls this same function, so it
-/// cannot call valid what the bus dead-letters.
+/// Every check the bus applies to a payload once its schema is resolved: the size limit, JSON
+/// (no key named twice, no nesting deeper than `limits.max_json_depth`), the schema. The dry
+/// run (`SchemaRegistry/ValidatePayload`) calls this same function, so it cannot call valid
+/// what the bus dead-letters.
 pub fn check_payload(
     data: &[u8],
     validator: &jsonschema::Validator,
     limits: CheckLimits,
 ) -> Result<(), PayloadRejected> {
     check_size(data, limits)?;
-    // A key named twice is refused: readers disagree on which of the two counts.
-    let payload = super::unique_keys::parse(data).map_err(|e| PayloadRejected {
-        reason: Reason::SchemaViolation,
-        message: format!("payload is not JSON: {e}"),
-        violations: Vec::new(),
+    // A key named twice is refused: readers disagree on which of the two counts. So is a
+    // payload nested deeper than our limit, by its own message (and bounded so, the schema
+    // validation's recursion is too).
+    let payload = super::unique_keys::parse_within(data, limits.max_json_depth).map_err(|e| {
+        let message = match e {
+            super::unique_keys::ParseError::Json(e) => format!("payload is not JSON: {e}"),
+            super::unique_keys::ParseError::TooDeep { max_depth } => {
+                format!("payload nests deeper than {max_depth} levels (limits.max_json_depth)")
+            }
+        };
+        PayloadRejected { reason: Reason::SchemaViolation, message, violations: Vec::new() }
     })?;
     let violations = validation::violations(validator, &payload, limits.max_violations);
     if violations.is_empty() {

@@ -2,29 +2,91 @@
 //! names to each reader: a `serde_json::Value` keeps the last, other parsers keep the first, so
 //! a payload could be validated on one value and read by a department as another. I-JSON
 //! (RFC 7493) forbids them, and so does the bus.
+//!
+//! The nesting of arrays and objects is counted too, against the bus's own limit
+//! (`limits.max_json_depth`), so a deep payload is refused as such and never by serde_json's
+//! built-in recursion limit.
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use std::cell::Cell;
 use std::fmt;
 
+/// The largest nesting limit that is ours to answer: serde_json refuses the 128th nested array
+/// or object itself (its recursion limit) before any visitor sees it, so a payload one level
+/// deeper than a limit of 127 would get serde_json's message instead of ours.
+pub const MAX_DEPTH_CEILING: usize = 126;
+
 /// Parses a JSON document as `serde_json::from_slice` would, failing on a duplicate key (the
-/// error gives its position).
+/// error gives its position). Nesting is left to serde_json's recursion limit.
 pub fn parse(data: &[u8]) -> Result<Value, serde_json::Error> {
-    serde_json::from_slice::<Unique>(data).map(|u| u.0)
+    read(data, usize::MAX, &Cell::new(false))
 }
 
-/// A `Value` whose objects had no duplicate keys.
-struct Unique(Value);
+/// Why [`parse_within`] refused a document.
+#[derive(Debug)]
+pub enum ParseError {
+    /// Not JSON, or an object names a key twice (the error gives its position).
+    Json(serde_json::Error),
+    /// Arrays and objects nest more than `max_depth` levels deep.
+    TooDeep {
+        /// The limit.
+        max_depth: usize,
+    },
+}
 
-impl<'de> Deserialize<'de> for Unique {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueVisitor).map(Unique)
+/// [`parse`], refusing a document whose arrays and objects nest more than `max_depth` levels
+/// deep (`[]` and `{}` are one level, a scalar none); `max_depth` is at most
+/// [`MAX_DEPTH_CEILING`].
+pub fn parse_within(data: &[u8], max_depth: usize) -> Result<Value, ParseError> {
+    let too_deep = Cell::new(false);
+    match read(data, max_depth, &too_deep) {
+        Ok(value) => Ok(value),
+        // Whatever serde_json made of our error (it adds a position), the flag says it is ours.
+        Err(_) if too_deep.get() => Err(ParseError::TooDeep { max_depth }),
+        Err(e) => Err(ParseError::Json(e)),
     }
 }
 
-struct UniqueVisitor;
+/// `serde_json::from_slice`, through the seed.
+fn read(data: &[u8], max_depth: usize, too_deep: &Cell<bool>) -> Result<Value, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(data);
+    let value = Unique { depth: 0, max_depth, too_deep }.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
 
-impl<'de> Visitor<'de> for UniqueVisitor {
+/// Reads a `Value` whose objects have no duplicate keys, at `depth` arrays and objects deep.
+#[derive(Clone, Copy)]
+struct Unique<'a> {
+    depth: usize,
+    max_depth: usize,
+    /// Set when the document nests deeper than `max_depth`.
+    too_deep: &'a Cell<bool>,
+}
+
+impl Unique<'_> {
+    /// The seed of the items or values of an array or object read at this seed's depth, or an
+    /// error when that array or object is one level too deep.
+    fn enter<E: de::Error>(self) -> Result<Self, E> {
+        let depth = self.depth + 1;
+        if depth > self.max_depth {
+            self.too_deep.set(true);
+            return Err(E::custom(format_args!("nests deeper than {} levels", self.max_depth)));
+        }
+        Ok(Self { depth, ..self })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Unique<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Unique<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -56,13 +118,15 @@ impl<'de> Visitor<'de> for UniqueVisitor {
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.enter()?;
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(Unique(item)) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(inner)? {
             items.push(item);
         }
         Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.enter()?;
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             match object.entry(key) {
@@ -71,7 +135,7 @@ impl<'de> Visitor<'de> for UniqueVisitor {
                     return Err(de::Error::custom("duplicate key: an object names one key twice"));
                 }
                 serde_json::map::Entry::Vacant(slot) => {
-                    let Unique(value) = map.next_value()?;
+                    let value = map.next_value_seed(inner)?;
                     slot.insert(value);
                 }
             }
@@ -82,7 +146,7 @@ impl<'de> Visitor<'de> for UniqueVisitor {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, parse_within, ParseError, MAX_DEPTH_CEILING};
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
@@ -115,6 +179,96 @@ mod tests {
         assert_eq!(parse(b" 1.5e3 ").expect("number"), json!(1500.0));
     }
 
+    /// `depth` arrays and objects, alternating, around a string.
+    fn nested(depth: usize) -> String {
+        let mut doc = r#""my number 123456789018""#.to_string();
+        for level in 0..depth {
+            doc = if level % 2 == 0 { format!("[{doc}]") } else { format!(r#"{{"k": {doc}}}"#) };
+        }
+        doc
+    }
+
+    /// How many arrays and objects deep `v` nests.
+    fn depth(v: &Value) -> usize {
+        match v {
+            Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn nesting_exactly_at_the_limit_passes_and_one_level_deeper_is_refused_as_too_deep() {
+        for limit in [1, 2, 5, 64] {
+            let at = nested(limit);
+            assert_eq!(
+                parse_within(at.as_bytes(), limit).expect("at the limit"),
+                serde_json::from_str::<Value>(&at).expect("json")
+            );
+            let deeper = nested(limit + 1);
+            match parse_within(deeper.as_bytes(), limit) {
+                Err(ParseError::TooDeep { max_depth }) => assert_eq!(max_depth, limit),
+                other => panic!("{limit}: {other:?}"),
+            }
+        }
+        assert_eq!(parse_within(b"7", 1).expect("a scalar is no level"), json!(7));
+        assert_eq!(parse_within(b"[]", 1).expect("[] is one level"), json!([]));
+        assert!(matches!(parse_within(b"[{}]", 1), Err(ParseError::TooDeep { .. })));
+        // A document deeper than the limit yet broken further on: refused as too deep where it
+        // gets too deep, whatever follows.
+        assert!(matches!(parse_within(b"[[[[", 2), Err(ParseError::TooDeep { max_depth: 2 })));
+        // Other errors stay serde_json's, duplicates included.
+        assert!(matches!(parse_within(br#"{"a": 1, "a": 2}"#, 4), Err(ParseError::Json(_))));
+        assert!(matches!(parse_within(b"[[", 4), Err(ParseError::Json(_))));
+    }
+
+    #[test]
+    fn at_the_ceiling_one_level_deeper_is_still_ours_to_refuse_not_serde_jsons() {
+        let at = nested(MAX_DEPTH_CEILING);
+        assert!(parse_within(at.as_bytes(), MAX_DEPTH_CEILING).is_ok());
+        let deeper = nested(MAX_DEPTH_CEILING + 1);
+        assert!(matches!(
+            parse_within(deeper.as_bytes(), MAX_DEPTH_CEILING),
+            Err(ParseError::TooDeep { max_depth: MAX_DEPTH_CEILING })
+        ));
+        // Why the ceiling is not 127: serde_json refuses 128 levels before any visitor sees them.
+        let e = parse(nested(MAX_DEPTH_CEILING + 2).as_bytes()).expect_err("serde_json's own limit");
+        assert!(e.to_string().contains("recursion limit"), "{e}");
+    }
+
+    #[test]
+    fn check_payload_refuses_a_payload_one_level_too_deep_with_its_own_message() {
+        use crate::validator::{check_payload, reason::Reason, CheckLimits};
+        let validator = jsonschema::validator_for(&json!({"type": "object"})).expect("schema");
+        for max_json_depth in [4, 64] {
+            let limits = CheckLimits { max_payload_bytes: 1 << 20, max_violations: 10, max_json_depth };
+            // Objects all the way down (the schema wants an object).
+            let object = |depth: usize| {
+                let mut doc = r#""my number 123456789018""#.to_string();
+                for _ in 0..depth {
+                    doc = format!(r#"{{"k": {doc}}}"#);
+                }
+                doc
+            };
+            check_payload(object(max_json_depth).as_bytes(), &validator, limits).expect("at the limit");
+            let refused = check_payload(object(max_json_depth + 1).as_bytes(), &validator, limits)
+                .expect_err("one level deeper");
+            assert_eq!(refused.reason, Reason::SchemaViolation);
+            assert_eq!(
+                refused.message,
+                format!("payload nests deeper than {max_json_depth} levels (limits.max_json_depth)")
+            );
+            assert!(refused.violations.is_empty());
+            // Far deeper than serde_json's own limit: still our answer, never its.
+            let abyss = check_payload(object(1000).as_bytes(), &validator, limits).expect_err("deep");
+            assert_eq!(abyss.message, refused.message);
+        }
+        // What is not JSON is still said so.
+        let limits = CheckLimits { max_payload_bytes: 1 << 20, max_violations: 10, max_json_depth: 4 };
+        let broken = check_payload(b"{\"k\": ", &validator, limits).expect_err("not JSON");
+        assert!(broken.message.starts_with("payload is not JSON: "), "{}", broken.message);
+    }
+
     /// JSON values without duplicate keys (serde_json's maps cannot hold any).
     fn value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
@@ -141,6 +295,18 @@ mod tests {
             let text = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.expect("serialise");
             let expected: Value = serde_json::from_slice(&text).expect("parse");
             prop_assert_eq!(parse(&text).expect("unique keys"), expected);
+        }
+
+        /// Within the limit it reads what `parse` reads; a level less and it is too deep.
+        #[test]
+        fn parse_within_counts_the_depth_of_every_document(v in value()) {
+            let text = serde_json::to_vec(&v).expect("serialise");
+            let d = depth(&v);
+            prop_assert_eq!(parse_within(&text, d.max(1)).expect("within its depth"), v);
+            if d >= 1 {
+                let refused = matches!(parse_within(&text, d - 1), Err(ParseError::TooDeep { max_depth }) if max_depth == d - 1);
+                prop_assert!(refused, "depth {} under a limit of {}", d, d - 1);
+            }
         }
 
         /// Arbitrary bytes: an error or the same value as serde_json, never a panic; and
