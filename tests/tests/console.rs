@@ -169,19 +169,8 @@ async fn logout(b: &Browser) {
 
 /// A POST to the console outside the browser, with the browser's session cookie.
 async fn post(console: &Console, path: &str, cookie: &str, form: &str) -> (u16, String) {
-    let stream = tokio::net::TcpStream::connect(console.addr).await.expect("console");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("http");
-    tokio::spawn(conn);
-    let request = hyper::Request::post(path)
-        .header("host", console.addr.to_string())
-        .header("cookie", cookie)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(form.to_string())))
-        .expect("request");
-    let response = sender.send_request(request).await.expect("response");
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let (status, _, body) = http(console, "POST", path, cookie, form).await;
+    (status, body)
 }
 
 fn csrf_of(html: &str) -> String {

@@ -62,8 +62,8 @@ async fn my_numbers(stream: &mut tonic::Streaming<EventDelivery>, n: usize) -> V
     out
 }
 
-#[tokio::test]
-async fn readers_get_per_department_pseudonyms_and_unlisted_departments_cannot_subscribe() {
+/// A bus (NATS, registry, adapter) with the schema catalogue loaded.
+async fn bus_with_catalogue() -> (NatsServer, Registry, Adapter) {
     let nats = NatsServer::start();
     let registry = Registry::start(registry_config(&nats)).await;
     let adapter = Adapter::start(adapter_config(&nats)).await;
@@ -71,6 +71,12 @@ async fn readers_get_per_department_pseudonyms_and_unlisted_departments_cannot_s
     let mut schemas = kakehashi_ctl::clients::registry(&conn).await.expect("connect");
     let catalogue = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas");
     kakehashi_ctl::commands::schema::load(&mut schemas, &catalogue, true).await.expect("catalogue");
+    (nats, registry, adapter)
+}
+
+#[tokio::test]
+async fn readers_get_per_department_pseudonyms_and_unlisted_departments_cannot_subscribe() {
+    let (_nats, registry, adapter) = bus_with_catalogue().await;
     let mut policies: policies_client::PoliciesClient<Channel> =
         policies_client::PoliciesClient::connect(registry.endpoint()).await.expect("connect");
     policies
@@ -135,13 +141,7 @@ async fn readers_get_per_department_pseudonyms_and_unlisted_departments_cannot_s
 /// an event, and the validator dead-letters it when it is published on NATS directly.
 #[tokio::test]
 async fn a_producer_cannot_name_another_subjects_schema_to_skip_checks_and_pseudonyms() {
-    let nats = NatsServer::start();
-    let registry = Registry::start(registry_config(&nats)).await;
-    let adapter = Adapter::start(adapter_config(&nats)).await;
-    let conn = kakehashi_tests::services::cli_conn(&registry.endpoint(), &adapter.endpoint(), &nats);
-    let mut schemas = kakehashi_ctl::clients::registry(&conn).await.expect("connect");
-    let catalogue = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas");
-    kakehashi_ctl::commands::schema::load(&mut schemas, &catalogue, true).await.expect("catalogue");
+    let (nats, registry, adapter) = bus_with_catalogue().await;
     kakehashi_tests::bus::register_schema(&registry.endpoint(), "open.anything", r#"{"type": "object"}"#)
         .await;
     kakehashi_tests::bus::put_policy(&registry.endpoint(), "health.>", &["city-shibuya"], &["mhlw"]).await;
