@@ -516,3 +516,34 @@ async fn event_from_a_department_no_policy_names_is_dead_lettered_not_permitted(
     })
     .await;
 }
+
+/// An ack wait is bounded by the registry's own limit, refused naming the setting: NATS takes it
+/// in nanoseconds, and a huge one came back as an unclear storage error.
+#[tokio::test]
+async fn an_ack_wait_over_the_configured_bound_is_refused_naming_it() {
+    let nats = NatsServer::start();
+    let mut config = registry_config(&nats);
+    config.delivery.max_ack_wait_secs = 600;
+    let registry = Registry::start(config).await;
+    bus::put_policy(&registry.endpoint(), "test.>", &["city-shibuya"], &["mhlw"]).await;
+    let mut client =
+        kakehashi_proto::v1::subscriptions_client::SubscriptionsClient::connect(registry.endpoint())
+            .await
+            .expect("connect registry");
+    let sub = |name: &str, secs: u64| Subscription {
+        department: "mhlw".into(),
+        name: name.into(),
+        type_pattern: "test.ackwait.recorded".into(),
+        ack_wait: proto_duration(Duration::from_secs(secs)),
+        ..Default::default()
+    };
+    for secs in [601, 1_000_000_000_000] {
+        let request =
+            kakehashi_proto::v1::CreateSubscriptionRequest { subscription: Some(sub("long", secs)) };
+        let refused = client.create_subscription(request).await.expect_err("over the bound");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("delivery.max_ack_wait_secs"), "{}", refused.message());
+    }
+    let made = bus::create_subscription(&registry.endpoint(), sub("bounded", 600)).await;
+    assert_eq!(made.ack_wait.map(|d| d.seconds), Some(600));
+}

@@ -122,6 +122,8 @@ pub struct ValidatorConfig {
 pub struct DeliveryConfig {
     /// Ack wait of a subscription that does not set one.
     pub default_ack_wait_secs: u64,
+    /// Longest ack wait a subscription may ask for (`INVALID_ARGUMENT` naming this key above).
+    pub max_ack_wait_secs: u64,
     /// Max deliveries of a subscription that does not set one.
     pub default_max_deliveries: u32,
     /// In-flight deliveries per stream when the client asks for 0.
@@ -195,6 +197,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             default_ack_wait_secs: 30,
+            max_ack_wait_secs: 86_400,
             default_max_deliveries: 5,
             default_in_flight: 64,
             max_in_flight: 4096,

@@ -270,7 +270,7 @@ pub async fn run_with(
     let subscriptions = api::subscriptions::SubscriptionsService::new(
         subs,
         identities.clone(),
-        config.delivery.default_ack_wait_secs,
+        (config.delivery.default_ack_wait_secs, config.delivery.max_ack_wait_secs),
         config.delivery.default_max_deliveries,
     );
     if let Some((metrics_listener, access)) = metrics_endpoint {

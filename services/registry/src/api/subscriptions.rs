@@ -14,20 +14,22 @@ use tonic::{Request, Response, Status};
 pub struct SubscriptionsService {
     subs: Subscriptions,
     identities: Identities,
-    default_ack_wait_secs: u64,
+    /// Default and most ack wait, seconds.
+    ack_wait_secs: (u64, u64),
     default_max_deliveries: u32,
 }
 
 impl SubscriptionsService {
-    /// New service with the defaults for unset fields; a department manages its own
-    /// subscriptions, an administrator anyone's.
+    /// New service with the defaults for unset fields and the longest ack wait allowed
+    /// (`ack_wait_secs`: default, most); a department manages its own subscriptions, an
+    /// administrator anyone's.
     pub fn new(
         subs: Subscriptions,
         identities: Identities,
-        default_ack_wait_secs: u64,
+        ack_wait_secs: (u64, u64),
         default_max_deliveries: u32,
     ) -> Self {
-        Self { subs, identities, default_ack_wait_secs, default_max_deliveries }
+        Self { subs, identities, ack_wait_secs, default_max_deliveries }
     }
 }
 
@@ -58,10 +60,18 @@ impl SubscriptionsApi for SubscriptionsService {
         let (metadata, extensions, r) = request.into_parts();
         let s = r.subscription.ok_or_else(|| Status::invalid_argument("subscription is required"))?;
         self.identities.acting_for((&metadata, &extensions), &s.department)?;
+        let (default_ack_wait, max_ack_wait) = self.ack_wait_secs;
         let ack_wait_secs = match s.ack_wait {
-            Some(d) if d.seconds > 0 => d.seconds as u64,
-            _ => self.default_ack_wait_secs,
+            Some(d) if d.seconds > 0 => d.seconds.unsigned_abs(),
+            _ => default_ack_wait,
         };
+        // Ours to refuse: NATS takes the wait in nanoseconds, and a huge one came back as an
+        // unclear storage error (or a wrapped value).
+        if ack_wait_secs > max_ack_wait {
+            return Err(Status::invalid_argument(format!(
+                "ack_wait of {ack_wait_secs} s is over the {max_ack_wait} s allowed (delivery.max_ack_wait_secs)"
+            )));
+        }
         let rec = SubscriptionRecord {
             department: s.department,
             name: s.name,
