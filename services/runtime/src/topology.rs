@@ -314,6 +314,21 @@ pub async fn ensure_ingress_partitions(
     check_dead_letter_room(js).await
 }
 
+/// The largest message stream `name` stores, headers included, as it is now: its
+/// `max_message_size` as configured, and that capped at the server's `max_payload` (the
+/// server's alone when the stream has no limit of its own, -1).
+pub async fn message_limit(
+    js: &jetstream::Context,
+    name: &'static str,
+) -> Result<(i32, usize), TopologyError> {
+    let err = |e: &dyn std::fmt::Display| TopologyError::Stream { name, source: e.to_string().into() };
+    let mut stream = js.get_stream(name).await.map_err(|e| err(&e))?;
+    let configured = stream.info().await.map_err(|e| err(&e))?.config.max_message_size;
+    let server = js.client().server_info().max_payload;
+    let effective = usize::try_from(configured).ok().filter(|&c| c > 0).map_or(server, |c| c.min(server));
+    Ok((configured, effective))
+}
+
 /// Refuses (with [`TopologyError::Limits`]) streams between which a dead letter could be lost:
 /// the largest message `KH_INGRESS` accepts plus [`DEAD_LETTER_ROOM`] must fit in `KH_DLQ`
 /// (its dead letter) and in `KH_EVENTS` (the validated event), and under the server's
@@ -322,12 +337,8 @@ pub async fn check_dead_letter_room(js: &jetstream::Context) -> Result<(), Topol
     let server = i64::try_from(js.client().server_info().max_payload).unwrap_or(i64::MAX);
     let mut limits = Vec::new();
     for name in [STREAM_INGRESS, STREAM_DLQ, STREAM_EVENTS] {
-        let err = |e: &dyn std::fmt::Display| TopologyError::Stream { name, source: e.to_string().into() };
-        let mut stream = js.get_stream(name).await.map_err(|e| err(&e))?;
-        let configured = stream.info().await.map_err(|e| err(&e))?.config.max_message_size;
-        // No limit of the stream's own (-1): the server's.
-        let effective = if configured <= 0 { server } else { i64::from(configured).min(server) };
-        limits.push((name, configured, effective));
+        let (configured, effective) = message_limit(js, name).await?;
+        limits.push((name, configured, i64::try_from(effective).unwrap_or(i64::MAX)));
     }
     let (_, _, ingress) = limits[0];
     let needed = ingress + i64::from(DEAD_LETTER_ROOM);

@@ -196,11 +196,10 @@ pub async fn run(
 /// `max_message_size` (or, without one, the server's `max_payload`), and never more than the
 /// server's `max_payload`.
 pub(crate) async fn dead_letter_limit(js: &jetstream::Context) -> Result<usize, ValidatorError> {
-    let err = |e: &dyn std::fmt::Display| ValidatorError::Consumer(format!("KH_DLQ: {e}"));
-    let mut dlq = js.get_stream(subjects::STREAM_DLQ).await.map_err(|e| err(&e))?;
-    let configured = dlq.info().await.map_err(|e| err(&e))?.config.max_message_size;
-    let server = js.client().server_info().max_payload;
-    Ok(usize::try_from(configured).ok().filter(|&c| c > 0).map_or(server, |c| c.min(server)))
+    kakehashi_runtime::topology::message_limit(js, subjects::STREAM_DLQ)
+        .await
+        .map(|(_, effective)| effective)
+        .map_err(|e| ValidatorError::Consumer(e.to_string()))
 }
 
 /// Waits a second before a set-up call is tried again; true when shutting down instead.
