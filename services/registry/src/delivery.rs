@@ -623,7 +623,7 @@ impl Session {
         let ack_wait = Duration::from_secs(self.sub.ack_wait_secs.max(1));
         let subscription = &self.consumer_name;
         let oversize = oversize.unwrap_or_default();
-        let too_large = refused_as_too_large(error);
+        let too_large = kakehashi_runtime::pub_acks::publish_error_is_too_large(error);
         let retry_in = if too_large { TOO_LARGE_RETRY.max(ack_wait) } else { ack_wait };
         // Logged at the 1st, 2nd, 4th, … refusal: once per event, then at growing intervals.
         if too_large && refusals.is_power_of_two() {
@@ -766,16 +766,6 @@ impl Session {
 /// again (or the subscription's ack wait, when longer): only an operator can make it fit.
 const TOO_LARGE_RETRY: Duration = Duration::from_secs(60);
 
-/// Whether a publish failed because the message is too large (the stream's `max_message_size`,
-/// JetStream's err_code 10054, or the server's `max_payload`): refused again at every retry.
-fn refused_as_too_large(e: &jetstream::context::PublishError) -> bool {
-    use jetstream::context::PublishErrorKind;
-    e.kind() == PublishErrorKind::MaxPayloadExceeded
-        || std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<jetstream::Error>())
-            .is_some_and(|j| j.error_code().0 == kakehashi_runtime::pub_acks::ERR_MESSAGE_TOO_LARGE)
-}
-
 /// The span of an ack or nack: CLIENT (`settle`: the registry settles the message with
 /// JetStream), child of the delivery it settles.
 fn settle_span(delivery: &tracing::Span, operation: &'static str, event_id: &str) -> tracing::Span {
@@ -789,32 +779,4 @@ fn settle_span(delivery: &tracing::Span, operation: &'static str, event_id: &str
         messaging.operation.name = operation,
         messaging.message.id = %event_id,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::refused_as_too_large;
-    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-
-    /// The error `send_publish`'s acknowledgement gives for JetStream's reply `error`.
-    fn refused(error: &str) -> PublishError {
-        let e: async_nats::jetstream::Error = serde_json::from_str(error).expect("a JetStream error");
-        PublishError::with_source(PublishErrorKind::Other, e)
-    }
-
-    #[test]
-    fn only_a_size_refusal_is_too_large_and_the_log_has_jetstreams_code_and_description() {
-        let size =
-            refused(r#"{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}"#);
-        assert!(refused_as_too_large(&size));
-        let text = size.to_string();
-        assert!(text.contains("message size exceeds maximum allowed") && text.contains("10054"), "{text}");
-        assert!(refused_as_too_large(&PublishError::new(PublishErrorKind::MaxPayloadExceeded)));
-        let busy = refused(
-            r#"{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}"#,
-        );
-        assert!(!refused_as_too_large(&busy));
-        assert!(!refused_as_too_large(&PublishError::new(PublishErrorKind::TimedOut)));
-        assert!(!refused_as_too_large(&PublishError::new(PublishErrorKind::StreamNotFound)));
-    }
 }

@@ -54,6 +54,18 @@ impl Refusal {
     }
 }
 
+/// Whether a `jetstream::Context` publish failed because the message is too large (the
+/// stream's `max_message_size`, JetStream's [`ERR_MESSAGE_TOO_LARGE`], or the server's
+/// `max_payload`): refused again at every retry. [`Refusal::is_too_large`] is the same for a
+/// reply read off one's own subscription.
+pub fn publish_error_is_too_large(e: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::{self, context::PublishErrorKind};
+    e.kind() == PublishErrorKind::MaxPayloadExceeded
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|j| j.error_code().0 == ERR_MESSAGE_TOO_LARGE)
+}
+
 /// What `msg`, a reply to a JetStream publish, says: the stream sequence the message is stored
 /// at (for a duplicate, that of the copy stored first), or why it is not stored, with
 /// JetStream's code and description.
@@ -109,6 +121,29 @@ pub fn reply_number(msg: &async_nats::Message) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+
+    /// The error `send_publish`'s acknowledgement gives for JetStream's reply `error`.
+    fn refused(error: &str) -> PublishError {
+        let e: async_nats::jetstream::Error = serde_json::from_str(error).expect("a JetStream error");
+        PublishError::with_source(PublishErrorKind::Other, e)
+    }
+
+    #[test]
+    fn only_a_size_refusal_is_too_large_and_the_log_has_jetstreams_code_and_description() {
+        let size =
+            refused(r#"{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}"#);
+        assert!(publish_error_is_too_large(&size));
+        let text = size.to_string();
+        assert!(text.contains("message size exceeds maximum allowed") && text.contains("10054"), "{text}");
+        assert!(publish_error_is_too_large(&PublishError::new(PublishErrorKind::MaxPayloadExceeded)));
+        let busy = refused(
+            r#"{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}"#,
+        );
+        assert!(!publish_error_is_too_large(&busy));
+        assert!(!publish_error_is_too_large(&PublishError::new(PublishErrorKind::TimedOut)));
+        assert!(!publish_error_is_too_large(&PublishError::new(PublishErrorKind::StreamNotFound)));
+    }
 
     fn reply(payload: &'static str, status: Option<async_nats::StatusCode>) -> async_nats::Message {
         async_nats::Message {
