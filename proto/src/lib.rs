@@ -9,6 +9,7 @@
 //! - [`ident`]: checks for department ids, event types, My Number and corporate numbers.
 //! - [`formats`]: the JSON Schema formats asserted, and the unknown ones a schema uses.
 //! - [`ids`]: new event ids (UUIDv7).
+//! - [`strict_json`]: JSON read refusing duplicate keys and nesting past a limit.
 //! - [`cloudevents`]: `Event` as a CloudEvent: NATS binary mode (`KH_EVENTS`), JSON and
 //!   protobuf formats.
 
@@ -16,6 +17,7 @@ pub mod cloudevents;
 pub mod formats;
 pub mod ident;
 pub mod ids;
+pub mod strict_json;
 pub mod subjects;
 
 /// Generated code, nested by protobuf package so that the paths prost writes between packages

@@ -63,9 +63,21 @@ pub fn to_vec(event: &Event) -> Result<Vec<u8>, CloudEventError> {
     Ok(to_json(event)?.to_string().into_bytes())
 }
 
-/// The event of a JSON-format document.
+/// The event of a JSON-format document, nesting at most
+/// [`MAX_DEPTH_CEILING`](crate::strict_json::MAX_DEPTH_CEILING) levels deep.
 pub fn from_slice(document: &[u8]) -> Result<Event, CloudEventError> {
-    let v: Value = serde_json::from_slice(document).map_err(|e| CloudEventError::NotJson(e.to_string()))?;
+    from_slice_within(document, crate::strict_json::MAX_DEPTH_CEILING)
+}
+
+/// The event of a JSON-format document whose arrays and objects nest at most `max_depth`
+/// levels deep (`data` included). An object naming a key twice is refused: readers disagree on
+/// which of the two counts (I-JSON, RFC 7493).
+pub fn from_slice_within(document: &[u8], max_depth: usize) -> Result<Event, CloudEventError> {
+    use crate::strict_json::{parse_within, ParseError};
+    let v = parse_within(document, max_depth).map_err(|e| match e {
+        ParseError::Json(e) => CloudEventError::NotJson(e.to_string()),
+        ParseError::TooDeep { max_depth } => CloudEventError::TooDeep { max_depth },
+    })?;
     from_json(v)
 }
 
@@ -168,6 +180,31 @@ mod tests {
 
     fn attr_of(e: CloudEventError) -> Option<String> {
         e.attribute().map(String::from)
+    }
+
+    #[test]
+    fn a_document_nested_past_the_limit_or_naming_a_key_twice_is_refused_by_our_reader() {
+        // `data` an object around `levels - 2` arrays: `levels` levels with the document's own.
+        let doc = |levels: usize| {
+            format!(
+                r#"{{"specversion":"1.0","type":"a.b","source":"mhlw","id":"1","data":{{"k":{}{}}}}}"#,
+                "[".repeat(levels - 2),
+                "]".repeat(levels - 2)
+            )
+        };
+        assert!(from_slice_within(doc(8).as_bytes(), 8).is_ok(), "at the limit");
+        for levels in [9, 1000] {
+            let e = from_slice_within(doc(levels).as_bytes(), 8).expect_err("too deep");
+            assert!(matches!(e, CloudEventError::TooDeep { max_depth: 8 }), "{levels}: {e:?}");
+            assert_eq!(
+                e.to_string(),
+                "the CloudEvents JSON document nests deeper than 8 levels (max_json_depth)"
+            );
+        }
+        // Which `id` would a reader take? None: the document is refused.
+        let twice = br#"{"specversion":"1.0","type":"a.b","source":"mhlw","id":"1","id":"2"}"#;
+        let e = from_slice(twice).expect_err("a key named twice");
+        assert!(e.to_string().contains("duplicate key"), "{e}");
     }
 
     #[test]

@@ -73,9 +73,15 @@ pub enum CloudEventError {
         /// The type found.
         kind: &'static str,
     },
-    /// The JSON format's document is not a JSON object.
+    /// The JSON format's document is not a JSON object (or names a key twice).
     #[error("not a CloudEvents JSON document: {0}")]
     NotJson(String),
+    /// The JSON format's document nests arrays and objects deeper than the reader's limit.
+    #[error("the CloudEvents JSON document nests deeper than {max_depth} levels (max_json_depth)")]
+    TooDeep {
+        /// The limit.
+        max_depth: usize,
+    },
     /// The protobuf format's bytes are no `io.cloudevents.v1.CloudEvent`.
     #[error("not an encoded io.cloudevents.v1.CloudEvent: {0}")]
     NotProtobuf(String),
@@ -90,7 +96,9 @@ impl CloudEventError {
             CloudEventError::Invalid { attribute, .. } => Some(attribute),
             CloudEventError::DataTwice => Some("data_base64"),
             CloudEventError::ExtensionType { name, .. } => Some(name),
-            CloudEventError::NotJson(_) | CloudEventError::NotProtobuf(_) => None,
+            CloudEventError::NotJson(_)
+            | CloudEventError::TooDeep { .. }
+            | CloudEventError::NotProtobuf(_) => None,
         }
     }
 

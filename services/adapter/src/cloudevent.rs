@@ -11,10 +11,13 @@ use tonic::Code;
 /// Stable reason of a CloudEvent that cannot be mapped onto an `Event`.
 pub const REASON: &str = "invalid_cloudevent";
 
-/// The `Event` a `PublishCloudEvent` request carries, or the refusal naming the attribute.
-pub fn to_event(request: PublishCloudEventRequest) -> Result<Event, Refusal> {
+/// The `Event` a `PublishCloudEvent` request carries, or the refusal naming the attribute. A
+/// JSON-format document may nest at most `max_json_depth` arrays and objects deep.
+pub fn to_event(request: PublishCloudEventRequest, max_json_depth: usize) -> Result<Event, Refusal> {
     let mapped = match request.event {
-        Some(publish_cloud_event_request::Event::Json(doc)) => cloudevents::json::from_slice(&doc),
+        Some(publish_cloud_event_request::Event::Json(doc)) => {
+            cloudevents::json::from_slice_within(&doc, max_json_depth)
+        }
         Some(publish_cloud_event_request::Event::Protobuf(ce)) => cloudevents::protobuf::from_slice(&ce),
         None => {
             return Err(Refusal {
@@ -61,21 +64,22 @@ mod tests {
         let e = event();
         let json = cloudevents::json::to_vec(&e).expect("writable");
         let req = PublishCloudEventRequest { event: Some(publish_cloud_event_request::Event::Json(json)) };
-        assert_eq!(to_event(req), Ok(e.clone()));
+        assert_eq!(to_event(req, 64), Ok(e.clone()));
         let proto = cloudevents::protobuf::to_vec(&e);
         let req =
             PublishCloudEventRequest { event: Some(publish_cloud_event_request::Event::Protobuf(proto)) };
-        assert_eq!(to_event(req), Ok(e));
+        assert_eq!(to_event(req, 64), Ok(e));
     }
 
     #[test]
     fn refusals_are_invalid_argument_and_name_the_attribute() {
-        let r = to_event(PublishCloudEventRequest { event: None }).expect_err("empty");
+        let r = to_event(PublishCloudEventRequest { event: None }, 64).expect_err("empty");
         assert_eq!((r.code, r.reason), (Code::InvalidArgument, REASON));
         let doc = br#"{"specversion":"1.0","source":"city-shibuya","id":"1","data":{},"data_base64":"e30="}"#;
-        let r = to_event(PublishCloudEventRequest {
-            event: Some(publish_cloud_event_request::Event::Json(doc.to_vec())),
-        })
+        let r = to_event(
+            PublishCloudEventRequest { event: Some(publish_cloud_event_request::Event::Json(doc.to_vec())) },
+            64,
+        )
         .expect_err("no type");
         assert_eq!(r.code, Code::InvalidArgument);
         assert!(r.message.contains("`type`"), "{}", r.message);
@@ -86,10 +90,26 @@ mod tests {
             r#type: "a.b".into(),
             ..Default::default()
         };
-        let r = to_event(PublishCloudEventRequest {
-            event: Some(publish_cloud_event_request::Event::Protobuf(prost::Message::encode_to_vec(&ce))),
-        })
+        let r = to_event(
+            PublishCloudEventRequest {
+                event: Some(publish_cloud_event_request::Event::Protobuf(prost::Message::encode_to_vec(&ce))),
+            },
+            64,
+        )
         .expect_err("0.3");
         assert!(r.message.contains("specversion"), "{}", r.message);
+    }
+
+    #[test]
+    fn a_json_document_past_the_configured_depth_is_refused_naming_the_limit() {
+        let doc =
+            br#"{"specversion":"1.0","type":"a.b","source":"city-shibuya","id":"1","data":{"k":[[1]]}}"#;
+        let json = |doc: &[u8]| PublishCloudEventRequest {
+            event: Some(publish_cloud_event_request::Event::Json(doc.to_vec())),
+        };
+        assert!(to_event(json(doc), 4).is_ok(), "four levels");
+        let r = to_event(json(doc), 3).expect_err("four levels under a limit of three");
+        assert_eq!((r.code, r.reason), (Code::InvalidArgument, REASON));
+        assert!(r.message.contains("deeper than 3 levels (max_json_depth)"), "{}", r.message);
     }
 }

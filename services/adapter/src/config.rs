@@ -36,6 +36,12 @@ pub struct AdapterConfig {
     pub max_request_bytes: usize,
     /// Publishes awaiting their ack on one `PublishStream` before it stops reading (back-pressure).
     pub stream_window: usize,
+    /// Deepest nesting of arrays and objects in a `PublishCloudEvent` JSON document (`[]` and
+    /// `{}` are one level); deeper ones get `INVALID_ARGUMENT` naming the limit. 1 to 126: a
+    /// larger value is refused at load, as serde_json's own recursion limit (128) would answer
+    /// before ours.
+    #[serde(deserialize_with = "json_depth")]
+    pub max_json_depth: usize,
     /// Department credentials: token → department id. Empty = development mode, where the
     /// event's `source` field is trusted (never use that outside a laptop).
     pub credentials: BTreeMap<String, String>,
@@ -60,11 +66,18 @@ impl Default for AdapterConfig {
             max_payload_bytes: 512 * 1024,
             max_request_bytes: kakehashi_runtime::grpc::DEFAULT_MAX_REQUEST_BYTES,
             stream_window: 256,
+            max_json_depth: 64,
             credentials: BTreeMap::new(),
             credentials_file: None,
             grpc_tls: None,
         }
     }
+}
+
+/// `max_json_depth`, refused when serde_json's recursion limit would answer before ours.
+fn json_depth<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let depth = usize::deserialize(deserializer)?;
+    settings::json_depth("max_json_depth", depth).map_err(serde::de::Error::custom)
 }
 
 impl AdapterConfig {
@@ -88,5 +101,27 @@ impl AdapterConfig {
             cfg.metrics_token_file = Some(v.into());
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_json_depth_outside_1_to_126_is_refused_at_load_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("adapter.toml");
+        for (depth, ok) in [(0, false), (1, true), (126, true), (127, false), (10_000, false)] {
+            std::fs::write(&config, format!("max_json_depth = {depth}\n")).expect("write config");
+            match AdapterConfig::load(Some(&config)) {
+                Ok(loaded) => assert!(ok && loaded.max_json_depth == depth, "{depth} is accepted as given"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!ok && e.contains("max_json_depth") && e.contains("1 to 126"), "{depth}: {e}");
+                }
+            }
+        }
+        assert_eq!(AdapterConfig::default().max_json_depth, 64);
     }
 }

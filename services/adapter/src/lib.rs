@@ -126,11 +126,13 @@ pub async fn run(
         identities,
         schemas,
         (audit, &metrics),
-        (
-            config.max_payload_bytes,
-            usize::try_from(config.topology.ingress_max_message_bytes()).unwrap_or(0),
-            config.stream_window,
-        ),
+        publisher::Limits {
+            max_payload_bytes: config.max_payload_bytes,
+            ingress_max_message_bytes: usize::try_from(config.topology.ingress_max_message_bytes())
+                .unwrap_or(0),
+            window: config.stream_window,
+            max_json_depth: config.max_json_depth,
+        },
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let (Some(addr), Some(access)) = (config.metrics_addr, metrics_access) {

@@ -49,6 +49,21 @@ pub struct PublisherService {
     /// Largest encoded event `KH_INGRESS` takes (its limit less [`HEADER_ALLOWANCE`]).
     max_event_bytes: usize,
     window: usize,
+    /// Deepest nesting of a CloudEvents JSON document (`max_json_depth`).
+    max_json_depth: usize,
+}
+
+/// The adapter's limits, from its configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest `Event.data` (`max_payload_bytes`).
+    pub max_payload_bytes: usize,
+    /// `KH_INGRESS`'s message limit.
+    pub ingress_max_message_bytes: usize,
+    /// Unconfirmed publishes per `PublishStream` (`stream_window`).
+    pub window: usize,
+    /// Deepest nesting of a CloudEvents JSON document (`max_json_depth`).
+    pub max_json_depth: usize,
 }
 
 /// Why one event was not published: a gRPC code, a stable reason and a message.
@@ -100,10 +115,10 @@ impl PublisherService {
         identities: Identities,
         schemas: SchemaIndex,
         observe: (AuditWriter, &Registry),
-        limits: (usize, usize, usize),
+        limits: Limits,
     ) -> Self {
         let (audit, metrics) = observe;
-        let (max_payload_bytes, ingress_max_message_bytes, window) = limits;
+        let Limits { max_payload_bytes, ingress_max_message_bytes, window, max_json_depth } = limits;
         Self {
             js,
             identities,
@@ -122,6 +137,7 @@ impl PublisherService {
             max_payload_bytes,
             max_event_bytes: ingress_max_message_bytes.saturating_sub(HEADER_ALLOWANCE),
             window: window.max(1),
+            max_json_depth,
         }
     }
 
@@ -312,7 +328,7 @@ impl Publisher for PublisherService {
     ) -> Result<Response<PublishAck>, Status> {
         let (metadata, extensions, request) = request.into_parts();
         // Mapped onto an `Event`, then exactly `Publish`: the source must be the caller.
-        let event = crate::cloudevent::to_event(request).map_err(|r| r.to_status())?;
+        let event = crate::cloudevent::to_event(request, self.max_json_depth).map_err(|r| r.to_status())?;
         self.publish(Request::from_parts(metadata, extensions, event)).await
     }
 

@@ -177,14 +177,7 @@ impl Default for Limits {
 /// `limits.max_json_depth`, refused when serde_json's recursion limit would answer before ours.
 fn json_depth<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
     let depth = usize::deserialize(deserializer)?;
-    let ceiling = crate::validator::unique_keys::MAX_DEPTH_CEILING;
-    if !(1..=ceiling).contains(&depth) {
-        return Err(serde::de::Error::custom(format!(
-            "limits.max_json_depth = {depth} is out of range: it must be 1 to {ceiling} (the JSON parser \
-             stops at 128 levels on its own, before our limit could answer)"
-        )));
-    }
-    Ok(depth)
+    kakehashi_runtime::settings::json_depth("limits.max_json_depth", depth).map_err(serde::de::Error::custom)
 }
 
 impl Default for ValidatorConfig {

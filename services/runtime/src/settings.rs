@@ -45,6 +45,19 @@ pub fn from_file<T: DeserializeOwned + Default>(file: Option<&Path>) -> Result<T
     toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
 }
 
+/// A JSON nesting limit read from `key`: 1 to
+/// [`MAX_DEPTH_CEILING`](kakehashi_proto::strict_json::MAX_DEPTH_CEILING), else the error says
+/// why, naming the key (past the ceiling serde_json's own recursion limit would answer first).
+pub fn json_depth(key: &str, depth: usize) -> Result<usize, String> {
+    let ceiling = kakehashi_proto::strict_json::MAX_DEPTH_CEILING;
+    if (1..=ceiling).contains(&depth) {
+        return Ok(depth);
+    }
+    Err(format!(
+        "{key} = {depth} is out of range: it must be 1 to {ceiling} (the JSON parser stops at 128 levels on its own, before our limit could answer)"
+    ))
+}
+
 /// Overrides `target` with the variable `name` when it is set.
 pub fn env_string(name: &'static str, target: &mut String) {
     if let Ok(v) = std::env::var(name) {

@@ -17,7 +17,7 @@ use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, M
 use serde_json::{Map, Value as Json};
 use std::collections::HashSet;
 
-/// How deep nested objects are walked (parsing itself is bounded by serde_json's recursion limit).
+/// How deep nested objects are walked (parsing itself is bounded by `limits.max_json_depth`).
 const MAX_DEPTH: usize = 100;
 
 /// Parses a proto3 JSON payload into the registered message, the version's unknown-field rule
@@ -33,13 +33,25 @@ pub fn parse(schema: &ProtoSchema, data: &[u8]) -> Result<DynamicMessage, ProtoR
 }
 
 /// Parses and checks a proto3 JSON payload (as [`ProtoSchema::check`] does binary ones): it must
-/// be the message in proto3 JSON naming nothing twice, and every My Number must have a correct
-/// check digit. At most `max` violations.
-pub fn check(schema: &ProtoSchema, data: &[u8], max: usize) -> Result<DynamicMessage, ProtoRejected> {
-    // Parsed once more than prost-reflect needs, refusing a key named twice; the same `Value`
+/// be the message in proto3 JSON naming nothing twice and nesting at most `max_depth` arrays and
+/// objects deep, and every My Number must have a correct check digit. At most `max` violations.
+pub fn check_within(
+    schema: &ProtoSchema,
+    data: &[u8],
+    max: usize,
+    max_depth: usize,
+) -> Result<DynamicMessage, ProtoRejected> {
+    use kakehashi_proto::strict_json::{parse_within, ParseError};
+    // Parsed once more than prost-reflect needs, refusing a key named twice and a nesting past
+    // our limit (so prost-reflect's parse below stays within serde_json's); the same `Value`
     // then serves the look for other names given twice and the My Number walk.
-    let mut doc = crate::validator::unique_keys::parse(data)
-        .map_err(|e| rejected_where(&schema.message, data, &e, e.is_data()))?;
+    let mut doc = parse_within(data, max_depth).map_err(|e| match e {
+        ParseError::Json(e) => rejected_where(&schema.message, data, &e, e.is_data()),
+        ParseError::TooDeep { max_depth } => ProtoRejected {
+            message: format!("payload nests deeper than {max_depth} levels (limits.max_json_depth)"),
+            violations: Vec::new(),
+        },
+    })?;
     named_twice(&schema.message, &doc).map_err(|t| t.rejected(&schema.message))?;
     let msg = parse(schema, data)?;
     if !schema.has_my_numbers() {
@@ -66,7 +78,7 @@ pub fn check_payload(
     schema: &ProtoSchema,
     limits: crate::validator::CheckLimits,
 ) -> Result<(), crate::validator::PayloadRejected> {
-    super::payload::checked(data, limits, |max| check(schema, data, max))
+    super::payload::checked(data, limits, |max| check_within(schema, data, max, limits.max_json_depth))
 }
 
 /// The JSON payload with every My Number (found by the field option, as in binary payloads)
@@ -352,7 +364,7 @@ fn rejected(desc: &MessageDescriptor, data: &[u8], e: &serde_json::Error) -> Pro
 }
 
 /// [`rejected`]; `in_object` when the error is about the object whose key was just read (the
-/// only data error `unique_keys` raises, a key named twice): the pointer is then the object's,
+/// only data error `strict_json` raises, a key named twice): the pointer is then the object's,
 /// without the key.
 fn rejected_where(
     desc: &MessageDescriptor,
@@ -517,6 +529,26 @@ message Rec { Person person = 1; repeated Person children = 2; string note = 3; 
         let files = [ProtoFile { name: "t.proto".into(), source: SOURCE.into() }];
         let c = super::super::compile(&files, &BTreeMap::new(), "t.Rec").expect("compiles");
         ProtoSchema::new(c.message, allow_unknown)
+    }
+
+    /// [`check_within`] at the highest nesting limit the bus allows.
+    fn check(s: &ProtoSchema, data: &[u8], max: usize) -> Result<DynamicMessage, ProtoRejected> {
+        check_within(s, data, max, kakehashi_proto::strict_json::MAX_DEPTH_CEILING)
+    }
+
+    #[test]
+    fn a_payload_nested_past_the_limit_is_refused_with_the_limits_own_message() {
+        // An object around `levels - 1` arrays, under a field the version allows unknown.
+        let deep =
+            |levels: usize| format!(r#"{{"unknown": {}{}}}"#, "[".repeat(levels - 1), "]".repeat(levels - 1));
+        let s = schema(true);
+        assert!(check_within(&s, deep(4).as_bytes(), 10, 4).is_ok(), "at the limit");
+        // One level more, and far past serde_json's own recursion limit: our answer both times.
+        for levels in [5, 1000] {
+            let e = check_within(&s, deep(levels).as_bytes(), 10, 4).expect_err("too deep");
+            assert_eq!(e.message, "payload nests deeper than 4 levels (limits.max_json_depth)");
+            assert!(e.violations.is_empty());
+        }
     }
 
     fn rec(n: &str) -> String {

@@ -45,7 +45,7 @@ pub struct CheckLimits {
     /// Most violations reported.
     pub max_violations: usize,
     /// Deepest nesting of arrays and objects in a JSON payload (at most
-    /// `unique_keys::MAX_DEPTH_CEILING`).
+    /// `kakehashi_proto::strict_json::MAX_DEPTH_CEILING`).
     pub max_json_depth: usize,
 }
 
@@ -208,10 +208,10 @@ pub fn check_payload(
     // A key named twice is refused: readers disagree on which of the two counts. So is a
     // payload nested deeper than our limit, by its own message (and bounded so, the schema
     // validation's recursion is too).
-    let payload = super::unique_keys::parse_within(data, limits.max_json_depth).map_err(|e| {
+    let payload = kakehashi_proto::strict_json::parse_within(data, limits.max_json_depth).map_err(|e| {
         let message = match e {
-            super::unique_keys::ParseError::Json(e) => format!("payload is not JSON: {e}"),
-            super::unique_keys::ParseError::TooDeep { max_depth } => {
+            kakehashi_proto::strict_json::ParseError::Json(e) => format!("payload is not JSON: {e}"),
+            kakehashi_proto::strict_json::ParseError::TooDeep { max_depth } => {
                 format!("payload nests deeper than {max_depth} levels (limits.max_json_depth)")
             }
         };
@@ -226,4 +226,42 @@ pub fn check_payload(
         message: validation::summary(&violations),
         violations,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn check_payload_refuses_a_payload_one_level_too_deep_with_its_own_message() {
+        use crate::validator::{check_payload, reason::Reason, CheckLimits};
+        let validator = jsonschema::validator_for(&json!({"type": "object"})).expect("schema");
+        for max_json_depth in [4, 64] {
+            let limits = CheckLimits { max_payload_bytes: 1 << 20, max_violations: 10, max_json_depth };
+            // Objects all the way down (the schema wants an object).
+            let object = |depth: usize| {
+                let mut doc = r#""my number 123456789018""#.to_string();
+                for _ in 0..depth {
+                    doc = format!(r#"{{"k": {doc}}}"#);
+                }
+                doc
+            };
+            check_payload(object(max_json_depth).as_bytes(), &validator, limits).expect("at the limit");
+            let refused = check_payload(object(max_json_depth + 1).as_bytes(), &validator, limits)
+                .expect_err("one level deeper");
+            assert_eq!(refused.reason, Reason::SchemaViolation);
+            assert_eq!(
+                refused.message,
+                format!("payload nests deeper than {max_json_depth} levels (limits.max_json_depth)")
+            );
+            assert!(refused.violations.is_empty());
+            // Far deeper than serde_json's own limit: still our answer, never its.
+            let abyss = check_payload(object(1000).as_bytes(), &validator, limits).expect_err("deep");
+            assert_eq!(abyss.message, refused.message);
+        }
+        // What is not JSON is still said so.
+        let limits = CheckLimits { max_payload_bytes: 1 << 20, max_violations: 10, max_json_depth: 4 };
+        let broken = check_payload(b"{\"k\": ", &validator, limits).expect_err("not JSON");
+        assert!(broken.message.starts_with("payload is not JSON: "), "{}", broken.message);
+    }
 }

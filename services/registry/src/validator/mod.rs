@@ -23,7 +23,6 @@ mod check;
 mod publish;
 pub mod reason;
 pub mod share;
-pub(crate) mod unique_keys;
 
 pub(crate) use check::check_size;
 pub use check::{check_payload, CheckLimits, PayloadRejected};

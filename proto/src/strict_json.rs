@@ -3,9 +3,9 @@
 //! a payload could be validated on one value and read by a department as another. I-JSON
 //! (RFC 7493) forbids them, and so does the bus.
 //!
-//! The nesting of arrays and objects is counted too, against the bus's own limit
-//! (`limits.max_json_depth`), so a deep payload is refused as such and never by serde_json's
-//! built-in recursion limit.
+//! The nesting of arrays and objects is counted too, against a limit of the caller's (the
+//! registry's and the adapter's `limits.max_json_depth`), so a deep document is refused as such
+//! and never by serde_json's built-in recursion limit.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
@@ -234,39 +234,6 @@ mod tests {
         // Why the ceiling is not 127: serde_json refuses 128 levels before any visitor sees them.
         let e = parse(nested(MAX_DEPTH_CEILING + 2).as_bytes()).expect_err("serde_json's own limit");
         assert!(e.to_string().contains("recursion limit"), "{e}");
-    }
-
-    #[test]
-    fn check_payload_refuses_a_payload_one_level_too_deep_with_its_own_message() {
-        use crate::validator::{check_payload, reason::Reason, CheckLimits};
-        let validator = jsonschema::validator_for(&json!({"type": "object"})).expect("schema");
-        for max_json_depth in [4, 64] {
-            let limits = CheckLimits { max_payload_bytes: 1 << 20, max_violations: 10, max_json_depth };
-            // Objects all the way down (the schema wants an object).
-            let object = |depth: usize| {
-                let mut doc = r#""my number 123456789018""#.to_string();
-                for _ in 0..depth {
-                    doc = format!(r#"{{"k": {doc}}}"#);
-                }
-                doc
-            };
-            check_payload(object(max_json_depth).as_bytes(), &validator, limits).expect("at the limit");
-            let refused = check_payload(object(max_json_depth + 1).as_bytes(), &validator, limits)
-                .expect_err("one level deeper");
-            assert_eq!(refused.reason, Reason::SchemaViolation);
-            assert_eq!(
-                refused.message,
-                format!("payload nests deeper than {max_json_depth} levels (limits.max_json_depth)")
-            );
-            assert!(refused.violations.is_empty());
-            // Far deeper than serde_json's own limit: still our answer, never its.
-            let abyss = check_payload(object(1000).as_bytes(), &validator, limits).expect_err("deep");
-            assert_eq!(abyss.message, refused.message);
-        }
-        // What is not JSON is still said so.
-        let limits = CheckLimits { max_payload_bytes: 1 << 20, max_violations: 10, max_json_depth: 4 };
-        let broken = check_payload(b"{\"k\": ", &validator, limits).expect_err("not JSON");
-        assert!(broken.message.starts_with("payload is not JSON: "), "{}", broken.message);
     }
 
     /// JSON values without duplicate keys (serde_json's maps cannot hold any).
