@@ -12,7 +12,8 @@ stored twice) count once; then every chain must run 1, 2, … without a gap and 
     python audit_check.py --url nats://127.0.0.1:4222 --creds operator.creds
 
 The credentials file is one written by `kakehashi nats config` (TOML: `nkey_seed`,
-`inbox_prefix`) for an identity that may read KH_AUDIT (`operator`, the auditor's, or `admin`).
+`inbox_prefix`) for an identity that may read KH_AUDIT by direct get (`operator`, from its own
+account, or `admin`).
 Anchored chain heads (KH_CONFIG) and records removed by the stream's retention are not
 considered: a chain whose beginning expired is reported as broken.
 
@@ -34,6 +35,7 @@ import tempfile
 import tomllib
 
 import nats
+import nats.js.errors
 from grpc_tools import protoc
 
 PROTO_DIR = pathlib.Path(__file__).resolve().parents[2] / "proto"
@@ -67,22 +69,18 @@ async def read_stream(url: str, creds_path: str, stream: str, subjects: str, tim
     except Exception as err:
         raise UsageError(f"connect to {url}: {err!r}") from err
     try:
-        js = nc.jetstream()
-        state = (await js.stream_info(stream)).state
+        js = nc.jetstream(timeout=timeout)
         messages = []
-        if state.messages == 0:
-            return messages
-        # An ordered (ephemeral) consumer from the first message: a plain reader, nothing kept.
-        sub = await js.subscribe(subjects, stream=stream, ordered_consumer=True)
+        # Direct gets, one message at a time: the operator's identity lives outside the bus
+        # account and may use no other JetStream API (no stream info, no consumer).
+        seq = 1
         while True:
-            msg = await sub.next_msg(timeout=timeout)
-            meta = msg.metadata
-            messages.append((meta.sequence.stream, msg.data))
-            # Records appended after the stream was looked at may be left out: a chain cut
-            # short at its end still checks, a chain read past its end cannot exist.
-            if meta.num_pending == 0 or meta.sequence.stream >= state.last_seq:
-                break
-        await sub.unsubscribe()
+            try:
+                msg = await js.get_msg(stream, seq=seq, subject=subjects, direct=True, next=True)
+            except nats.js.errors.NotFoundError:
+                break  # nothing stored at or after `seq`: the end of the stream
+            messages.append((msg.seq, msg.data))
+            seq = msg.seq + 1
         return messages
     except UsageError:
         raise

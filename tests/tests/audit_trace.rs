@@ -202,6 +202,9 @@ fn has_hop(r: &AuditRecord, hop: &str) -> bool {
     r.hop == hop || r.hops.iter().any(|h| h.hop == hop)
 }
 
+/// The retention `kakehashi audit verify` assumes by default: the shipped `KH_AUDIT` max age.
+const SHIPPED_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// What `kakehashi` needs to reach this bus.
 fn conn(bus: &Bus) -> Conn {
     kakehashi_tests::services::cli_conn(&bus.registry.endpoint(), "", &bus.nats)
@@ -216,7 +219,9 @@ async fn audit_verify_names_a_tampered_record() {
     let records = anchored_records(&js, &bucket, 3).await;
     assert!(kakehashi_runtime::audit::verify(&records, &[], 0).is_empty(), "intact before tampering");
     let conn = conn(&bus);
-    kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
+    kakehashi_ctl::commands::audit::verify(&conn, true, SHIPPED_RETENTION)
+        .await
+        .expect("verify passes on an intact trail");
 
     // Rewrite history: a record holding a "delivered" hop replaced by a copy with it forged.
     let victim = kakehashi_tests::tamper::forge_a_delivered_hop(&js, &records).await;
@@ -227,7 +232,9 @@ async fn audit_verify_names_a_tampered_record() {
     let chain = kakehashi_runtime::audit::chain_name(&victim.actor, &victim.chain);
     assert_eq!((broken[0].actor.as_str(), broken[0].seq), (chain.as_str(), victim.seq));
     assert!(broken[0].problem.contains("altered"), "{}", broken[0].problem);
-    let err = kakehashi_ctl::commands::audit::verify(&conn, true).await.expect_err("verify fails");
+    let err = kakehashi_ctl::commands::audit::verify(&conn, true, SHIPPED_RETENTION)
+        .await
+        .expect_err("verify fails");
     assert!(err.to_string().contains("broken"), "{err}");
 }
 
@@ -239,7 +246,9 @@ async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
     let (js, bucket) = audit_store(&bus).await;
     let records = anchored_records(&js, &bucket, 2).await;
     let conn = conn(&bus);
-    kakehashi_ctl::commands::audit::verify(&conn, true).await.expect("verify passes on an intact trail");
+    kakehashi_ctl::commands::audit::verify(&conn, true, SHIPPED_RETENTION)
+        .await
+        .expect("verify passes on an intact trail");
 
     // Delete the newest record of the registry's chain: the chain alone still links up.
     let registry_actor = records.iter().find(|(_, r)| has_hop(r, "acked")).map(|(_, r)| r.actor.clone());
@@ -258,7 +267,9 @@ async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
     let chain = kakehashi_runtime::audit::chain_name(&newest.actor, &newest.chain);
     assert_eq!((broken[0].actor.as_str(), broken[0].seq), (chain.as_str(), newest.seq));
     assert!(broken[0].problem.contains("missing at the end"), "{}", broken[0].problem);
-    let err = kakehashi_ctl::commands::audit::verify(&conn, true).await.expect_err("verify fails");
+    let err = kakehashi_ctl::commands::audit::verify(&conn, true, SHIPPED_RETENTION)
+        .await
+        .expect_err("verify fails");
     assert!(err.to_string().contains("broken"), "{err}");
 }
 
@@ -266,6 +277,7 @@ async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
 async fn audit_verify_tells_records_expired_by_retention_from_deleted_ones() {
     // Audit records kept 2 s.
     let topology = TopologyConfig { audit_max_age_secs: 2, ..Default::default() };
+    let retention = Duration::from_secs(topology.audit_max_age_secs);
     let mut bus = bus_with(topology).await;
     let mut subscriber = subscribe(&bus).await;
     deliver_doses(&mut bus, &mut subscriber, 1..=2).await;
@@ -286,7 +298,15 @@ async fn audit_verify_tells_records_expired_by_retention_from_deleted_ones() {
         !kakehashi_runtime::audit::verify(&records, &[], 0).is_empty(),
         "without the retention horizon the expired beginning looks deleted"
     );
-    kakehashi_ctl::commands::audit::verify(&conn(&bus), true).await.expect("expiry is not tampering");
+    // Told the stream keeps records for 30 days, the verifier cannot excuse the gap ...
+    let err = kakehashi_ctl::commands::audit::verify(&conn(&bus), true, SHIPPED_RETENTION)
+        .await
+        .expect_err("a gap younger than the stated retention");
+    assert!(err.to_string().contains("broken chain"), "{err}");
+    // ... told the stream's real retention, it does.
+    kakehashi_ctl::commands::audit::verify(&conn(&bus), true, retention)
+        .await
+        .expect("expiry is not tampering");
 }
 
 #[tokio::test]
@@ -316,7 +336,9 @@ async fn a_registry_restarted_under_the_same_name_starts_a_new_chain_not_a_forge
         records.iter().filter(|(_, r)| r.actor == instance && r.seq == 1).count() == 2,
         "both chains begin at record 1"
     );
-    kakehashi_ctl::commands::audit::verify(&conn(&bus), true).await.expect("a restart is not tampering");
+    kakehashi_ctl::commands::audit::verify(&conn(&bus), true, SHIPPED_RETENTION)
+        .await
+        .expect("a restart is not tampering");
 }
 
 #[tokio::test]

@@ -330,7 +330,6 @@ async fn the_operator_identity_cannot_publish_onto_any_departments_ingress() {
     let ack = async { js.publish(subject, bytes.clone()).await?.await };
     assert!(ack.await.is_err(), "the operator's publish onto ingress must not be confirmed");
     // What the operator keeps: reading the dead letters and the audit trail.
-    assert!(js.get_stream("KH_DLQ").await.is_ok(), "the operator reads KH_DLQ");
     kakehashi_ctl::commands::dlq::read_all(&js, "kh.dlq.>").await.expect("the operator lists dead letters");
     kakehashi_ctl::commands::audit::read_all(&js).await.expect("the operator reads the audit trail");
 
@@ -338,6 +337,53 @@ async fn the_operator_identity_cannot_publish_onto_any_departments_ingress() {
     assert_eq!(last_sequence(&l.admin, bus::INGRESS).await, ingress_before, "nothing reached KH_INGRESS");
     assert_eq!(bus::stream_len(&l.admin, bus::EVENTS).await, 0, "nothing forged reached KH_EVENTS");
     subscriber.expect_nothing_for(SETTLE, "no forged event may be delivered").await;
+}
+
+#[tokio::test]
+async fn the_operator_reads_by_direct_get_alone_and_no_reply_it_names_reaches_the_bus() {
+    let l = lanes().await;
+    let id = publish_as_department(&l.nats, SOURCE, 1).await;
+    let mut subscriber = FLOW.open(&l.registry.endpoint(), 16).await;
+    assert_eq!(bus::delivered_id(&subscriber.expect_and_ack("event", Duration::from_secs(10)).await), id);
+    let (operator, mut errors) =
+        connect(&l.nats, Some(&l.nats.generated().service(Service::Operator))).await.expect("operator");
+    let js = jetstream::new(operator.clone());
+    let trail =
+        kakehashi_tests::wait::until("the operator reads the trail", Duration::from_secs(10), || async {
+            let records = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
+            (!records.is_empty()).then_some(records)
+        })
+        .await;
+    let ingress_before = last_sequence(&l.admin, bus::INGRESS).await;
+    let events_before = last_sequence(&l.admin, bus::EVENTS).await;
+
+    // Stored records answered onto another department's ingress and onto KH_EVENTS: inside the
+    // bus account this put the trail's bytes there (nats-server checks no reply subject). The
+    // answers now land on those subjects in the operator's own account, where nothing listens.
+    let get = "$JS.API.DIRECT.GET.KH_AUDIT";
+    let batch = format!(r#"{{"seq":1,"batch":{}}}"#, trail.len());
+    for reply in [kakehashi_proto::subjects::ingress(OTHER, TYPE, ""), format!("kh.ev.{TYPE}")] {
+        operator.publish_with_reply(get, reply, batch.clone().into()).await.expect("sent");
+    }
+    operator.flush().await.expect("flush");
+
+    // No consumer, so no deliver subject to point anywhere; no other JetStream API either.
+    let created = js
+        .create_consumer_on_stream(
+            consumer::push::Config {
+                deliver_subject: kakehashi_proto::subjects::ingress(OTHER, TYPE, ""),
+                ..Default::default()
+            },
+            "KH_DLQ",
+        )
+        .await;
+    assert!(created.is_err(), "the operator must not create consumers");
+    expect_violation(&mut errors, "$JS.API.CONSUMER.CREATE.KH_DLQ").await;
+
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(last_sequence(&l.admin, bus::INGRESS).await, ingress_before, "nothing reached KH_INGRESS");
+    assert_eq!(last_sequence(&l.admin, bus::EVENTS).await, events_before, "nothing reached KH_EVENTS");
+    subscriber.expect_nothing_for(SETTLE, "nothing injected may be delivered").await;
 }
 
 #[tokio::test]

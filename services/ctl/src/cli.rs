@@ -275,7 +275,12 @@ pub struct TraceArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Verify every actor's hash chain in KH_AUDIT and name the first broken link.
-    Verify,
+    Verify {
+        /// How long KH_AUDIT keeps records (the registry's `topology.audit_max_age_secs`):
+        /// older ones may be gone by expiry; 0 = nothing expires.
+        #[arg(long, default_value_t = kakehashi_runtime::topology::TopologyConfig::default().audit_max_age_secs)]
+        max_age_secs: u64,
+    },
 }
 
 /// `kakehashi dev`.

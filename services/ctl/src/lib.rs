@@ -28,7 +28,9 @@ pub async fn run(cli: cli::Cli) -> Result<(), error::CtlError> {
         Command::Dlq(c) => commands::dlq::run(&cli.conn, cli.json, c).await,
         Command::Publish(a) => commands::publish::run(&cli.conn, cli.json, a).await,
         Command::Trace(a) => commands::trace::run(&cli.conn, cli.json, a).await,
-        Command::Audit(cli::AuditCommand::Verify) => commands::audit::verify(&cli.conn, cli.json).await,
+        Command::Audit(cli::AuditCommand::Verify { max_age_secs }) => {
+            commands::audit::verify(&cli.conn, cli.json, std::time::Duration::from_secs(max_age_secs)).await
+        }
         Command::Nats(cli::NatsCommand::Config(a)) => commands::nats::config(cli.json, a),
         Command::Cert(c) => commands::cert::run(&cli.conn, cli.json, c).await,
         Command::Metrics(cli::MetricsCommand::Token(a)) => {

@@ -7,6 +7,7 @@
 //! - [`nats_auth`]: how a process authenticates to NATS (credentials file, TLS).
 //! - [`topology`]: the JetStream streams and KV buckets, created idempotently at start.
 //! - [`streams`]: reading a stream for operators without touching its consumers.
+//! - [`direct_get`]: reading a stream by batch direct get alone (the operator's identity).
 //! - [`pub_acks`]: JetStream publish acknowledgements read off a subscription of one's own.
 //! - [`audit`]: the audit trail's writer (hash chains, anchored heads) and verifier.
 //! - [`telemetry`]: logs, OTLP span export and W3C context propagation.
@@ -17,6 +18,7 @@
 //! - [`private_files`]: atomic writes of files holding secrets.
 
 pub mod audit;
+pub mod direct_get;
 pub mod grpc;
 pub mod http_server;
 pub mod identity;

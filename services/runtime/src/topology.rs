@@ -208,27 +208,37 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
         return Err(TopologyError::Partitions(cfg.ingress_partitions));
     }
     let ingress = ingress_config(cfg, base(STREAM_INGRESS, INGRESS_STREAM, 0));
+    // Direct gets are how the operator's identity, outside the bus account, reads dead letters
+    // and the trail (`direct_get`): it may use no other JetStream API there.
     let audit = stream::Config {
         deny_delete: cfg.audit_append_only,
         deny_purge: cfg.audit_append_only,
+        allow_direct: true,
         ..base(STREAM_AUDIT, AUDIT_ALL, cfg.audit_max_age_secs)
     };
-    let configs = [
-        ingress,
-        base(STREAM_EVENTS, EVENTS_ALL, cfg.events_max_age_secs),
-        base(STREAM_DLQ, DLQ_ALL, cfg.dlq_max_age_secs),
-        audit,
-    ];
+    let dlq = stream::Config { allow_direct: true, ..base(STREAM_DLQ, DLQ_ALL, cfg.dlq_max_age_secs) };
+    let configs = [ingress, base(STREAM_EVENTS, EVENTS_ALL, cfg.events_max_age_secs), dlq, audit];
     let names = [STREAM_INGRESS, STREAM_EVENTS, STREAM_DLQ, STREAM_AUDIT];
     for (name, config) in names.into_iter().zip(configs) {
         let mut stream = js
             .get_or_create_stream(config)
             .await
             .map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
-        if name == STREAM_AUDIT && cfg.audit_append_only {
+        if name == STREAM_AUDIT || name == STREAM_DLQ {
             let info =
                 stream.info().await.map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
-            if !info.config.deny_delete || !info.config.deny_purge {
+            if !info.config.allow_direct {
+                // A stream created before operators read by direct get; services may not
+                // update it.
+                tracing::warn!(
+                    stream = name,
+                    "stream does not allow direct gets, so `kakehashi dlq` and `kakehashi audit verify` cannot read it: as the NATS admin identity, update it with allow_direct (docs/operations.md)"
+                );
+            }
+            if name == STREAM_AUDIT
+                && cfg.audit_append_only
+                && (!info.config.deny_delete || !info.config.deny_purge)
+            {
                 // A stream created before this setting existed; only an administrator may
                 // change it (services may not update KH_AUDIT), and the change is one-way.
                 tracing::warn!(

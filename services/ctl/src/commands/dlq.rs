@@ -1,29 +1,63 @@
-//! `kakehashi dlq …`: dead letters read straight from `KH_DLQ` (the operator's NATS identity
-//! reads only); `replay` asks the registry's `DeadLetters` API to put them back on ingress, so
-//! the operator's credentials cannot publish as any department.
+//! `kakehashi dlq …`: dead letters read from `KH_DLQ` with batch direct gets, the one way the
+//! operator's NATS identity can read them (it lives outside the bus account); `replay` asks
+//! the registry's `DeadLetters` API to put them back on ingress, so the operator's credentials
+//! cannot publish as any department.
 
 use crate::cli::{Conn, DlqCommand};
 use crate::error::CtlError;
 use crate::output::emit;
-use async_nats::jetstream::{self, consumer};
-use kakehashi_proto::v1::{Event, RedriveDeadLettersRequest};
-use kakehashi_registry::redrive;
+use async_nats::jetstream;
+use kakehashi_proto::subjects::{DLQ_ALL, STREAM_DLQ};
+use kakehashi_proto::v1::{DeadLetter, Event, RedriveDeadLettersRequest, TraceEventRequest};
+use kakehashi_runtime::direct_get;
 use prost::Message as _;
 use serde_json::json;
+use std::time::Duration;
 
 /// A dead letter with its place in the stream (shared with the registry's `DeadLetters` API).
 pub use kakehashi_registry::redrive::Stored;
 
-/// Most ids one `RedriveDeadLetters` request may name (the registry's limit).
+/// Most ids one `RedriveDeadLettersRequest` may name (the registry's limit).
 const REDRIVE_BATCH: usize = 1000;
+
+/// How long one direct get may take to answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 async fn connect(conn: &Conn) -> Result<jetstream::Context, CtlError> {
     Ok(jetstream::new(crate::nats_client::connect(conn).await?))
 }
 
-/// Every dead letter on `filter` (a `kh.dlq.…` subject pattern), oldest first.
+/// Every dead letter on `filter` (a `kh.dlq.…` subject pattern), oldest first. Messages that
+/// are not dead letters are skipped (logged).
 pub async fn read_all(js: &jetstream::Context, filter: &str) -> Result<Vec<Stored>, CtlError> {
-    redrive::read_all(js, filter, usize::MAX).await.map_err(|e| CtlError::Nats(e.to_string()))
+    let mut out = Vec::new();
+    direct_get::read_each(&js.client(), STREAM_DLQ, filter, 1, usize::MAX, ANSWER_WAIT, |m| {
+        match DeadLetter::decode(m.payload) {
+            Ok(letter) => out.push(Stored { seq: m.seq, letter }),
+            Err(e) => eprintln!("warning: KH_DLQ #{} is not a DeadLetter, skipped: {e}", m.seq),
+        }
+        true
+    })
+    .await
+    .map_err(|e| CtlError::Nats(e.to_string()))?;
+    Ok(out)
+}
+
+/// The dead letter at `seq`.
+async fn get(js: &jetstream::Context, seq: u64) -> Result<Stored, CtlError> {
+    let mut found = None;
+    direct_get::read_each(&js.client(), STREAM_DLQ, DLQ_ALL, seq, 1, ANSWER_WAIT, |m| {
+        // The first message at or after `seq`: another one means `seq` is gone.
+        found = (m.seq == seq).then(|| DeadLetter::decode(m.payload));
+        false
+    })
+    .await
+    .map_err(|e| CtlError::Nats(e.to_string()))?;
+    match found {
+        Some(Ok(letter)) => Ok(Stored { seq, letter }),
+        Some(Err(e)) => Err(CtlError::Nats(format!("KH_DLQ #{seq} is not a DeadLetter: {e}"))),
+        None => Err(CtlError::Usage(format!("KH_DLQ #{seq}: no such dead letter"))),
+    }
 }
 
 fn summary_json(s: &Stored) -> serde_json::Value {
@@ -89,11 +123,10 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
                     "name KH_DLQ sequences, or filter with --reason/--source/--type".into(),
                 ));
             };
-            replay(conn, &js, seqs, std::time::Duration::from_secs(wait), json_mode).await?;
+            replay(conn, seqs, Duration::from_secs(wait), json_mode).await?;
         }
         DlqCommand::Show { seq } => {
-            let Stored { letter, .. } =
-                redrive::get(&js, seq).await.map_err(|e| CtlError::Nats(e.to_string()))?;
+            let Stored { letter, .. } = get(&js, seq).await?;
             let event = Event::decode(letter.raw.as_ref()).ok();
             let payload =
                 event.as_ref().and_then(|e| serde_json::from_slice::<serde_json::Value>(&e.data).ok());
@@ -133,13 +166,7 @@ pub async fn run(conn: &Conn, json_mode: bool, cmd: DlqCommand) -> Result<(), Ct
 /// Has the registry redrive the letters at `seqs` (its `RedriveDeadLetters` API: the caller's
 /// token decides which it may, the registry publishes and audits) and reports what became of
 /// each.
-async fn replay(
-    conn: &Conn,
-    js: &jetstream::Context,
-    seqs: Vec<u64>,
-    wait: std::time::Duration,
-    json_mode: bool,
-) -> Result<(), CtlError> {
+async fn replay(conn: &Conn, seqs: Vec<u64>, wait: Duration, json_mode: bool) -> Result<(), CtlError> {
     let started_us = kakehashi_runtime::audit::now_us();
     let mut outcomes = Vec::new();
     if !seqs.is_empty() {
@@ -153,7 +180,7 @@ async fn replay(
     for o in outcomes {
         let outcome = match o.outcome.as_str() {
             "redriven" if o.event_id.is_empty() => "replayed (no event id to follow)".to_string(),
-            "redriven" => follow(js, &o.event_id, started_us, wait).await,
+            "redriven" => follow(conn, &o.event_id, started_us, wait).await,
             "duplicate" => "already replayed (deduplicated)".to_string(),
             "not_found" => format!("not found: {}", o.detail),
             other => format!("{other}: {}", o.detail),
@@ -176,38 +203,34 @@ async fn replay(
     Ok(())
 }
 
-/// Waits for the validator's verdict on a replayed event, from the audit trail.
-async fn follow(js: &jetstream::Context, event_id: &str, since_us: i64, wait: std::time::Duration) -> String {
+/// Waits for the validator's verdict on a replayed event, from its trace (the registry's
+/// `Flows.TraceEvent`, with the caller's token: the operator's NATS identity reads no trail by
+/// time).
+async fn follow(conn: &Conn, event_id: &str, since_us: i64, wait: Duration) -> String {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        // The trail since the replay (records are stamped when the act happened, stored a
-        // little later: a second of slack).
-        let start_time =
-            time::OffsetDateTime::from_unix_timestamp_nanos((since_us as i128 - 1_000_000) * 1000)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let found = kakehashi_registry::api::flows::read_audit(
-            js,
-            kakehashi_proto::subjects::AUDIT_ALL,
-            consumer::DeliverPolicy::ByStartTime { start_time },
-            100_000,
-        )
-        .await;
-        if let Ok((records, _)) = found {
-            let verdict = records.iter().map(|(_, r)| r).rfind(|r| {
-                r.event_id == event_id
-                    && r.time_us >= since_us
-                    && matches!(r.hop.as_str(), "validated" | "dead_lettered")
-            });
-            if let Some(r) = verdict {
-                return match r.hop.as_str() {
-                    "validated" => format!("validated against schema version {}", r.schema_version),
-                    _ => format!("dead-lettered again: {}", r.detail),
-                };
+        let trace = match crate::clients::flows(conn).await {
+            Ok(mut flows) => {
+                flows.trace_event(TraceEventRequest { event_id: event_id.to_string() }).await.ok()
             }
+            Err(_) => None,
+        };
+        let hops = trace.map(|t| t.into_inner().hops).unwrap_or_default();
+        let time_us = |h: &kakehashi_proto::v1::Hop| {
+            h.time.as_ref().map_or(0, |t| t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos / 1000))
+        };
+        let verdict = hops
+            .iter()
+            .rfind(|h| time_us(h) >= since_us && matches!(h.hop.as_str(), "validated" | "dead_lettered"));
+        if let Some(h) = verdict {
+            return match h.hop.as_str() {
+                "validated" => format!("validated against schema version {}", h.schema_version),
+                _ => format!("dead-lettered again: {}", h.detail),
+            };
         }
         if tokio::time::Instant::now() > deadline {
             return format!("replayed; no verdict within {wait:?} (check `kakehashi trace {event_id}`)");
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -135,13 +135,18 @@ pub fn generate(plan: &Plan) -> Result<Generated, NatsConfigError> {
             plan.retire.iter().any(|r| r == identity),
         )
     };
-    let mut services = Vec::new();
+    let (mut services, mut operators) = (Vec::new(), Vec::new());
     for s in Service::ALL {
-        services.push(render::User {
+        let user = render::User {
             identity: s.name(),
             public_keys: keys(s.name(), s.inbox_prefix())?,
             permissions: s.permissions(),
-        });
+        };
+        if s.account() == render::OPERATOR_ACCOUNT {
+            operators.push(user);
+        } else {
+            services.push(user);
+        }
     }
     let mut accounts = Vec::new();
     let names: Vec<String> = departments.iter().map(|d| department_identity(d)).collect();
@@ -156,7 +161,7 @@ pub fn generate(plan: &Plan) -> Result<Generated, NatsConfigError> {
         });
     }
     let auth_conf = plan.out.join("auth.conf");
-    write_private(&auth_conf, &render::accounts(&services, &accounts))?;
+    write_private(&auth_conf, &render::accounts(&services, &operators, &accounts))?;
     let tls = if plan.tls_names.is_empty() {
         None
     } else {

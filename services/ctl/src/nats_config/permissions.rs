@@ -46,6 +46,15 @@ impl Service {
         }
     }
 
+    /// The NATS account the identity lives in: the bus account, or for the operator an account
+    /// of its own that imports only direct gets of what it reads.
+    pub fn account(self) -> &'static str {
+        match self {
+            Service::Operator => super::render::OPERATOR_ACCOUNT,
+            _ => super::render::BUS_ACCOUNT,
+        }
+    }
+
     /// The identity's reply-inbox prefix (unique per identity inside the bus account).
     pub fn inbox_prefix(self) -> String {
         format!("_INBOX.{}", self.name())
@@ -90,13 +99,11 @@ impl Service {
                 publish.push(schema_reads());
             }
             Service::Operator => {
-                // Reads only. No ingress: the validator takes an event's source from its subject,
-                // so publishing there is speaking as any department; `dlq replay` asks the
-                // registry's `DeadLetters` API, which checks who may redrive what.
-                publish.extend(strings(&["$JS.API.INFO", "$JS.API.STREAM.INFO.*"]));
-                for s in [STREAM_DLQ, STREAM_AUDIT, &kv_config] {
-                    publish.extend(read_stream(s));
-                }
+                // Reads only, by direct get, from an account of its own (`operator_reads`): no
+                // ingress, no consumer, and every answer lands in its own account whatever
+                // reply subject it names. `dlq replay` asks the registry's `DeadLetters` API,
+                // which checks who may redrive what.
+                publish.extend(operator_reads());
             }
             Service::Admin => {
                 publish.extend(strings(&["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "kh.>"]));
@@ -120,6 +127,17 @@ impl Service {
 /// else of the bucket. Schemas are the bus's public contracts.
 pub fn schema_reads() -> String {
     format!("$JS.API.DIRECT.GET.KV_{BUCKET_SCHEMAS}.>")
+}
+
+/// What the operator's account imports from the bus account, and all its identity may
+/// publish: batch direct gets of the dead letters, the audit trail and the chain heads. The
+/// JetStream API proper cannot be imported (nats-server answers it for the requesting account),
+/// and nothing else is needed.
+pub fn operator_reads() -> Vec<String> {
+    [STREAM_DLQ, STREAM_AUDIT, &format!("KV_{BUCKET_CONFIG}")]
+        .iter()
+        .flat_map(|s| [format!("$JS.API.DIRECT.GET.{s}"), format!("$JS.API.DIRECT.GET.{s}.>")])
+        .collect()
 }
 
 /// A department's permissions inside its own account: publish its ingress (answered by the
@@ -197,8 +215,9 @@ pub fn markdown_table() -> String {
     for s in Service::ALL {
         let p = s.permissions();
         out.push_str(&format!(
-            "| `{}` | `KAKEHASHI` | {} | {} | {} |\n",
+            "| `{}` | `{}` | {} | {} | {} |\n",
             s.name(),
+            s.account(),
             code(&p.publish_allow),
             code(&p.publish_deny),
             code(&p.subscribe_allow)
@@ -238,7 +257,8 @@ mod tests {
             assert_eq!(ingress, expected, "{s:?}");
         }
         let operator = Service::Operator.permissions();
-        assert!(operator.publish_allow.iter().all(|a| a.starts_with("$JS.")), "{operator:?}");
+        assert!(operator.publish_allow.iter().all(|a| a.starts_with("$JS.API.DIRECT.GET.")), "{operator:?}");
+        assert_eq!(Service::Operator.account(), "KAKEHASHI_OPERATORS");
     }
 
     #[test]
