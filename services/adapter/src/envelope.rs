@@ -4,6 +4,7 @@
 use async_nats::jetstream::message::PublishMessage;
 use kakehashi_proto::v1::Event;
 use kakehashi_proto::{ident, ids, subjects};
+use kakehashi_runtime::telemetry::TraceContext;
 use prost::Message as _;
 
 /// Why an event was refused before reaching the bus.
@@ -98,10 +99,55 @@ pub fn to_message_traced(
     trace: &std::collections::HashMap<String, String>,
 ) -> (String, PublishMessage) {
     let mut p = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
-    for h in [subjects::HEADER_TRACEPARENT, subjects::HEADER_TRACESTATE] {
-        if let Some(v) = trace.get(h).or_else(|| event.extensions.get(h)) {
-            p = p.header(h, v.as_str());
-        }
+    // One carrier's pair, and only a valid one: an invalid `traceparent` extension stays in the
+    // event but is no trace context for the next hop.
+    let context = TraceContext::from_map(trace).or_else(|| TraceContext::from_map(&event.extensions));
+    for (h, v) in context.iter().flat_map(TraceContext::headers) {
+        p = p.header(h, v);
     }
     (subjects::ingress(&event.source, &event.r#type, &event.subject), p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn event_with(extensions: &[(&str, &str)]) -> Event {
+        Event {
+            id: ids::new_event_id(),
+            source: "city-x".into(),
+            r#type: "otel.check.done".into(),
+            extensions: extensions.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn trace_headers(event: &Event) -> (Option<String>, Option<String>) {
+        let (subject, msg) = to_message_traced(event, &HashMap::new());
+        let headers = msg.outbound_message(subject).headers.unwrap_or_default();
+        let get = |h: &str| headers.get(h).map(|v| v.as_str().to_string());
+        (get(subjects::HEADER_TRACEPARENT), get(subjects::HEADER_TRACESTATE))
+    }
+
+    #[test]
+    fn without_a_span_a_valid_extension_context_becomes_the_ingress_headers() {
+        let event = event_with(&[("traceparent", VALID), ("tracestate", "congo=t61rcWkgMzE")]);
+        assert_eq!(trace_headers(&event), (Some(VALID.into()), Some("congo=t61rcWkgMzE".into())));
+    }
+
+    #[test]
+    fn an_invalid_extension_traceparent_and_its_tracestate_are_no_ingress_header() {
+        for invalid in [
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "not a traceparent",
+        ] {
+            let event = event_with(&[("traceparent", invalid), ("tracestate", "congo=t61rcWkgMzE")]);
+            assert_eq!(trace_headers(&event), (None, None), "{invalid}");
+        }
+    }
 }

@@ -15,6 +15,7 @@ use crate::schemas::SchemaIndex;
 use async_nats::jetstream;
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
+use kakehashi_proto::subjects::{HEADER_TRACEPARENT, HEADER_TRACESTATE};
 use kakehashi_proto::v1::publisher_server::Publisher;
 use kakehashi_proto::v1::{Event, PublishAck, PublishCloudEventRequest, PublishError};
 use kakehashi_runtime::audit::{AuditRecord, AuditWriter};
@@ -160,10 +161,13 @@ impl PublisherService {
             trace_id = tracing::field::Empty
         );
         telemetry::adopt(&span, telemetry::context_from(None, Some(&event.extensions)));
-        span.record("trace_id", telemetry::trace_id(&span, event.extensions.get("traceparent")).as_str());
+        span.record(
+            "trace_id",
+            telemetry::trace_id(&span, event.extensions.get(HEADER_TRACEPARENT)).as_str(),
+        );
         let trace = telemetry::traceparent_of(&span);
         let mut record = AuditRecord::hop(&event, "published", "ok");
-        record.trace_id = telemetry::trace_id(&span, event.extensions.get("traceparent"));
+        record.trace_id = telemetry::trace_id(&span, event.extensions.get(HEADER_TRACEPARENT));
         let confirm = start(&self.js, &event, &trace).instrument(span.clone()).await;
         let (audit, published, duplicates) =
             (self.audit.clone(), self.published.clone(), self.duplicates.clone());
@@ -243,11 +247,19 @@ impl PublisherService {
 }
 
 /// Copies the caller's W3C trace context from gRPC metadata into the envelope when it has none.
+///
+/// The pair goes together and only with a valid `traceparent`: a metadata `tracestate` belongs
+/// to the metadata `traceparent`, never to the event's. An event carrying any context of its own
+/// keeps it as sent and gets nothing from the metadata, even when its `traceparent` is invalid:
+/// the event is not refused for it (it is the caller's attribute), but every reader validates
+/// it ([`telemetry::TraceContext`]), so an invalid one is neither a span's parent, nor the
+/// ingress message's `traceparent` header, nor an audit trace id.
 fn adopt_trace_context(metadata: &tonic::metadata::MetadataMap, event: &mut Event) {
-    for h in ["traceparent", "tracestate"] {
-        if let Some(v) = metadata.get(h).and_then(|v| v.to_str().ok()) {
-            event.extensions.entry(h.to_string()).or_insert_with(|| v.to_string());
-        }
+    if event.extensions.contains_key(HEADER_TRACEPARENT) || event.extensions.contains_key(HEADER_TRACESTATE) {
+        return;
+    }
+    if let Some(cx) = telemetry::TraceContext::from_metadata(metadata) {
+        event.extensions.extend(cx.headers().map(|(h, v)| (h.to_string(), v.to_string())));
     }
 }
 
@@ -363,5 +375,63 @@ impl Publisher for PublisherService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CALLER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const OWN: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn metadata(pairs: &[(&'static str, &'static str)]) -> tonic::metadata::MetadataMap {
+        let mut m = tonic::metadata::MetadataMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, tonic::metadata::MetadataValue::from_static(v));
+        }
+        m
+    }
+
+    fn adopted(metadata: &tonic::metadata::MetadataMap, own: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut event = Event {
+            extensions: own.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        adopt_trace_context(metadata, &mut event);
+        event.extensions
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_callers_valid_context_is_adopted_as_a_pair() {
+        let m = metadata(&[("traceparent", CALLER), ("tracestate", "congo=t61rcWkgMzE")]);
+        assert_eq!(adopted(&m, &[]), map(&[("traceparent", CALLER), ("tracestate", "congo=t61rcWkgMzE")]));
+        assert_eq!(adopted(&metadata(&[("traceparent", CALLER)]), &[]), map(&[("traceparent", CALLER)]));
+    }
+
+    #[test]
+    fn an_events_own_traceparent_never_gets_the_callers_tracestate() {
+        let m = metadata(&[("traceparent", CALLER), ("tracestate", "congo=t61rcWkgMzE")]);
+        assert_eq!(adopted(&m, &[("traceparent", OWN)]), map(&[("traceparent", OWN)]));
+        // Invalid, it stays the caller's attribute, but brings in no other context either.
+        let invalid = "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(adopted(&m, &[("traceparent", invalid)]), map(&[("traceparent", invalid)]));
+    }
+
+    #[test]
+    fn an_invalid_caller_traceparent_brings_neither_it_nor_its_tracestate() {
+        for invalid in [
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        ] {
+            let m = metadata(&[("traceparent", invalid), ("tracestate", "congo=t61rcWkgMzE")]);
+            assert_eq!(adopted(&m, &[]), HashMap::new(), "{invalid}");
+        }
+        assert_eq!(adopted(&metadata(&[("tracestate", "congo=t61rcWkgMzE")]), &[]), HashMap::new());
     }
 }

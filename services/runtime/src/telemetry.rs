@@ -8,7 +8,9 @@
 //!   Which spans are exported is `KAKEHASHI_TRACE_FILTER` (default `info`: every hop span),
 //!   apart from the log filter, so quiet logs do not switch tracing off.
 //! - Context: W3C `traceparent`/`tracestate` are read from and written to NATS headers, gRPC
-//!   metadata and `Event.extensions` with the helpers below, so one event is one trace.
+//!   metadata and `Event.extensions` with the helpers below, so one event is one trace. Only a
+//!   valid `traceparent` ([`parse_traceparent`]) is read, with the `tracestate` of the same
+//!   carrier ([`TraceContext`]); anything else is no context at all.
 
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -115,54 +117,161 @@ pub fn init(service: &'static str, default_filter: &str) -> Result<TelemetryGuar
     Ok(TelemetryGuard { provider })
 }
 
-struct HeaderExtractor<'a>(&'a HeaderMap);
+/// Why a `traceparent` value is not a valid W3C trace context
+/// (<https://www.w3.org/TR/trace-context/#traceparent-header>).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TraceparentError {
+    /// Not `version-traceid-parentid-flags` in lowercase hex of the right lengths.
+    #[error("traceparent is not version-traceid-parentid-flags in lowercase hex")]
+    Malformed,
+    /// Version `ff`, which the specification forbids.
+    #[error("traceparent version ff is invalid")]
+    ForbiddenVersion,
+    /// A trace-id of only zeros.
+    #[error("traceparent trace-id is all zeros")]
+    ZeroTraceId,
+    /// A parent-id of only zeros.
+    #[error("traceparent parent-id is all zeros")]
+    ZeroParentId,
+}
 
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| v.as_str())
+/// A `traceparent` value that passed [`parse_traceparent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traceparent<'a>(&'a str);
+
+impl<'a> Traceparent<'a> {
+    /// The whole value, as received.
+    pub fn as_str(&self) -> &'a str {
+        self.0
     }
-    fn keys(&self) -> Vec<&str> {
-        Vec::new()
+
+    /// The trace-id: 32 lowercase hex digits.
+    pub fn trace_id(&self) -> &'a str {
+        &self.0[3..35]
     }
 }
 
-struct MapExtractor<'a>(&'a HashMap<String, String>);
+/// Length of a version-00 `traceparent`; later versions may only append `-`-separated fields.
+const TRACEPARENT_LEN: usize = 55;
 
-impl Extractor for MapExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+fn is_lower_hex(s: &[u8]) -> bool {
+    s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Parses a W3C `traceparent`: lowercase hex only, version `ff` refused, non-zero trace-id and
+/// parent-id, exactly 55 characters for version `00` (a later version is read by its first four
+/// fields, as the specification asks). The one parser of trace context in Kakehashi.
+pub fn parse_traceparent(value: &str) -> Result<Traceparent<'_>, TraceparentError> {
+    let b = value.as_bytes();
+    if b.len() < TRACEPARENT_LEN {
+        return Err(TraceparentError::Malformed);
     }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
+    let (version, trace_id, parent_id, flags) = (&b[0..2], &b[3..35], &b[36..52], &b[53..55]);
+    let dashes = b[2] == b'-' && b[35] == b'-' && b[52] == b'-';
+    if !dashes || ![version, trace_id, parent_id, flags].into_iter().all(is_lower_hex) {
+        return Err(TraceparentError::Malformed);
+    }
+    if version == b"ff" {
+        return Err(TraceparentError::ForbiddenVersion);
+    }
+    // Version 00 is exactly its four fields; a later one may go on, but only after a dash.
+    let rest_ok = if version == b"00" {
+        b.len() == TRACEPARENT_LEN
+    } else {
+        b.get(TRACEPARENT_LEN).is_none_or(|&c| c == b'-')
+    };
+    if !rest_ok {
+        return Err(TraceparentError::Malformed);
+    }
+    if trace_id.iter().all(|&c| c == b'0') {
+        return Err(TraceparentError::ZeroTraceId);
+    }
+    if parent_id.iter().all(|&c| c == b'0') {
+        return Err(TraceparentError::ZeroParentId);
+    }
+    Ok(Traceparent(value))
+}
+
+/// A W3C trace context as one pair: a valid `traceparent` and the `tracestate` sent with it.
+/// Read only as a pair, so a `tracestate` never travels with another carrier's `traceparent`,
+/// and never without a valid one (the specification: an unparsable traceparent voids it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext<'a> {
+    /// The validated `traceparent`.
+    pub traceparent: Traceparent<'a>,
+    /// Its `tracestate`, when the same carrier has a non-empty one.
+    pub tracestate: Option<&'a str>,
+}
+
+impl<'a> TraceContext<'a> {
+    /// The pair one carrier holds (`get` looks a header or key up), when its traceparent is valid.
+    pub fn read(get: impl Fn(&str) -> Option<&'a str>) -> Option<Self> {
+        let traceparent = parse_traceparent(get(kakehashi_proto::subjects::HEADER_TRACEPARENT)?).ok()?;
+        let tracestate = get(kakehashi_proto::subjects::HEADER_TRACESTATE).filter(|s| !s.is_empty());
+        Some(Self { traceparent, tracestate })
+    }
+
+    /// The pair in NATS headers.
+    pub fn from_headers(headers: &'a HeaderMap) -> Option<Self> {
+        Self::read(|k| headers.get(k).map(|v| v.as_str()))
+    }
+
+    /// The pair in a string map (`Event.extensions`, or headers written by [`traceparent_of`]).
+    pub fn from_map(map: &'a HashMap<String, String>) -> Option<Self> {
+        Self::read(|k| map.get(k).map(String::as_str))
+    }
+
+    /// The pair in gRPC metadata.
+    pub fn from_metadata(metadata: &'a tonic::metadata::MetadataMap) -> Option<Self> {
+        Self::read(|k| metadata.get(k).and_then(|v| v.to_str().ok()))
+    }
+
+    /// The headers of this context (`traceparent`, and `tracestate` when there is one).
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &'a str)> {
+        [
+            Some((kakehashi_proto::subjects::HEADER_TRACEPARENT, self.traceparent.as_str())),
+            self.tracestate.map(|s| (kakehashi_proto::subjects::HEADER_TRACESTATE, s)),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// As an OpenTelemetry context with this remote span as parent.
+    pub fn otel(&self) -> opentelemetry::Context {
+        TraceContextPropagator::new().extract(self)
     }
 }
 
-struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
-
-impl Extractor for MetadataExtractor<'_> {
+impl Extractor for TraceContext<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        self.headers().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
     fn keys(&self) -> Vec<&str> {
-        Vec::new()
+        self.headers().map(|(k, _)| k).collect()
     }
 }
 
-/// W3C context carried in NATS headers (falling back to the event's extensions).
+/// The context a hop continues: the NATS headers' pair when valid, else the event's own
+/// (`Event.extensions`) when valid — never one carrier's traceparent with another's tracestate.
+pub fn incoming<'a>(
+    headers: Option<&'a HeaderMap>,
+    extensions: Option<&'a HashMap<String, String>>,
+) -> Option<TraceContext<'a>> {
+    headers.and_then(TraceContext::from_headers).or_else(|| extensions.and_then(TraceContext::from_map))
+}
+
+/// W3C context carried in NATS headers (falling back to the event's extensions); only a valid
+/// `traceparent` is taken ([`incoming`]).
 pub fn context_from(
     headers: Option<&HeaderMap>,
     extensions: Option<&HashMap<String, String>>,
 ) -> opentelemetry::Context {
-    let p = TraceContextPropagator::new();
-    if let Some(h) = headers.filter(|h| h.get(kakehashi_proto::subjects::HEADER_TRACEPARENT).is_some()) {
-        return p.extract(&HeaderExtractor(h));
-    }
-    extensions.map_or_else(opentelemetry::Context::new, |e| p.extract(&MapExtractor(e)))
+    incoming(headers, extensions).map_or_else(opentelemetry::Context::new, |c| c.otel())
 }
 
-/// W3C context carried in gRPC metadata.
+/// W3C context carried in gRPC metadata (only a valid `traceparent`).
 pub fn context_from_metadata(metadata: &tonic::metadata::MetadataMap) -> opentelemetry::Context {
-    TraceContextPropagator::new().extract(&MetadataExtractor(metadata))
+    TraceContext::from_metadata(metadata).map_or_else(opentelemetry::Context::new, |c| c.otel())
 }
 
 /// Makes `span` a child of `parent` when `parent` holds a valid remote span.
@@ -183,12 +292,88 @@ pub fn traceparent_of(span: &tracing::Span) -> HashMap<String, String> {
     out
 }
 
-/// The trace id of `span` (32 hex digits), or of the incoming `traceparent` when export is off.
-pub fn trace_id(span: &tracing::Span, incoming: Option<&String>) -> String {
+/// The trace id of `span` (32 hex digits), or of the incoming `traceparent` when export is off
+/// ("" when that is not a valid one).
+pub fn trace_id<S: AsRef<str> + ?Sized>(span: &tracing::Span, incoming: Option<&S>) -> String {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     if sc.is_valid() {
         return sc.trace_id().to_string();
     }
-    crate::audit::trace_id_of(incoming)
+    incoming
+        .and_then(|tp| parse_traceparent(tp.as_ref()).ok())
+        .map_or_else(String::new, |tp| tp.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn a_version_00_traceparent_of_lowercase_hex_and_non_zero_ids_is_valid() {
+        let tp = parse_traceparent(VALID).expect("valid");
+        assert_eq!(tp.trace_id(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(tp.as_str(), VALID);
+        // Flags other than sampled are carried, not judged (only the sampled bit is defined).
+        assert!(parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").is_ok());
+    }
+
+    #[test]
+    fn traceparents_the_specification_calls_invalid_are_refused_with_the_reason() {
+        use TraceparentError::*;
+        for (value, why) in [
+            ("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", ForbiddenVersion),
+            ("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", Malformed),
+            ("00-0af7651916cd43dd8448eb211c80319c-B7AD6B7169203331-01", Malformed),
+            ("0A-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", Malformed),
+            ("00-00000000000000000000000000000000-b7ad6b7169203331-01", ZeroTraceId),
+            ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", ZeroParentId),
+            ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-", Malformed),
+            ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1", Malformed),
+            ("00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-0100", Malformed),
+            ("00_0af7651916cd43dd8448eb211c80319c_b7ad6b7169203331_01", Malformed),
+            ("00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-01", Malformed),
+            ("", Malformed),
+        ] {
+            assert_eq!(parse_traceparent(value), Err(why), "{value}");
+        }
+    }
+
+    #[test]
+    fn a_later_version_is_read_by_its_first_four_fields_only_when_more_follow_a_dash() {
+        let later = "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next";
+        assert_eq!(parse_traceparent(later).map(|t| t.trace_id()), Ok("0af7651916cd43dd8448eb211c80319c"));
+        assert!(parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_ok());
+        assert_eq!(
+            parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x"),
+            Err(TraceparentError::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_tracestate_is_read_only_with_a_valid_traceparent_of_the_same_carrier() {
+        let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let own = map(&[("traceparent", VALID), ("tracestate", "congo=t61rcWkgMzE")]);
+        let cx = TraceContext::from_map(&own).expect("valid pair");
+        assert_eq!(cx.tracestate, Some("congo=t61rcWkgMzE"));
+        let bad = map(&[
+            ("traceparent", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ]);
+        assert_eq!(TraceContext::from_map(&bad), None, "an invalid traceparent voids its tracestate");
+        assert_eq!(TraceContext::from_map(&map(&[("tracestate", "a=b")])), None);
+
+        // Invalid headers fall back to the event's own valid pair, never mixing the two.
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", "00-00000000000000000000000000000000-b7ad6b7169203331-01");
+        headers.insert("tracestate", "from=headers");
+        let got = incoming(Some(&headers), Some(&own)).expect("the extensions' pair");
+        assert_eq!(got, cx);
+        assert!(!context_from(Some(&headers), None).span().span_context().is_valid());
+        assert!(context_from(Some(&headers), Some(&own)).span().span_context().is_valid());
+    }
 }

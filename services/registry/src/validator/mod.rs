@@ -33,7 +33,7 @@ use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, consumer, stream::Stream, AckKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use kakehashi_proto::subjects::{self, HEADER_SCHEMA_VERSION, HEADER_TRACEPARENT, HEADER_TRACESTATE};
+use kakehashi_proto::subjects::{self, HEADER_SCHEMA_VERSION};
 use kakehashi_runtime::audit::AuditRecord;
 use kakehashi_runtime::telemetry;
 use std::sync::Arc;
@@ -754,6 +754,30 @@ fn count(settings: &ValidatorSettings, msg: &Ingress, verdict: &Verdict) {
     }
 }
 
+/// The context a validate span continues: the ingress message's own headers (the publishing
+/// hop's), else for an event published without them the envelope's; only a valid pair.
+fn incoming<'a>(
+    msg: &'a Ingress,
+    event: Option<&'a kakehashi_proto::v1::Event>,
+) -> Option<telemetry::TraceContext<'a>> {
+    telemetry::incoming(msg.headers.as_ref(), event.map(|e| &e.extensions))
+}
+
+/// The W3C headers of a validated event's `kh.ev.` message: the validate span's (`ours`), so
+/// downstream hops become its children; with export off (`ours` empty) the incoming context
+/// ([`telemetry::incoming`]: the ingress headers', else the event's own) passed on unchanged.
+fn hop_trace(
+    ours: &std::collections::HashMap<String, String>,
+    incoming: Option<telemetry::TraceContext<'_>>,
+) -> Vec<(&'static str, String)> {
+    telemetry::TraceContext::from_map(ours)
+        .or(incoming)
+        .iter()
+        .flat_map(telemetry::TraceContext::headers)
+        .map(|(h, v)| (h, v.to_string()))
+        .collect()
+}
+
 /// What to publish for one ingress message.
 fn outcome(
     store: &SchemaStore,
@@ -771,16 +795,12 @@ fn outcome(
             // The publisher's context from the NATS headers, or for an event published without
             // them (straight to NATS) the envelope's own; set before the span is entered, as a
             // started span can no longer change its parent.
-            telemetry::adopt(span, telemetry::context_from(msg.headers.as_ref(), Some(&event.extensions)));
+            let incoming = incoming(msg, Some(event));
+            telemetry::adopt(span, incoming.map_or_else(Default::default, |c| c.otel()));
             let _guard = span.enter();
-            let trace_id = telemetry::trace_id(span, event.extensions.get(HEADER_TRACEPARENT));
+            let trace_id = telemetry::trace_id(span, incoming.map(|c| c.traceparent.as_str()));
             span.record("trace_id", trace_id.as_str());
-            // Downstream hops become children of this one; without export, pass context on.
-            let ours = telemetry::traceparent_of(span);
-            let trace = [HEADER_TRACEPARENT, HEADER_TRACESTATE]
-                .into_iter()
-                .filter_map(|h| ours.get(h).or_else(|| event.extensions.get(h)).map(|v| (h, v.clone())))
-                .collect();
+            let trace = hop_trace(&telemetry::traceparent_of(span), incoming);
             tracing::debug!(event_type = %event.r#type, version = accepted.schema_version, "validated");
             let mut record = AuditRecord::hop(event, "validated", "ok");
             record.schema_version = accepted.schema_version;
@@ -796,15 +816,10 @@ fn outcome(
                 span.record("messaging.message.id", e.id.as_str());
             }
             // A dead-lettered event's trace still shows where it stopped.
-            telemetry::adopt(
-                span,
-                telemetry::context_from(msg.headers.as_ref(), rejected.event.as_ref().map(|e| &e.extensions)),
-            );
+            let incoming = incoming(msg, rejected.event.as_ref());
+            telemetry::adopt(span, incoming.map_or_else(Default::default, |c| c.otel()));
             let _guard = span.enter();
-            let trace_id = telemetry::trace_id(
-                span,
-                rejected.event.as_ref().and_then(|e| e.extensions.get(HEADER_TRACEPARENT)),
-            );
+            let trace_id = telemetry::trace_id(span, incoming.map(|c| c.traceparent.as_str()));
             span.record("trace_id", trace_id.as_str());
             tracing::info!(reason = rejected.reason.code(), detail = %rejected.message, "dead-lettered");
             // Status ERROR with the reason, so error filters of trace backends count dead letters
@@ -863,7 +878,71 @@ fn dead_lettered(
 
 #[cfg(test)]
 mod tests {
-    use super::Tenure;
+    use super::{hop_trace, incoming, Ingress, Tenure};
+    use async_nats::HeaderMap;
+    use kakehashi_runtime::telemetry;
+    use std::collections::HashMap;
+
+    const HEADERS_TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const EVENT_TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn ingress(headers: &[(&str, &str)]) -> Ingress {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        Ingress {
+            subject: "kh.in.city-x.a.b".into(),
+            payload: bytes::Bytes::new(),
+            headers: Some(map),
+            seq: 1,
+            published: None,
+            delivered: None,
+        }
+    }
+
+    fn event(extensions: &[(&str, &str)]) -> kakehashi_proto::v1::Event {
+        kakehashi_proto::v1::Event {
+            extensions: extensions.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// With export off (no span context): what goes on to `kh.ev.` and the audit trace id.
+    fn passed_on(msg: &Ingress, event: &kakehashi_proto::v1::Event) -> (Vec<(&'static str, String)>, String) {
+        let cx = incoming(msg, Some(event));
+        let trace_id = telemetry::trace_id(&tracing::Span::none(), cx.map(|c| c.traceparent.as_str()));
+        (hop_trace(&HashMap::new(), cx), trace_id)
+    }
+
+    #[test]
+    fn with_export_off_the_ingress_headers_context_is_passed_on_unchanged() {
+        let msg = ingress(&[("traceparent", HEADERS_TP), ("tracestate", "from=headers")]);
+        let own = event(&[("traceparent", EVENT_TP), ("tracestate", "from=event")]);
+        let expected =
+            vec![("traceparent", HEADERS_TP.to_string()), ("tracestate", "from=headers".to_string())];
+        assert_eq!(passed_on(&msg, &own), (expected.clone(), "0af7651916cd43dd8448eb211c80319c".into()));
+        assert_eq!(passed_on(&msg, &event(&[])), (expected, "0af7651916cd43dd8448eb211c80319c".into()));
+    }
+
+    #[test]
+    fn with_export_off_an_invalid_ingress_context_falls_back_to_the_events_own_pair() {
+        let invalid = "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let msg = ingress(&[("traceparent", invalid), ("tracestate", "from=headers")]);
+        let own = event(&[("traceparent", EVENT_TP)]);
+        let expected = vec![("traceparent", EVENT_TP.to_string())];
+        assert_eq!(passed_on(&msg, &own), (expected, "4bf92f3577b34da6a3ce929d0e0e4736".into()));
+        let (trace, trace_id) = passed_on(&msg, &event(&[("traceparent", invalid)]));
+        assert!(trace.is_empty() && trace_id.is_empty(), "no valid context anywhere: {trace:?}");
+    }
+
+    #[test]
+    fn a_validate_span_with_a_context_passes_on_its_own() {
+        let ours: HashMap<String, String> = [("traceparent".to_string(), EVENT_TP.to_string())].into();
+        let msg = ingress(&[("traceparent", HEADERS_TP), ("tracestate", "from=headers")]);
+        let own = event(&[]);
+        assert_eq!(hop_trace(&ours, incoming(&msg, Some(&own))), vec![("traceparent", EVENT_TP.to_string())]);
+    }
 
     #[test]
     fn only_a_first_delivery_straight_after_a_first_delivery_skips_the_gap_read() {

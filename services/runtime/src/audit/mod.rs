@@ -204,13 +204,11 @@ const HASH_TAG: u32 = 19;
 /// Bytes of the `hash` field: tag (2), length (1), 64 hex digits.
 const HASH_FIELD_LEN: usize = 67;
 
-/// The trace id (32 hex digits) of a W3C `traceparent`, or "" when it is not one.
+/// The trace id (32 hex digits) of a W3C `traceparent`, or "" when it is not a valid one.
 pub fn trace_id_of(traceparent: Option<&String>) -> String {
     traceparent
-        .and_then(|tp| tp.split('-').nth(1))
-        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_string)
-        .unwrap_or_default()
+        .and_then(|tp| crate::telemetry::parse_traceparent(tp).ok())
+        .map_or_else(String::new, |tp| tp.trace_id().to_string())
 }
 
 /// How a chain is named to people and keyed: the actor, and which of its chains.
@@ -377,6 +375,21 @@ pub fn now_us() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trace_id_of_an_invalid_traceparent_is_empty() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string();
+        assert_eq!(trace_id_of(Some(&valid)), "4bf92f3577b34da6a3ce929d0e0e4736");
+        for invalid in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(trace_id_of(Some(&invalid.to_string())), "", "{invalid}");
+        }
+    }
 
     #[test]
     fn sealed_body_is_the_hashed_records_encoding_and_the_hash_covers_it_with_hash_empty() {
