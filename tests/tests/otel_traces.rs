@@ -19,6 +19,9 @@ const CLIENT_SPAN: &str = "b7ad6b7169203331";
 const REJECTED_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const REJECTED_SPAN: &str = "00f067aa0ba902b7";
 const CLIENT_STATE: &str = "congo=t61rcWkgMzE";
+/// A call the adapter refuses (an unregistered type).
+const REFUSED_CALL_TRACE: &str = "6af92f3577b34da6a3ce929d0e0e47aa";
+const REFUSED_CALL_SPAN: &str = "22f067aa0ba902d9";
 const TYPE: &str = "otel.check.done";
 const FLOW: Flow =
     Flow { event_type: TYPE, policy: TYPE, producers: &["city-x"], reader: "mhlw", subscription: "otel" };
@@ -141,6 +144,8 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     assert_eq!(call.attribute("rpc.system"), Some("grpc"), "{call:?}");
     assert_eq!(call.attribute("rpc.service"), Some("kakehashi.v1.Publisher"), "{call:?}");
     assert_eq!(call.attribute("rpc.method"), Some("Publish"), "{call:?}");
+    assert_eq!(call.attribute("rpc.grpc.status_code"), Some("0"), "{call:?}");
+    assert_eq!(call.status_code, "STATUS_CODE_UNSET", "an OK call is no error: {call:?}");
     for (s, kind, operation) in [
         (publish, "SPAN_KIND_PRODUCER", "send"),
         (validate, "SPAN_KIND_CONSUMER", "process"),
@@ -221,5 +226,51 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
             assert_eq!(h.trace_id, trace, "audit record {} names the exported trace", h.hop);
         }
     }
+    // The status of a gRPC call on its SERVER span (OpenTelemetry gRPC conventions): the code
+    // always, status ERROR only for the codes counted as server errors.
+    let refused =
+        bus::traced_publish("city-x", "otel.never.registered", b"{}", REFUSED_CALL_TRACE, REFUSED_CALL_SPAN);
+    let refused = publisher.publish(refused).await.expect_err("an unregistered type is refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(call_unknown_method(&adapter.endpoint()).await.as_deref(), Some("12"), "UNIMPLEMENTED");
+    let (refused_call, unknown_call) =
+        wait::until("the SERVER spans of the refused calls", Duration::from_secs(20), || {
+            let spans = receiver.spans();
+            async move {
+                let find = |f: &dyn Fn(&ReceivedSpan) -> bool| spans.iter().find(|s| f(s)).cloned();
+                let refused = find(&|s| {
+                    s.trace_id == REFUSED_CALL_TRACE && s.name == "kakehashi.v1.Publisher/Publish"
+                })?;
+                let unknown = find(&|s| s.name == "kakehashi.v1.Publisher/NoSuchMethod")?;
+                Some((refused, unknown))
+            }
+        })
+        .await;
+    assert_eq!(refused_call.attribute("rpc.grpc.status_code"), Some("9"), "{refused_call:?}");
+    assert_eq!(refused_call.status_code, "STATUS_CODE_UNSET", "a caller's error is no server error");
+    assert_eq!(unknown_call.kind, "SPAN_KIND_SERVER", "{unknown_call:?}");
+    assert_eq!(unknown_call.attribute("rpc.grpc.status_code"), Some("12"), "{unknown_call:?}");
+    assert_eq!(unknown_call.status_code, "STATUS_CODE_ERROR", "UNIMPLEMENTED is a server error");
     drop(telemetry);
+}
+
+/// Calls a method the adapter's `Publisher` does not have (no generated client can), returning
+/// the `grpc-status` of the answer's head.
+async fn call_unknown_method(endpoint: &str) -> Option<String> {
+    use tonic::codegen::{http, Service};
+    let mut channel = tonic::transport::Channel::from_shared(endpoint.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect adapter");
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/kakehashi.v1.Publisher/NoSuchMethod")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::empty())
+        .expect("request");
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.expect("channel ready");
+    let response = channel.call(request).await.expect("an answer");
+    response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_string)
 }

@@ -53,6 +53,9 @@ pub fn max_decoding_bytes(max_request_bytes: usize, largest_field_limit: usize) 
     max_request_bytes.max(largest_field_limit.saturating_add(REQUEST_MARGIN_BYTES))
 }
 
+/// The `tracing` name of the spans [`server_span`] makes (exported under their `otel.name`).
+const SERVER_SPAN: &str = "kakehashi.grpc";
+
 /// The `SERVER` span of one gRPC call (for `Server::trace_fn`), child of the caller's W3C
 /// context from the request headers; none for health checks and reflection, which probes and
 /// tools call all the time.
@@ -62,13 +65,17 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
     if service.starts_with("grpc.") {
         return tracing::Span::none();
     }
+    // The status fields are declared now (tracing drops fields a span was not created with) and
+    // filled in by [`Counted`] once the response head is known.
     let span = tracing::info_span!(
-        "kakehashi.grpc",
+        SERVER_SPAN,
         otel.name = %format!("{service}/{method}"),
         otel.kind = "server",
         rpc.system = "grpc",
         rpc.service = %service,
         rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
     crate::telemetry::adopt(&span, crate::telemetry::context_from_metadata(&metadata));
@@ -99,8 +106,8 @@ impl GrpcMetrics {
     }
 }
 
-/// A gRPC service whose calls are counted by method and status code. The code is read from the
-/// response head: every unary call and every call refused before its stream starts; a stream
+/// A gRPC service whose calls are counted by method and status code, the code also recorded on
+/// the call's [`server_span`]. The code is read from the response head: every unary call and every call refused before its stream starts; a stream
 /// that fails later counts as it started (`OK`). An unknown method counts as `unknown`, so
 /// callers cannot add series.
 #[derive(Clone, Debug)]
@@ -143,9 +150,32 @@ where
             };
             let method = if code == tonic::Code::Unimplemented { "unknown" } else { method.as_str() };
             requests.with(&[method, code_name(code)]).inc();
+            record_status(&tracing::Span::current(), code);
             response
         })
     }
+}
+
+/// Records `code` on the call's [`server_span`] (tonic polls this future inside it) as the
+/// gRPC conventions ask: `rpc.grpc.status_code`, and status ERROR for the codes they count as
+/// server errors. Only the response head is observable here, as for the metric: a stream that
+/// fails after it started has its status in the trailers, sent after the span (which covers the
+/// call up to its response head) has closed, so it is recorded as it started (`OK`).
+fn record_status(span: &tracing::Span, code: tonic::Code) {
+    // Another span current here (a call outside `trace_fn`) is not the call's and is left alone.
+    if span.metadata().is_none_or(|m| m.name() != SERVER_SPAN) {
+        return;
+    }
+    span.record("rpc.grpc.status_code", code as i64);
+    if is_server_error(code) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Whether the OpenTelemetry gRPC conventions count `code` as an error of a `SERVER` span.
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(code, Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss)
 }
 
 /// The canonical upper-case name of a status code (`OK`, `INVALID_ARGUMENT`, …).
