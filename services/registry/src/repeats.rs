@@ -10,7 +10,11 @@
 //! delivered (a step written ahead in the background, below) are marked as possible repeats
 //! although they were not sent: over-marking, never under-marking.
 //! A stream that ends normally lowers the mark back to what it really delivered, unless another
-//! stream has raised it since. Half a step before the mark is reached, the next step is written
+//! stream opened or raised it since: each stream claims the mark when it opens (the value names
+//! its owner, `<mark> <owner>`), a raise keeps the owner, and only the owner whose write is
+//! still the last may lower it. Two streams of one subscription on two registries (a client
+//! that reopened elsewhere while its old stream was still alive) would otherwise let the older
+//! one lower the mark under events the newer one delivered without raising it. Half a step before the mark is reached, the next step is written
 //! in the background, so the event that reaches it seldom waits for the write (two round trips
 //! to `KH_CONFIG`, once every `STEP` events of a backlog).
 
@@ -30,16 +34,55 @@ pub struct RepeatMarks {
     seen_here: u64,
     /// The mark as last written.
     mark: u64,
-    /// The next step, being written in the background: the mark it stored.
-    ahead: Option<tokio::task::JoinHandle<Result<u64, String>>>,
+    /// This stream's name in the stored value.
+    owner: String,
+    /// The revision of this stream's own last write, while it is the stored one's (as far as
+    /// this stream knows); none once another stream moved the mark.
+    written: Option<u64>,
+    /// The next step, being written in the background: the mark it stored, and its revision
+    /// when this stream wrote it.
+    ahead: Option<tokio::task::JoinHandle<Result<Raised, String>>>,
 }
 
 impl RepeatMarks {
-    /// Reads the subscription's mark.
+    /// Reads the subscription's mark and claims it for this stream.
     pub async fn open(kv: kv::Store, consumer_name: &str) -> Result<Self, String> {
         let key = format!("delivered.{consumer_name}");
-        let mark = read(&kv, &key).await?.map(|(v, _)| v).unwrap_or(0);
-        Ok(Self { kv, key, seen_before: mark, seen_here: 0, mark, ahead: None })
+        let owner = uuid::Uuid::now_v7().simple().to_string();
+        for _ in 0..16 {
+            let (mark, previous) = match read(&kv, &key).await? {
+                Some(stored) => (stored.mark, Some(stored.revision)),
+                None => (0, None),
+            };
+            let value = format!("{mark} {owner}").into();
+            let claimed = match previous {
+                Some(revision) => within(kv.update(&key, value, revision))
+                    .await?
+                    .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
+                None => within(kv.create(&key, value))
+                    .await?
+                    .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
+            };
+            match claimed {
+                Ok(revision) => {
+                    let written = Some(revision);
+                    return Ok(Self {
+                        kv,
+                        key,
+                        seen_before: mark,
+                        seen_here: 0,
+                        mark,
+                        owner,
+                        written,
+                        ahead: None,
+                    });
+                }
+                // Another stream wrote in between: read again.
+                Err((true, _)) => {}
+                Err((false, e)) => return Err(format!("{key}: {e}")),
+            }
+        }
+        Err(format!("{key}: too many concurrent updates"))
     }
 
     /// Before sending the event at `seq`: whether the department may have seen it already.
@@ -50,7 +93,8 @@ impl RepeatMarks {
         // Nothing above the stored mark goes out: a step still being written is waited for.
         self.settle_ahead(seq > self.mark).await;
         if seq > self.mark {
-            self.mark = raise(&self.kv, &self.key, seq.saturating_add(STEP)).await?;
+            let raised = raise(&self.kv, &self.key, seq.saturating_add(STEP)).await?;
+            self.took(raised);
         } else if self.ahead.is_none() && seq.saturating_add(STEP / 2) > self.mark {
             let (kv, key, target) = (self.kv.clone(), self.key.clone(), self.mark.saturating_add(STEP));
             self.ahead = Some(tokio::spawn(async move { raise(&kv, &key, target).await }));
@@ -67,23 +111,33 @@ impl RepeatMarks {
             return;
         }
         if let Some(ahead) = self.ahead.take() {
-            if let Ok(Ok(mark)) = ahead.await {
-                self.mark = self.mark.max(mark);
+            if let Ok(Ok(raised)) = ahead.await {
+                self.took(raised);
             }
         }
     }
 
-    /// When the stream ends normally: brings the mark down to what was really delivered, if no
-    /// other stream has moved it since (a failure leaves it high, which only over-marks).
+    /// Takes in what a raise stored: the mark, and whether this stream's write is the last.
+    fn took(&mut self, (mark, revision): Raised) {
+        self.mark = self.mark.max(mark);
+        self.written = revision;
+    }
+
+    /// When the stream ends normally: brings the mark down to what was really delivered, if
+    /// this stream still owns it and no other stream has written it since (a failure, or
+    /// another stream, leaves it high, which only over-marks).
     pub async fn release(&mut self) {
         self.settle_ahead(true).await;
         let delivered = self.seen_before.max(self.seen_here);
+        let Some(written) = self.written else { return };
         if delivered >= self.mark {
             return;
         }
-        if let Ok(Some((current, revision))) = read(&self.kv, &self.key).await {
-            if current == self.mark
-                && self.kv.update(&self.key, delivered.to_string().into(), revision).await.is_ok()
+        if let Ok(Some(stored)) = read(&self.kv, &self.key).await {
+            let value = format!("{delivered} {}", self.owner).into();
+            if stored.owner == self.owner
+                && stored.revision == written
+                && self.kv.update(&self.key, value, stored.revision).await.is_ok()
             {
                 self.mark = delivered;
             }
@@ -91,19 +145,20 @@ impl RepeatMarks {
     }
 }
 
-/// Stores `target` as `key`'s mark unless another stream stored a higher one (compare-and-set);
-/// the mark stored now. Only a lost race is tried again; any other failure (no leader,
-/// timeout) is returned as it is.
-async fn raise(kv: &kv::Store, key: &str, target: u64) -> Result<u64, String> {
+/// Stores `target` as `key`'s mark, keeping its owner, unless another stream stored a higher
+/// one (compare-and-set): the mark stored now, and the revision when this call wrote it. Only a
+/// lost race is tried again; any other failure (no leader, timeout) is returned as it is.
+async fn raise(kv: &kv::Store, key: &str, target: u64) -> Result<Raised, String> {
     for _ in 0..16 {
         match read(kv, key).await? {
-            Some((current, _)) if current >= target => return Ok(current),
-            Some((_, revision)) => {
-                match within(kv.update(key, target.to_string().into(), revision))
+            Some(stored) if stored.mark >= target => return Ok((stored.mark, None)),
+            Some(stored) => {
+                let value = format!("{target} {}", stored.owner).into();
+                match within(kv.update(key, value, stored.revision))
                     .await
                     .map_err(|e| format!("{key}: {e}"))?
                 {
-                    Ok(_) => return Ok(target),
+                    Ok(revision) => return Ok((target, Some(revision))),
                     Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
                     Err(e) => return Err(format!("{key}: {e}")),
                 }
@@ -112,7 +167,8 @@ async fn raise(kv: &kv::Store, key: &str, target: u64) -> Result<u64, String> {
                 .await
                 .map_err(|e| format!("{key}: {e}"))?
             {
-                Ok(_) => return Ok(target),
+                // Written without an owner: nobody lowers a mark of a stream that did not open.
+                Ok(_) => return Ok((target, None)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(format!("{key}: {e}")),
             },
@@ -121,11 +177,21 @@ async fn raise(kv: &kv::Store, key: &str, target: u64) -> Result<u64, String> {
     Err(format!("{key}: too many concurrent updates"))
 }
 
+/// What a raise stored: the mark, and its revision when that raise wrote it.
+type Raised = (u64, Option<u64>);
+
+/// A stored mark: `<mark> <owner>` (a mark alone, as older builds wrote it, has no owner).
+struct Stored {
+    mark: u64,
+    owner: String,
+    revision: u64,
+}
+
 /// The mark and its revision, read from the bucket's stream leader: a KV get is a direct get
 /// that any replica may answer, and a replica still catching up (a node just restarted)
 /// answers with an old mark, which would leave repeats unmarked at `open` and make every
 /// compare-and-set of `raise` fail.
-async fn read(kv: &kv::Store, key: &str) -> Result<Option<(u64, u64)>, String> {
+async fn read(kv: &kv::Store, key: &str) -> Result<Option<Stored>, String> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let subject = format!("{}{key}", kv.prefix);
     match within(kv.stream.get_last_raw_message_by_subject(&subject))
@@ -137,8 +203,13 @@ async fn read(kv: &kv::Store, key: &str) -> Result<Option<(u64, u64)>, String> {
             if removed {
                 return Ok(None);
             }
-            let v = std::str::from_utf8(&m.payload).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            Ok(Some((v, m.sequence)))
+            let text = std::str::from_utf8(&m.payload).unwrap_or_default();
+            let (mark, owner) = text.split_once(' ').unwrap_or((text, ""));
+            Ok(Some(Stored {
+                mark: mark.parse().unwrap_or(0),
+                owner: owner.to_string(),
+                revision: m.sequence,
+            }))
         }
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(format!("{key}: {e}")),
