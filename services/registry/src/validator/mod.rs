@@ -603,9 +603,7 @@ async fn process_batch(
             .zip(&batch[done..])
             .map(|((subject, out, _, _), ingress)| {
                 let (headers, payload) = out.message(&ingress.payload);
-                // The stored ingress subject names the record key's bucket: messages of one
-                // key are never unconfirmed two at a time (`Confirmations::publish`).
-                (ingress.subject.as_str(), subject.clone(), headers, payload)
+                (subject.clone(), headers, payload)
             })
             .collect();
         // In order: the ingress is acked and the hop recorded up to the first message not

@@ -61,88 +61,56 @@ impl Confirmations {
         Self { client, inbox, acks: None, next: 0 }
     }
 
-    /// Publishes `messages` (order key, subject, headers, payload) and waits for their
+    /// Publishes `messages` (subject, headers, payload) in order and waits for their
     /// acknowledgements: for each, the `KH_EVENTS` (or `KH_DLQ`) sequence it is stored at, or
-    /// why it is not known to be. Messages of different keys are pipelined; of one key, at
-    /// most one is unconfirmed at a time, the next sent once it is stored. A lost publish with
-    /// a later one of its key stored anyway (its connection dropped and the client sent the
-    /// rest on the next, or its stream leader changed) would otherwise put the later one first
-    /// for good: the retry of the lost one is stored after it. After one message the client did
-    /// not take, nothing more is sent.
+    /// why it is not known to be. Messages after one the client did not take are not sent.
     pub(super) async fn publish(
         &mut self,
-        messages: Vec<(&str, String, HeaderMap, Bytes)>,
+        messages: Vec<(String, HeaderMap, Bytes)>,
     ) -> Vec<Result<u64, NotStored>> {
-        let count = messages.len();
-        let mut results = vec![Err(NotStored::Unconfirmed); count];
+        let mut results = Vec::new();
         if self.acks.is_none() {
             match self.client.subscribe(format!("{}.*", self.inbox)).await {
                 Ok(acks) => self.acks = Some(acks),
                 Err(e) => {
-                    if let Some(first) = results.first_mut() {
-                        *first = Err(NotStored::NotSent(format!("acknowledgements not subscribed: {e}")));
-                    }
+                    results.push(Err(NotStored::NotSent(format!("acknowledgements not subscribed: {e}"))));
                     return results;
                 }
             }
         }
-        // Each message's successor of the same key; the first of each key is ready at once.
-        let mut successor: Vec<Option<usize>> = vec![None; count];
-        let mut ready = std::collections::VecDeque::new();
-        let mut last_of_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        let mut unsent = Vec::with_capacity(count);
-        for (i, (key, subject, headers, payload)) in messages.into_iter().enumerate() {
-            match last_of_key.insert(key, i) {
-                Some(previous) => successor[previous] = Some(i),
-                None => ready.push_back(i),
-            }
-            unsent.push(Some((subject, headers, payload)));
-        }
         let first = self.next;
-        // Reply number - `first` → message index.
-        let mut sent_as = Vec::with_capacity(count);
-        let (mut waiting, mut sending) = (0usize, true);
-        let deadline = tokio::time::Instant::now() + ACK_WAIT;
-        loop {
-            while let Some(i) = ready.pop_front().filter(|_| sending) {
-                let Some((subject, headers, payload)) = unsent[i].take() else { continue };
-                let reply = format!("{}.{}", self.inbox, self.next);
-                match self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await {
-                    Ok(()) => {
-                        self.next += 1;
-                        sent_as.push(i);
-                        waiting += 1;
-                    }
-                    // Refused again at every retry; its key's later messages wait behind it.
-                    Err(e) if e.kind() == async_nats::PublishErrorKind::MaxPayloadExceeded => {
-                        results[i] = Err(NotStored::OverMaxPayload(e.to_string()));
-                    }
-                    Err(e) => {
-                        results[i] = Err(NotStored::NotSent(e.to_string()));
-                        sending = false;
-                    }
+        for (subject, headers, payload) in messages {
+            let reply = format!("{}.{}", self.inbox, self.next);
+            match self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await {
+                Ok(()) => {
+                    self.next += 1;
+                    results.push(Err(NotStored::Unconfirmed));
+                }
+                Err(e) if e.kind() == async_nats::PublishErrorKind::MaxPayloadExceeded => {
+                    results.push(Err(NotStored::OverMaxPayload(e.to_string())));
+                    break;
+                }
+                Err(e) => {
+                    results.push(Err(NotStored::NotSent(e.to_string())));
+                    break;
                 }
             }
-            if waiting == 0 {
-                break;
-            }
+        }
+        let sent = usize::try_from(self.next - first).unwrap_or(usize::MAX);
+        let mut waiting = sent;
+        let deadline = tokio::time::Instant::now() + ACK_WAIT;
+        while waiting > 0 {
             let Some(acks) = self.acks.as_mut() else { break };
             match tokio::time::timeout_at(deadline, acks.next()).await {
                 Ok(Some(reply)) => {
                     let n = reply_number(&reply);
-                    let Some(&i) = n
-                        .and_then(|n| n.checked_sub(first))
-                        .and_then(|k| usize::try_from(k).ok())
-                        .and_then(|k| sent_as.get(k))
+                    let Some(i) = n.and_then(|n| n.checked_sub(first)).and_then(|i| usize::try_from(i).ok())
                     else {
                         continue;
                     };
                     if let Some(slot @ Err(NotStored::Unconfirmed)) = results.get_mut(i) {
                         *slot = acknowledged(&reply).map_err(NotStored::Refused);
                         waiting -= 1;
-                        if slot.is_ok() {
-                            ready.extend(successor[i]);
-                        }
                     }
                 }
                 // The subscription ended (the client is closing): subscribed again next time.
