@@ -346,6 +346,16 @@ impl Session {
                                     // everything unacked handed out again.
                                     drop(batch);
                                     last_delivery = self.reset_after_loss(&consumer, last, got).await;
+                                    if last_delivery.is_none() {
+                                        // Going on would hand out newer events before the lost
+                                        // ones: end the stream instead. The client's next
+                                        // Subscribe resets the consumer before delivering.
+                                        let status = Status::unavailable(
+                                            "deliveries were lost in transit and the subscription could not be reset to keep order; subscribe again",
+                                        );
+                                        let _ = self.tx.send(Err(status)).await;
+                                        break 'session;
+                                    }
                                     continue 'session;
                                 }
                             }
@@ -384,7 +394,8 @@ impl Session {
     /// consumer to its ack floor, so everything unacked is delivered again now, in stream
     /// order; what the department may have seen is marked by the repeat marks.
     /// Returns the consumer's delivery sequence after the reset (the reset restarts it), to
-    /// check the next delivery against; `None` when the reset failed.
+    /// check the next delivery against; `None` when the reset failed (the caller then ends the
+    /// stream).
     async fn reset_after_loss(&self, consumer: &consumer::PullConsumer, last: u64, got: u64) -> Option<u64> {
         tracing::warn!(subscription = %self.sub.name, last, got, "deliveries lost in transit; resetting the subscription to its ack floor to keep order");
         // A pull request nobody reads (a dead stream's, or one whose interest NATS has not
@@ -410,7 +421,7 @@ impl Session {
                     return Some(delivered);
                 }
                 Err(e) if attempt == 10 => {
-                    tracing::error!(subscription = %self.sub.name, error = %e, "subscription reset failed; the lost deliveries come back after the ack wait, possibly after newer events");
+                    tracing::error!(subscription = %self.sub.name, error = %e, "subscription reset failed; ending the stream rather than delivering newer events before the lost ones");
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
