@@ -2,7 +2,7 @@
 //! hash chains detecting a tampered record and deleted newest records (against the anchored
 //! chain heads), and a dead letter replayed after a schema fix.
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use kakehashi_adapter::config::AdapterConfig;
 use kakehashi_ctl::cli::Conn;
 use kakehashi_proto::v1::{flows_client, publisher_client, Event, Hop, TraceEventRequest};
@@ -167,24 +167,18 @@ async fn deliver_doses(bus: &mut Bus, subscriber: &mut Subscriber, doses: std::o
     }
 }
 
-/// JetStream and the `KH_CONFIG` bucket (anchored chain heads) of the bus, for reading the trail.
-async fn audit_store(bus: &Bus) -> (jetstream::Context, kv::Store) {
-    let js = jetstream::new(bus.nats.admin().await);
-    let bucket = js.get_key_value(kakehashi_proto::subjects::BUCKET_CONFIG).await.expect("bucket");
-    (js, bucket)
+/// JetStream of the bus, for reading the trail and the anchored chain heads.
+async fn audit_store(bus: &Bus) -> jetstream::Context {
+    jetstream::new(bus.nats.admin().await)
 }
 
 /// Every audit record, once `acked` records are stored and every chain's head is anchored up
 /// to its newest record (anchoring runs every second).
-async fn anchored_records(
-    js: &jetstream::Context,
-    bucket: &kv::Store,
-    acked: usize,
-) -> Vec<(u64, AuditRecord)> {
+async fn anchored_records(js: &jetstream::Context, acked: usize) -> Vec<(u64, AuditRecord)> {
     wait::until("the records stored and their chain heads anchored", Duration::from_secs(20), || {
-        let (js, bucket) = (js.clone(), bucket.clone());
+        let js = js.clone();
         async move {
-            let heads = kakehashi_runtime::audit::read_heads(&bucket).await.ok()?;
+            let heads = kakehashi_ctl::commands::audit::read_heads(&js).await.ok()?;
             let r = kakehashi_ctl::commands::audit::read_all(&js).await.ok()?;
             let all_acked =
                 r.iter().flat_map(|(_, r)| r.clone().into_hops()).filter(|h| h.hop == "acked").count()
@@ -203,7 +197,9 @@ fn has_hop(r: &AuditRecord, hop: &str) -> bool {
 }
 
 /// The retention `kakehashi audit verify` assumes by default: the shipped `KH_AUDIT` max age.
-const SHIPPED_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+fn shipped_retention() -> Duration {
+    Duration::from_secs(TopologyConfig::default().audit_max_age_secs)
+}
 
 /// What `kakehashi` needs to reach this bus.
 fn conn(bus: &Bus) -> Conn {
@@ -215,11 +211,11 @@ async fn audit_verify_names_a_tampered_record() {
     let mut bus = tamperable_bus().await;
     let mut subscriber = subscribe(&bus).await;
     deliver_doses(&mut bus, &mut subscriber, 1..=3).await;
-    let (js, bucket) = audit_store(&bus).await;
-    let records = anchored_records(&js, &bucket, 3).await;
+    let js = audit_store(&bus).await;
+    let records = anchored_records(&js, 3).await;
     assert!(kakehashi_runtime::audit::verify(&records, &[], 0).is_empty(), "intact before tampering");
     let conn = conn(&bus);
-    kakehashi_ctl::commands::audit::verify(&conn, true, SHIPPED_RETENTION)
+    kakehashi_ctl::commands::audit::verify(&conn, true, shipped_retention())
         .await
         .expect("verify passes on an intact trail");
 
@@ -232,7 +228,7 @@ async fn audit_verify_names_a_tampered_record() {
     let chain = kakehashi_runtime::audit::chain_name(&victim.actor, &victim.chain);
     assert_eq!((broken[0].actor.as_str(), broken[0].seq), (chain.as_str(), victim.seq));
     assert!(broken[0].problem.contains("altered"), "{}", broken[0].problem);
-    let err = kakehashi_ctl::commands::audit::verify(&conn, true, SHIPPED_RETENTION)
+    let err = kakehashi_ctl::commands::audit::verify(&conn, true, shipped_retention())
         .await
         .expect_err("verify fails");
     assert!(err.to_string().contains("broken"), "{err}");
@@ -243,10 +239,10 @@ async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
     let mut bus = tamperable_bus().await;
     let mut subscriber = subscribe(&bus).await;
     deliver_doses(&mut bus, &mut subscriber, 1..=2).await;
-    let (js, bucket) = audit_store(&bus).await;
-    let records = anchored_records(&js, &bucket, 2).await;
+    let js = audit_store(&bus).await;
+    let records = anchored_records(&js, 2).await;
     let conn = conn(&bus);
-    kakehashi_ctl::commands::audit::verify(&conn, true, SHIPPED_RETENTION)
+    kakehashi_ctl::commands::audit::verify(&conn, true, shipped_retention())
         .await
         .expect("verify passes on an intact trail");
 
@@ -261,13 +257,13 @@ async fn audit_verify_names_deleted_newest_records_against_the_anchored_head() {
     js.get_stream("KH_AUDIT").await.expect("stream").delete_message(newest_seq).await.expect("delete");
     let after = kakehashi_ctl::commands::audit::read_all(&js).await.expect("read");
     assert!(kakehashi_runtime::audit::verify(&after, &[], 0).is_empty(), "undetectable without the head");
-    let heads = kakehashi_runtime::audit::read_heads(&bucket).await.expect("heads");
+    let heads = kakehashi_ctl::commands::audit::read_heads(&js).await.expect("heads");
     let broken = kakehashi_runtime::audit::verify(&after, &heads, 0);
     assert_eq!(broken.len(), 1, "{broken:?}");
     let chain = kakehashi_runtime::audit::chain_name(&newest.actor, &newest.chain);
     assert_eq!((broken[0].actor.as_str(), broken[0].seq), (chain.as_str(), newest.seq));
     assert!(broken[0].problem.contains("missing at the end"), "{}", broken[0].problem);
-    let err = kakehashi_ctl::commands::audit::verify(&conn, true, SHIPPED_RETENTION)
+    let err = kakehashi_ctl::commands::audit::verify(&conn, true, shipped_retention())
         .await
         .expect_err("verify fails");
     assert!(err.to_string().contains("broken"), "{err}");
@@ -281,7 +277,7 @@ async fn audit_verify_tells_records_expired_by_retention_from_deleted_ones() {
     let mut bus = bus_with(topology).await;
     let mut subscriber = subscribe(&bus).await;
     deliver_doses(&mut bus, &mut subscriber, 1..=2).await;
-    let (js, bucket) = audit_store(&bus).await;
+    let js = audit_store(&bus).await;
     wait::until("the first records to expire", Duration::from_secs(30), || {
         let js = js.clone();
         async move {
@@ -292,14 +288,14 @@ async fn audit_verify_tells_records_expired_by_retention_from_deleted_ones() {
     .await;
     // The chains go on after the gap that expiry left.
     deliver_doses(&mut bus, &mut subscriber, 3..=3).await;
-    let records = anchored_records(&js, &bucket, 1).await;
+    let records = anchored_records(&js, 1).await;
     assert!(records.iter().all(|(_, r)| r.seq > 1), "every chain's beginning expired: {records:?}");
     assert!(
         !kakehashi_runtime::audit::verify(&records, &[], 0).is_empty(),
         "without the retention horizon the expired beginning looks deleted"
     );
     // Told the stream keeps records for 30 days, the verifier cannot excuse the gap ...
-    let err = kakehashi_ctl::commands::audit::verify(&conn(&bus), true, SHIPPED_RETENTION)
+    let err = kakehashi_ctl::commands::audit::verify(&conn(&bus), true, shipped_retention())
         .await
         .expect_err("a gap younger than the stated retention");
     assert!(err.to_string().contains("broken chain"), "{err}");
@@ -314,8 +310,8 @@ async fn a_registry_restarted_under_the_same_name_starts_a_new_chain_not_a_forge
     let mut bus = bus().await;
     let mut subscriber = subscribe(&bus).await;
     deliver_doses(&mut bus, &mut subscriber, 1..=1).await;
-    let (js, bucket) = audit_store(&bus).await;
-    anchored_records(&js, &bucket, 1).await;
+    let js = audit_store(&bus).await;
+    anchored_records(&js, 1).await;
     // The same instance name again: in this process the default name (host and pid) repeats,
     // as a configured `instance` or pid 1 in a container would.
     drop(subscriber);
@@ -326,7 +322,7 @@ async fn a_registry_restarted_under_the_same_name_starts_a_new_chain_not_a_forge
     let mut bus = Bus { nats, registry, _adapter, channel, publisher };
     let mut subscriber = subscribe(&bus).await;
     deliver_doses(&mut bus, &mut subscriber, 2..=2).await;
-    let records = anchored_records(&js, &bucket, 2).await;
+    let records = anchored_records(&js, 2).await;
     let instance =
         records.iter().find(|(_, r)| has_hop(r, "acked")).map(|(_, r)| r.actor.clone()).expect("acked");
     let chains: std::collections::BTreeSet<_> =
@@ -336,7 +332,7 @@ async fn a_registry_restarted_under_the_same_name_starts_a_new_chain_not_a_forge
         records.iter().filter(|(_, r)| r.actor == instance && r.seq == 1).count() == 2,
         "both chains begin at record 1"
     );
-    kakehashi_ctl::commands::audit::verify(&conn(&bus), true, SHIPPED_RETENTION)
+    kakehashi_ctl::commands::audit::verify(&conn(&bus), true, shipped_retention())
         .await
         .expect("a restart is not tampering");
 }

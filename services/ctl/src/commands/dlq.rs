@@ -216,12 +216,10 @@ async fn follow(conn: &Conn, event_id: &str, since_us: i64, wait: Duration) -> S
             Err(_) => None,
         };
         let hops = trace.map(|t| t.into_inner().hops).unwrap_or_default();
-        let time_us = |h: &kakehashi_proto::v1::Hop| {
-            h.time.as_ref().map_or(0, |t| t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos / 1000))
-        };
-        let verdict = hops
-            .iter()
-            .rfind(|h| time_us(h) >= since_us && matches!(h.hop.as_str(), "validated" | "dead_lettered"));
+        let verdict = hops.iter().rfind(|h| {
+            super::trace::micros(&h.time) >= since_us
+                && matches!(h.hop.as_str(), "validated" | "dead_lettered")
+        });
         if let Some(h) = verdict {
             return match h.hop.as_str() {
                 "validated" => format!("validated against schema version {}", h.schema_version),

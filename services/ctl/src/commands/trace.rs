@@ -7,7 +7,8 @@ use crate::output::emit;
 use kakehashi_proto::v1::{FindEventsRequest, Hop, TraceEventRequest};
 use serde_json::json;
 
-fn micros(t: &Option<prost_types::Timestamp>) -> i64 {
+/// A timestamp in Unix microseconds (0 when absent).
+pub(crate) fn micros(t: &Option<prost_types::Timestamp>) -> i64 {
     // Saturating: a server's odd timestamp prints oddly rather than overflowing.
     t.as_ref().map_or(0, |t| t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos) / 1000))
 }

@@ -2,8 +2,6 @@
 //! *stored* record into the `KH_CONFIG` bucket, so [`super::verify`] can tell when the newest
 //! records of a chain were deleted (the chain alone cannot) or the chain was rewritten.
 
-use async_nats::jetstream::kv;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 /// Key prefix of the anchored heads in `KH_CONFIG`.
@@ -32,24 +30,4 @@ pub struct ChainHead {
 /// may not).
 pub fn head_key(chain_name: &str) -> String {
     format!("{HEAD_PREFIX}{}", hex::encode(chain_name))
-}
-
-/// Every anchored head. Read them *before* the records: a head read later could name records
-/// stored after the records were read.
-pub async fn read_heads(bucket: &kv::Store) -> Result<Vec<ChainHead>, String> {
-    let mut keys = bucket.keys().await.map_err(|e| format!("chain heads: {e}"))?;
-    let mut heads = Vec::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| format!("chain heads: {e}"))?;
-        if !key.starts_with(HEAD_PREFIX) {
-            continue;
-        }
-        let Some(bytes) = bucket.get(&key).await.map_err(|e| format!("chain head {key}: {e}"))? else {
-            continue;
-        };
-        let head = serde_json::from_slice::<ChainHead>(&bytes)
-            .map_err(|e| format!("chain head {key} is unreadable (altered?): {e}"))?;
-        heads.push(head);
-    }
-    Ok(heads)
 }

@@ -4,8 +4,9 @@
 //! index, which maps event ids to stream sequences ([`AuditRecord::into_hops`] unpacks a batch).
 //! The records one process writes form a hash chain — each carries its sequence number in the
 //! chain and the hash of its predecessor — and the chain's head is anchored in `KH_CONFIG`
-//! ([`read_heads`]), so a deleted or altered record, the newest included, is detectable
-//! ([`verify`]); a batch record is one link, its hash covering all its hops.
+//! (keys [`HEAD_PREFIX`]`<chain>`, read back by `kakehashi audit verify`), so a deleted or
+//! altered record, the newest included, is detectable ([`verify`]); a batch record is one link,
+//! its hash covering all its hops.
 //!
 //! Writing never blocks the hot path: records go through a bounded channel to one task per
 //! process, which chains and publishes them pipelined. Records never hold payload data.
@@ -14,7 +15,7 @@ mod heads;
 mod verify;
 mod writer;
 
-pub use heads::{head_key, read_heads, ChainHead, HEAD_PREFIX};
+pub use heads::{head_key, ChainHead, HEAD_PREFIX};
 pub use verify::{drop_repeats, verify, verify_trail, BrokenLink, Trail};
 
 use crate::topology::TopologyConfig;
