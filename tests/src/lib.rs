@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod collect;
 pub mod console;
 pub mod interop;
+pub mod lossy_link;
 pub mod nats;
 pub mod otlp;
 pub mod process;

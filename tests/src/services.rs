@@ -212,3 +212,14 @@ pub async fn wait_serving_with(addr: SocketAddr, tls: Option<ClientTlsConfig>) {
     })
     .await
 }
+
+/// `GET /metrics` from a metrics listener at `addr` (one without a token); the whole response.
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}

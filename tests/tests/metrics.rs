@@ -5,7 +5,7 @@
 
 use kakehashi_proto::v1::Event;
 use kakehashi_tests::bus::Flow;
-use kakehashi_tests::services::registry_config;
+use kakehashi_tests::services::{registry_config, scrape_metrics};
 use kakehashi_tests::{wait, NatsServer, Registry};
 use prost::Message as _;
 use std::net::SocketAddr;
@@ -15,15 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const TYPE: &str = "metrics.check.done";
 const FLOW: Flow =
     Flow { event_type: TYPE, policy: TYPE, producers: &["city-x"], reader: "mhlw", subscription: "m" };
-
-async fn scrape(addr: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
 
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
@@ -66,7 +57,7 @@ async fn metrics_count_every_outcome_and_report_lag() {
 
     let sub = "sub_mhlw_m";
     let text = wait::until("metrics to show acks and lag", Duration::from_secs(20), || async move {
-        let t = scrape(metrics).await;
+        let t = scrape_metrics(metrics).await;
         let acked = sample(
             &t,
             &format!("kakehashi_events_acked_total{{subscription=\"{sub}\",department=\"mhlw\"}}"),
@@ -104,7 +95,8 @@ async fn metrics_count_every_outcome_and_report_lag() {
     assert!(hits >= 4.0 && misses >= 1.0, "hits {hits} misses {misses}");
     // The trace index reads the trail these events left: reported, and caught up.
     wait::until("the trace index reported caught up", Duration::from_secs(20), || async move {
-        (sample(&scrape(metrics).await, "kakehashi_trace_index_behind_records") == Some(0.0)).then_some(())
+        (sample(&scrape_metrics(metrics).await, "kakehashi_trace_index_behind_records") == Some(0.0))
+            .then_some(())
     })
     .await;
 }

@@ -12,14 +12,13 @@
 
 use kakehashi_proto::v1::{publisher_client::PublisherClient, Event};
 use kakehashi_tests::bus::Flow;
-use kakehashi_tests::services::{adapter_config, registry_config};
+use kakehashi_tests::services::{adapter_config, registry_config, scrape_metrics};
 use kakehashi_tests::{Adapter, NatsServer, Registry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TYPE: &str = "observability.check.done";
 const FLOW: Flow =
@@ -457,16 +456,6 @@ fn the_name_rule_finds_metrics_and_only_metrics() {
     assert_eq!(names, expected);
 }
 
-/// `GET /metrics` from `addr`.
-async fn scrape(addr: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
 /// The sample names (metric names of the sample lines) and the `# TYPE` of each family.
 fn parse_scrape(text: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
     let mut samples = BTreeSet::new();
@@ -530,7 +519,8 @@ async fn every_metric_the_dashboard_and_alerts_query_is_in_a_scrape_of_a_running
     // name what is missing.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let scraped = loop {
-        let text = format!("{}\n{}", scrape(registry_metrics).await, scrape(adapter_metrics).await);
+        let text =
+            format!("{}\n{}", scrape_metrics(registry_metrics).await, scrape_metrics(adapter_metrics).await);
         let (samples, _) = parse_scrape(&text);
         if wanted.keys().all(|n| samples.contains(n)) || std::time::Instant::now() > deadline {
             break text;

@@ -107,7 +107,9 @@ pub struct Limits {
 pub struct ValidatorConfig {
     /// Run the validator in this instance.
     pub enabled: bool,
-    /// Messages pulled per batch.
+    /// Messages pulled per batch, 1 to 1,000: a batch's events are published to `KH_EVENTS` as
+    /// one JetStream atomic batch, which nats-server caps at 1,000 messages.
+    #[serde(deserialize_with = "validator_batch")]
     pub batch: usize,
     /// Ingress messages not acked within this time are redelivered.
     pub ack_wait_secs: u64,
@@ -172,6 +174,18 @@ impl Default for Limits {
             max_list_response_bytes: 4 * 1024 * 1024 - 64 * 1024,
         }
     }
+}
+
+/// `validator.batch`, refused outside what one atomic batch may hold.
+fn validator_batch<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let batch = usize::deserialize(deserializer)?;
+    let most = crate::validator::MAX_ATOMIC_BATCH;
+    if (1..=most).contains(&batch) {
+        return Ok(batch);
+    }
+    Err(serde::de::Error::custom(format!(
+        "validator.batch = {batch} is out of range: it must be 1 to {most} (a batch's events are one JetStream atomic batch, which nats-server caps at {most} messages)"
+    )))
 }
 
 /// `limits.max_json_depth`, refused when serde_json's recursion limit would answer before ours.
@@ -327,6 +341,26 @@ mod json_depth_tests {
             }
         }
         assert_eq!(RegistryConfig::default().limits.max_json_depth, 64);
+    }
+
+    #[test]
+    fn a_validator_batch_outside_1_to_1000_is_refused_at_load_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("registry.toml");
+        for (batch, ok) in [(0, false), (1, true), (1000, true), (1001, false)] {
+            std::fs::write(&config, format!("[validator]\nbatch = {batch}\n")).expect("write config");
+            match RegistryConfig::load(Some(&config)) {
+                Ok(loaded) => {
+                    assert!(ok, "{batch} is accepted");
+                    assert_eq!(loaded.validator.batch, batch);
+                }
+                Err(e) => {
+                    assert!(!ok, "{batch} is refused: {e}");
+                    let e = e.to_string();
+                    assert!(e.contains("validator.batch") && e.contains("1 to 1000"), "{e}");
+                }
+            }
+        }
     }
 }
 

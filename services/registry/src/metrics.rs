@@ -21,6 +21,8 @@ pub struct RegistryMetrics {
     pub dead_lettered: CounterVec,
     /// Times this instance became the pinned validator (startup and failovers).
     pub validator_takeovers: CounterVec,
+    /// Batches of events JetStream refused whole, then published one at a time.
+    pub validator_batches_refused: CounterVec,
     /// Deliveries, by subscription and reading department.
     pub delivered: CounterVec,
     /// Acks, by subscription and reading department.
@@ -51,6 +53,11 @@ impl RegistryMetrics {
             validator_takeovers: registry.counter(
                 "kakehashi_validator_takeovers_total",
                 "Times this instance was pinned as the validator and started from the ack floor.",
+                &[],
+            ),
+            validator_batches_refused: registry.counter(
+                "kakehashi_validator_batches_refused_total",
+                "Atomic batches of validated events JetStream refused whole (a message lost on the way, a duplicate, one too large, atomic batches not allowed), then published one event at a time.",
                 &[],
             ),
             delivered: registry.counter(

@@ -217,13 +217,30 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
         ..base(STREAM_AUDIT, AUDIT_ALL, cfg.audit_max_age_secs)
     };
     let dlq = stream::Config { allow_direct: true, ..base(STREAM_DLQ, DLQ_ALL, cfg.dlq_max_age_secs) };
-    let configs = [ingress, base(STREAM_EVENTS, EVENTS_ALL, cfg.events_max_age_secs), dlq, audit];
+    // The validator publishes each batch's events as one atomic batch (its order guarantee).
+    let events = stream::Config {
+        allow_atomic_publish: true,
+        ..base(STREAM_EVENTS, EVENTS_ALL, cfg.events_max_age_secs)
+    };
+    let configs = [ingress, events, dlq, audit];
     let names = [STREAM_INGRESS, STREAM_EVENTS, STREAM_DLQ, STREAM_AUDIT];
     for (name, config) in names.into_iter().zip(configs) {
         let mut stream = js
             .get_or_create_stream(config)
             .await
             .map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
+        if name == STREAM_EVENTS {
+            let info =
+                stream.info().await.map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
+            if !info.config.allow_atomic_publish {
+                // A stream created before the validator published atomically: it still works,
+                // one confirmed publish at a time, which is much slower.
+                tracing::warn!(
+                    stream = name,
+                    "stream does not allow atomic batches, so the validator publishes one event at a time: as the NATS admin identity, update it with allow_atomic (docs/operations.md)"
+                );
+            }
+        }
         if name == STREAM_AUDIT || name == STREAM_DLQ {
             let info =
                 stream.info().await.map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;

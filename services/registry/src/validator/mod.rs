@@ -8,7 +8,9 @@
 //! the partitions between them ([`share`]). Each batch is checked in order; accepted events are
 //! republished to `kh.ev.<type>` as binary-mode CloudEvents (`ce-` headers, the payload bytes
 //! untouched as the body) with `Nats-Msg-Id` = event id, rejected ones go
-//! to `kh.dlq.<source>.<type>`; publishes are pipelined and the ingress message is acked only
+//! to `kh.dlq.<source>.<type>`; a batch's events are published as one JetStream atomic batch
+//! (all stored or none, so a publish lost in transit never lets a later event of its record be
+//! stored first), its dead letters pipelined beside it, and the ingress message is acked only
 //! once its publish is confirmed, so a crash anywhere loses nothing and duplicates nothing.
 //!
 //! Order per key across a takeover is kept by construction, not by timing: `KH_INGRESS` is a
@@ -26,6 +28,7 @@ pub mod share;
 
 pub(crate) use check::check_size;
 pub use check::{check_payload, CheckLimits, PayloadRejected};
+pub(crate) use publish::MAX_ATOMIC_BATCH;
 
 use crate::dead_letter;
 use crate::store::SchemaStore;
@@ -592,6 +595,9 @@ async fn process_batch(
         .collect();
     let mut done = 0;
     let mut backoff = Duration::from_millis(100);
+    // Events go as one atomic batch until JetStream refuses one whole; then one by one, so
+    // each message gets its own answer (publish.rs).
+    let mut mode = publish::Mode::Atomic;
     // Refusals of a message as too large, for which the same message will never be stored.
     let mut too_large = 0u32;
     while done < batch.len() {
@@ -603,14 +609,26 @@ async fn process_batch(
             .zip(&batch[done..])
             .map(|((subject, out, _, _), ingress)| {
                 let (headers, payload) = out.message(&ingress.payload);
-                (subject.clone(), headers, payload)
+                let atomic = matches!(out, Outgoing::Event { .. });
+                publish::Outbound { subject: subject.clone(), headers, payload, atomic }
             })
             .collect();
+        let mut refused_whole = false;
         // In order: the ingress is acked and the hop recorded up to the first message not
         // known to be stored; from there the batch is published again.
-        for stored in confirmations.publish(messages).await {
+        for stored in confirmations.publish(messages, mode).await {
             let sequence = match stored {
                 Ok(sequence) => sequence,
+                Err(publish::NotStored::BatchRefused(r)) => {
+                    // Nothing of the batch is stored; its refusal names no message (a
+                    // duplicate of an event stored before, one too large, one lost on the
+                    // way): each is sent again on its own, at once.
+                    tracing::debug!(refusal = %r, "atomic batch refused: publishing one by one");
+                    settings.metrics.validator_batches_refused.with(&[]).inc();
+                    mode = publish::Mode::OneByOne;
+                    refused_whole = true;
+                    break;
+                }
                 Err(e) if e.is_too_large() => {
                     let ingress = &batch[done];
                     if let Outgoing::Event { event, version, .. } = &outgoing[done].1 {
@@ -671,6 +689,9 @@ async fn process_batch(
             }
             for msg in batch[done..].iter().filter_map(|i| i.delivered.as_ref()) {
                 let _ = msg.ack_with(AckKind::Progress).await;
+            }
+            if refused_whole {
+                continue;
             }
             tokio::time::sleep(backoff).await;
             // At most a second: a `KH_EVENTS` leader elected while this waited 1.6 s and then

@@ -2,7 +2,14 @@
 //! inbox, JetStream's acknowledgements read off one subscription per pull session. No request,
 //! inbox, oneshot channel or timer per event (what `jetstream::Context::send_publish` costs for
 //! each); the audit writer confirms its records the same way.
+//!
+//! A batch's validated events go to `KH_EVENTS` as one JetStream atomic batch: all stored or
+//! none. Pipelined one by one, a publish lost in transit (the client drops its write buffer
+//! when it reconnects; a stream leader dies before replicating) could be followed by a stored
+//! later event of the same record, and its retry then stored after that one: the record's
+//! order inverted. A batch with a message missing is refused whole instead (docs/delivery.md).
 
+use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
 use async_nats::{HeaderMap, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -12,6 +19,10 @@ use std::time::Duration;
 /// How long a batch's acknowledgements are awaited before what is unconfirmed is published
 /// again (what `send_publish` waits by default).
 const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// Most messages nats-server takes in one atomic batch (its `max_batch_size` default); the
+/// validator's `batch` is held to it at load.
+pub(crate) const MAX_ATOMIC_BATCH: usize = 1000;
 
 /// Why a message of a batch is not known to be stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +34,11 @@ pub(super) enum NotStored {
     /// description.
     #[error("publish refused: {0}")]
     Refused(Refusal),
+    /// JetStream refused the atomic batch it was part of (a message of it lost in transit, a
+    /// duplicate, one too large, …): none of the batch is stored, and the refusal does not say
+    /// which message it was about.
+    #[error("atomic batch refused: {0}")]
+    BatchRefused(Refusal),
     /// The client refused it as over the server's `max_payload`: refused again at every retry.
     #[error("publish failed: {0} (the NATS server's max_payload)")]
     OverMaxPayload(String),
@@ -38,9 +54,32 @@ impl NotStored {
         match self {
             NotStored::Refused(r) => r.is_too_large(),
             NotStored::OverMaxPayload(_) => true,
-            NotStored::NotSent(_) | NotStored::Unconfirmed => false,
+            NotStored::NotSent(_) | NotStored::BatchRefused(_) | NotStored::Unconfirmed => false,
         }
     }
+}
+
+/// One message to publish.
+pub(super) struct Outbound {
+    /// Where to.
+    pub subject: String,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its payload.
+    pub payload: Bytes,
+    /// Whether it goes to `KH_EVENTS` with the batch's other events, atomically.
+    pub atomic: bool,
+}
+
+/// How a batch is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Pipelined; two or more events as one atomic batch.
+    Atomic,
+    /// Each message confirmed before the next is sent: for a batch JetStream refused whole,
+    /// whose refusal names no message, so each message gets its own answer (a duplicate is
+    /// then acknowledged as one, a message too large refused alone).
+    OneByOne,
 }
 
 /// Where one pull session's publishes are confirmed.
@@ -50,7 +89,8 @@ pub(super) struct Confirmations {
     /// `<inbox>.*`; none after it ended (subscribed again before the next batch).
     acks: Option<Subscriber>,
     /// The number in the next message's reply subject `<inbox>.<n>`: replies to earlier
-    /// batches (confirmed too late) are told apart from this one's and ignored.
+    /// batches (confirmed too late) are told apart from this one's and ignored. Messages sent
+    /// without a reply (an atomic batch's before its commit) take a number too.
     next: u64,
 }
 
@@ -61,14 +101,35 @@ impl Confirmations {
         Self { client, inbox, acks: None, next: 0 }
     }
 
-    /// Publishes `messages` (subject, headers, payload) in order and waits for their
-    /// acknowledgements: for each, the `KH_EVENTS` (or `KH_DLQ`) sequence it is stored at, or
-    /// why it is not known to be. Messages after one the client did not take are not sent.
+    /// Publishes `messages` in order and waits for their acknowledgements: for each, the
+    /// `KH_EVENTS` (or `KH_DLQ`) sequence it is stored at, or why it is not known to be.
+    /// Messages after one the client did not take are not sent; one by one, none after one
+    /// not stored.
     pub(super) async fn publish(
         &mut self,
-        messages: Vec<(String, HeaderMap, Bytes)>,
+        messages: Vec<Outbound>,
+        mode: Mode,
     ) -> Vec<Result<u64, NotStored>> {
-        let mut results = Vec::new();
+        match mode {
+            Mode::Atomic => self.pipelined(messages).await,
+            Mode::OneByOne => {
+                let mut results = Vec::with_capacity(messages.len());
+                for mut m in messages {
+                    m.atomic = false;
+                    let result = self.pipelined(vec![m]).await.pop().unwrap_or(Err(NotStored::Unconfirmed));
+                    let stored = result.is_ok();
+                    results.push(result);
+                    if !stored {
+                        break;
+                    }
+                }
+                results
+            }
+        }
+    }
+
+    async fn pipelined(&mut self, messages: Vec<Outbound>) -> Vec<Result<u64, NotStored>> {
+        let mut results = Vec::with_capacity(messages.len());
         if self.acks.is_none() {
             match self.client.subscribe(format!("{}.*", self.inbox)).await {
                 Ok(acks) => self.acks = Some(acks),
@@ -78,10 +139,30 @@ impl Confirmations {
                 }
             }
         }
+        // One event alone needs no batch (and a plain publish answers a duplicate as one).
+        let atomic = messages.iter().filter(|m| m.atomic).count();
+        let mut batch = (atomic > 1).then(|| AtomicBatch::new(&self.inbox, self.next, atomic));
         let first = self.next;
-        for (subject, headers, payload) in messages {
-            let reply = format!("{}.{}", self.inbox, self.next);
-            match self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await {
+        let mut waiting = 0usize;
+        for Outbound { subject, mut headers, payload, atomic } in messages {
+            let sent = match batch.as_mut() {
+                Some(b) if atomic => {
+                    if b.stamp(&mut headers, results.len(), self.next) {
+                        waiting += 1;
+                        let reply = format!("{}.{}", self.inbox, self.next);
+                        self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await
+                    } else {
+                        // Answered only with the commit: no reply subject, nothing to read.
+                        self.client.publish_with_headers(subject, headers, payload).await
+                    }
+                }
+                _ => {
+                    waiting += 1;
+                    let reply = format!("{}.{}", self.inbox, self.next);
+                    self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await
+                }
+            };
+            match sent {
                 Ok(()) => {
                     self.next += 1;
                     results.push(Err(NotStored::Unconfirmed));
@@ -96,9 +177,8 @@ impl Confirmations {
                 }
             }
         }
-        let sent = usize::try_from(self.next - first).unwrap_or(usize::MAX);
-        let mut waiting = sent;
         let deadline = tokio::time::Instant::now() + ACK_WAIT;
+        let mut batch_ack = None;
         while waiting > 0 {
             let Some(acks) = self.acks.as_mut() else { break };
             match tokio::time::timeout_at(deadline, acks.next()).await {
@@ -109,7 +189,12 @@ impl Confirmations {
                         continue;
                     };
                     if let Some(slot @ Err(NotStored::Unconfirmed)) = results.get_mut(i) {
-                        *slot = acknowledged(&reply).map_err(NotStored::Refused);
+                        let answer = acknowledged(&reply);
+                        if batch.as_ref().is_some_and(|b| n == Some(b.commit_number)) {
+                            batch_ack = Some(answer);
+                        } else {
+                            *slot = answer.map_err(NotStored::Refused);
+                        }
                         waiting -= 1;
                     }
                 }
@@ -118,6 +203,61 @@ impl Confirmations {
                 Err(_) => break,
             }
         }
+        if let (Some(b), Some(answer)) = (&batch, batch_ack) {
+            b.settle(answer, &mut results);
+        }
         results
+    }
+}
+
+/// The events of one `publish` sent as a JetStream atomic batch.
+struct AtomicBatch {
+    /// `Nats-Batch-Id`: unique per batch (the server keeps an abandoned one for a while).
+    id: String,
+    /// How many messages it holds.
+    len: usize,
+    /// The reply number of its commit: the message whose answer is the whole batch's.
+    commit_number: u64,
+    /// The results' indexes of its messages, in batch order.
+    members: Vec<usize>,
+}
+
+impl AtomicBatch {
+    fn new(inbox: &str, next: u64, len: usize) -> Self {
+        // The inbox's unique token and the first reply number: unique per client and batch.
+        let token = inbox.rsplit('.').next().unwrap_or(inbox);
+        Self { id: format!("{token}-{next}"), len, commit_number: u64::MAX, members: Vec::with_capacity(len) }
+    }
+
+    /// Adds the batch headers to its next message, the results' `index`th, sent with reply
+    /// number `number`; whether it is the commit.
+    fn stamp(&mut self, headers: &mut HeaderMap, index: usize, number: u64) -> bool {
+        self.members.push(index);
+        let n = self.members.len();
+        headers.insert(NATS_BATCH_ID, self.id.as_str());
+        headers.insert(NATS_BATCH_SEQUENCE, n.to_string());
+        let commit = n == self.len;
+        if commit {
+            headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
+            self.commit_number = number;
+        }
+        commit
+    }
+
+    /// Gives each member the batch's answer: its own sequence (an atomic batch is stored
+    /// contiguously, the commit's answer naming the last), or the batch's refusal.
+    fn settle(&self, answer: Result<u64, Refusal>, results: &mut [Result<u64, NotStored>]) {
+        let len = self.members.len();
+        for (k, &i) in self.members.iter().enumerate() {
+            let Some(slot) = results.get_mut(i) else { continue };
+            *slot = match &answer {
+                // Members after this one, counted back from the last.
+                Ok(last) => u64::try_from(len - 1 - k)
+                    .ok()
+                    .and_then(|after| last.checked_sub(after))
+                    .ok_or(NotStored::Unconfirmed),
+                Err(r) => Err(NotStored::BatchRefused(r.clone())),
+            };
+        }
     }
 }

@@ -1,0 +1,105 @@
+//! A TCP relay in front of a NATS server that loses one publish on the way in: what happens to
+//! a message a client had written when its connection broke (async-nats drops its write buffer
+//! and sends what was still queued on the next connection), made to happen on demand. Every
+//! other byte passes unchanged in both directions.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The relay; stops with the test's runtime.
+pub struct LossyLink {
+    port: u16,
+    lost: Arc<AtomicUsize>,
+}
+
+/// Which publish to lose, counted over every connection through the relay.
+struct Target {
+    prefix: String,
+    nth: usize,
+    seen: AtomicUsize,
+}
+
+impl LossyLink {
+    /// Relays to the NATS server at 127.0.0.1:`upstream`, losing the `nth` (from 1) `PUB` or
+    /// `HPUB` whose subject starts with `prefix`.
+    pub async fn start(upstream: u16, prefix: &str, nth: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let port = listener.local_addr().expect("relay addr").port();
+        let lost = Arc::new(AtomicUsize::new(0));
+        let target = Arc::new(Target { prefix: prefix.to_string(), nth, seen: AtomicUsize::new(0) });
+        let l = lost.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                let (target, lost) = (target.clone(), l.clone());
+                tokio::spawn(relay(client, server, target, lost));
+            }
+        });
+        Self { port, lost }
+    }
+
+    /// `nats://` URL of the relay.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// How many publishes it has lost (0 or 1).
+    pub fn lost(&self) -> usize {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+async fn relay(client: TcpStream, server: TcpStream, target: Arc<Target>, lost: Arc<AtomicUsize>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    });
+    // Client to server: whole protocol operations, so one can be left out.
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match client_read.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::with_capacity(buf.len());
+        let mut at = 0;
+        while let Some(end) = buf[at..].windows(2).position(|w| w == b"\r\n").map(|p| at + p) {
+            let line = &buf[at..end];
+            let words: Vec<&[u8]> = line.split(|b| *b == b' ').filter(|w| !w.is_empty()).collect();
+            let is_pub = matches!(words.first(), Some(op) if op.eq_ignore_ascii_case(b"PUB") || op.eq_ignore_ascii_case(b"HPUB"));
+            if !is_pub {
+                out.extend_from_slice(&buf[at..end + 2]);
+                at = end + 2;
+                continue;
+            }
+            // The last word is the total size of what follows the line (headers and payload).
+            let size: usize = words
+                .last()
+                .and_then(|w| std::str::from_utf8(w).ok())
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(0);
+            let whole = end + 2 + size + 2;
+            if buf.len() < whole {
+                break;
+            }
+            let subject = words.get(1).copied().unwrap_or_default();
+            let matches = subject.starts_with(target.prefix.as_bytes())
+                && target.seen.fetch_add(1, Ordering::SeqCst) + 1 == target.nth;
+            if matches {
+                lost.fetch_add(1, Ordering::SeqCst);
+            } else {
+                out.extend_from_slice(&buf[at..whole]);
+            }
+            at = whole;
+        }
+        buf.drain(..at);
+        if server_write.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! A validated event's publish lost in transit (what a client's write buffer holds when its
+//! connection breaks) must never let a later event of the same record be stored before it:
+//! the validator publishes a batch's events as one JetStream atomic batch, which nats-server
+//! refuses whole when one of its messages is missing.
+
+use kakehashi_tests::bus::{self, Flow};
+use kakehashi_tests::lossy_link::LossyLink;
+use kakehashi_tests::services::{registry_config, scrape_metrics};
+use kakehashi_tests::{NatsServer, Registry};
+use std::time::Duration;
+
+const TYPE: &str = "test.lost.ordered";
+const SOURCE: &str = "city-shibuya";
+const FLOW: Flow =
+    Flow { event_type: TYPE, policy: "test.>", producers: &[SOURCE], reader: "mhlw", subscription: "lost" };
+/// Events of one record, waiting in `KH_INGRESS` so the validator takes them as one batch.
+const EVENTS: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_lost_in_transit_never_lets_a_later_event_of_its_record_be_stored_first() {
+    let nats = NatsServer::start();
+    let js = bus::jetstream(&nats).await;
+    // The bus set up with the validator off: the events wait in KH_INGRESS.
+    let mut config = registry_config(&nats);
+    config.validator.enabled = false;
+    let registry = Registry::start(config).await;
+    FLOW.prepare(&registry.endpoint(), bus::counter_schema()).await;
+    let mut events = bus::events(SOURCE, TYPE, EVENTS);
+    for e in &mut events {
+        e.subject = "record-1".into();
+        bus::publish_ingress(&js, e).await;
+    }
+    registry.stop().await;
+
+    // The validator's connection runs through a link that loses the second publish to
+    // `kh.ev.`: the second event of the batch.
+    let port: u16 = nats.url().rsplit(':').next().and_then(|p| p.parse().ok()).expect("NATS port");
+    let link = LossyLink::start(port, "kh.ev.", 2).await;
+    let mut config = registry_config(&nats);
+    config.nats_url = link.url();
+    let (registry, metrics) = Registry::start_with_metrics(config).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while bus::stream_len(&js, bus::EVENTS).await < EVENTS as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "not every event reached KH_EVENTS in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(link.lost(), 1, "the link lost no publish: the test did not provoke anything");
+    let stored: Vec<u64> = bus::events_in_events_stream(&js)
+        .await
+        .iter()
+        .map(|e| {
+            let data: serde_json::Value = serde_json::from_slice(&e.data).expect("event data");
+            data["n"].as_u64().expect("n")
+        })
+        .collect();
+    let expected: Vec<u64> = (0..EVENTS as u64).collect();
+    assert_eq!(stored, expected, "KH_EVENTS holds the record's events out of order");
+    // The batch with a message missing was refused whole, then published one event at a time.
+    let scrape = scrape_metrics(metrics).await;
+    let refused = scrape.lines().find_map(|l| l.strip_prefix("kakehashi_validator_batches_refused_total "));
+    assert_eq!(refused, Some("1"), "refused batches (the 40 events should have been one batch)");
+    registry.stop().await;
+}
