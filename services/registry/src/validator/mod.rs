@@ -8,10 +8,11 @@
 //! the partitions between them ([`share`]). Each batch is checked in order; accepted events are
 //! republished to `kh.ev.<type>` as binary-mode CloudEvents (`ce-` headers, the payload bytes
 //! untouched as the body) with `Nats-Msg-Id` = event id, rejected ones go
-//! to `kh.dlq.<source>.<type>`; a batch's events are published as one JetStream atomic batch
-//! (all stored or none, so a publish lost in transit never lets a later event of its record be
-//! stored first), its dead letters pipelined beside it, and the ingress message is acked only
-//! once its publish is confirmed, so a crash anywhere loses nothing and duplicates nothing.
+//! to `kh.dlq.<source>.<type>`; the events of a record that repeats within a batch are published
+//! as one JetStream atomic batch (all stored or none, so a publish lost in transit never lets a
+//! later event of its record be stored first), everything else pipelined beside it, and the
+//! ingress message is acked only once its publish is confirmed, so a crash anywhere loses
+//! nothing and duplicates nothing.
 //!
 //! Order per key across a takeover is kept by construction, not by timing: `KH_INGRESS` is a
 //! work queue, so every message still in it is unvalidated or unacked. A new pin holder starts
@@ -595,8 +596,8 @@ async fn process_batch(
         .collect();
     let mut done = 0;
     let mut backoff = Duration::from_millis(100);
-    // Events go as one atomic batch until JetStream refuses one whole; then one by one, so
-    // each message gets its own answer (publish.rs).
+    // Repeated records' events go as one atomic batch until JetStream refuses one whole; then
+    // one by one, so each message gets its own answer (publish.rs).
     let mut mode = publish::Mode::Atomic;
     // Refusals of a message as too large, for which the same message will never be stored.
     let mut too_large = 0u32;
@@ -604,12 +605,13 @@ async fn process_batch(
         // A message per send, from the outcome decided once: a retry must publish exactly what
         // the first attempt did (which may be stored already), never a fresh verdict that
         // schemas or policies changed meanwhile.
+        let repeated = repeated_records(&outgoing[done..]);
         let messages: Vec<_> = outgoing[done..]
             .iter()
             .zip(&batch[done..])
             .map(|((subject, out, _, _), ingress)| {
                 let (headers, payload) = out.message(&ingress.payload);
-                let atomic = matches!(out, Outgoing::Event { .. });
+                let atomic = out.record().is_some_and(|r| repeated.binary_search(&r).is_ok());
                 publish::Outbound { subject: subject.clone(), headers, payload, atomic }
             })
             .collect();
@@ -701,6 +703,19 @@ async fn process_batch(
     }
 }
 
+/// The records (source, type, key) with two or more validated events among `outgoing`: only
+/// their events need the atomic batch. An event alone of its record in a batch has no later
+/// one of its record to overtake it, and the next batch is sent only once this one is
+/// confirmed; publishing it plainly spares the atomic commit's disk sync when no record
+/// repeats (docs/BENCHMARKS.md, 2026-12-04).
+fn repeated_records<'a, T, A, V>(outgoing: &'a [(T, Outgoing, A, V)]) -> Vec<(&'a str, &'a str, &'a str)> {
+    let mut records: Vec<_> = outgoing.iter().filter_map(|(_, out, _, _)| out.record()).collect();
+    records.sort_unstable();
+    let mut repeated: Vec<_> = records.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    repeated.dedup();
+    repeated
+}
+
 /// What the validator publishes for one ingress message, decided once.
 enum Outgoing {
     /// A validated event: its `KH_EVENTS` message is built at each send from the ingress bytes
@@ -718,6 +733,15 @@ enum Outgoing {
 }
 
 impl Outgoing {
+    /// The record a validated event is about (source, type, key; keyless events of a type
+    /// count as one record); none for a dead letter, which has no order to keep.
+    fn record(&self) -> Option<(&str, &str, &str)> {
+        match self {
+            Outgoing::Event { event, .. } => Some((&event.source, &event.r#type, &event.subject)),
+            Outgoing::Ready(..) => None,
+        }
+    }
+
     /// The message to send, headers and payload; `raw` is the ingress payload this outcome was
     /// decided on.
     fn message(&self, raw: &bytes::Bytes) -> (HeaderMap, bytes::Bytes) {
@@ -897,7 +921,7 @@ fn dead_lettered(
 
 #[cfg(test)]
 mod tests {
-    use super::{hop_trace, incoming, Ingress, Tenure};
+    use super::{hop_trace, incoming, repeated_records, Ingress, Outgoing, Tenure};
     use async_nats::HeaderMap;
     use kakehashi_runtime::telemetry;
     use std::collections::HashMap;
@@ -973,5 +997,36 @@ mod tests {
         assert!(!t.follows_directly(7, 1), "a delivery in between went elsewhere or was lost");
         assert!(!t.follows_directly(6, 2), "a redelivery");
         assert!(!t.follows_directly(5, 1), "a reset restarted the delivery sequence");
+    }
+
+    #[test]
+    fn only_records_with_two_or_more_events_in_a_batch_need_the_atomic_batch() {
+        let event = |source: &str, key: &str| Outgoing::Event {
+            event: kakehashi_proto::v1::Event {
+                source: source.into(),
+                r#type: "t.a".into(),
+                subject: key.into(),
+                ..Default::default()
+            },
+            version: 1,
+            trace: Vec::new(),
+        };
+        let letter = || Outgoing::Ready(HeaderMap::new(), bytes::Bytes::new());
+        let outgoing: Vec<((), Outgoing, (), ())> = [
+            event("city-a", "k1"),
+            event("city-a", "k2"),
+            letter(),
+            event("city-b", "k1"),
+            event("city-a", "k1"),
+            event("city-a", ""),
+            letter(),
+            event("city-a", "k1"),
+            event("city-a", ""),
+        ]
+        .into_iter()
+        .map(|o| ((), o, (), ()))
+        .collect();
+        assert_eq!(repeated_records(&outgoing), vec![("city-a", "t.a", ""), ("city-a", "t.a", "k1")]);
+        assert!(repeated_records(&outgoing[..4]).is_empty());
     }
 }

@@ -3,8 +3,9 @@
 //! inbox, oneshot channel or timer per event (what `jetstream::Context::send_publish` costs for
 //! each); the audit writer confirms its records the same way.
 //!
-//! A batch's validated events go to `KH_EVENTS` as one JetStream atomic batch: all stored or
-//! none. Pipelined one by one, a publish lost in transit (the client drops its write buffer
+//! The validated events the caller marks `atomic` (those of a record that repeats in the
+//! batch) go to `KH_EVENTS` as one JetStream atomic batch: all stored or none. Pipelined one
+//! by one, a publish lost in transit (the client drops its write buffer
 //! when it reconnects; a stream leader dies before replicating) could be followed by a stored
 //! later event of the same record, and its retry then stored after that one: the record's
 //! order inverted. A batch with a message missing is refused whole instead (docs/delivery.md).
@@ -67,14 +68,14 @@ pub(super) struct Outbound {
     pub headers: HeaderMap,
     /// Its payload.
     pub payload: Bytes,
-    /// Whether it goes to `KH_EVENTS` with the batch's other events, atomically.
+    /// Whether it goes to `KH_EVENTS` in the atomic batch (an event of a repeated record).
     pub atomic: bool,
 }
 
 /// How a batch is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
-    /// Pipelined; two or more events as one atomic batch.
+    /// Pipelined; the messages marked `atomic`, when two or more, as one atomic batch.
     Atomic,
     /// Each message confirmed before the next is sent: for a batch JetStream refused whole,
     /// whose refusal names no message, so each message gets its own answer (a duplicate is
