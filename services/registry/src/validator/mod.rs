@@ -708,7 +708,7 @@ async fn process_batch(
 /// one of its record to overtake it, and the next batch is sent only once this one is
 /// confirmed; publishing it plainly spares the atomic commit's disk sync when no record
 /// repeats (docs/BENCHMARKS.md, 2026-12-04).
-fn repeated_records<'a, T, A, V>(outgoing: &'a [(T, Outgoing, A, V)]) -> Vec<(&'a str, &'a str, &'a str)> {
+fn repeated_records<T, A, V>(outgoing: &[(T, Outgoing, A, V)]) -> Vec<(&str, &str, &str)> {
     let mut records: Vec<_> = outgoing.iter().filter_map(|(_, out, _, _)| out.record()).collect();
     records.sort_unstable();
     let mut repeated: Vec<_> = records.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
