@@ -73,16 +73,26 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
         let d = deliveries.expect_and_ack(&format!("event {expected}"), Duration::from_secs(20)).await;
         let event = d.event.expect("event");
         assert_eq!(event.id, expected);
-        (
-            event.extensions.get("traceparent").expect("delivered event carries trace context").clone(),
-            event.extensions.get("tracestate").cloned(),
-        )
+        assert!(!d.traceparent.is_empty(), "the delivery carries its trace context: {:?}", d.traceparent);
+        (d.traceparent, d.tracestate, event.extensions)
     };
-    let (tp, state) = receive_and_ack(&ack.event_id).await;
-    assert_eq!(state.as_deref(), Some(CLIENT_STATE), "the client's tracestate travels to the subscriber");
+    let (tp, state, extensions) = receive_and_ack(&ack.event_id).await;
+    assert_eq!(state, CLIENT_STATE, "the client's tracestate travels to the subscriber");
+    // The event's distributed-tracing extension stays the context of its creation (the
+    // client's, adopted by the adapter), not a hop's.
+    assert_eq!(
+        extensions.get("traceparent").map(String::as_str),
+        Some(format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01").as_str()),
+        "the delivered event's traceparent extension is the publisher's"
+    );
+    assert_eq!(extensions.get("tracestate").map(String::as_str), Some(CLIENT_STATE));
     // Without a client context the bus starts the trace at its publish span.
     let own = publisher.publish(publish_untraced(br#"{"n":2}"#)).await.expect("publish").into_inner();
-    let (own_tp, _) = receive_and_ack(&own.event_id).await;
+    let (own_tp, _, own_extensions) = receive_and_ack(&own.event_id).await;
+    assert!(
+        !own_extensions.contains_key("traceparent"),
+        "no creation context was published: {own_extensions:?}"
+    );
     let own_trace = own_tp.split('-').nth(1).expect("traceparent has a trace id").to_string();
 
     let spans = wait::until("every hop's span at the receiver", Duration::from_secs(20), || {

@@ -541,7 +541,7 @@ impl Session {
             }
             return true;
         }
-        let Ok(mut event) = event else { return true };
+        let Ok(event) = event else { return true };
         // Every delivery the department may have seen before says so, whatever NATS counted.
         let attempt = match self.mark(seq, &acker, marks, requests, unacked).await {
             Some(true) => attempt.max(2),
@@ -554,20 +554,41 @@ impl Session {
         let id = *next_id;
         *next_id += 1;
         let span = self.deliver_span(&msg.subject, &event.id, attempt);
-        telemetry::adopt(&span, telemetry::context_from(msg.headers.as_ref(), Some(&event.extensions)));
-        span.record(
-            "trace_id",
-            telemetry::trace_id(&span, event.extensions.get(subjects::HEADER_TRACEPARENT)).as_str(),
-        );
-        // The subscriber's own work can join the trace as a child of this delivery.
-        event.extensions.extend(telemetry::traceparent_of(&span));
+        let incoming = telemetry::incoming(msg.headers.as_ref(), Some(&event.extensions));
+        if let Some(cx) = &incoming {
+            telemetry::adopt(&span, cx.otel());
+        }
+        // The subscriber's own work can join the trace as a child of this delivery (with export
+        // off, of the hop before it); the event's own `traceparent` extension stays the
+        // publisher's, the context of its creation (CloudEvents distributed tracing).
+        let mut hop = telemetry::traceparent_of(&span);
+        if hop.is_empty() {
+            if let Some(cx) = &incoming {
+                hop.extend(cx.headers().map(|(k, v)| (k.to_string(), v.to_string())));
+            }
+        }
+        let mut take = |k: &str| hop.remove(k).unwrap_or_default();
+        let (traceparent, tracestate) =
+            (take(subjects::HEADER_TRACEPARENT), take(subjects::HEADER_TRACESTATE));
+        // The hop's trace: the exported one, else the one passed on (not the event's creation
+        // context, which may be absent or another trace).
+        let trace_id = telemetry::trace_id(&span, Some(traceparent.as_str()));
+        span.record("trace_id", trace_id.as_str());
         let mut record = AuditRecord::hop(&event, "delivered", "ok");
+        record.trace_id = trace_id;
         record.department = self.sub.department.clone();
         record.subscription = self.consumer_name.clone();
         record.schema_version = schema_version;
         record.detail = format!("attempt {attempt}");
         record.events_seq = seq;
-        let delivery = EventDelivery { delivery_id: id, event: Some(event), attempt, stream_sequence: seq };
+        let delivery = EventDelivery {
+            delivery_id: id,
+            event: Some(event),
+            attempt,
+            stream_sequence: seq,
+            traceparent,
+            tracestate,
+        };
         if self.tx.send(Ok(delivery)).await.is_err() {
             let _ = acker.ack_with(AckKind::Nak(None)).await;
             return false;
