@@ -51,6 +51,8 @@ pub struct AdapterConfig {
     /// TLS of the gRPC server (`KAKEHASHI_GRPC_TLS_*`); none = plaintext. With a client CA, a
     /// verified client certificate identifies the publishing department.
     pub grpc_tls: Option<kakehashi_runtime::tls::GrpcTls>,
+    /// HTTP/2 limits of the gRPC listener.
+    pub grpc_server: kakehashi_runtime::grpc_limits::GrpcServerLimits,
 }
 
 impl Default for AdapterConfig {
@@ -70,6 +72,7 @@ impl Default for AdapterConfig {
             credentials: BTreeMap::new(),
             credentials_file: None,
             grpc_tls: None,
+            grpc_server: Default::default(),
         }
     }
 }

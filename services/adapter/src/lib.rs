@@ -46,6 +46,9 @@ pub enum RunError {
     /// Streams could not be set up.
     #[error(transparent)]
     Topology(#[from] kakehashi_runtime::topology::TopologyError),
+    /// Bad configuration value.
+    #[error("configuration: {0}")]
+    Config(String),
     /// Startup of a component failed.
     #[error("startup: {0}")]
     Startup(String),
@@ -87,7 +90,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     // TLS files are checked first: a bad certificate fails startup before anything connects.
-    let server = kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?;
+    config.grpc_server.check().map_err(RunError::Config)?;
+    let server = config.grpc_server.apply(kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?);
     // So is who may call: off loopback, nobody unauthenticated.
     let identities = kakehashi_runtime::identity::Identities::new(config.credentials.clone(), Vec::new())
         .with_client_certs(config.grpc_tls.as_ref().is_some_and(|t| t.accepts_client_certs()));

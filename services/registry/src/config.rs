@@ -70,6 +70,8 @@ pub struct RegistryConfig {
     /// TLS of the gRPC server (`KAKEHASHI_GRPC_TLS_*`); none = plaintext. With a client CA, a
     /// verified client certificate identifies the department.
     pub grpc_tls: Option<kakehashi_runtime::tls::GrpcTls>,
+    /// HTTP/2 limits of the gRPC listener.
+    pub grpc_server: kakehashi_runtime::grpc_limits::GrpcServerLimits,
 }
 
 /// Explicit limits on what the registry accepts.
@@ -157,6 +159,7 @@ impl Default for RegistryConfig {
             delegates: Vec::new(),
             delegates_for_admins: false,
             grpc_tls: None,
+            grpc_server: Default::default(),
         }
     }
 }
@@ -292,6 +295,7 @@ mod tests {
         for (what, ours, theirs) in [
             ("topology", format!("{:?}", parsed.topology), format!("{:?}", default.topology)),
             ("limits", format!("{:?}", parsed.limits), format!("{:?}", default.limits)),
+            ("grpc_server", format!("{:?}", parsed.grpc_server), format!("{:?}", default.grpc_server)),
             ("validator", format!("{:?}", parsed.validator), format!("{:?}", default.validator)),
             ("delivery", format!("{:?}", parsed.delivery), format!("{:?}", default.delivery)),
             ("trace_index", format!("{:?}", parsed.trace_index), format!("{:?}", default.trace_index)),

@@ -100,7 +100,8 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     // TLS files are checked first: a bad certificate fails startup before anything connects.
-    let server = kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?;
+    config.grpc_server.check().map_err(RunError::Config)?;
+    let server = config.grpc_server.apply(kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?);
     // So is who may call: off loopback, nobody unauthenticated and no public pseudonym key.
     let identities =
         kakehashi_runtime::identity::Identities::new(config.credentials.clone(), config.admins.clone())

@@ -20,6 +20,7 @@
 pub mod audit;
 pub mod direct_get;
 pub mod grpc;
+pub mod grpc_limits;
 pub mod http_server;
 pub mod identity;
 pub mod metrics;
