@@ -44,5 +44,8 @@ pub use generated::io::cloudevents::v1 as cloudevents_v1;
 /// Generated code for package `kakehashi.v1`.
 pub use generated::kakehashi::v1;
 
+/// Media types of protobuf payloads (`Event.data_content_type`).
+pub const PROTOBUF_CONTENT_TYPES: [&str; 2] = ["application/protobuf", "application/x-protobuf"];
+
 /// Encoded `FileDescriptorSet` of all Kakehashi protos, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kakehashi_descriptor.bin"));

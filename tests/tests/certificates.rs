@@ -4,7 +4,8 @@
 //! back through the bus. Checked: the card verifies against the JWK Set fetched over HTTPS from
 //! the running issuer (with CORS), a request without records is refused and gets no card, an
 //! issuer killed between receiving a request and publishing answers exactly once after a
-//! restart, and the issuer only ever holds pseudonyms.
+//! restart, the issuer only ever holds pseudonyms, and a record published in its protobuf form
+//! gives the same card as its JSON twin.
 
 use kakehashi_ctl::https_client::Fetcher;
 use kakehashi_issuer::service::config::IssuerConfig;
@@ -297,6 +298,54 @@ async fn a_recorded_vaccination_and_a_request_give_a_card_that_verifies_with_the
 
     issuer.stop().await;
     drop((nats, registry, adapter));
+}
+
+#[tokio::test]
+async fn a_record_published_in_its_protobuf_form_gives_the_same_card() {
+    let (_nats, registry, adapter) = bus().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let issuer = Issuer::start(issuer_config(data.path(), &registry, &adapter.endpoint())).await;
+    let mut issued = portal_subscription(&registry, "issued-pb", ISSUED).await;
+
+    // The catalogue's protobuf example, the twin of the JSON one the first test publishes,
+    // as a municipality's system would send it: bytes of `health.vaccination.recorded.pb`.
+    let bytes = std::fs::read(
+        repo().join("schemas/health.vaccination.recorded.pb/examples/valid-mr-second-dose.binpb"),
+    )
+    .expect("binpb example");
+    let mut c =
+        publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
+    let ack = c
+        .publish(Event {
+            source: MUNICIPALITY.into(),
+            r#type: RECORDED.into(),
+            schema: "health.vaccination.recorded.pb".into(),
+            data_content_type: "application/protobuf".into(),
+            data: bytes,
+            ..Default::default()
+        })
+        .await
+        .expect("publish the protobuf record")
+        .into_inner();
+    assert!(ack.error.is_none(), "accepted: {ack:?}");
+    let request_id = publish(&adapter.endpoint(), PORTAL, REQUESTED, &request_for_demo_resident()).await;
+    let event = answer_to(&mut issued, &request_id).await;
+    let payload: serde_json::Value = serde_json::from_slice(&event.data).expect("json");
+    assert_eq!(payload["issuer_municipality_code"], "131130");
+
+    let https = issuer.fetcher();
+    let jwks = https.fetch(&format!("{}/.well-known/jwks.json", issuer.url)).await.expect("JWKS over HTTPS");
+    let jwks = Jwks::from_json(std::str::from_utf8(&jwks.body).expect("utf-8")).expect("a JWK Set");
+    let verifier = Verifier::new(jwks)
+        .with_options(VerifyOptions { expected_issuer: Some(issuer.url.clone()), ..Default::default() });
+    let card =
+        verifier.verify_jws(payload["smart_health_card"]["jws"].as_str().expect("jws")).expect("verifies");
+    assert_eq!(card.record.holder.birth_date, "2019-05-01");
+    assert_eq!(card.record.doses.len(), 1);
+    assert_eq!(card.record.doses[0].occurrence, "2024-10-15");
+    assert_eq!(card.record.doses[0].lot_number.as_deref(), Some("Y123"));
+    assert_eq!(card.record.doses[0].vaccine.code, "04", "MR → CVX 04");
+    issuer.stop().await;
 }
 
 #[tokio::test]

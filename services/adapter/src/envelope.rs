@@ -28,7 +28,7 @@ pub enum EnvelopeError {
     #[error("payload is not JSON: {0}")]
     PayloadNotJson(String),
     /// Unsupported content type.
-    #[error("data_content_type {0:?} is not supported (use application/json)")]
+    #[error("data_content_type {0:?} is not supported (use application/json, or application/protobuf for a protobuf subject)")]
     ContentType(String),
     /// `schema` names a subject that is not one of the type's own (the bus would dead-letter it).
     #[error("schema {schema:?} is not a form of type {event_type:?}: leave it empty or name the type")]
@@ -74,11 +74,16 @@ pub fn prepare(mut event: Event, source: String, max_payload_bytes: usize) -> Re
     match event.data_content_type.as_str() {
         "" => event.data_content_type = "application/json".into(),
         "application/json" => {}
+        // Protobuf bytes of a protobuf subject: only the validator, which has the subject's
+        // descriptors, can tell whether they decode.
+        t if kakehashi_proto::PROTOBUF_CONTENT_TYPES.contains(&t) => {}
         other => return Err(EnvelopeError::ContentType(other.to_string())),
     }
-    // Only well-formedness here; the schema is the validator's job.
-    serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
-        .map_err(|e| EnvelopeError::PayloadNotJson(e.to_string()))?;
+    if event.data_content_type == "application/json" {
+        // Only well-formedness here; the schema is the validator's job.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
+            .map_err(|e| EnvelopeError::PayloadNotJson(e.to_string()))?;
+    }
     if event.time.is_none() {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         event.time =
@@ -123,6 +128,27 @@ mod tests {
             extensions: extensions.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn protobuf_bytes_pass_to_the_validator_and_other_media_types_are_refused() {
+        let with = |content_type: &str, data: &[u8]| Event {
+            r#type: "health.vaccination.recorded".into(),
+            schema: "health.vaccination.recorded.pb".into(),
+            data_content_type: content_type.into(),
+            data: data.to_vec(),
+            ..Default::default()
+        };
+        let bytes = [0x0a, 0x02, 0x08, 0x01];
+        for t in ["application/protobuf", "application/x-protobuf"] {
+            let prepared = prepare(with(t, &bytes), "city-x".into(), 1024).expect("protobuf accepted");
+            assert_eq!((prepared.data_content_type.as_str(), &prepared.data[..]), (t, &bytes[..]));
+        }
+        let e = prepare(with("application/xml", b"<a/>"), "city-x".into(), 1024).expect_err("refused");
+        assert_eq!(e.reason(), "unsupported_content_type");
+        assert!(e.to_string().contains("application/protobuf"), "{e}");
+        let e = prepare(with("application/json", &bytes), "city-x".into(), 1024).expect_err("not JSON");
+        assert_eq!(e.reason(), "payload_not_json");
     }
 
     fn trace_headers(event: &Event) -> (Option<String>, Option<String>) {

@@ -1,6 +1,8 @@
 //! The payloads the issuer reads and writes (schemas in `schemas/health.vaccination.*`), typed.
 //! Inputs are read leniently (members the issuer does not need are ignored, the registry has
-//! validated them already); outputs are written exactly as the schemas describe.
+//! validated them already); outputs are written exactly as the schemas describe. A record of the
+//! protobuf subject `health.vaccination.recorded.pb` published as proto3 JSON is read here too
+//! (its lowerCamelCase names are aliases); as protobuf bytes, by [`super::recorded_pb`].
 
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::{Deserialize, Serialize};
@@ -20,9 +22,10 @@ pub const REFUSED: &str = "health.vaccination.certificate.refused";
 #[derive(Debug, Clone, Deserialize)]
 pub struct DeliveredPerson {
     /// The per-department pseudonym of the My Number.
+    #[serde(alias = "myNumber")]
     pub my_number: String,
     /// Birth date, YYYY-MM-DD.
-    #[serde(default)]
+    #[serde(default, alias = "birthDate")]
     pub birth_date: Option<String>,
 }
 
@@ -34,6 +37,7 @@ pub struct Recorded {
     /// The vaccination.
     pub vaccination: Vaccination,
     /// The municipality keeping the record.
+    #[serde(alias = "municipalityCode")]
     pub municipality_code: String,
 }
 
@@ -47,9 +51,10 @@ pub struct Vaccination {
     /// Dose number in the series. The schemas bound it only from below (`minimum: 1`), so it is
     /// read as wide as a JSON integer goes here (see [`json_integer`]): a valid record is never
     /// refused for its dose number.
-    #[serde(deserialize_with = "json_integer")]
+    #[serde(deserialize_with = "json_integer", alias = "doseNumber")]
     pub dose_number: u64,
-    /// Lot number.
+    /// Lot number (proto3 JSON leaves an empty one out).
+    #[serde(default, alias = "lotNumber")]
     pub lot_number: String,
 }
 
@@ -246,5 +251,24 @@ mod tests {
             let v = serde_json::to_value(r).expect("serialise");
             assert!(allowed.as_array().is_some_and(|a| a.contains(&v)), "{v} not in {allowed}");
         }
+    }
+
+    #[test]
+    fn a_protobuf_subjects_record_in_proto3_json_reads_as_the_json_form() {
+        // As the registry transcodes it for a JSON reader: lowerCamelCase names, enums by name,
+        // an empty lot number left out.
+        let pb: Recorded = serde_json::from_str(
+            r#"{"person": {"myNumber": "kh1:0123456789abcdef0123456789abcdef", "birthDate": "2019-05-01",
+                 "sex": "SEX_FEMALE"},
+               "vaccination": {"date": "2024-10-15", "vaccine": "MR", "doseNumber": 2},
+               "municipalityCode": "131130"}"#,
+        )
+        .expect("proto3 JSON reads");
+        let json = recorded("2").expect("JSON reads");
+        assert_eq!(pb.person.my_number, json.person.my_number);
+        assert_eq!(pb.person.birth_date, json.person.birth_date);
+        assert_eq!(pb.municipality_code, json.municipality_code);
+        assert_eq!(pb.vaccination.dose_number, 2);
+        assert_eq!(pb.vaccination.lot_number, "", "an empty lot number is left out of proto3 JSON");
     }
 }

@@ -21,6 +21,7 @@ pub mod ids;
 pub mod issuing;
 pub mod keys;
 pub mod output;
+pub mod recorded_pb;
 pub mod state;
 pub mod tls;
 pub mod worker;

@@ -96,6 +96,19 @@ pub fn decode<T: DeserializeOwned>(event: Option<&Event>) -> Result<(&Event, T),
     })
 }
 
+/// A delivered vaccination record: as JSON (the JSON Schema subject, or the protobuf subject's
+/// proto3 JSON), or as protobuf bytes (`application/protobuf`, the protobuf subject's form).
+pub fn decode_record(event: Option<&Event>) -> Result<(&Event, Recorded), Unprocessable> {
+    match event {
+        Some(e) if kakehashi_proto::PROTOBUF_CONTENT_TYPES.contains(&e.data_content_type.as_str()) => {
+            super::recorded_pb::decode(&e.data)
+                .map(|r| (e, r))
+                .map_err(|problem| Unprocessable::Undecodable { problem, line: 0, column: 0 })
+        }
+        _ => decode(event),
+    }
+}
+
 /// Settles a delivery that is not processed, with one log line (event id and position only).
 async fn settle_unprocessed(s: &Stream, d: &EventDelivery, what: &str, why: &Unprocessable) {
     let event_id = d.event.as_ref().map_or("", |e| e.id.as_str());
@@ -243,7 +256,7 @@ impl Worker {
         }
         // The registry validated it, yet this issuer may not read it: never acked unread, so it
         // reaches the dead-letter stream (with its bytes) instead of being lost.
-        let (event, record): (_, Recorded) = match decode(d.event.as_ref()) {
+        let (event, record): (_, Recorded) = match decode_record(d.event.as_ref()) {
             Ok(decoded) => decoded,
             Err(why) => {
                 settle_unprocessed(s, &d, "vaccination record", &why).await;

@@ -24,7 +24,7 @@ pub const OPTIONS_SOURCE: &str = include_str!("../../../../proto/kakehashi/v1/op
 pub const MY_NUMBER_OPTION: &str = "kakehashi.v1.my_number";
 
 /// Media types of protobuf payloads (`Event.data_content_type`).
-pub const PROTOBUF_CONTENT_TYPES: [&str; 2] = ["application/protobuf", "application/x-protobuf"];
+pub use kakehashi_proto::PROTOBUF_CONTENT_TYPES;
 
 /// What an event's `data_content_type` says its payload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
