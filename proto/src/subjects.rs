@@ -111,6 +111,13 @@ pub fn parse_ingress(subject: &str) -> Option<IngressSubject<'_>> {
     (!source.is_empty() && !event_type.is_empty()).then_some(IngressSubject { source, bucket, event_type })
 }
 
+/// The ingress destination of `source` and `event_type` with the key bucket as a placeholder,
+/// `kh.in.<source>._{bucket}.<type>`: what OpenTelemetry span names and
+/// `messaging.destination.template` use, the bucket (one of 1,024) being too many names.
+pub fn ingress_template(source: &str, event_type: &str) -> String {
+    format!("kh.in.{source}._{{bucket}}.{event_type}")
+}
+
 /// The subject an ingress message was published on, from the one it is stored under (the
 /// partition token removed): where a replayed dead letter goes back to.
 pub fn published_ingress(stored: &str) -> std::borrow::Cow<'_, str> {

@@ -40,6 +40,12 @@ pub struct ReceivedSpan {
 }
 
 impl ReceivedSpan {
+    /// The operation a span name starts with: `deliver` of `deliver kh.ev.<type>` (span names
+    /// are `{operation} {destination}` in the OpenTelemetry messaging conventions).
+    pub fn operation(&self) -> &str {
+        self.name.split(' ').next().unwrap_or_default()
+    }
+
     /// The attribute `key`, if the span has it.
     pub fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)

@@ -98,7 +98,7 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     let spans = wait::until("every hop's span at the receiver", Duration::from_secs(20), || {
         let (spans, own_trace) = (receiver.spans(), own_trace.clone());
         async move {
-            let has = |t: &str, n: &str| spans.iter().any(|s| s.trace_id == t && s.name == n);
+            let has = |t: &str, n: &str| spans.iter().any(|s| s.trace_id == t && s.operation() == n);
             let delivered = ["publish", "validate", "deliver", "ack"].iter().all(|n| has(CLIENT_TRACE, n));
             let rejected = ["publish", "validate"].iter().all(|n| has(REJECTED_TRACE, n));
             let own = ["kakehashi.v1.Publisher/Publish", "publish", "validate", "deliver", "ack"]
@@ -111,7 +111,7 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     let span = |t: &str, n: &str| -> &ReceivedSpan {
         spans
             .iter()
-            .find(|s| s.trace_id == t && s.name == n)
+            .find(|s| s.trace_id == t && s.operation() == n)
             .unwrap_or_else(|| panic!("{n} of {t} missing: {spans:#?}"))
     };
     let (publish, validate, deliver, acked) = (
@@ -139,7 +139,7 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     );
     assert_eq!(validate.status_code, "STATUS_CODE_UNSET", "a validated event's span is no error");
     assert!(
-        !spans.iter().any(|s| s.trace_id == REJECTED_TRACE && s.name == "deliver"),
+        !spans.iter().any(|s| s.trace_id == REJECTED_TRACE && s.operation() == "deliver"),
         "a dead-lettered event is not delivered"
     );
     // Without a client context the trace starts at the adapter's SERVER span of the call.
@@ -170,6 +170,17 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     for s in [publish, validate, deliver, acked] {
         assert_eq!(s.attribute("messaging.message.id"), Some(ack.event_id.as_str()), "{}: {s:?}", s.name);
     }
+    // Span names are `{operation} {destination}`, the ingress key bucket a placeholder
+    // (messaging.destination.template): a name per source and type, not per bucket.
+    let template = format!("kh.in.city-x._{{bucket}}.{TYPE}");
+    assert_eq!(publish.name, format!("publish {template}"));
+    assert_eq!(validate.name, format!("validate {template}"));
+    for s in [publish, validate] {
+        assert_eq!(s.attribute("messaging.destination.template"), Some(template.as_str()), "{s:?}");
+    }
+    assert_eq!(deliver.name, format!("deliver kh.ev.{TYPE}"));
+    assert_eq!(acked.name, format!("ack kh.ev.{TYPE}"));
+    assert_eq!(acked.attribute("messaging.destination.name"), Some(format!("kh.ev.{TYPE}").as_str()));
     let ingress = publish.attribute("messaging.destination.name").unwrap_or_default();
     assert!(
         ingress.starts_with("kh.in.city-x.") && ingress.ends_with(TYPE),
@@ -207,7 +218,7 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
             async move {
                 spans.into_iter().find(|s| {
                     s.trace_id == EXHAUSTED_TRACE
-                        && s.name == "deliver"
+                        && s.operation() == "deliver"
                         && s.status_code == "STATUS_CODE_ERROR"
                 })
             }

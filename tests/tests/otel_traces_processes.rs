@@ -42,7 +42,7 @@ async fn the_registry_process_spans_join_the_trace_started_in_the_adapter_proces
     let spans = wait::until("every hop's span at the receiver", Duration::from_secs(20), || {
         let spans = receiver.spans();
         async move {
-            let has = |n: &str| spans.iter().any(|s| s.trace_id == CLIENT_TRACE && s.name == n);
+            let has = |n: &str| spans.iter().any(|s| s.trace_id == CLIENT_TRACE && s.operation() == n);
             ["publish", "validate", "deliver", "ack"].iter().all(|n| has(n)).then_some(spans)
         }
     })
@@ -50,7 +50,7 @@ async fn the_registry_process_spans_join_the_trace_started_in_the_adapter_proces
     let span = |n: &str| -> &ReceivedSpan {
         spans
             .iter()
-            .find(|s| s.trace_id == CLIENT_TRACE && s.name == n)
+            .find(|s| s.trace_id == CLIENT_TRACE && s.operation() == n)
             .unwrap_or_else(|| panic!("{n} missing: {spans:#?}"))
     };
     let (publish, validate, deliver, acked) =

@@ -146,15 +146,19 @@ impl PublisherService {
     /// confirmed, the event is counted and its `published` hop recorded.
     async fn start(&self, event: Event) -> AckFuture {
         // PRODUCER (`send`): its context is the creation context the next hops continue from.
+        // Named `{operation} {destination}` (OpenTelemetry messaging conventions), the bucket a
+        // placeholder: the subject itself names one of 1,024 buckets.
+        let template = kakehashi_proto::subjects::ingress_template(&event.source, &event.r#type);
         let span = tracing::info_span!(
             "kakehashi.publish",
-            otel.name = "publish",
+            otel.name = %format_args!("publish {template}"),
             otel.kind = "producer",
             messaging.system = "nats",
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
             messaging.destination.name =
                 %kakehashi_proto::subjects::ingress(&event.source, &event.r#type, &event.subject),
+            messaging.destination.template = %template,
             messaging.message.id = %event.id,
             event_id = %event.id,
             source = %event.source,

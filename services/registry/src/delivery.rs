@@ -604,7 +604,7 @@ impl Session {
     fn deliver_span(&self, subject: &str, event_id: &str, attempt: u32) -> tracing::Span {
         tracing::info_span!(
             "kakehashi.deliver",
-            otel.name = "deliver",
+            otel.name = %format_args!("deliver {subject}"),
             otel.kind = "consumer",
             messaging.system = "nats",
             messaging.operation.type = "process",
@@ -762,7 +762,7 @@ impl Session {
             Some(subscribe_request::Request::Ack(a)) => {
                 for id in a.delivery_ids {
                     if let Some(f) = unacked.take(id) {
-                        let ack_span = settle_span(&f.span, "ack", &f.record.event_id);
+                        let ack_span = settle_span(&f.span, "ack", &f.record.event_type, &f.record.event_id);
                         // Plain (pipelined) ack: a lost ack means a redelivery, which the
                         // audit trail then shows as another "delivered" hop.
                         match f.acker.ack().instrument(ack_span).await {
@@ -780,7 +780,7 @@ impl Session {
             }
             Some(subscribe_request::Request::Nack(n)) => {
                 if let Some(f) = unacked.take(n.delivery_id) {
-                    let nack_span = settle_span(&f.span, "nack", &f.record.event_id);
+                    let nack_span = settle_span(&f.span, "nack", &f.record.event_type, &f.record.event_id);
                     let delay = n.delay.and_then(|d| Duration::try_from(d).ok());
                     let _ = f.acker.ack_with(AckKind::Nak(delay)).instrument(nack_span).await;
                     let detail = delay.map(|d| format!("redeliver after {d:?}")).unwrap_or_default();
@@ -800,15 +800,22 @@ const TOO_LARGE_RETRY: Duration = Duration::from_secs(60);
 
 /// The span of an ack or nack: CLIENT (`settle`: the registry settles the message with
 /// JetStream), child of the delivery it settles.
-fn settle_span(delivery: &tracing::Span, operation: &'static str, event_id: &str) -> tracing::Span {
+fn settle_span(
+    delivery: &tracing::Span,
+    operation: &'static str,
+    event_type: &str,
+    event_id: &str,
+) -> tracing::Span {
+    let destination = subjects::events(event_type);
     tracing::info_span!(
         parent: delivery,
         "kakehashi.settle",
-        otel.name = operation,
+        otel.name = %format_args!("{operation} {destination}"),
         otel.kind = "client",
         messaging.system = "nats",
         messaging.operation.type = "settle",
         messaging.operation.name = operation,
+        messaging.destination.name = %destination,
         messaging.message.id = %event_id,
     )
 }

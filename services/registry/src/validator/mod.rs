@@ -573,15 +573,22 @@ async fn process_batch(
         .iter()
         .map(|msg| {
             // CONSUMER: receiving and processing one ingress message (republish included), in
-            // the OpenTelemetry messaging conventions' terms (docs/architecture.md).
+            // the OpenTelemetry messaging conventions' terms (docs/architecture.md), named
+            // `validate <destination>` with the key bucket a placeholder.
+            let published = subjects::published_ingress(&msg.subject);
+            let template = match subjects::parse_ingress(&msg.subject) {
+                Some(s) if s.bucket.is_some() => subjects::ingress_template(s.source, s.event_type).into(),
+                _ => published.clone(),
+            };
             let span = tracing::info_span!(
                 "kakehashi.validate",
-                otel.name = "validate",
+                otel.name = %format_args!("validate {template}"),
                 otel.kind = "consumer",
                 messaging.system = "nats",
                 messaging.operation.type = "process",
                 messaging.operation.name = "validate",
-                messaging.destination.name = %subjects::published_ingress(&msg.subject),
+                messaging.destination.name = %published,
+                messaging.destination.template = %template,
                 messaging.consumer.group.name = %partition_consumer(&msg.subject),
                 messaging.message.id = tracing::field::Empty,
                 error.type = tracing::field::Empty,
