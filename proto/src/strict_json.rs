@@ -269,7 +269,10 @@ mod tests {
         fn parse_within_counts_the_depth_of_every_document(v in value()) {
             let text = serde_json::to_vec(&v).expect("serialise");
             let d = depth(&v);
-            prop_assert_eq!(parse_within(&text, d.max(1)).expect("within its depth"), v);
+            // Against serde_json's reading of the text, not `v`: a float need not survive the
+            // trip through text exactly (serde_json without `float_roundtrip`).
+            let expected: Value = serde_json::from_slice(&text).expect("parse");
+            prop_assert_eq!(parse_within(&text, d.max(1)).expect("within its depth"), expected);
             if d >= 1 {
                 let refused = matches!(parse_within(&text, d - 1), Err(ParseError::TooDeep { max_depth }) if max_depth == d - 1);
                 prop_assert!(refused, "depth {} under a limit of {}", d, d - 1);
