@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct LossyLink {
     port: u16,
     lost: Arc<AtomicUsize>,
+    lost_headers: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Which publish to lose, counted over every connection through the relay.
@@ -28,16 +29,17 @@ impl LossyLink {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let port = listener.local_addr().expect("relay addr").port();
         let lost = Arc::new(AtomicUsize::new(0));
+        let lost_headers = Arc::new(std::sync::Mutex::new(None));
         let target = Arc::new(Target { prefix: prefix.to_string(), nth, seen: AtomicUsize::new(0) });
-        let l = lost.clone();
+        let (l, h) = (lost.clone(), lost_headers.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
-                let (target, lost) = (target.clone(), l.clone());
-                tokio::spawn(relay(client, server, target, lost));
+                let (target, lost, headers) = (target.clone(), l.clone(), h.clone());
+                tokio::spawn(relay(client, server, target, lost, headers));
             }
         });
-        Self { port, lost }
+        Self { port, lost, lost_headers }
     }
 
     /// `nats://` URL of the relay.
@@ -49,9 +51,20 @@ impl LossyLink {
     pub fn lost(&self) -> usize {
         self.lost.load(Ordering::SeqCst)
     }
+
+    /// The header block of the publish it lost (empty for a `PUB`), once it has lost one.
+    pub fn lost_headers(&self) -> Option<String> {
+        self.lost_headers.lock().ok()?.clone()
+    }
 }
 
-async fn relay(client: TcpStream, server: TcpStream, target: Arc<Target>, lost: Arc<AtomicUsize>) {
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    target: Arc<Target>,
+    lost: Arc<AtomicUsize>,
+    lost_headers: Arc<std::sync::Mutex<Option<String>>>,
+) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     tokio::spawn(async move {
@@ -70,19 +83,28 @@ async fn relay(client: TcpStream, server: TcpStream, target: Arc<Target>, lost: 
         let mut at = 0;
         while let Some(end) = buf[at..].windows(2).position(|w| w == b"\r\n").map(|p| at + p) {
             let line = &buf[at..end];
-            let words: Vec<&[u8]> = line.split(|b| *b == b' ').filter(|w| !w.is_empty()).collect();
+            // Fields are separated by spaces or tabs (the protocol allows either).
+            let words: Vec<&[u8]> =
+                line.split(|b| *b == b' ' || *b == b'\t').filter(|w| !w.is_empty()).collect();
             let is_pub = matches!(words.first(), Some(op) if op.eq_ignore_ascii_case(b"PUB") || op.eq_ignore_ascii_case(b"HPUB"));
             if !is_pub {
                 out.extend_from_slice(&buf[at..end + 2]);
                 at = end + 2;
                 continue;
             }
-            // The last word is the total size of what follows the line (headers and payload).
-            let size: usize = words
-                .last()
-                .and_then(|w| std::str::from_utf8(w).ok())
-                .and_then(|w| w.parse().ok())
-                .unwrap_or(0);
+            // The last word is the total size of what follows the line (headers and payload);
+            // for HPUB the one before it the header block's.
+            let number = |w: Option<&&[u8]>| -> usize {
+                w.and_then(|w| std::str::from_utf8(w).ok()).and_then(|w| w.parse().ok()).unwrap_or_else(
+                    || panic!("lossy link: unreadable sizes in {:?}", String::from_utf8_lossy(line)),
+                )
+            };
+            let size = number(words.last());
+            let header_len = if words[0].eq_ignore_ascii_case(b"HPUB") {
+                number(words.get(words.len().wrapping_sub(2)))
+            } else {
+                0
+            };
             let whole = end + 2 + size + 2;
             if buf.len() < whole {
                 break;
@@ -92,6 +114,10 @@ async fn relay(client: TcpStream, server: TcpStream, target: Arc<Target>, lost: 
                 && target.seen.fetch_add(1, Ordering::SeqCst) + 1 == target.nth;
             if matches {
                 lost.fetch_add(1, Ordering::SeqCst);
+                let block = &buf[end + 2..end + 2 + header_len.min(size)];
+                if let Ok(mut h) = lost_headers.lock() {
+                    *h = Some(String::from_utf8_lossy(block).into_owned());
+                }
             } else {
                 out.extend_from_slice(&buf[at..whole]);
             }

@@ -56,9 +56,18 @@ async fn a_publish_lost_in_transit_never_lets_a_later_event_of_its_record_be_sto
         .collect();
     let expected: Vec<u64> = (0..EVENTS as u64).collect();
     assert_eq!(stored, expected, "KH_EVENTS holds the record's events out of order");
-    // The batch with a message missing was refused whole, then published one event at a time.
-    let scrape = scrape_metrics(metrics).await;
-    let refused = scrape.lines().find_map(|l| l.strip_prefix("kakehashi_validator_batches_refused_total "));
-    assert_eq!(refused, Some("1"), "refused batches (the 40 events should have been one batch)");
+    // When the lost publish was a member of an atomic batch before its commit (the usual case:
+    // the 40 events are one pull), the batch was refused whole and then published one event at
+    // a time. Split otherwise by the client's reads, the lost one may have been a commit or a
+    // lone plain publish, retried after the ack wait: order is then kept all the same.
+    let lost = link.lost_headers().unwrap_or_default();
+    if lost.contains("Nats-Batch-Sequence") && !lost.contains("Nats-Batch-Commit") {
+        let scrape = scrape_metrics(metrics).await;
+        let refused =
+            scrape.lines().find_map(|l| l.strip_prefix("kakehashi_validator_batches_refused_total "));
+        assert_eq!(refused, Some("1"), "the batch missing a member was refused once");
+    } else {
+        println!("lost_publish: the lost publish was no uncommitted batch member: {lost:?}");
+    }
     registry.stop().await;
 }

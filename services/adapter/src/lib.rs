@@ -89,7 +89,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    // TLS files are checked first: a bad certificate fails startup before anything connects.
+    // The listener's settings are checked first: a bad value or certificate fails startup
+    // before anything connects.
     config.grpc_server.check().map_err(RunError::Config)?;
     let server = config.grpc_server.apply(kakehashi_runtime::tls::server_builder(config.grpc_tls.as_ref())?);
     // So is who may call: off loopback, nobody unauthenticated.

@@ -109,8 +109,9 @@ pub struct Limits {
 pub struct ValidatorConfig {
     /// Run the validator in this instance.
     pub enabled: bool,
-    /// Messages pulled per batch, 1 to 1,000: a batch's events are published to `KH_EVENTS` as
-    /// one JetStream atomic batch, which nats-server caps at 1,000 messages.
+    /// Messages pulled per batch, 1 to 1,000: the events of a record that repeats within a batch
+    /// are published to `KH_EVENTS` as one JetStream atomic batch, which nats-server caps at
+    /// 1,000 messages.
     #[serde(deserialize_with = "validator_batch")]
     pub batch: usize,
     /// Ingress messages not acked within this time are redelivered.

@@ -217,7 +217,8 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
         ..base(STREAM_AUDIT, AUDIT_ALL, cfg.audit_max_age_secs)
     };
     let dlq = stream::Config { allow_direct: true, ..base(STREAM_DLQ, DLQ_ALL, cfg.dlq_max_age_secs) };
-    // The validator publishes each batch's events as one atomic batch (its order guarantee).
+    // The validator publishes the events of a record that repeats within a batch as one atomic
+    // batch (its order guarantee).
     let events = stream::Config {
         allow_atomic_publish: true,
         ..base(STREAM_EVENTS, EVENTS_ALL, cfg.events_max_age_secs)
@@ -234,10 +235,10 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
                 stream.info().await.map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
             if !info.config.allow_atomic_publish {
                 // A stream created before the validator published atomically: it still works,
-                // one confirmed publish at a time, which is much slower.
+                // a batch with a repeated record one confirmed publish at a time, much slower.
                 tracing::warn!(
                     stream = name,
-                    "stream does not allow atomic batches, so the validator publishes one event at a time: as the NATS admin identity, update it with allow_atomic (docs/operations.md)"
+                    "stream does not allow atomic batches, so the registry's validator publishes a batch in which a record repeats one event at a time: as the NATS admin identity, update it with allow_atomic (docs/operations.md)"
                 );
             }
         }

@@ -457,10 +457,17 @@ impl Pinned<'_> {
             }
             tracing::debug!(actor = %settings.actor, partition = partition.index, pin = ?tenure.pin, last = tenure.last, ?received, ?acked_only, ?gaps, "validator chunk");
             let limit = self.dead_letter_limit;
-            process_batch(&mut confirmations, self.store, self.policy, settings, work, limit, shutdown).await;
-            if *shutdown.borrow() {
-                // Possibly unconfirmed: the redeliveries stay unacked too.
-                return Ok(());
+            // A takeover's gap read can make `work` longer than one atomic batch may be: in
+            // slices, each confirmed before the next, so order is kept across them too.
+            while !work.is_empty() {
+                let rest = work.split_off(work.len().min(MAX_ATOMIC_BATCH));
+                process_batch(&mut confirmations, self.store, self.policy, settings, work, limit, shutdown)
+                    .await;
+                work = rest;
+                if *shutdown.borrow() {
+                    // Possibly unconfirmed: the redeliveries stay unacked too.
+                    return Ok(());
+                }
             }
             for m in handled {
                 if let Err(e) = m.ack().await {

@@ -4,11 +4,12 @@
 //! each); the audit writer confirms its records the same way.
 //!
 //! The validated events the caller marks `atomic` (those of a record that repeats in the
-//! batch) go to `KH_EVENTS` as one JetStream atomic batch: all stored or none. Pipelined one
-//! by one, a publish lost in transit (the client drops its write buffer
-//! when it reconnects; a stream leader dies before replicating) could be followed by a stored
-//! later event of the same record, and its retry then stored after that one: the record's
-//! order inverted. A batch with a message missing is refused whole instead (docs/delivery.md).
+//! batch) go to `KH_EVENTS` as one JetStream atomic batch: all stored or none; the rest are
+//! pipelined beside it. Pipelined one by one, a publish lost in transit (the client drops its
+//! write buffer when it reconnects; a stream leader dies before replicating) could be followed
+//! by a stored later event of the same record, and its retry then stored after that one: the
+//! record's order inverted. A batch with a message missing is refused whole instead
+//! (docs/delivery.md).
 
 use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
 use async_nats::{HeaderMap, Subscriber};
@@ -145,27 +146,32 @@ impl Confirmations {
         let mut batch = (atomic > 1).then(|| AtomicBatch::new(&self.inbox, self.next, atomic));
         let first = self.next;
         let mut waiting = 0usize;
+        let mut committed = false;
         for Outbound { subject, mut headers, payload, atomic } in messages {
-            let sent = match batch.as_mut() {
+            let (sent, replied) = match batch.as_mut() {
                 Some(b) if atomic => {
                     if b.stamp(&mut headers, results.len(), self.next) {
-                        waiting += 1;
                         let reply = format!("{}.{}", self.inbox, self.next);
-                        self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await
+                        let sent = self
+                            .client
+                            .publish_with_reply_and_headers(subject, reply, headers, payload)
+                            .await;
+                        committed = sent.is_ok();
+                        (sent, true)
                     } else {
                         // Answered only with the commit: no reply subject, nothing to read.
-                        self.client.publish_with_headers(subject, headers, payload).await
+                        (self.client.publish_with_headers(subject, headers, payload).await, false)
                     }
                 }
                 _ => {
-                    waiting += 1;
                     let reply = format!("{}.{}", self.inbox, self.next);
-                    self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await
+                    (self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await, true)
                 }
             };
             match sent {
                 Ok(()) => {
                     self.next += 1;
+                    waiting += usize::from(replied);
                     results.push(Err(NotStored::Unconfirmed));
                 }
                 Err(e) if e.kind() == async_nats::PublishErrorKind::MaxPayloadExceeded => {
@@ -177,6 +183,24 @@ impl Confirmations {
                     break;
                 }
             }
+        }
+        if let Some(b) = batch.as_ref().filter(|_| !committed) {
+            // A message could not be sent before the commit (one over the server's
+            // max_payload with the batch headers, a closed connection): the batch will never
+            // be stored. Retried the same way it would fail the same way, so its members are
+            // refused as a batch and go again one by one, each getting its own answer.
+            let refusal = Refusal {
+                status: None,
+                code: None,
+                err_code: None,
+                description: "atomic batch not completed: one of its messages could not be sent".into(),
+            };
+            for &i in &b.members {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Err(NotStored::BatchRefused(refusal.clone()));
+                }
+            }
+            batch = None;
         }
         let deadline = tokio::time::Instant::now() + ACK_WAIT;
         let mut batch_ack = None;
@@ -192,7 +216,7 @@ impl Confirmations {
                     if let Some(slot @ Err(NotStored::Unconfirmed)) = results.get_mut(i) {
                         let answer = acknowledged(&reply);
                         if batch.as_ref().is_some_and(|b| n == Some(b.commit_number)) {
-                            batch_ack = Some(answer);
+                            batch_ack = Some(answer.map(|last| (last, batch_count(&reply))));
                         } else {
                             *slot = answer.map_err(NotStored::Refused);
                         }
@@ -209,6 +233,15 @@ impl Confirmations {
         }
         results
     }
+}
+
+/// The `count` of an atomic batch's commit answer (`{"seq":…,"count":…}`).
+fn batch_count(reply: &async_nats::Message) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct BatchAck {
+        count: Option<u64>,
+    }
+    serde_json::from_slice::<BatchAck>(&reply.payload).ok()?.count
 }
 
 /// The events of one `publish` sent as a JetStream atomic batch.
@@ -246,18 +279,23 @@ impl AtomicBatch {
     }
 
     /// Gives each member the batch's answer: its own sequence (an atomic batch is stored
-    /// contiguously, the commit's answer naming the last), or the batch's refusal.
-    fn settle(&self, answer: Result<u64, Refusal>, results: &mut [Result<u64, NotStored>]) {
+    /// contiguously, the commit's answer naming the last and how many), or why it is not
+    /// stored. A refusal of the batch's content (a 400: a duplicate, a message missing or too
+    /// large, atomic batches not allowed) makes every member `BatchRefused`; any other error
+    /// (no stream leader for now, no responders) leaves them to be retried as they are.
+    fn settle(&self, answer: Result<(u64, Option<u64>), Refusal>, results: &mut [Result<u64, NotStored>]) {
         let len = self.members.len();
         for (k, &i) in self.members.iter().enumerate() {
             let Some(slot) = results.get_mut(i) else { continue };
             *slot = match &answer {
                 // Members after this one, counted back from the last.
-                Ok(last) => u64::try_from(len - 1 - k)
+                Ok((last, count)) if *count == u64::try_from(len).ok() => u64::try_from(len - 1 - k)
                     .ok()
                     .and_then(|after| last.checked_sub(after))
                     .ok_or(NotStored::Unconfirmed),
-                Err(r) => Err(NotStored::BatchRefused(r.clone())),
+                Ok(_) => Err(NotStored::Unconfirmed),
+                Err(r) if r.code == Some(400) => Err(NotStored::BatchRefused(r.clone())),
+                Err(r) => Err(NotStored::Refused(r.clone())),
             };
         }
     }
