@@ -226,44 +226,34 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
     let configs = [ingress, events, dlq, audit];
     let names = [STREAM_INGRESS, STREAM_EVENTS, STREAM_DLQ, STREAM_AUDIT];
     for (name, config) in names.into_iter().zip(configs) {
-        let mut stream = js
+        let stream = js
             .get_or_create_stream(config)
             .await
             .map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
-        if name == STREAM_EVENTS {
-            let info =
-                stream.info().await.map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
-            if !info.config.allow_atomic_publish {
-                // A stream created before the validator published atomically: it still works,
-                // a batch with a repeated record one confirmed publish at a time, much slower.
-                tracing::warn!(
-                    stream = name,
-                    "stream does not allow atomic batches, so the registry's validator publishes a batch in which a record repeats one event at a time: as the NATS admin identity, update it with allow_atomic (docs/operations.md)"
-                );
-            }
+        // The settings of a stream that existed already (the services may not update one).
+        let existing = &stream.cached_info().config;
+        if name == STREAM_EVENTS && !existing.allow_atomic_publish {
+            // Created before the validator published atomically: it still works, a batch with
+            // a repeated record one confirmed publish at a time, much slower.
+            tracing::warn!(
+                stream = name,
+                "stream does not allow atomic batches, so the registry's validator publishes a batch in which a record repeats one event at a time: as the NATS admin identity, update it with allow_atomic (docs/operations.md)"
+            );
         }
-        if name == STREAM_AUDIT || name == STREAM_DLQ {
-            let info =
-                stream.info().await.map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
-            if !info.config.allow_direct {
-                // A stream created before operators read by direct get; services may not
-                // update it.
-                tracing::warn!(
-                    stream = name,
-                    "stream does not allow direct gets, so `kakehashi dlq` and `kakehashi audit verify` cannot read it: as the NATS admin identity, update it with allow_direct (docs/operations.md)"
-                );
-            }
-            if name == STREAM_AUDIT
-                && cfg.audit_append_only
-                && (!info.config.deny_delete || !info.config.deny_purge)
-            {
-                // A stream created before this setting existed; only an administrator may
-                // change it (services may not update KH_AUDIT), and the change is one-way.
-                tracing::warn!(
-                    stream = name,
-                    "KH_AUDIT accepts message deletes: as the NATS admin identity, update it with deny_delete and deny_purge (docs/security.md)"
-                );
-            }
+        if (name == STREAM_AUDIT || name == STREAM_DLQ) && !existing.allow_direct {
+            // Created before operators read by direct get.
+            tracing::warn!(
+                stream = name,
+                "stream does not allow direct gets, so `kakehashi dlq` and `kakehashi audit verify` cannot read it: as the NATS admin identity, update it with allow_direct (docs/operations.md)"
+            );
+        }
+        if name == STREAM_AUDIT && cfg.audit_append_only && (!existing.deny_delete || !existing.deny_purge) {
+            // Created before this setting existed; only an administrator may change it
+            // (services may not update KH_AUDIT), and the change is one-way.
+            tracing::warn!(
+                stream = name,
+                "KH_AUDIT accepts message deletes: as the NATS admin identity, update it with deny_delete and deny_purge (docs/security.md)"
+            );
         }
     }
     let schemas = bucket(js, BUCKET_SCHEMAS, cfg.replicas).await?;
