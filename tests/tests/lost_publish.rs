@@ -71,3 +71,51 @@ async fn a_publish_lost_in_transit_never_lets_a_later_event_of_its_record_be_sto
     }
     registry.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_atomic_batches_on_kh_events_a_repeated_record_still_arrives_whole_and_in_order() {
+    let nats = NatsServer::start();
+    let js = bus::jetstream(&nats).await;
+    let mut config = registry_config(&nats);
+    config.validator.enabled = false;
+    let registry = Registry::start(config).await;
+    FLOW.prepare(&registry.endpoint(), bus::counter_schema()).await;
+    // A KH_EVENTS as created before atomic batches (an update only an administrator may make).
+    let mut events_stream = js.get_stream(bus::EVENTS).await.expect("KH_EVENTS");
+    let mut stream_config = events_stream.info().await.expect("KH_EVENTS info").config.clone();
+    stream_config.allow_atomic_publish = false;
+    js.update_stream(stream_config).await.expect("turn atomic batches off");
+    let mut events = bus::events(SOURCE, TYPE, EVENTS);
+    for e in &mut events {
+        e.subject = "record-1".into();
+        bus::publish_ingress(&js, e).await;
+    }
+    registry.stop().await;
+
+    let (registry, metrics) = Registry::start_with_metrics(registry_config(&nats)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while bus::stream_len(&js, bus::EVENTS).await < EVENTS as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "not every event reached KH_EVENTS in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored: Vec<u64> = bus::events_in_events_stream(&js)
+        .await
+        .iter()
+        .map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&e.data).expect("data")["n"].as_u64().expect("n")
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        (0..EVENTS as u64).collect::<Vec<_>>(),
+        "KH_EVENTS holds the record's events out of order"
+    );
+    let scrape = scrape_metrics(metrics).await;
+    let refused: u64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("kakehashi_validator_batches_refused_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(refused >= 1, "the batches were refused (atomic batches off) and published one at a time");
+    registry.stop().await;
+}
