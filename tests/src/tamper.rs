@@ -2,6 +2,13 @@
 
 use async_nats::jetstream;
 use kakehashi_runtime::audit::AuditRecord;
+use std::time::Duration;
+
+/// The pause between a tamper test's events, over the audit linger (5 ms by default): each
+/// event's hops then start records of their own, so a record after a chain's start holds a
+/// `delivered` hop for [`forge_a_delivered_hop`]. Without it, three quick events could all be
+/// written as the chain's first record, and the forgery found nothing to forge.
+pub const BETWEEN_EVENTS: Duration = Duration::from_millis(25);
 
 /// Deletes the first record after a chain's start that holds a `delivered` hop (a batch record,
 /// or a record of that hop alone) from `KH_AUDIT` and stores a copy with that hop's outcome

@@ -164,6 +164,7 @@ async fn deliver_doses(bus: &mut Bus, subscriber: &mut Subscriber, doses: std::o
     for dose in doses {
         publish(bus, dose).await;
         receive_and_ack(subscriber).await;
+        tokio::time::sleep(kakehashi_tests::tamper::BETWEEN_EVENTS).await;
     }
 }
 

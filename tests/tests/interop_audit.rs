@@ -85,6 +85,7 @@ async fn an_independent_python_check_verifies_the_trail_and_names_a_forged_recor
         let delivered = subscriber.expect_and_ack("a delivery", SOON).await;
         assert_eq!(delivered.event.expect("event").id, id);
         ids.push(id);
+        tokio::time::sleep(kakehashi_tests::tamper::BETWEEN_EVENTS).await;
     }
     let js = nats.admin_js().await;
     let mut records = settled_records(&js, &ids).await;
