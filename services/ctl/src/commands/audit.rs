@@ -71,26 +71,43 @@ pub async fn read_heads(js: &jetstream::Context) -> Result<Vec<ChainHead>, CtlEr
     newest.into_values().flatten().map(|h| h.map_err(CtlError::Nats)).collect()
 }
 
+/// Reads of the trail `verify` makes while only chains' newest records are missing (a replica
+/// behind).
+const LAG_READS: u32 = 3;
+/// The pause between those reads.
+const LAG_PAUSE: Duration = Duration::from_secs(1);
+
 /// Runs the verification; an error when a chain is broken. `max_age` is how long KH_AUDIT
 /// keeps records (`topology.audit_max_age_secs`): older records may be gone by expiry, not by
 /// tampering. The operator's identity may not read the stream's settings, so it is given.
 pub async fn verify(conn: &Conn, json_mode: bool, max_age: Duration) -> Result<(), CtlError> {
     let js = jetstream::new(crate::nats_client::connect(conn).await?);
-    // Heads first: a head read after the records could name records stored in between.
-    let heads = read_heads(&js).await?;
-    let trail = read_trail(&js).await?;
     let horizon = if max_age.is_zero() {
         0
     } else {
         kakehashi_runtime::audit::now_us()
             .saturating_sub(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX))
     };
+    let mut reads = 0;
+    let (heads, trail, broken) = loop {
+        // Heads first: a head read after the records could name records stored in between.
+        let heads = read_heads(&js).await?;
+        let trail = read_trail(&js).await?;
+        let broken = verify_trail(&trail, &heads, horizon);
+        reads += 1;
+        // Direct gets may be answered by a replica a moment behind the one that answered for
+        // the heads: newest records missing behind a head are read again before being named.
+        if reads < LAG_READS && !broken.is_empty() && broken.iter().all(|b| b.at_end) {
+            tokio::time::sleep(LAG_PAUSE).await;
+            continue;
+        }
+        break (heads, trail, broken);
+    };
     let chains: std::collections::BTreeSet<String> = trail
         .chain_names()
         .map(str::to_string)
         .chain(heads.iter().map(|h| chain_name(&h.actor, &h.chain)))
         .collect();
-    let broken = verify_trail(&trail, &heads, horizon);
     let items: Vec<serde_json::Value> = broken
         .iter()
         .map(|b| json!({"actor": b.actor, "chain_seq": b.seq, "stream_seq": b.stream_seq, "problem": b.problem}))

@@ -15,6 +15,9 @@ pub struct BrokenLink {
     pub stream_seq: Option<u64>,
     /// What is wrong.
     pub problem: String,
+    /// Whether only the chain's newest records are missing, behind its anchored head: what a
+    /// replica a moment behind the head's also shows, so worth reading again before alarming.
+    pub at_end: bool,
 }
 
 /// Audit records reduced to what [`verify_trail`] checks — about a tenth of their memory — in
@@ -149,7 +152,13 @@ fn check_chain(
     expiry_horizon_us: i64,
 ) -> Option<BrokenLink> {
     let expired = |t: i64| t != 0 && t < expiry_horizon_us;
-    let link = |seq, stream_seq, problem| BrokenLink { actor: name.to_string(), seq, stream_seq, problem };
+    let link = |seq, stream_seq, problem| BrokenLink {
+        actor: name.to_string(),
+        seq,
+        stream_seq,
+        problem,
+        at_end: false,
+    };
     let head_hash = head.map(|h| digest(&h.hash));
     let mut prev: Option<&Link> = None;
     for &r in chain {
@@ -199,7 +208,7 @@ fn check_chain(
                     h.seq
                 )
             };
-            Some(link(last + 1, None, problem))
+            Some(BrokenLink { at_end: true, ..link(last + 1, None, problem) })
         }
         _ => None,
     }
@@ -284,6 +293,7 @@ mod tests {
         let b = verify(&c, &[], 0);
         assert_eq!((b[0].seq, b[0].stream_seq), (2, None));
         assert!(b[0].problem.contains("missing"));
+        assert!(!b[0].at_end, "a record missing between others is no replica's lag");
     }
 
     #[test]
@@ -324,6 +334,7 @@ mod tests {
         assert_eq!(b.len(), 1, "{b:?}");
         assert_eq!((b[0].seq, b[0].stream_seq), (4, None));
         assert!(b[0].problem.contains("records 4..5 are missing at the end"), "{}", b[0].problem);
+        assert!(b[0].at_end, "what a replica behind the head's also shows: read again first");
         let b = verify(&[], &[head], 0);
         assert_eq!((b[0].actor.as_str(), b[0].seq), ("a", 1), "a chain deleted whole: {b:?}");
     }
