@@ -583,9 +583,12 @@ async fn process_batch(
             // the OpenTelemetry messaging conventions' terms (docs/architecture.md), named
             // `validate <destination>` with the key bucket a placeholder.
             let published = subjects::published_ingress(&msg.subject);
-            let template = match subjects::parse_ingress(&msg.subject) {
-                Some(s) if s.bucket.is_some() => subjects::ingress_template(s.source, s.event_type).into(),
-                _ => published.clone(),
+            let bucketed = subjects::parse_ingress(&msg.subject)
+                .filter(|s| s.bucket.is_some())
+                .map(|s| subjects::ingress_template(s.source, s.event_type));
+            let template: &dyn std::fmt::Display = match &bucketed {
+                Some(t) => t,
+                None => &published,
             };
             let span = tracing::info_span!(
                 "kakehashi.validate",
