@@ -806,7 +806,8 @@ fn settle_span(
     event_type: &str,
     event_id: &str,
 ) -> tracing::Span {
-    let destination = subjects::events(event_type);
+    // `kh.ev.<type>` (subjects::events) written where it is displayed: no String per ack.
+    let destination = format_args!("kh.ev.{event_type}");
     tracing::info_span!(
         parent: delivery,
         "kakehashi.settle",
