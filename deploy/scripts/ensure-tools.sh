@@ -8,7 +8,7 @@
 #
 # The server lands in ${KAKEHASHI_TOOLS:-$HOME/.cache/kakehashi}/nats-server-<version>/nats-server;
 # tests, the demo and `kakehashi dev` find it there (or through KAKEHASHI_NATS_SERVER). Debian's
-# nats-server (2.9) is too old: the bus needs 2.12 or later.
+# nats-server (2.9) is too old: the bus needs 2.14 or later.
 set -euo pipefail
 
 NATS_VERSION="2.15.1"

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct LossyLink {
     port: u16,
     lost: Arc<AtomicUsize>,
-    lost_headers: Arc<std::sync::Mutex<Option<String>>>,
+    lost_line: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Which publish to lose, counted over every connection through the relay.
@@ -29,17 +29,17 @@ impl LossyLink {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let port = listener.local_addr().expect("relay addr").port();
         let lost = Arc::new(AtomicUsize::new(0));
-        let lost_headers = Arc::new(std::sync::Mutex::new(None));
+        let lost_line = Arc::new(std::sync::Mutex::new(None));
         let target = Arc::new(Target { prefix: prefix.to_string(), nth, seen: AtomicUsize::new(0) });
-        let (l, h) = (lost.clone(), lost_headers.clone());
+        let (l, h) = (lost.clone(), lost_line.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
-                let (target, lost, headers) = (target.clone(), l.clone(), h.clone());
-                tokio::spawn(relay(client, server, target, lost, headers));
+                let (target, lost, line) = (target.clone(), l.clone(), h.clone());
+                tokio::spawn(relay(client, server, target, lost, line));
             }
         });
-        Self { port, lost, lost_headers }
+        Self { port, lost, lost_line }
     }
 
     /// `nats://` URL of the relay.
@@ -52,9 +52,10 @@ impl LossyLink {
         self.lost.load(Ordering::SeqCst)
     }
 
-    /// The header block of the publish it lost (empty for a `PUB`), once it has lost one.
-    pub fn lost_headers(&self) -> Option<String> {
-        self.lost_headers.lock().ok()?.clone()
+    /// The protocol line of the publish it lost (`HPUB <subject> <reply> …`), once it has
+    /// lost one.
+    pub fn lost_line(&self) -> Option<String> {
+        self.lost_line.lock().ok()?.clone()
     }
 }
 
@@ -63,7 +64,7 @@ async fn relay(
     server: TcpStream,
     target: Arc<Target>,
     lost: Arc<AtomicUsize>,
-    lost_headers: Arc<std::sync::Mutex<Option<String>>>,
+    lost_line: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
@@ -100,11 +101,6 @@ async fn relay(
                 )
             };
             let size = number(words.last());
-            let header_len = if words[0].eq_ignore_ascii_case(b"HPUB") {
-                number(words.get(words.len().wrapping_sub(2)))
-            } else {
-                0
-            };
             let whole = end + 2 + size + 2;
             if buf.len() < whole {
                 break;
@@ -114,9 +110,8 @@ async fn relay(
                 && target.seen.fetch_add(1, Ordering::SeqCst) + 1 == target.nth;
             if matches {
                 lost.fetch_add(1, Ordering::SeqCst);
-                let block = &buf[end + 2..end + 2 + header_len.min(size)];
-                if let Ok(mut h) = lost_headers.lock() {
-                    *h = Some(String::from_utf8_lossy(block).into_owned());
+                if let Ok(mut l) = lost_line.lock() {
+                    *l = Some(String::from_utf8_lossy(line).into_owned());
                 }
             } else {
                 out.extend_from_slice(&buf[at..whole]);

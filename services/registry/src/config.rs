@@ -109,9 +109,9 @@ pub struct Limits {
 pub struct ValidatorConfig {
     /// Run the validator in this instance.
     pub enabled: bool,
-    /// Messages pulled per batch, 1 to 1,000: the events of a record that repeats within a batch
-    /// are published to `KH_EVENTS` as one JetStream atomic batch, which nats-server caps at
-    /// 1,000 messages.
+    /// Messages pulled per batch, 1 to 1,000: what one batch holds in memory and in flight
+    /// before it is confirmed (the events of a record that repeats within it are one JetStream
+    /// fast batch).
     #[serde(deserialize_with = "validator_batch")]
     pub batch: usize,
     /// Ingress messages not acked within this time are redelivered.
@@ -180,15 +180,15 @@ impl Default for Limits {
     }
 }
 
-/// `validator.batch`, refused outside what one atomic batch may hold.
+/// `validator.batch`, refused outside 1 to `MAX_BATCH`.
 fn validator_batch<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
     let batch = usize::deserialize(deserializer)?;
-    let most = crate::validator::MAX_ATOMIC_BATCH;
+    let most = crate::validator::MAX_BATCH;
     if (1..=most).contains(&batch) {
         return Ok(batch);
     }
     Err(serde::de::Error::custom(format!(
-        "validator.batch = {batch} is out of range: it must be 1 to {most} (a batch's events are one JetStream atomic batch, which nats-server caps at {most} messages)"
+        "validator.batch = {batch} is out of range: it must be 1 to {most} (messages pulled, held and published as one batch)"
     )))
 }
 

@@ -57,7 +57,7 @@ impl RegistryMetrics {
             ),
             validator_batches_refused: registry.counter(
                 "kakehashi_validator_batches_refused_total",
-                "Atomic batches of validated events JetStream refused whole (a message lost on the way, a duplicate, one too large, atomic batches not allowed), then published one event at a time.",
+                "Fast batches of validated events JetStream refused from some message on (one lost on the way or refused, fast batches not allowed on KH_EVENTS), the rest then published one event at a time.",
                 &[],
             ),
             delivered: registry.counter(

@@ -107,8 +107,9 @@ impl TopologyConfig {
 }
 
 /// The oldest nats-server the bus runs on: priority groups with pinned clients (2.11),
-/// consumer reset (2.14 — used when present), accounts with service imports for JetStream.
-pub const MIN_SERVER_VERSION: (u32, u32) = (2, 12);
+/// accounts with service imports for JetStream, fast batches (2.14: the validator's order per
+/// record across a lost publish), consumer reset (2.14).
+pub const MIN_SERVER_VERSION: (u32, u32) = (2, 14);
 
 /// `(major, minor)` of a nats-server version string such as `2.15.1` or `v2.12.0-beta`.
 pub fn parse_server_version(version: &str) -> Option<(u32, u32)> {
@@ -217,10 +218,10 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
         ..base(STREAM_AUDIT, AUDIT_ALL, cfg.audit_max_age_secs)
     };
     let dlq = stream::Config { allow_direct: true, ..base(STREAM_DLQ, DLQ_ALL, cfg.dlq_max_age_secs) };
-    // The validator publishes the events of a record that repeats within a batch as one atomic
-    // batch (its order guarantee).
+    // The validator publishes the events of a record that repeats within a batch as one fast
+    // batch that refuses gaps (its order guarantee).
     let events = stream::Config {
-        allow_atomic_publish: true,
+        allow_batch_publish: true,
         ..base(STREAM_EVENTS, EVENTS_ALL, cfg.events_max_age_secs)
     };
     let configs = [ingress, events, dlq, audit];
@@ -232,12 +233,12 @@ pub async fn ensure(js: &jetstream::Context, cfg: &TopologyConfig) -> Result<Buc
             .map_err(|e| TopologyError::Stream { name, source: Box::new(e) })?;
         // The settings of a stream that existed already (the services may not update one).
         let existing = &stream.cached_info().config;
-        if name == STREAM_EVENTS && !existing.allow_atomic_publish {
-            // Created before the validator published atomically: it still works, a batch with
-            // a repeated record one confirmed publish at a time, much slower.
+        if name == STREAM_EVENTS && !existing.allow_batch_publish {
+            // Created before the validator published fast batches: it still works, a batch
+            // with a repeated record one confirmed publish at a time, much slower.
             tracing::warn!(
                 stream = name,
-                "stream does not allow atomic batches, so the registry's validator publishes a batch in which a record repeats one event at a time: as the NATS admin identity, update it with allow_atomic (docs/operations.md)"
+                "stream does not allow fast batches (nats-server 2.14+), so the registry's validator publishes a batch in which a record repeats one event at a time: as the NATS admin identity, update it with allow_batched (docs/operations.md)"
             );
         }
         if (name == STREAM_AUDIT || name == STREAM_DLQ) && !existing.allow_direct {
@@ -404,6 +405,8 @@ mod tests {
         assert_eq!(parse_server_version("v2.12.0-beta.1"), Some((2, 12)));
         assert!(parse_server_version("2.9.10").is_some_and(|v| v < MIN_SERVER_VERSION));
         assert!(parse_server_version("2.10.0").is_some_and(|v| v < MIN_SERVER_VERSION));
+        assert!(parse_server_version("2.12.3").is_some_and(|v| v < MIN_SERVER_VERSION));
+        assert!(parse_server_version("2.14.0").is_some_and(|v| v >= MIN_SERVER_VERSION));
         assert_eq!(parse_server_version("nonsense"), None);
     }
 

@@ -9,8 +9,9 @@
 //! republished to `kh.ev.<type>` as binary-mode CloudEvents (`ce-` headers, the payload bytes
 //! untouched as the body) with `Nats-Msg-Id` = event id, rejected ones go
 //! to `kh.dlq.<source>.<type>`; the events of a record that repeats within a batch are published
-//! as one JetStream atomic batch (all stored or none, so a publish lost in transit never lets a
-//! later event of its record be stored first), everything else pipelined beside it, and the
+//! as one JetStream fast batch that refuses gaps (none stored after one missing, so a publish
+//! lost in transit never lets a later event of its record be stored first), everything else
+//! pipelined beside it, and the
 //! ingress message is acked only once its publish is confirmed, so a crash anywhere loses
 //! nothing and duplicates nothing.
 //!
@@ -29,7 +30,7 @@ pub mod share;
 
 pub(crate) use check::check_size;
 pub use check::{check_payload, CheckLimits, PayloadRejected};
-pub(crate) use publish::MAX_ATOMIC_BATCH;
+pub(crate) use publish::MAX_BATCH;
 
 use crate::dead_letter;
 use crate::store::SchemaStore;
@@ -457,10 +458,10 @@ impl Pinned<'_> {
             }
             tracing::debug!(actor = %settings.actor, partition = partition.index, pin = ?tenure.pin, last = tenure.last, ?received, ?acked_only, ?gaps, "validator chunk");
             let limit = self.dead_letter_limit;
-            // A takeover's gap read can make `work` longer than one atomic batch may be: in
+            // A takeover's gap read can make `work` longer than one batch may be: in
             // slices, each confirmed before the next, so order is kept across them too.
             while !work.is_empty() {
-                let rest = work.split_off(work.len().min(MAX_ATOMIC_BATCH));
+                let rest = work.split_off(work.len().min(MAX_BATCH));
                 process_batch(&mut confirmations, self.store, self.policy, settings, work, limit, shutdown)
                     .await;
                 work = rest;
@@ -613,9 +614,9 @@ async fn process_batch(
         .collect();
     let mut done = 0;
     let mut backoff = Duration::from_millis(100);
-    // Repeated records' events go as one atomic batch until JetStream refuses one whole; then
+    // Repeated records' events go as one fast batch until JetStream refuses one; then
     // one by one, so each message gets its own answer (publish.rs).
-    let mut mode = publish::Mode::Atomic;
+    let mut mode = publish::Mode::Batched;
     // Refusals of a message as too large, for which the same message will never be stored.
     let mut too_large = 0u32;
     while done < batch.len() {
@@ -628,24 +629,25 @@ async fn process_batch(
             .zip(&batch[done..])
             .map(|((subject, out, _, _), ingress)| {
                 let (headers, payload) = out.message(&ingress.payload);
-                let atomic = out.record().is_some_and(|r| repeated.binary_search(&r).is_ok());
-                publish::Outbound { subject: subject.clone(), headers, payload, atomic }
+                let batched = out.record().is_some_and(|r| repeated.binary_search(&r).is_ok());
+                publish::Outbound { subject: subject.clone(), headers, payload, batched }
             })
             .collect();
-        let mut refused_whole = false;
+        let mut batch_refused = false;
         // In order: the ingress is acked and the hop recorded up to the first message not
         // known to be stored; from there the batch is published again.
         for stored in confirmations.publish(messages, mode).await {
             let sequence = match stored {
                 Ok(sequence) => sequence,
                 Err(publish::NotStored::BatchRefused(r)) => {
-                    // Nothing of the batch is stored; its refusal names no message (a
-                    // duplicate of an event stored before, one too large, one lost on the
-                    // way): each is sent again on its own, at once.
-                    tracing::debug!(refusal = %r, "atomic batch refused: publishing one by one");
+                    // The rest of the fast batch is not stored: a message of it was lost on
+                    // the way or refused, or fast batches are not allowed on KH_EVENTS. Each
+                    // is sent again on its own, at once (one stored after all is answered as
+                    // a duplicate).
+                    tracing::debug!(refusal = %r, "fast batch refused: publishing one by one");
                     settings.metrics.validator_batches_refused.with(&[]).inc();
                     mode = publish::Mode::OneByOne;
-                    refused_whole = true;
+                    batch_refused = true;
                     break;
                 }
                 Err(e) if e.is_too_large() => {
@@ -709,7 +711,7 @@ async fn process_batch(
             for msg in batch[done..].iter().filter_map(|i| i.delivered.as_ref()) {
                 let _ = msg.ack_with(AckKind::Progress).await;
             }
-            if refused_whole {
+            if batch_refused {
                 continue;
             }
             tokio::time::sleep(backoff).await;
@@ -721,10 +723,10 @@ async fn process_batch(
 }
 
 /// The records (source, type, key) with two or more validated events among `outgoing`: only
-/// their events need the atomic batch. An event alone of its record in a batch has no later
+/// their events need the fast batch. An event alone of its record in a batch has no later
 /// one of its record to overtake it, and the next batch is sent only once this one is
-/// confirmed; publishing it plainly spares the atomic commit's disk sync when no record
-/// repeats (docs/BENCHMARKS.md, 2026-12-04).
+/// confirmed; published plainly, it gets an acknowledgement of its own naming its `KH_EVENTS`
+/// sequence (a fast batch's answer names only its last message's).
 fn repeated_records<T, A, V>(outgoing: &[(T, Outgoing, A, V)]) -> Vec<(&str, &str, &str)> {
     let mut records: Vec<_> = outgoing.iter().filter_map(|(_, out, _, _)| out.record()).collect();
     records.sort_unstable();
@@ -1017,7 +1019,7 @@ mod tests {
     }
 
     #[test]
-    fn only_records_with_two_or_more_events_in_a_batch_need_the_atomic_batch() {
+    fn only_records_with_two_or_more_events_in_a_batch_need_the_fast_batch() {
         let event = |source: &str, key: &str| Outgoing::Event {
             event: kakehashi_proto::v1::Event {
                 source: source.into(),

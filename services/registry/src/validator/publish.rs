@@ -3,16 +3,18 @@
 //! inbox, oneshot channel or timer per event (what `jetstream::Context::send_publish` costs for
 //! each); the audit writer confirms its records the same way.
 //!
-//! The validated events the caller marks `atomic` (those of a record that repeats in the
-//! batch) go to `KH_EVENTS` as one JetStream atomic batch: all stored or none; the rest are
-//! pipelined beside it. Pipelined one by one, a publish lost in transit (the client drops its
-//! write buffer when it reconnects; a stream leader dies before replicating) could be followed
-//! by a stored later event of the same record, and its retry then stored after that one: the
-//! record's order inverted. A batch with a message missing is refused whole instead
-//! (docs/delivery.md).
+//! The validated events the caller marks `batched` (those of a record that repeats in the
+//! batch) go to `KH_EVENTS` as one JetStream fast batch (ADR-50 fast ingest, nats-server 2.14+,
+//! `allow_batched`) with gaps refused: the server numbers the batch's messages and stores none
+//! after one that did not arrive; the rest are pipelined beside it. Pipelined one by one, a
+//! publish lost in transit (the client drops its write buffer when it reconnects; a stream
+//! leader dies before replicating) could be followed by a stored later event of the same record,
+//! and its retry then stored after that one: the record's order inverted (docs/delivery.md).
+//! A fast batch stores each message as it comes, without the atomic batch's wait for a disk
+//! sync at its commit (docs/BENCHMARKS.md, 2026-12-04, ninth session).
 
-use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
-use async_nats::{HeaderMap, Subscriber};
+use async_nats::HeaderMap;
+use async_nats::Subscriber;
 use bytes::Bytes;
 use futures::StreamExt;
 use kakehashi_runtime::pub_acks::{acknowledged, reply_number, Refusal};
@@ -22,9 +24,9 @@ use std::time::Duration;
 /// again (what `send_publish` waits by default).
 const ACK_WAIT: Duration = Duration::from_secs(5);
 
-/// Most messages nats-server takes in one atomic batch (its `max_batch_size` default); the
-/// validator's `batch` is held to it at load.
-pub(crate) const MAX_ATOMIC_BATCH: usize = 1000;
+/// Most messages the validator pulls and publishes as one batch (`validator.batch` is held to
+/// it at load): what one batch holds in memory and in flight before it is confirmed.
+pub(crate) const MAX_BATCH: usize = 1000;
 
 /// Why a message of a batch is not known to be stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,10 +38,10 @@ pub(super) enum NotStored {
     /// description.
     #[error("publish refused: {0}")]
     Refused(Refusal),
-    /// JetStream refused the atomic batch it was part of (a message of it lost in transit, a
-    /// duplicate, one too large, …): none of the batch is stored, and the refusal does not say
-    /// which message it was about.
-    #[error("atomic batch refused: {0}")]
+    /// JetStream did not store it as part of a fast batch: an earlier message of the batch was
+    /// missing or refused, the batch is unknown to the stream leader, or fast batches are not
+    /// allowed on the stream. The refusal need not be about this message.
+    #[error("fast batch refused: {0}")]
     BatchRefused(Refusal),
     /// The client refused it as over the server's `max_payload`: refused again at every retry.
     #[error("publish failed: {0} (the NATS server's max_payload)")]
@@ -69,18 +71,18 @@ pub(super) struct Outbound {
     pub headers: HeaderMap,
     /// Its payload.
     pub payload: Bytes,
-    /// Whether it goes to `KH_EVENTS` in the atomic batch (an event of a repeated record).
-    pub atomic: bool,
+    /// Whether it goes to `KH_EVENTS` in the fast batch (an event of a repeated record).
+    pub batched: bool,
 }
 
 /// How a batch is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
-    /// Pipelined; the messages marked `atomic`, when two or more, as one atomic batch.
-    Atomic,
-    /// Each message confirmed before the next is sent: for a batch JetStream refused whole,
-    /// whose refusal names no message, so each message gets its own answer (a duplicate is
-    /// then acknowledged as one, a message too large refused alone).
+    /// Pipelined; the messages marked `batched`, when two or more, as one fast batch.
+    Batched,
+    /// Each message confirmed before the next is sent: after a fast batch was refused (fast
+    /// batches not allowed on the stream, a message lost), so each message gets its own answer
+    /// and none is stored after one that is not.
     OneByOne,
 }
 
@@ -88,11 +90,11 @@ pub(super) enum Mode {
 pub(super) struct Confirmations {
     client: async_nats::Client,
     inbox: String,
-    /// `<inbox>.*`; none after it ended (subscribed again before the next batch).
+    /// `<inbox>.>`; none after it ended (subscribed again before the next batch).
     acks: Option<Subscriber>,
     /// The number in the next message's reply subject `<inbox>.<n>`: replies to earlier
-    /// batches (confirmed too late) are told apart from this one's and ignored. Messages sent
-    /// without a reply (an atomic batch's before its commit) take a number too.
+    /// batches (confirmed too late) are told apart from this one's and ignored. A fast batch's
+    /// messages, answered on subjects of their batch, take a number too.
     next: u64,
 }
 
@@ -104,7 +106,8 @@ impl Confirmations {
     }
 
     /// Publishes `messages` in order and waits for their acknowledgements: for each, the
-    /// `KH_EVENTS` (or `KH_DLQ`) sequence it is stored at, or why it is not known to be.
+    /// `KH_EVENTS` (or `KH_DLQ`) sequence it is stored at (0 for a fast batch's message stored
+    /// before its last: JetStream names only the last one's), or why it is not known to be.
     /// Messages after one the client did not take are not sent; one by one, none after one
     /// not stored.
     pub(super) async fn publish(
@@ -113,11 +116,11 @@ impl Confirmations {
         mode: Mode,
     ) -> Vec<Result<u64, NotStored>> {
         match mode {
-            Mode::Atomic => self.pipelined(messages).await,
+            Mode::Batched => self.pipelined(messages).await,
             Mode::OneByOne => {
                 let mut results = Vec::with_capacity(messages.len());
                 for mut m in messages {
-                    m.atomic = false;
+                    m.batched = false;
                     let result = self.pipelined(vec![m]).await.pop().unwrap_or(Err(NotStored::Unconfirmed));
                     let stored = result.is_ok();
                     results.push(result);
@@ -133,7 +136,7 @@ impl Confirmations {
     async fn pipelined(&mut self, messages: Vec<Outbound>) -> Vec<Result<u64, NotStored>> {
         let mut results = Vec::with_capacity(messages.len());
         if self.acks.is_none() {
-            match self.client.subscribe(format!("{}.*", self.inbox)).await {
+            match self.client.subscribe(format!("{}.>", self.inbox)).await {
                 Ok(acks) => self.acks = Some(acks),
                 Err(e) => {
                     results.push(Err(NotStored::NotSent(format!("acknowledgements not subscribed: {e}"))));
@@ -141,37 +144,21 @@ impl Confirmations {
                 }
             }
         }
-        // One event alone needs no batch (and a plain publish answers a duplicate as one).
-        let atomic = messages.iter().filter(|m| m.atomic).count();
-        let mut batch = (atomic > 1).then(|| AtomicBatch::new(&self.inbox, self.next, atomic));
+        // One event alone needs no batch (and a plain publish names its sequence).
+        let batched = messages.iter().filter(|m| m.batched).count();
+        let mut batch = (batched > 1).then(|| FastBatch::new(&self.inbox, self.next, batched));
         let first = self.next;
         let mut waiting = 0usize;
-        let mut committed = false;
-        for Outbound { subject, mut headers, payload, atomic } in messages {
-            let (sent, replied) = match batch.as_mut() {
-                Some(b) if atomic => {
-                    if b.stamp(&mut headers, results.len(), self.next) {
-                        let reply = format!("{}.{}", self.inbox, self.next);
-                        let sent = self
-                            .client
-                            .publish_with_reply_and_headers(subject, reply, headers, payload)
-                            .await;
-                        committed = sent.is_ok();
-                        (sent, true)
-                    } else {
-                        // Answered only with the commit: no reply subject, nothing to read.
-                        (self.client.publish_with_headers(subject, headers, payload).await, false)
-                    }
-                }
-                _ => {
-                    let reply = format!("{}.{}", self.inbox, self.next);
-                    (self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await, true)
-                }
+        for Outbound { subject, headers, payload, batched } in messages {
+            // A fast batch's member is answered on a subject of its batch, read by the batch.
+            let (reply, plain) = match batch.as_mut() {
+                Some(b) if batched => (b.reply(results.len()), false),
+                _ => (format!("{}.{}", self.inbox, self.next), true),
             };
-            match sent {
+            match self.client.publish_with_reply_and_headers(subject, reply, headers, payload).await {
                 Ok(()) => {
                     self.next += 1;
-                    waiting += usize::from(replied);
+                    waiting += usize::from(plain);
                     results.push(Err(NotStored::Unconfirmed));
                 }
                 Err(e) if e.kind() == async_nats::PublishErrorKind::MaxPayloadExceeded => {
@@ -184,42 +171,45 @@ impl Confirmations {
                 }
             }
         }
-        if let Some(b) = batch.as_ref().filter(|_| !committed) {
-            // A message could not be sent before the commit (one over the server's
-            // max_payload with the batch headers, a closed connection): the batch will never
-            // be stored. Retried the same way it would fail the same way, so its members are
-            // refused as a batch and go again one by one, each getting its own answer.
-            let refusal = Refusal {
-                status: None,
-                code: None,
-                err_code: None,
-                description: "atomic batch not completed: one of its messages could not be sent".into(),
-            };
-            for &i in &b.members {
-                if let Some(slot) = results.get_mut(i) {
-                    *slot = Err(NotStored::BatchRefused(refusal.clone()));
+        if let Some(b) = batch.as_mut() {
+            // Sends stop at the first message the client did not take: the members sent are a
+            // prefix of the batch.
+            b.members.retain(|&i| matches!(results.get(i), Some(Err(NotStored::Unconfirmed))));
+            if b.members.len() < b.len {
+                // Cut short, the batch never gets its commit, so its final answer never comes.
+                // Sent again the same way it would be cut the same way: its members are
+                // refused as a batch and go again one by one, each getting its own answer.
+                let refusal = Refusal {
+                    status: None,
+                    code: None,
+                    err_code: None,
+                    description: "fast batch not completed: one of its messages could not be sent".into(),
+                };
+                for &i in &b.members {
+                    if let Some(slot) = results.get_mut(i) {
+                        *slot = Err(NotStored::BatchRefused(refusal.clone()));
+                    }
                 }
+                batch = None;
             }
-            batch = None;
         }
         let deadline = tokio::time::Instant::now() + ACK_WAIT;
-        let mut batch_ack = None;
-        while waiting > 0 {
+        while waiting > 0 || batch.as_ref().is_some_and(|b| !b.settled()) {
             let Some(acks) = self.acks.as_mut() else { break };
             match tokio::time::timeout_at(deadline, acks.next()).await {
                 Ok(Some(reply)) => {
+                    if let Some(b) = batch.as_mut() {
+                        if b.answer(&reply) {
+                            continue;
+                        }
+                    }
                     let n = reply_number(&reply);
                     let Some(i) = n.and_then(|n| n.checked_sub(first)).and_then(|i| usize::try_from(i).ok())
                     else {
                         continue;
                     };
                     if let Some(slot @ Err(NotStored::Unconfirmed)) = results.get_mut(i) {
-                        let answer = acknowledged(&reply);
-                        if batch.as_ref().is_some_and(|b| n == Some(b.commit_number)) {
-                            batch_ack = Some(answer.map(|last| (last, batch_count(&reply))));
-                        } else {
-                            *slot = answer.map_err(NotStored::Refused);
-                        }
+                        *slot = acknowledged(&reply).map_err(NotStored::Refused);
                         waiting -= 1;
                     }
                 }
@@ -228,75 +218,327 @@ impl Confirmations {
                 Err(_) => break,
             }
         }
-        if let (Some(b), Some(answer)) = (&batch, batch_ack) {
-            b.settle(answer, &mut results);
+        if let Some(b) = &batch {
+            b.settle(&mut results);
         }
         results
     }
 }
 
-/// The `count` of an atomic batch's commit answer (`{"seq":…,"count":…}`).
-fn batch_count(reply: &async_nats::Message) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct BatchAck {
-        count: Option<u64>,
-    }
-    serde_json::from_slice::<BatchAck>(&reply.payload).ok()?.count
+/// What JetStream answered one message of a fast batch on its own reply subject.
+#[derive(Debug, Clone)]
+enum Answer {
+    /// Stored at this sequence as a publish of its own (a server that knows no fast batches
+    /// stores each message plainly).
+    Stored(u64),
+    /// Not stored, and why.
+    Refused(Refusal),
 }
 
-/// The events of one `publish` sent as a JetStream atomic batch.
-struct AtomicBatch {
-    /// `Nats-Batch-Id`: unique per batch (the server keeps an abandoned one for a while).
-    id: String,
+/// The events of one `publish` sent as a JetStream fast batch that refuses gaps: the server
+/// stores its messages as they come, in its numbering, and none after one that is missing or
+/// refused; the batch's last answer names how many it stored and the last one's sequence.
+struct FastBatch {
+    /// `<inbox>.<batch id>.<flow>.fail.`: the members' reply subjects, then `<n>.<op>.$FI`
+    /// (the server reads the batch id, flow, gap mode, number and operation from the right).
+    prefix: String,
     /// How many messages it holds.
     len: usize,
-    /// The reply number of its commit: the message whose answer is the whole batch's.
-    commit_number: u64,
     /// The results' indexes of its messages, in batch order.
     members: Vec<usize>,
+    /// Each member's own answer, once it came.
+    answers: Vec<Option<Answer>>,
+    /// The batch's final answer: how many of its messages are stored (from the first), the
+    /// last of them at which sequence.
+    end: Option<(u64, u64)>,
 }
 
-impl AtomicBatch {
+impl FastBatch {
     fn new(inbox: &str, next: u64, len: usize) -> Self {
-        // The inbox's unique token and the first reply number: unique per client and batch.
+        // Unique per stream while it lasts: the inbox's unique token and the first reply number
+        // (the server keys batches by this id alone).
         let token = inbox.rsplit('.').next().unwrap_or(inbox);
-        Self { id: format!("{token}-{next}"), len, commit_number: u64::MAX, members: Vec::with_capacity(len) }
+        // The server acknowledges every `flow` messages; the whole batch is sent at once and
+        // waited for, so one flow acknowledgement in the middle is all it needs.
+        let prefix = format!("{inbox}.{token}-{next}.{len}.fail.");
+        Self { prefix, len, members: Vec::with_capacity(len), answers: vec![None; len], end: None }
     }
 
-    /// Adds the batch headers to its next message, the results' `index`th, sent with reply
-    /// number `number`; whether it is the commit.
-    fn stamp(&mut self, headers: &mut HeaderMap, index: usize, number: u64) -> bool {
+    /// The reply subject of its next message, the results' `index`th: the batch's start, a
+    /// message appended, or its commit.
+    fn reply(&mut self, index: usize) -> String {
         self.members.push(index);
         let n = self.members.len();
-        headers.insert(NATS_BATCH_ID, self.id.as_str());
-        headers.insert(NATS_BATCH_SEQUENCE, n.to_string());
-        let commit = n == self.len;
-        if commit {
-            headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
-            self.commit_number = number;
-        }
-        commit
+        let op = match n {
+            1 => 0,
+            n if n == self.len => 2,
+            _ => 1,
+        };
+        format!("{}{n}.{op}.$FI", self.prefix)
     }
 
-    /// Gives each member the batch's answer: its own sequence (an atomic batch is stored
-    /// contiguously, the commit's answer naming the last and how many), or why it is not
-    /// stored. A refusal of the batch's content (a 400: a duplicate, a message missing or too
-    /// large, atomic batches not allowed) makes every member `BatchRefused`; any other error
-    /// (no stream leader for now, no responders) leaves them to be retried as they are.
-    fn settle(&self, answer: Result<(u64, Option<u64>), Refusal>, results: &mut [Result<u64, NotStored>]) {
-        let len = self.members.len();
+    /// Takes `reply` if it is addressed to this batch (whether or not it says anything new).
+    fn answer(&mut self, reply: &async_nats::Message) -> bool {
+        let Some(rest) = reply.subject.as_str().strip_prefix(self.prefix.as_str()) else {
+            return false;
+        };
+        // `<n>.<op>.$FI`
+        let Some(k) =
+            rest.split('.').next().and_then(|n| n.parse::<usize>().ok()).and_then(|n| n.checked_sub(1))
+        else {
+            return true;
+        };
+        #[derive(serde::Deserialize)]
+        struct Reply<'a> {
+            /// Flow control (`ack`), a gap seen (`gap`), a message's error (`err`); none for a
+            /// publish acknowledgement or an API error.
+            #[serde(default, rename = "type", borrow)]
+            kind: Option<&'a str>,
+            /// Set on the batch's final acknowledgement.
+            #[serde(default)]
+            count: Option<u64>,
+            #[serde(default, borrow)]
+            batch: Option<&'a str>,
+        }
+        let parsed =
+            if reply.status.is_some() { None } else { serde_json::from_slice::<Reply>(&reply.payload).ok() };
+        match parsed.as_ref().and_then(|r| r.kind) {
+            // A flow acknowledgement, or the notice of a gap (the final answer follows).
+            Some("ack") | Some("gap") => return true,
+            Some("err") => {
+                #[derive(serde::Deserialize)]
+                struct Err {
+                    error: ErrBody,
+                }
+                #[derive(serde::Deserialize)]
+                struct ErrBody {
+                    #[serde(default)]
+                    code: Option<u16>,
+                    #[serde(default)]
+                    err_code: Option<u64>,
+                    #[serde(default)]
+                    description: Option<String>,
+                }
+                let refusal = match serde_json::from_slice::<Err>(&reply.payload) {
+                    Ok(Err { error }) => Refusal {
+                        status: None,
+                        code: error.code,
+                        err_code: error.err_code,
+                        description: error.description.unwrap_or_else(|| "refused".into()),
+                    },
+                    Err(e) => Refusal {
+                        status: None,
+                        code: None,
+                        err_code: None,
+                        description: format!("unreadable fast batch error: {e}"),
+                    },
+                };
+                self.set(k, Answer::Refused(refusal));
+                return true;
+            }
+            _ => {}
+        }
+        match acknowledged(reply) {
+            Ok(seq) => match parsed.and_then(|r| r.count.filter(|_| r.batch.is_some())) {
+                Some(count) => self.end = Some((count, seq)),
+                None => self.set(k, Answer::Stored(seq)),
+            },
+            Err(r) => self.set(k, Answer::Refused(r)),
+        }
+        true
+    }
+
+    fn set(&mut self, k: usize, answer: Answer) {
+        if let Some(slot @ None) = self.answers.get_mut(k) {
+            *slot = Some(answer);
+        }
+    }
+
+    /// Whether nothing more is to be learnt: the final answer came, or the last member was
+    /// answered on its own (the server answers a batch's messages in order, so a member not
+    /// answered by then never reached it).
+    fn settled(&self) -> bool {
+        self.end.is_some() || self.answers.get(self.len - 1).is_some_and(Option::is_some)
+    }
+
+    /// Gives each member what is known of it: stored (at its sequence when that is known, 0
+    /// when not), refused on its own (too large, …), refused with its batch (after a gap,
+    /// fast batches not allowed: a 400), or unconfirmed.
+    fn settle(&self, results: &mut [Result<u64, NotStored>]) {
+        let after_gap = || Refusal {
+            status: None,
+            code: None,
+            err_code: None,
+            description: "not stored: an earlier message of its fast batch was not".into(),
+        };
+        let unanswered = || Refusal {
+            status: None,
+            code: None,
+            err_code: None,
+            description: "not answered before its fast batch's last message: lost on the way".into(),
+        };
         for (k, &i) in self.members.iter().enumerate() {
             let Some(slot) = results.get_mut(i) else { continue };
-            *slot = match &answer {
-                // Members after this one, counted back from the last.
-                Ok((last, count)) if *count == u64::try_from(len).ok() => u64::try_from(len - 1 - k)
-                    .ok()
-                    .and_then(|after| last.checked_sub(after))
-                    .ok_or(NotStored::Unconfirmed),
-                Ok(_) => Err(NotStored::Unconfirmed),
-                Err(r) if r.code == Some(400) => Err(NotStored::BatchRefused(r.clone())),
-                Err(r) => Err(NotStored::Refused(r.clone())),
+            let n = u64::try_from(k + 1).unwrap_or(u64::MAX);
+            *slot = match (&self.answers[k], self.end) {
+                (Some(Answer::Stored(seq)), _) => Ok(*seq),
+                (_, Some((count, seq))) if n == count => Ok(seq),
+                (_, Some((count, _))) if n < count => Ok(0),
+                (Some(Answer::Refused(r)), _) if r.is_too_large() => Err(NotStored::Refused(r.clone())),
+                (Some(Answer::Refused(r)), _) if r.code == Some(400) => {
+                    Err(NotStored::BatchRefused(r.clone()))
+                }
+                (Some(Answer::Refused(r)), _) => Err(NotStored::Refused(r.clone())),
+                (None, Some(_)) => Err(NotStored::BatchRefused(after_gap())),
+                (None, None) if self.settled() => Err(NotStored::BatchRefused(unanswered())),
+                (None, None) => Err(NotStored::Unconfirmed),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of `len` members at results 0.., with their reply subjects.
+    fn batch(len: usize) -> (FastBatch, Vec<String>) {
+        let mut b = FastBatch::new("_INBOX.registry.abc", 7, len);
+        let replies = (0..len).map(|i| b.reply(i)).collect();
+        (b, replies)
+    }
+
+    /// JetStream's answer `payload` on `subject`.
+    fn reply(subject: &str, payload: &str) -> async_nats::Message {
+        async_nats::Message {
+            subject: subject.into(),
+            reply: None,
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            headers: None,
+            status: None,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    fn settled(b: &FastBatch) -> Vec<Result<u64, NotStored>> {
+        let mut results = vec![Err(NotStored::Unconfirmed); b.len];
+        b.settle(&mut results);
+        results
+    }
+
+    #[test]
+    fn reply_subjects_name_the_batch_its_flow_the_gap_mode_each_number_and_operation() {
+        let (_, replies) = batch(3);
+        assert_eq!(
+            replies,
+            [
+                "_INBOX.registry.abc.abc-7.3.fail.1.0.$FI",
+                "_INBOX.registry.abc.abc-7.3.fail.2.1.$FI",
+                "_INBOX.registry.abc.abc-7.3.fail.3.2.$FI"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_committed_batch_is_stored_whole_with_only_the_last_sequence_known() {
+        let (mut b, r) = batch(3);
+        assert!(b.answer(&reply(&r[0], r#"{"type":"ack","seq":0,"msgs":3}"#)));
+        assert!(!b.settled(), "a flow acknowledgement settles nothing");
+        assert!(b.answer(&reply(&r[2], r#"{"stream":"KH_EVENTS","seq":42,"batch":"abc-7","count":3}"#)));
+        assert!(b.settled());
+        assert_eq!(settled(&b), [Ok(0), Ok(0), Ok(42)]);
+    }
+
+    #[test]
+    fn after_a_gap_the_stored_prefix_is_known_and_the_rest_refused_with_the_batch() {
+        // The second message lost: the third shows the gap, the final answer counts one.
+        let (mut b, r) = batch(4);
+        b.answer(&reply(&r[0], r#"{"type":"ack","seq":0,"msgs":4}"#));
+        b.answer(&reply(&r[2], r#"{"type":"gap","last_seq":1,"seq":3}"#));
+        b.answer(&reply(&r[2], r#"{"stream":"KH_EVENTS","seq":9,"batch":"abc-7","count":1}"#));
+        b.answer(&reply(
+            &r[3],
+            r#"{"error":{"code":400,"err_code":10208,"description":"batch publish ID unknown"}}"#,
+        ));
+        let results = settled(&b);
+        assert_eq!(results[0], Ok(9));
+        assert!(results[1..].iter().all(|r| matches!(r, Err(NotStored::BatchRefused(_)))), "{results:?}");
+    }
+
+    #[test]
+    fn a_member_refused_as_too_large_is_refused_alone_so_it_can_be_dead_lettered() {
+        let (mut b, r) = batch(3);
+        b.answer(&reply(
+            &r[1],
+            r#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#,
+        ));
+        b.answer(&reply(&r[2], r#"{"type":"gap","last_seq":2,"seq":3}"#));
+        b.answer(&reply(&r[2], r#"{"stream":"KH_EVENTS","seq":5,"batch":"abc-7","count":1}"#));
+        let results = settled(&b);
+        assert_eq!(results[0], Ok(5));
+        assert!(matches!(&results[1], Err(e) if e.is_too_large()), "{results:?}");
+        assert!(matches!(results[2], Err(NotStored::BatchRefused(_))), "{results:?}");
+    }
+
+    #[test]
+    fn a_lost_start_leaves_every_member_refused_once_the_last_is_answered() {
+        let (mut b, r) = batch(3);
+        let unknown = r#"{"error":{"code":400,"err_code":10208,"description":"batch publish ID unknown"}}"#;
+        b.answer(&reply(&r[1], unknown));
+        assert!(!b.settled(), "the last member may still be answered");
+        b.answer(&reply(&r[2], unknown));
+        assert!(b.settled(), "answers come in order: the first never arrived");
+        assert!(settled(&b).iter().all(|r| matches!(r, Err(NotStored::BatchRefused(_)))));
+    }
+
+    #[test]
+    fn fast_batches_not_allowed_refuse_every_member_with_the_batch() {
+        let (mut b, r) = batch(2);
+        for subject in &r {
+            b.answer(&reply(
+                subject,
+                r#"{"error":{"code":400,"err_code":10205,"description":"batch publish is disabled"}}"#,
+            ));
+        }
+        assert!(settled(&b).iter().all(|r| matches!(r, Err(NotStored::BatchRefused(_)))));
+    }
+
+    #[test]
+    fn no_stream_answers_each_member_as_refused_to_be_retried_as_it_is() {
+        let (mut b, r) = batch(2);
+        for subject in &r {
+            let mut m = reply(subject, "");
+            m.status = Some(async_nats::StatusCode::NO_RESPONDERS);
+            b.answer(&m);
+        }
+        assert!(settled(&b).iter().all(|r| matches!(r, Err(NotStored::Refused(x)) if x.status == Some(503))));
+    }
+
+    #[test]
+    fn a_server_without_fast_batches_storing_each_plainly_names_each_sequence() {
+        let (mut b, r) = batch(2);
+        b.answer(&reply(&r[0], r#"{"stream":"KH_EVENTS","seq":3}"#));
+        b.answer(&reply(&r[1], r#"{"stream":"KH_EVENTS","seq":4}"#));
+        assert_eq!(settled(&b), [Ok(3), Ok(4)]);
+    }
+
+    #[test]
+    fn unanswered_members_without_the_last_answer_stay_unconfirmed() {
+        let (mut b, r) = batch(3);
+        b.answer(&reply(&r[0], r#"{"type":"ack","seq":0,"msgs":3}"#));
+        assert!(!b.settled());
+        assert!(settled(&b).iter().all(|r| *r == Err(NotStored::Unconfirmed)));
+    }
+
+    #[test]
+    fn replies_to_another_batch_or_a_plain_publish_are_not_taken() {
+        let (mut b, _) = batch(2);
+        assert!(!b.answer(&reply("_INBOX.registry.abc.3", r#"{"stream":"KH_EVENTS","seq":3}"#)));
+        assert!(!b.answer(&reply(
+            "_INBOX.registry.abc.abc-2.2.fail.2.2.$FI",
+            r#"{"stream":"KH_EVENTS","seq":3,"batch":"abc-2","count":2}"#
+        )));
+        assert!(b.end.is_none());
     }
 }
