@@ -833,3 +833,73 @@ async fn a_node_back_with_an_old_store_catches_up_and_nothing_is_lost() {
     assert!(verdict.ok(), "{}\n{stream_report}", verdict.details());
     assert!(stream_report.contains("300 messages, 0 stored twice, 0 per-key inversions"), "{stream_report}");
 }
+
+/// `KH_EVENTS` leader changes while the validator publishes a record's events as fast batches:
+/// one record's events, waiting in `KH_INGRESS`, are validated in batches of 100 while the
+/// leader is made to step down again and again; they must be stored once each and in order.
+/// (A graceful step-down loses nothing already sent, so this passed against pipelined
+/// publishing too: it guards the fast batch's handling of leader changes, not the hazard
+/// `lost_publish.rs` shows.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kh_events_leader_stepping_down_during_validation_keeps_a_records_events_whole_and_in_order() {
+    const EVENTS: usize = 3000;
+    let cluster = NatsCluster::start().await;
+    let mut idle = registry_config(&cluster, 0);
+    idle.validator.enabled = false;
+    let setup = Registry::start(idle).await;
+    prepare(&setup.endpoint()).await;
+    setup.stop().await;
+    let js = cluster.admin_js().await;
+    let mut events = bus::events(SOURCE, TYPE, EVENTS);
+    for e in &mut events {
+        e.subject = "record-1".into();
+        bus::publish_ingress(&js, e).await;
+    }
+
+    let mut config = registry_config(&cluster, 0);
+    config.validator.batch = 100;
+    let (registry, metrics) = Registry::start_with_metrics(config).await;
+    // Step-downs while the validator works, each once a leader was elected.
+    let admin = cluster.admin().await;
+    let mut stepdowns = 0;
+    let began = Instant::now();
+    while bus::stream_len(&js, bus::EVENTS).await < EVENTS as u64 && began.elapsed() < Duration::from_secs(90)
+    {
+        let answer = admin
+            .request(format!("$JS.API.STREAM.LEADER.STEPDOWN.{}", bus::EVENTS), "".into())
+            .await
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned());
+        if answer.as_deref().is_ok_and(|a| a.contains("\"success\":true")) {
+            stepdowns += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    bus::wait_stream_len(&js, bus::EVENTS, EVENTS as u64, Duration::from_secs(60)).await;
+    let stored: Vec<u64> = bus::events_in_events_stream(&js)
+        .await
+        .iter()
+        .map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&e.data).expect("event data")["n"]
+                .as_u64()
+                .expect("n")
+        })
+        .collect();
+    let refused = kakehashi_tests::services::scrape_metrics(metrics)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("kakehashi_validator_batches_refused_total ").map(str::to_string))
+        .unwrap_or_default();
+    println!("leader step-downs: {stepdowns} during validation; fast batches refused: {refused}");
+    assert!(stepdowns > 0, "no leader stepped down: the test provoked nothing");
+    let expected: Vec<u64> = (0..EVENTS as u64).collect();
+    if stored != expected {
+        let first =
+            stored.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(stored.len().min(EVENTS));
+        panic!(
+            "KH_EVENTS holds {} events, out of order or with repeats from position {first}: {:?}",
+            stored.len(),
+            &stored[first.saturating_sub(2)..(first + 8).min(stored.len())]
+        );
+    }
+    registry.stop().await;
+}

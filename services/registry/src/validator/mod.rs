@@ -697,7 +697,8 @@ async fn process_batch(
             count(settings, &batch[done], &outgoing[done].3);
             if let Some(mut record) = outgoing[done].2.take() {
                 // Where its delivery hops will be recorded (a repeat is told the sequence of
-                // the copy stored first).
+                // the copy stored first; 0, not known, for a fast batch's member before its
+                // last).
                 record.events_seq = sequence;
                 settings.audit.record(record).await;
             }

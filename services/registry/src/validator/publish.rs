@@ -28,6 +28,9 @@ const ACK_WAIT: Duration = Duration::from_secs(5);
 /// it at load): what one batch holds in memory and in flight before it is confirmed.
 pub(crate) const MAX_BATCH: usize = 1000;
 
+/// JetStream's error code for a fast batch on a stream without `allow_batched`.
+const ERR_FAST_BATCHES_DISABLED: u64 = 10205;
+
 /// Why a message of a batch is not known to be stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(super) enum NotStored {
@@ -96,13 +99,16 @@ pub(super) struct Confirmations {
     /// batches (confirmed too late) are told apart from this one's and ignored. A fast batch's
     /// messages, answered on subjects of their batch, take a number too.
     next: u64,
+    /// `KH_EVENTS` refused a fast batch as not allowed there: a batch with a repeated record
+    /// goes one by one from then on, without a refused round first.
+    fast_batches_off: bool,
 }
 
 impl Confirmations {
     /// Confirmations for publishes made with `client`.
     pub(super) fn new(client: async_nats::Client) -> Self {
         let inbox = client.new_inbox();
-        Self { client, inbox, acks: None, next: 0 }
+        Self { client, inbox, acks: None, next: 0, fast_batches_off: false }
     }
 
     /// Publishes `messages` in order and waits for their acknowledgements: for each, the
@@ -115,9 +121,10 @@ impl Confirmations {
         messages: Vec<Outbound>,
         mode: Mode,
     ) -> Vec<Result<u64, NotStored>> {
+        let batch_needed = || messages.iter().filter(|m| m.batched).nth(1).is_some();
         match mode {
-            Mode::Batched => self.pipelined(messages).await,
-            Mode::OneByOne => {
+            Mode::Batched if !(self.fast_batches_off && batch_needed()) => self.pipelined(messages).await,
+            Mode::Batched | Mode::OneByOne => {
                 let mut results = Vec::with_capacity(messages.len());
                 for mut m in messages {
                     m.batched = false;
@@ -220,6 +227,11 @@ impl Confirmations {
         }
         if let Some(b) = &batch {
             b.settle(&mut results);
+            let disabled = |r: &Result<u64, NotStored>| matches!(r, Err(NotStored::BatchRefused(x)) if x.err_code == Some(ERR_FAST_BATCHES_DISABLED));
+            if !self.fast_batches_off && results.iter().any(disabled) {
+                tracing::warn!("KH_EVENTS does not allow fast batches: a batch in which a record repeats is published one event at a time (docs/operations.md)");
+                self.fast_batches_off = true;
+            }
         }
         results
     }
@@ -258,8 +270,9 @@ impl FastBatch {
         // Unique per stream while it lasts: the inbox's unique token and the first reply number
         // (the server keys batches by this id alone).
         let token = inbox.rsplit('.').next().unwrap_or(inbox);
-        // The server acknowledges every `flow` messages; the whole batch is sent at once and
-        // waited for, so one flow acknowledgement in the middle is all it needs.
+        // The server acknowledges every `flow` messages. The whole batch is sent at once and
+        // only its final answer is waited for, so flow = its length: no acknowledgement in
+        // the middle (only the start's).
         let prefix = format!("{inbox}.{token}-{next}.{len}.fail.");
         Self { prefix, len, members: Vec::with_capacity(len), answers: vec![None; len], end: None }
     }
@@ -305,6 +318,8 @@ impl FastBatch {
         match parsed.as_ref().and_then(|r| r.kind) {
             // A flow acknowledgement, or the notice of a gap (the final answer follows).
             Some("ack") | Some("gap") => return true,
+            // A message's error in the batch's own form (ADR-50's `BatchFlowErr`); nats-server
+            // 2.15.1 answered the errors seen so far in the plain API form below instead.
             Some("err") => {
                 #[derive(serde::Deserialize)]
                 struct Err {
@@ -355,8 +370,8 @@ impl FastBatch {
     }
 
     /// Whether nothing more is to be learnt: the final answer came, or the last member was
-    /// answered on its own (the server answers a batch's messages in order, so a member not
-    /// answered by then never reached it).
+    /// answered on its own (refused; the server answers a batch's messages in order, so no
+    /// final answer follows).
     fn settled(&self) -> bool {
         self.end.is_some() || self.answers.get(self.len - 1).is_some_and(Option::is_some)
     }
@@ -375,7 +390,7 @@ impl FastBatch {
             status: None,
             code: None,
             err_code: None,
-            description: "not answered before its fast batch's last message: lost on the way".into(),
+            description: "its fast batch ended without a final answer: not known to be stored".into(),
         };
         for (k, &i) in self.members.iter().enumerate() {
             let Some(slot) = results.get_mut(i) else { continue };
@@ -521,6 +536,62 @@ mod tests {
         b.answer(&reply(&r[0], r#"{"stream":"KH_EVENTS","seq":3}"#));
         b.answer(&reply(&r[1], r#"{"stream":"KH_EVENTS","seq":4}"#));
         assert_eq!(settled(&b), [Ok(3), Ok(4)]);
+    }
+
+    #[test]
+    fn members_among_plain_messages_are_settled_at_their_own_indexes() {
+        let mut b = FastBatch::new("_INBOX.registry.abc", 7, 3);
+        let r: Vec<String> = [1, 3, 4].into_iter().map(|i| b.reply(i)).collect();
+        b.answer(&reply(&r[2], r#"{"stream":"KH_EVENTS","seq":20,"batch":"abc-7","count":3}"#));
+        let mut results = vec![Err(NotStored::Unconfirmed); 5];
+        results[0] = Ok(17);
+        b.settle(&mut results);
+        assert_eq!(results, [Ok(17), Ok(0), Err(NotStored::Unconfirmed), Ok(0), Ok(20)]);
+    }
+
+    #[test]
+    fn the_final_answer_settles_at_once_before_the_later_members_are_refused() {
+        let (mut b, r) = batch(4);
+        b.answer(&reply(&r[2], r#"{"type":"gap","last_seq":1,"seq":3}"#));
+        assert!(!b.settled(), "a gap notice comes before the final answer");
+        b.answer(&reply(&r[2], r#"{"stream":"KH_EVENTS","seq":9,"batch":"abc-7","count":1}"#));
+        assert!(b.settled());
+    }
+
+    #[test]
+    fn a_commit_refused_as_too_large_leaves_the_rest_to_be_sent_again_one_by_one() {
+        // No final answer follows a refused commit: the earlier members may be stored (sent
+        // again, they are answered as duplicates).
+        let (mut b, r) = batch(3);
+        b.answer(&reply(
+            &r[2],
+            r#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#,
+        ));
+        assert!(b.settled());
+        let results = settled(&b);
+        assert!(results[..2].iter().all(|r| matches!(r, Err(NotStored::BatchRefused(_)))), "{results:?}");
+        assert!(matches!(&results[2], Err(e) if e.is_too_large()), "{results:?}");
+    }
+
+    #[test]
+    fn a_commit_stored_before_answers_sequence_0_so_no_sequence_is_known() {
+        let (mut b, r) = batch(2);
+        b.answer(&reply(&r[1], r#"{"stream":"KH_EVENTS","seq":0,"batch":"abc-7","count":2}"#));
+        assert_eq!(settled(&b), [Ok(0), Ok(0)]);
+    }
+
+    #[test]
+    fn an_error_in_the_batch_form_refuses_its_member() {
+        let (mut b, r) = batch(3);
+        b.answer(&reply(
+            &r[1],
+            r#"{"type":"err","seq":2,"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#,
+        ));
+        b.answer(&reply(&r[2], r#"{"stream":"KH_EVENTS","seq":4,"batch":"abc-7","count":1}"#));
+        let results = settled(&b);
+        assert_eq!(results[0], Ok(4));
+        assert!(matches!(&results[1], Err(e) if e.is_too_large()), "{results:?}");
+        assert!(matches!(results[2], Err(NotStored::BatchRefused(_))), "{results:?}");
     }
 
     #[test]
