@@ -9,26 +9,61 @@ use std::borrow::Cow;
 /// The ideographic (full-width) space, common as padding in fixed-width exports.
 const IDEOGRAPHIC_SPACE: char = '\u{3000}';
 
-/// The wave dash U+301C: what JIS-based converters make of Shift_JIS 0x8160, which CP932 (as
-/// Windows and encoding_rs decode it) reads as the full-width tilde U+FF5E.
-const WAVE_DASH: char = '\u{301C}';
+/// Characters JIS-based converters (iconv's `SHIFT_JIS`, `EUC-JP`, many mainframe tools) write
+/// for Shift_JIS bytes that CP932 (as Windows and encoding_rs decode it) reads as another
+/// character, each with what the fold makes of both: a value then gives the same key whether
+/// its file came as CP932 or as UTF-8 from such a converter. The byte is in the comment; the
+/// CP932 side is checked against encoding_rs in the tests.
+const JIS_FORMS: [(char, char); 7] = [
+    ('\u{2014}', '\u{2015}'), // 0x815C EM DASH; CP932 HORIZONTAL BAR
+    ('\u{301C}', '~'),        // 0x8160 WAVE DASH; CP932 FULLWIDTH TILDE, folded to `~`
+    ('\u{2016}', '\u{2225}'), // 0x8161 DOUBLE VERTICAL LINE; CP932 PARALLEL TO
+    ('\u{2212}', '-'),        // 0x817C MINUS SIGN; CP932 FULLWIDTH HYPHEN-MINUS, folded to `-`
+    ('\u{00A2}', '\u{00A2}'), // 0x8191 CENT SIGN; CP932 FULLWIDTH CENT SIGN, folded to it
+    ('\u{00A3}', '\u{00A3}'), // 0x8192 POUND SIGN; CP932 FULLWIDTH POUND SIGN, folded to it
+    ('\u{00AC}', '\u{00AC}'), // 0x81CA NOT SIGN; CP932 FULLWIDTH NOT SIGN, folded to it
+];
 
-/// Folds full-width ASCII (U+FF01–U+FF5E) to ASCII, U+3000 to a plain space, and the wave dash
-/// U+301C to `~` like U+FF5E, so the same value gives the same key whatever the file's encoding.
+/// CP932's full-width cent, pound and not signs (U+FFE0–U+FFE2), folded to the Latin-1 signs
+/// JIS-based converters write for the same bytes.
+fn fullwidth_sign(c: char) -> Option<char> {
+    match c {
+        '\u{FFE0}' => Some('\u{00A2}'),
+        '\u{FFE1}' => Some('\u{00A3}'),
+        '\u{FFE2}' => Some('\u{00AC}'),
+        _ => None,
+    }
+}
+
+/// The fold of a JIS-converter form (see [`JIS_FORMS`]), if `c` is one that changes.
+fn jis_form(c: char) -> Option<char> {
+    JIS_FORMS.iter().find(|(jis, _)| *jis == c).map(|(_, folded)| *folded).filter(|f| *f != c)
+}
+
+/// Folds full-width ASCII (U+FF01–U+FF5E) to ASCII, U+3000 to a plain space, CP932's full-width
+/// cent, pound and not signs to the Latin-1 ones, and the characters JIS-based converters write
+/// for bytes CP932 reads otherwise ([`JIS_FORMS`]: the wave dash to `~`, the minus sign to `-`,
+/// …) to what CP932's reading folds to, so the same value gives the same key whatever the
+/// file's encoding.
 ///
 /// Borrows the input unchanged when there is nothing to fold (the common case for clean data).
 pub fn fold_to_halfwidth(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| is_fullwidth_ascii(c) || c == IDEOGRAPHIC_SPACE || c == WAVE_DASH) {
+    let folds = |c: char| {
+        is_fullwidth_ascii(c)
+            || c == IDEOGRAPHIC_SPACE
+            || fullwidth_sign(c).is_some()
+            || jis_form(c).is_some()
+    };
+    if !s.chars().any(folds) {
         return Cow::Borrowed(s);
     }
     Cow::Owned(
         s.chars()
             .map(|c| match c {
                 IDEOGRAPHIC_SPACE => ' ',
-                WAVE_DASH => '~',
                 // The full-width block mirrors ASCII 0x21..=0x7E at a fixed distance.
                 c if is_fullwidth_ascii(c) => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
-                c => c,
+                c => fullwidth_sign(c).or_else(|| jis_form(c)).unwrap_or(c),
             })
             .collect(),
     )
@@ -125,6 +160,46 @@ mod tests {
     #[test]
     fn fullwidth_digits_letters_and_ideographic_space_fold_to_ascii() {
         assert_eq!(fold_to_halfwidth("１２３ＡＢＣｘｙｚ　！～"), "123ABCxyz !~");
+    }
+
+    /// The Shift_JIS bytes of each [`JIS_FORMS`] entry, in order.
+    const JIS_FORM_BYTES: [[u8; 2]; 7] =
+        [[0x81, 0x5C], [0x81, 0x60], [0x81, 0x61], [0x81, 0x7C], [0x81, 0x91], [0x81, 0x92], [0x81, 0xCA]];
+
+    #[test]
+    fn each_jis_form_folds_like_what_cp932_decodes_its_bytes_to() {
+        for ((jis, _), bytes) in JIS_FORMS.iter().zip(JIS_FORM_BYTES) {
+            let (cp932, _, bad) = encoding_rs::SHIFT_JIS.decode(&bytes);
+            assert!(!bad, "{bytes:02X?} decodes");
+            assert_ne!(cp932.chars().next(), Some(*jis), "{bytes:02X?}: CP932 reads another character");
+            assert_eq!(fold_to_halfwidth(&jis.to_string()), fold_to_halfwidth(&cp932), "{bytes:02X?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Text as a JIS-based converter writes it and as CP932 decodes the same bytes folds to
+        /// the same value, whatever surrounds the differing characters.
+        #[test]
+        fn jis_and_cp932_readings_of_the_same_bytes_fold_alike(
+            parts in proptest::collection::vec(("[a-zA-Z0-9 ー山田太郎ｶﾞ１２ＡＢ-]{0,4}", 0..7usize), 0..6)
+        ) {
+            let (mut jis, mut cp932) = (String::new(), String::new());
+            for (text, form) in &parts {
+                jis.push_str(text);
+                cp932.push_str(text);
+                jis.push(JIS_FORMS[*form].0);
+                let (decoded, _, _) = encoding_rs::SHIFT_JIS.decode(&JIS_FORM_BYTES[*form]);
+                cp932.push_str(&decoded);
+            }
+            proptest::prop_assert_eq!(fold_to_halfwidth(&jis), fold_to_halfwidth(&cp932));
+        }
+
+        /// Folding twice changes nothing more: a stored key folds to itself.
+        #[test]
+        fn folding_is_idempotent(s in "[ -~　-〜！-～￠-￢—―‖∥−¢£¬山ｶﾞ]{0,24}") {
+            let once = fold_to_halfwidth(&s).into_owned();
+            proptest::prop_assert_eq!(fold_to_halfwidth(&once), once.as_str());
+        }
     }
 
     #[test]
