@@ -37,6 +37,8 @@ pub struct ReceivedSpan {
     pub kind: String,
     /// Attributes, each value rendered as text (strings as they are).
     pub attributes: BTreeMap<String, String>,
+    /// Links, as (trace id, span id) in hex.
+    pub links: Vec<(String, String)>,
 }
 
 impl ReceivedSpan {
@@ -102,6 +104,7 @@ impl TraceService for Sink {
                         status_message: status.message,
                         kind: kind.as_str_name().to_string(),
                         attributes: s.attributes.iter().map(|kv| (kv.key.clone(), text(kv))).collect(),
+                        links: s.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
                     });
                 }
             }

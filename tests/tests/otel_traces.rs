@@ -124,6 +124,14 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     assert_eq!(validate.parent_span_id, publish.span_id, "validate is a child of publish");
     assert_eq!(deliver.parent_span_id, validate.span_id, "deliver is a child of validate");
     assert_eq!(acked.parent_span_id, deliver.span_id, "the ack is a child of deliver");
+    // Processing links to the event's creation context (messaging conventions), its parent
+    // being the hop before.
+    let created = [(CLIENT_TRACE.to_string(), CLIENT_SPAN.to_string())];
+    assert_eq!(deliver.links, created, "deliver links to the publisher's context: {deliver:?}");
+    assert_eq!(validate.links, created, "validate links to the publisher's context: {validate:?}");
+    for n in ["validate", "deliver"] {
+        assert!(span(&own_trace, n).links.is_empty(), "no creation context, no link ({n})");
+    }
     assert_eq!(publish.service, "kakehashi-test", "spans carry the service name given to init");
     assert!(tp.contains(CLIENT_TRACE), "subscriber can join the trace: {tp}");
     assert!(tp.contains(&deliver.span_id), "the delivered context names the deliver span: {tp}");

@@ -281,6 +281,27 @@ pub fn adopt(span: &tracing::Span, parent: opentelemetry::Context) {
     }
 }
 
+/// Links `span` to `creation`, an event's creation context (its CloudEvents `traceparent`
+/// extension), unless that is the span's parent `parent` already: the OpenTelemetry messaging
+/// conventions link a message's processing to where the message was created, which a backend
+/// can follow when the parent chain does not lead there (a redriven event, a hop that started
+/// a trace of its own). A no-op while tracing export is off.
+pub fn link_creation(
+    span: &tracing::Span,
+    parent: Option<&TraceContext<'_>>,
+    creation: Option<&TraceContext<'_>>,
+) {
+    let Some(creation) = creation else { return };
+    if parent.is_some_and(|p| p.traceparent.as_str() == creation.traceparent.as_str()) {
+        return;
+    }
+    let cx = creation.otel();
+    let linked = cx.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
 /// The W3C headers naming `span` as parent (empty when tracing export is off, in which case
 /// callers pass the incoming context through unchanged).
 pub fn traceparent_of(span: &tracing::Span) -> HashMap<String, String> {

@@ -860,6 +860,8 @@ fn outcome(
             // started span can no longer change its parent.
             let incoming = incoming(msg, Some(event));
             telemetry::adopt(span, incoming.map_or_else(Default::default, |c| c.otel()));
+            let creation = telemetry::TraceContext::from_map(&event.extensions);
+            telemetry::link_creation(span, incoming.as_ref(), creation.as_ref());
             let _guard = span.enter();
             let trace_id = telemetry::trace_id(span, incoming.map(|c| c.traceparent.as_str()));
             span.record("trace_id", trace_id.as_str());
@@ -881,6 +883,9 @@ fn outcome(
             // A dead-lettered event's trace still shows where it stopped.
             let incoming = incoming(msg, rejected.event.as_ref());
             telemetry::adopt(span, incoming.map_or_else(Default::default, |c| c.otel()));
+            let creation =
+                rejected.event.as_ref().and_then(|e| telemetry::TraceContext::from_map(&e.extensions));
+            telemetry::link_creation(span, incoming.as_ref(), creation.as_ref());
             let _guard = span.enter();
             let trace_id = telemetry::trace_id(span, incoming.map(|c| c.traceparent.as_str()));
             span.record("trace_id", trace_id.as_str());
