@@ -132,6 +132,11 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     for n in ["validate", "deliver"] {
         assert!(span(&own_trace, n).links.is_empty(), "no creation context, no link ({n})");
     }
+    assert_eq!(
+        span(REJECTED_TRACE, "validate").links,
+        [(REJECTED_TRACE.to_string(), REJECTED_SPAN.to_string())],
+        "a dead-lettering validate links to the publisher's context too"
+    );
     assert_eq!(publish.service, "kakehashi-test", "spans carry the service name given to init");
     assert!(tp.contains(CLIENT_TRACE), "subscriber can join the trace: {tp}");
     assert!(tp.contains(&deliver.span_id), "the delivered context names the deliver span: {tp}");

@@ -32,6 +32,11 @@ async fn a_policy_revoked_after_a_nats_restart_stops_granting_on_the_other_insta
     let validator = Registry::start(registry_config(&nats)).await;
     bus::register_schema(&writer.endpoint(), TYPE, bus::counter_schema()).await;
     bus::put_policy(&writer.endpoint(), TYPE, &[SOURCE], &[]).await;
+    wait::until("the validating instance to see the grant", SOON, || {
+        let endpoint = validator.endpoint();
+        async move { producers_seen_by(&endpoint).await.filter(|p| p == &[SOURCE]) }
+    })
+    .await;
 
     let granted = bus::event(SOURCE, TYPE, 1);
     bus::publish_ingress(&js, &granted).await;

@@ -558,8 +558,7 @@ impl Session {
         if let Some(cx) = &incoming {
             telemetry::adopt(&span, cx.otel());
         }
-        let creation = telemetry::TraceContext::from_map(&event.extensions);
-        telemetry::link_creation(&span, incoming.as_ref(), creation.as_ref());
+        telemetry::link_creation(&span, incoming.as_ref(), Some(&event.extensions));
         // The subscriber's own work can join the trace as a child of this delivery (with export
         // off, of the hop before it); the event's own `traceparent` extension stays the
         // publisher's, the context of its creation (CloudEvents distributed tracing).

@@ -86,6 +86,10 @@ pub fn otlp_provider(
         .build())
 }
 
+/// Whether this process exports spans (set by [`init`]): work done only for exported spans
+/// (links) is skipped otherwise, off the per-event path.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Installs logging (and OTLP export when asked) for `service`. Call once, inside the runtime.
 /// A second call (tests) leaves the first setup in place.
 pub fn init(service: &'static str, default_filter: &str) -> Result<TelemetryGuard, TelemetryError> {
@@ -102,6 +106,9 @@ pub fn init(service: &'static str, default_filter: &str) -> Result<TelemetryGuar
         tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
     };
     let provider = if otlp_requested() { Some(otlp_provider(service)?) } else { None };
+    if provider.is_some() {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(p.tracer(service))
@@ -148,6 +155,16 @@ impl<'a> Traceparent<'a> {
     /// The trace-id: 32 lowercase hex digits.
     pub fn trace_id(&self) -> &'a str {
         &self.0[3..35]
+    }
+
+    /// As a remote span context (no tracestate: what a link needs).
+    pub fn span_context(&self) -> Option<opentelemetry::trace::SpanContext> {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let trace_id = TraceId::from_hex(self.trace_id()).ok()?;
+        let span_id = SpanId::from_hex(self.0.get(36..52)?).ok()?;
+        let flags = u8::from_str_radix(self.0.get(53..55)?, 16).ok()?;
+        let cx = SpanContext::new(trace_id, span_id, TraceFlags::new(flags), true, TraceState::default());
+        cx.is_valid().then_some(cx)
     }
 }
 
@@ -281,23 +298,24 @@ pub fn adopt(span: &tracing::Span, parent: opentelemetry::Context) {
     }
 }
 
-/// Links `span` to `creation`, an event's creation context (its CloudEvents `traceparent`
-/// extension), unless that is the span's parent `parent` already: the OpenTelemetry messaging
-/// conventions link a message's processing to where the message was created, which a backend
-/// can follow when the parent chain does not lead there (a redriven event, a hop that started
-/// a trace of its own). A no-op while tracing export is off.
+/// Links `span` to an event's creation context (the `traceparent` in its CloudEvents
+/// `extensions`), unless that is the span's parent `parent` already: the OpenTelemetry
+/// messaging conventions link a message's processing to where the message was created, which a
+/// backend can follow when the parent chain does not lead there (a redriven event, a hop that
+/// started a trace of its own). Costs nothing while this process exports no spans.
 pub fn link_creation(
     span: &tracing::Span,
     parent: Option<&TraceContext<'_>>,
-    creation: Option<&TraceContext<'_>>,
+    extensions: Option<&HashMap<String, String>>,
 ) {
-    let Some(creation) = creation else { return };
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let Some(creation) = extensions.and_then(TraceContext::from_map) else { return };
     if parent.is_some_and(|p| p.traceparent.as_str() == creation.traceparent.as_str()) {
         return;
     }
-    let cx = creation.otel();
-    let linked = cx.span().span_context().clone();
-    if linked.is_valid() {
+    if let Some(linked) = creation.traceparent.span_context() {
         span.add_link(linked);
     }
 }

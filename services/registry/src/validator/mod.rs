@@ -860,8 +860,7 @@ fn outcome(
             // started span can no longer change its parent.
             let incoming = incoming(msg, Some(event));
             telemetry::adopt(span, incoming.map_or_else(Default::default, |c| c.otel()));
-            let creation = telemetry::TraceContext::from_map(&event.extensions);
-            telemetry::link_creation(span, incoming.as_ref(), creation.as_ref());
+            telemetry::link_creation(span, incoming.as_ref(), Some(&event.extensions));
             let _guard = span.enter();
             let trace_id = telemetry::trace_id(span, incoming.map(|c| c.traceparent.as_str()));
             span.record("trace_id", trace_id.as_str());
@@ -883,9 +882,7 @@ fn outcome(
             // A dead-lettered event's trace still shows where it stopped.
             let incoming = incoming(msg, rejected.event.as_ref());
             telemetry::adopt(span, incoming.map_or_else(Default::default, |c| c.otel()));
-            let creation =
-                rejected.event.as_ref().and_then(|e| telemetry::TraceContext::from_map(&e.extensions));
-            telemetry::link_creation(span, incoming.as_ref(), creation.as_ref());
+            telemetry::link_creation(span, incoming.as_ref(), rejected.event.as_ref().map(|e| &e.extensions));
             let _guard = span.enter();
             let trace_id = telemetry::trace_id(span, incoming.map(|c| c.traceparent.as_str()));
             span.record("trace_id", trace_id.as_str());

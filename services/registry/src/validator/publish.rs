@@ -392,18 +392,23 @@ impl FastBatch {
             err_code: None,
             description: "its fast batch ended without a final answer: not known to be stored".into(),
         };
+        // A member refused on its own was not stored, whatever a final answer counts (seen in a
+        // cluster whose stream leader kept changing: a count covering members another leader
+        // had refused, which were never stored). The count is trusted only before the first
+        // such member; members after it go again (answered as duplicates if stored after all).
+        let first_refused = self.answers.iter().position(|a| matches!(a, Some(Answer::Refused(_))));
         for (k, &i) in self.members.iter().enumerate() {
             let Some(slot) = results.get_mut(i) else { continue };
             let n = u64::try_from(k + 1).unwrap_or(u64::MAX);
+            let counted = |count: u64| first_refused.is_none_or(|f| k < f) && n <= count;
             *slot = match (&self.answers[k], self.end) {
                 (Some(Answer::Stored(seq)), _) => Ok(*seq),
-                (_, Some((count, seq))) if n == count => Ok(seq),
-                (_, Some((count, _))) if n < count => Ok(0),
                 (Some(Answer::Refused(r)), _) if r.is_too_large() => Err(NotStored::Refused(r.clone())),
                 (Some(Answer::Refused(r)), _) if r.code == Some(400) => {
                     Err(NotStored::BatchRefused(r.clone()))
                 }
                 (Some(Answer::Refused(r)), _) => Err(NotStored::Refused(r.clone())),
+                (None, Some((count, seq))) if counted(count) => Ok(if n == count { seq } else { 0 }),
                 (None, Some(_)) => Err(NotStored::BatchRefused(after_gap())),
                 (None, None) if self.settled() => Err(NotStored::BatchRefused(unanswered())),
                 (None, None) => Err(NotStored::Unconfirmed),
@@ -592,6 +597,21 @@ mod tests {
         assert_eq!(results[0], Ok(4));
         assert!(matches!(&results[1], Err(e) if e.is_too_large()), "{results:?}");
         assert!(matches!(results[2], Err(NotStored::BatchRefused(_))), "{results:?}");
+    }
+
+    #[test]
+    fn a_member_refused_on_its_own_is_never_taken_as_stored_by_a_later_count() {
+        // Its leader changed under the batch: one leader refused the second member, another
+        // then counted the whole batch.
+        let (mut b, r) = batch(3);
+        b.answer(&reply(
+            &r[1],
+            r#"{"error":{"code":400,"err_code":10208,"description":"batch publish ID unknown"}}"#,
+        ));
+        b.answer(&reply(&r[2], r#"{"stream":"KH_EVENTS","seq":12,"batch":"abc-7","count":3}"#));
+        let results = settled(&b);
+        assert_eq!(results[0], Ok(0));
+        assert!(results[1..].iter().all(|r| matches!(r, Err(NotStored::BatchRefused(_)))), "{results:?}");
     }
 
     #[test]
