@@ -48,11 +48,13 @@ fn jis_form(c: char) -> Option<char> {
 ///
 /// Borrows the input unchanged when there is nothing to fold (the common case for clean data).
 pub fn fold_to_halfwidth(s: &str) -> Cow<'_, str> {
+    // ASCII never folds: the common case costs one comparison per character.
     let folds = |c: char| {
-        is_fullwidth_ascii(c)
-            || c == IDEOGRAPHIC_SPACE
-            || fullwidth_sign(c).is_some()
-            || jis_form(c).is_some()
+        !c.is_ascii()
+            && (is_fullwidth_ascii(c)
+                || c == IDEOGRAPHIC_SPACE
+                || fullwidth_sign(c).is_some()
+                || jis_form(c).is_some())
     };
     if !s.chars().any(folds) {
         return Cow::Borrowed(s);
@@ -60,6 +62,7 @@ pub fn fold_to_halfwidth(s: &str) -> Cow<'_, str> {
     Cow::Owned(
         s.chars()
             .map(|c| match c {
+                c if c.is_ascii() => c,
                 IDEOGRAPHIC_SPACE => ' ',
                 // The full-width block mirrors ASCII 0x21..=0x7E at a fixed distance.
                 c if is_fullwidth_ascii(c) => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
