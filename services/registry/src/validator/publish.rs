@@ -315,43 +315,11 @@ impl FastBatch {
         }
         let parsed =
             if reply.status.is_some() { None } else { serde_json::from_slice::<Reply>(&reply.payload).ok() };
-        match parsed.as_ref().and_then(|r| r.kind) {
-            // A flow acknowledgement, or the notice of a gap (the final answer follows).
-            Some("ack") | Some("gap") => return true,
-            // A message's error in the batch's own form (ADR-50's `BatchFlowErr`); nats-server
-            // 2.15.1 answered the errors seen so far in the plain API form below instead.
-            Some("err") => {
-                #[derive(serde::Deserialize)]
-                struct Err {
-                    error: ErrBody,
-                }
-                #[derive(serde::Deserialize)]
-                struct ErrBody {
-                    #[serde(default)]
-                    code: Option<u16>,
-                    #[serde(default)]
-                    err_code: Option<u64>,
-                    #[serde(default)]
-                    description: Option<String>,
-                }
-                let refusal = match serde_json::from_slice::<Err>(&reply.payload) {
-                    Ok(Err { error }) => Refusal {
-                        status: None,
-                        code: error.code,
-                        err_code: error.err_code,
-                        description: error.description.unwrap_or_else(|| "refused".into()),
-                    },
-                    Err(e) => Refusal {
-                        status: None,
-                        code: None,
-                        err_code: None,
-                        description: format!("unreadable fast batch error: {e}"),
-                    },
-                };
-                self.set(k, Answer::Refused(refusal));
-                return true;
-            }
-            _ => {}
+        // A flow acknowledgement, or the notice of a gap (the final answer follows). A
+        // message's error, in the batch's own form (ADR-50's `{"type":"err",…,"error":…}`) or
+        // the plain API form nats-server 2.15.1 answered with, is read below like any refusal.
+        if matches!(parsed.as_ref().and_then(|r| r.kind), Some("ack") | Some("gap")) {
+            return true;
         }
         match acknowledged(reply) {
             Ok(seq) => match parsed.and_then(|r| r.count.filter(|_| r.batch.is_some())) {
