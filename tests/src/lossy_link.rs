@@ -1,7 +1,8 @@
 //! A TCP relay in front of a NATS server that loses one publish on the way in: what happens to
 //! a message a client had written when its connection broke (async-nats drops its write buffer
 //! and sends what was still queued on the next connection), made to happen on demand. Every
-//! other byte passes unchanged in both directions.
+//! other byte passes unchanged in both directions. It notes every publish to the subjects it
+//! watches (reply subject and message id), so a test can see how each was sent.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,18 @@ pub struct LossyLink {
     port: u16,
     lost: Arc<AtomicUsize>,
     lost_line: Arc<std::sync::Mutex<Option<String>>>,
+    seen: Arc<std::sync::Mutex<Vec<Publish>>>,
+}
+
+/// A publish to the watched subjects, relayed or lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Its reply subject (empty without one).
+    pub reply: String,
+    /// Its `Nats-Msg-Id` header, if any.
+    pub msg_id: Option<String>,
+    /// Whether the relay lost it.
+    pub lost: bool,
 }
 
 /// Which publish to lose, counted over every connection through the relay.
@@ -30,16 +43,16 @@ impl LossyLink {
         let port = listener.local_addr().expect("relay addr").port();
         let lost = Arc::new(AtomicUsize::new(0));
         let lost_line = Arc::new(std::sync::Mutex::new(None));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let target = Arc::new(Target { prefix: prefix.to_string(), nth, seen: AtomicUsize::new(0) });
-        let (l, h) = (lost.clone(), lost_line.clone());
+        let noted = Noted { lost: lost.clone(), lost_line: lost_line.clone(), seen: seen.clone() };
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
-                let (target, lost, line) = (target.clone(), l.clone(), h.clone());
-                tokio::spawn(relay(client, server, target, lost, line));
+                tokio::spawn(relay(client, server, target.clone(), noted.clone()));
             }
         });
-        Self { port, lost, lost_line }
+        Self { port, lost, lost_line, seen }
     }
 
     /// `nats://` URL of the relay.
@@ -57,15 +70,30 @@ impl LossyLink {
     pub fn lost_line(&self) -> Option<String> {
         self.lost_line.lock().ok()?.clone()
     }
+
+    /// Every publish to the watched subjects so far, in the order the relay read them.
+    pub fn publishes(&self) -> Vec<Publish> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
 }
 
-async fn relay(
-    client: TcpStream,
-    server: TcpStream,
-    target: Arc<Target>,
+/// What the relay notes, shared by its connections.
+#[derive(Clone)]
+struct Noted {
     lost: Arc<AtomicUsize>,
     lost_line: Arc<std::sync::Mutex<Option<String>>>,
-) {
+    seen: Arc<std::sync::Mutex<Vec<Publish>>>,
+}
+
+/// The `Nats-Msg-Id` in an `HPUB`'s header block.
+fn msg_id(header_block: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(header_block).split("\r\n").find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("Nats-Msg-Id").then(|| value.trim().to_string())
+    })
+}
+
+async fn relay(client: TcpStream, server: TcpStream, target: Arc<Target>, noted: Noted) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     tokio::spawn(async move {
@@ -106,11 +134,27 @@ async fn relay(
                 break;
             }
             let subject = words.get(1).copied().unwrap_or_default();
-            let matches = subject.starts_with(target.prefix.as_bytes())
-                && target.seen.fetch_add(1, Ordering::SeqCst) + 1 == target.nth;
+            let watched = subject.starts_with(target.prefix.as_bytes());
+            let matches = watched && target.seen.fetch_add(1, Ordering::SeqCst) + 1 == target.nth;
+            if watched {
+                // `HPUB <subject> [reply] <header size> <total size>`, `PUB <subject> [reply] <size>`.
+                let hpub = words.first().is_some_and(|op| op.eq_ignore_ascii_case(b"HPUB"));
+                let fixed = if hpub { 4 } else { 3 };
+                let reply = if words.len() > fixed {
+                    String::from_utf8_lossy(words[2]).into_owned()
+                } else {
+                    String::new()
+                };
+                let headers =
+                    if hpub { number(words.len().checked_sub(2).and_then(|i| words.get(i))) } else { 0 };
+                let msg_id = msg_id(&buf[end + 2..end + 2 + headers]);
+                if let Ok(mut seen) = noted.seen.lock() {
+                    seen.push(Publish { reply, msg_id, lost: matches });
+                }
+            }
             if matches {
-                lost.fetch_add(1, Ordering::SeqCst);
-                if let Ok(mut l) = lost_line.lock() {
+                noted.lost.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut l) = noted.lost_line.lock() {
                     *l = Some(String::from_utf8_lossy(line).into_owned());
                 }
             } else {

@@ -14,6 +14,11 @@ pub fn stored_seq(msg: &async_nats::Message) -> Option<u64> {
 /// exceeds maximum allowed"): a refusal no retry overcomes.
 pub const ERR_MESSAGE_TOO_LARGE: u64 = 10054;
 
+/// JetStream's `err_code` for a message whose `Nats-Msg-Id` the stream leader has staged but not
+/// stored ("duplicate message id is in process"): an earlier copy still being stored, or one a
+/// leader lost when it stepped down, whose id it may keep until the duplicate window ends.
+pub const ERR_ID_IN_PROCESS: u64 = 10158;
+
 /// Why JetStream did not store a published message, as its reply said.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{description} (JetStream {})", self.codes())]
@@ -33,6 +38,11 @@ impl Refusal {
     /// retry, whatever the retry waits for.
     pub fn is_too_large(&self) -> bool {
         self.err_code == Some(ERR_MESSAGE_TOO_LARGE)
+    }
+
+    /// Whether its id is staged by the stream leader, not stored ([`ERR_ID_IN_PROCESS`]).
+    pub fn is_id_in_process(&self) -> bool {
+        self.err_code == Some(ERR_ID_IN_PROCESS)
     }
 
     fn codes(&self) -> String {

@@ -47,6 +47,13 @@ use tokio::sync::watch;
 
 /// Durable name of the single validator consumer of versions before partitioning (removed).
 const UNPARTITIONED_CONSUMER: &str = "validator";
+
+/// How long `KH_EVENTS` may refuse a message as "duplicate message id is in process" before the
+/// validator logs it as an error: a copy still being stored is stored within milliseconds; one
+/// a stream leader lost when it stepped down keeps the partition waiting until the duplicate
+/// window ends or the leader changes (docs/operations.md).
+const ID_IN_PROCESS_ALERT: Duration = Duration::from_secs(30);
+
 /// Durable name prefix of the partition consumers (`validator-0`, `validator-1`, …).
 pub const CONSUMER_PREFIX: &str = "validator-";
 /// The consumers' priority group, in which one instance at a time is pinned.
@@ -274,6 +281,9 @@ struct Ingress {
     seq: u64,
     published: Option<time::OffsetDateTime>,
     delivered: Option<jetstream::Message>,
+    /// Delivered for the first time: no earlier attempt can have published its outcome, so it
+    /// may go in a fast batch (see [`process_batch`]).
+    first_delivery: bool,
 }
 
 impl Ingress {
@@ -286,6 +296,7 @@ impl Ingress {
             seq: d.seq,
             published: d.published,
             delivered: Some(m),
+            first_delivery: d.count == 1,
         }
     }
 }
@@ -551,6 +562,7 @@ async fn read_gap(
                     seq: m.sequence,
                     published: Some(m.time),
                     delivered: None,
+                    first_delivery: false,
                 });
             }
             Ok(_) => return Ok(()),
@@ -614,9 +626,11 @@ async fn process_batch(
         .collect();
     let mut done = 0;
     let mut backoff = Duration::from_millis(100);
-    // Repeated records' events go as one fast batch until JetStream refuses one; then
-    // one by one, so each message gets its own answer (publish.rs).
-    let mut mode = publish::Mode::Batched;
+    // Which messages an earlier round's publish may have brought to a stream leader.
+    let mut sent = vec![false; batch.len()];
+    // Since when the first message not stored has been refused as "in process", and whether
+    // that was logged as an error.
+    let mut in_process_since: Option<(tokio::time::Instant, bool)> = None;
     // Refusals of a message as too large, for which the same message will never be stored.
     let mut too_large = 0u32;
     while done < batch.len() {
@@ -633,10 +647,28 @@ async fn process_batch(
                 publish::Outbound { subject: subject.clone(), headers, payload, batched }
             })
             .collect();
+        // Repeated records' events go as one fast batch (publish.rs) only when no earlier
+        // attempt can have published any of them: first deliveries not yet brought to a stream
+        // leader. A fast batch counts a member JetStream takes for a duplicate as stored, even
+        // when the copy it remembers is a proposal a stream leader lost when it stepped down
+        // (nats-server 2.15, docs/delivery.md): such a member would be acked and never stored.
+        // Otherwise they go one by one, so each gets its own answer (a plain publish of that
+        // member is refused, not taken for a duplicate).
+        let mode = round_mode(
+            messages
+                .iter()
+                .zip(&batch[done..])
+                .zip(&sent[done..])
+                .map(|((m, ingress), sent)| (m.batched, ingress.first_delivery && !sent)),
+        );
+        let results = confirmations.publish(messages, mode).await;
+        for (result, sent) in results.iter().zip(&mut sent[done..]) {
+            *sent |= !never_reached_a_stream(result);
+        }
         let mut batch_refused = false;
         // In order: the ingress is acked and the hop recorded up to the first message not
         // known to be stored; from there the batch is published again.
-        for stored in confirmations.publish(messages, mode).await {
+        for stored in results {
             let sequence = match stored {
                 Ok(sequence) => sequence,
                 Err(publish::NotStored::BatchRefused(r)) => {
@@ -646,7 +678,6 @@ async fn process_batch(
                     // a duplicate).
                     tracing::debug!(refusal = %r, "fast batch refused: publishing one by one");
                     settings.metrics.validator_batches_refused.with(&[]).inc();
-                    mode = publish::Mode::OneByOne;
                     batch_refused = true;
                     break;
                 }
@@ -684,11 +715,23 @@ async fn process_batch(
                     }
                     break;
                 }
+                Err(e) if e.is_id_in_process() => {
+                    let (since, alerted) =
+                        *in_process_since.get_or_insert_with(|| (tokio::time::Instant::now(), false));
+                    if since.elapsed() >= ID_IN_PROCESS_ALERT && !alerted {
+                        tracing::error!(ingress_seq = batch[done].seq, subject = %batch[done].subject, waiting_s = since.elapsed().as_secs(), error = %e, "KH_EVENTS keeps refusing a validated event as a duplicate of a copy it has not stored: its stream leader kept the id of a publish it lost when it stepped down, and this partition waits until the duplicate window ends; step the leader down to go on (nats stream cluster step-down KH_EVENTS, docs/operations.md)");
+                        in_process_since = Some((since, true));
+                    } else {
+                        tracing::debug!(error = %e, "retrying in order");
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "retrying in order");
                     break;
                 }
             };
+            tracing::trace!(ingress_seq = batch[done].seq, events_seq = sequence, "stored: ingress acked");
             if let Some(m) = &batch[done].delivered {
                 if let Err(e) = m.ack().await {
                     tracing::warn!(error = %e, "ingress ack failed; the event will be redelivered and deduplicated");
@@ -703,6 +746,7 @@ async fn process_batch(
                 settings.audit.record(record).await;
             }
             done += 1;
+            in_process_since = None;
         }
         if done < batch.len() {
             if *shutdown.borrow() {
@@ -720,6 +764,29 @@ async fn process_batch(
             // 3.2 s was used only that much later (1.8 s of a 6.7 s resume after its node died).
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+}
+
+/// How a round of `process_batch` publishes, given for each message whether its record repeats
+/// in the round and whether it is fresh (a first delivery no earlier round brought to a stream
+/// leader): repeated records' events as a fast batch when all of them are fresh, else one by
+/// one (no repeated record: pipelined).
+fn round_mode(round: impl IntoIterator<Item = (bool, bool)>) -> publish::Mode {
+    if round.into_iter().all(|(batched, fresh)| !batched || fresh) {
+        publish::Mode::Batched
+    } else {
+        publish::Mode::OneByOne
+    }
+}
+
+/// Whether a publish's result shows the message reached no stream: the client did not send it,
+/// or no stream listened (503, as between a leader's loss and the next election). No leader
+/// can have staged its id, so it may go in a fast batch again.
+fn never_reached_a_stream(result: &Result<u64, publish::NotStored>) -> bool {
+    match result {
+        Err(publish::NotStored::NotSent(_) | publish::NotStored::OverMaxPayload(_)) => true,
+        Err(publish::NotStored::Refused(r)) => r.status == Some(503),
+        _ => false,
     }
 }
 
@@ -963,6 +1030,7 @@ mod tests {
             seq: 1,
             published: None,
             delivered: None,
+            first_delivery: true,
         }
     }
 
@@ -1019,6 +1087,48 @@ mod tests {
         assert!(!t.follows_directly(7, 1), "a delivery in between went elsewhere or was lost");
         assert!(!t.follows_directly(6, 2), "a redelivery");
         assert!(!t.follows_directly(5, 1), "a reset restarted the delivery sequence");
+    }
+
+    #[test]
+    fn a_fast_batch_holds_only_fresh_messages() {
+        use super::{publish::Mode, round_mode};
+        // (record repeats in the round, fresh: a first delivery not yet brought to a stream)
+        assert_eq!(round_mode([(true, true), (false, true), (true, true)]), Mode::Batched);
+        assert_eq!(
+            round_mode([(true, true), (true, false)]),
+            Mode::OneByOne,
+            "a member sent before or redelivered"
+        );
+        assert_eq!(
+            round_mode([(true, true), (false, false), (true, true)]),
+            Mode::Batched,
+            "a stale message alone of its record goes plainly beside the batch"
+        );
+        assert_eq!(
+            round_mode([(false, false), (false, true)]),
+            Mode::Batched,
+            "no record repeats: pipelined"
+        );
+    }
+
+    #[test]
+    fn only_a_message_no_stream_can_have_seen_is_fresh_again() {
+        use super::{never_reached_a_stream, publish::NotStored};
+        use kakehashi_runtime::pub_acks::Refusal;
+        let refused = |status, err_code| {
+            Err(NotStored::Refused(Refusal { status, code: None, err_code, description: String::new() }))
+        };
+        assert!(never_reached_a_stream(&refused(Some(503), None)), "no responders: no stream listened");
+        assert!(never_reached_a_stream(&Err(NotStored::NotSent("closed".into()))));
+        assert!(!never_reached_a_stream(&Err(NotStored::Unconfirmed)), "may be staged by a leader");
+        assert!(!never_reached_a_stream(&refused(None, Some(10158))));
+        assert!(!never_reached_a_stream(&Err(NotStored::BatchRefused(Refusal {
+            status: None,
+            code: Some(400),
+            err_code: Some(10208),
+            description: String::new()
+        }))));
+        assert!(!never_reached_a_stream(&Ok(3)));
     }
 
     #[test]

@@ -64,6 +64,12 @@ impl NotStored {
             NotStored::NotSent(_) | NotStored::BatchRefused(_) | NotStored::Unconfirmed => false,
         }
     }
+
+    /// Whether the stream leader refused it as a duplicate of a copy it staged and has not
+    /// stored (see `process_batch`).
+    pub(super) fn is_id_in_process(&self) -> bool {
+        matches!(self, NotStored::Refused(r) if r.is_id_in_process())
+    }
 }
 
 /// One message to publish.
@@ -83,9 +89,9 @@ pub(super) struct Outbound {
 pub(super) enum Mode {
     /// Pipelined; the messages marked `batched`, when two or more, as one fast batch.
     Batched,
-    /// Each message confirmed before the next is sent: after a fast batch was refused (fast
-    /// batches not allowed on the stream, a message lost), so each message gets its own answer
-    /// and none is stored after one that is not.
+    /// Each message confirmed before the next is sent, so each gets its own answer and none is
+    /// stored after one that is not: for a record's events when a fast batch may not be used
+    /// (a retry, a redelivery: see `process_batch`) or was refused.
     OneByOne,
 }
 
@@ -217,6 +223,7 @@ impl Confirmations {
                     };
                     if let Some(slot @ Err(NotStored::Unconfirmed)) = results.get_mut(i) {
                         *slot = acknowledged(&reply).map_err(NotStored::Refused);
+                        tracing::trace!(reply = %reply.subject, answer = ?slot, "publish answered");
                         waiting -= 1;
                     }
                 }
@@ -227,6 +234,7 @@ impl Confirmations {
         }
         if let Some(b) = &batch {
             b.settle(&mut results);
+            tracing::debug!(batch = %b.prefix, end = ?b.end, answers = %b.answers_summary(), "fast batch answered");
             let disabled = |r: &Result<u64, NotStored>| matches!(r, Err(NotStored::BatchRefused(x)) if x.err_code == Some(ERR_FAST_BATCHES_DISABLED));
             if !self.fast_batches_off && results.iter().any(disabled) {
                 tracing::warn!("KH_EVENTS does not allow fast batches: a batch in which a record repeats is published one event at a time (docs/operations.md)");
@@ -329,6 +337,23 @@ impl FastBatch {
             Err(r) => self.set(k, Answer::Refused(r)),
         }
         true
+    }
+
+    /// Each member's own answer in one line, for the debug log: `-` none, `s<seq>` stored,
+    /// `r<err_code>` (or `r<status>`) refused.
+    fn answers_summary(&self) -> String {
+        use std::fmt::Write;
+        let mut line = String::with_capacity(self.len * 4);
+        for a in &self.answers {
+            let _ = match a {
+                None => write!(line, "- "),
+                Some(Answer::Stored(seq)) => write!(line, "s{seq} "),
+                Some(Answer::Refused(r)) => {
+                    write!(line, "r{} ", r.err_code.or(r.status.map(u64::from)).unwrap_or(0))
+                }
+            };
+        }
+        line
     }
 
     fn set(&mut self, k: usize, answer: Answer) {
