@@ -302,17 +302,31 @@ async fn a_recorded_vaccination_and_a_request_give_a_card_that_verifies_with_the
 
 #[tokio::test]
 async fn a_record_published_in_its_protobuf_form_gives_the_same_card() {
-    let (_nats, registry, adapter) = bus().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let issuer = Issuer::start(issuer_config(data.path(), &registry, &adapter.endpoint())).await;
-    let mut issued = portal_subscription(&registry, "issued-pb", ISSUED).await;
-
     // The catalogue's protobuf example, the twin of the JSON one the first test publishes,
     // as a municipality's system would send it: bytes of `health.vaccination.recorded.pb`.
     let bytes = std::fs::read(
         repo().join("schemas/health.vaccination.recorded.pb/examples/valid-mr-second-dose.binpb"),
     )
     .expect("binpb example");
+    the_protobuf_subjects_record_gives_the_same_card(bytes, "application/protobuf").await;
+}
+
+#[tokio::test]
+async fn a_record_in_proto3_json_with_a_quoted_dose_number_gives_the_same_card() {
+    // The same record as proto3 JSON, whose readers take an integer field quoted too.
+    let mut record = example(RECORDED, "valid-mr-second-dose.json");
+    record["vaccination"]["dose_number"] = "2".into();
+    the_protobuf_subjects_record_gives_the_same_card(record.to_string().into_bytes(), "application/json")
+        .await;
+}
+
+/// Publishes `bytes` as a `health.vaccination.recorded.pb` record of the demo resident, requests
+/// a certificate, and checks the card is the one the JSON record gives.
+async fn the_protobuf_subjects_record_gives_the_same_card(bytes: Vec<u8>, content_type: &str) {
+    let (_nats, registry, adapter) = bus().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let issuer = Issuer::start(issuer_config(data.path(), &registry, &adapter.endpoint())).await;
+    let mut issued = portal_subscription(&registry, "issued-pb", ISSUED).await;
     let mut c =
         publisher_client::PublisherClient::connect(adapter.endpoint()).await.expect("connect adapter");
     let ack = c
@@ -320,7 +334,7 @@ async fn a_record_published_in_its_protobuf_form_gives_the_same_card() {
             source: MUNICIPALITY.into(),
             r#type: RECORDED.into(),
             schema: "health.vaccination.recorded.pb".into(),
-            data_content_type: "application/protobuf".into(),
+            data_content_type: content_type.into(),
             data: bytes,
             ..Default::default()
         })

@@ -60,7 +60,10 @@ pub struct Vaccination {
 
 /// Reads a JSON Schema `integer` that is bounded only from below: any non-negative integer below
 /// 2^64, including one written with a zero fraction (`2.0`, `1e3`), which JSON Schema counts as
-/// an integer and the registry therefore accepts. Only what no `u64` can hold is an error.
+/// an integer and the registry therefore accepts, and one in quotes (`"2"`), as proto3 JSON
+/// allows for every integer field (the protobuf subject's record; a JSON Schema `integer` is
+/// never a string, so the registry refuses that form there). Only what no `u64` can hold is an
+/// error.
 fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     struct Integer;
     impl Visitor<'_> for Integer {
@@ -87,8 +90,24 @@ fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Er
                 Err(E::invalid_value(Unexpected::Float(v), &self))
             }
         }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            // The quoted text is read as the number it spells, by the same rules.
+            let n: serde_json::Number = v
+                .parse()
+                .ok()
+                .filter(|_| v.trim() == v)
+                .ok_or_else(|| E::invalid_value(Unexpected::Str(v), &self))?;
+            match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), _, _) => Ok(u),
+                (None, Some(i), _) => self.visit_i64(i),
+                (None, None, Some(f)) => self.visit_f64(f),
+                (None, None, None) => Err(E::invalid_value(Unexpected::Str(v), &self)),
+            }
+        }
     }
-    deserializer.deserialize_u64(Integer)
+    // `any`: serde_json hands a string to `visit_str` only then (`deserialize_u64` refuses it).
+    deserializer.deserialize_any(Integer)
 }
 
 /// A delivered `health.vaccination.certificate.requested` payload.
@@ -216,12 +235,17 @@ mod tests {
             ("18446744073709551615", u64::MAX),
             ("2.0", 2),
             ("1e3", 1000),
+            // proto3 JSON's quoted form.
+            ("\"2\"", 2),
+            ("\"18446744073709551615\"", u64::MAX),
+            ("\"1e3\"", 1000),
         ] {
             let r = recorded(written).unwrap_or_else(|e| panic!("dose_number {written}: {e}"));
             assert_eq!(r.vaccination.dose_number, want, "{written}");
         }
         // What no u64 holds is still an error (the worker nacks it into the dead-letter stream).
-        for written in ["1.5", "-1", "18446744073709551616", "\"2\""] {
+        for written in ["1.5", "-1", "18446744073709551616", "\"1.5\"", "\"-1\"", "\" 2\"", "\"two\"", "\"\""]
+        {
             assert!(recorded(written).is_err(), "dose_number {written} decoded");
         }
     }
@@ -270,5 +294,17 @@ mod tests {
         assert_eq!(pb.municipality_code, json.municipality_code);
         assert_eq!(pb.vaccination.dose_number, 2);
         assert_eq!(pb.vaccination.lot_number, "", "an empty lot number is left out of proto3 JSON");
+    }
+
+    #[test]
+    fn a_quoted_dose_number_in_proto3_json_reads_as_the_number() {
+        // proto3 JSON readers take any integer field quoted, so the registry passes it.
+        let pb: Recorded = serde_json::from_str(
+            r#"{"person": {"myNumber": "kh1:0123456789abcdef0123456789abcdef"},
+               "vaccination": {"date": "2024-10-15", "vaccine": "MR", "doseNumber": "2"},
+               "municipalityCode": "131130"}"#,
+        )
+        .expect("proto3 JSON with a quoted integer reads");
+        assert_eq!(pb.vaccination.dose_number, 2);
     }
 }

@@ -525,12 +525,12 @@ mod tests {
 
     #[test]
     fn the_reason_quotes_nothing_of_the_payload() {
-        // serde_json's own message would quote the string, here a raw My Number.
+        // serde_json's own message would quote the value, here a raw My Number where a date goes.
         let mut v: serde_json::Value = serde_json::from_slice(&example(
             "health.vaccination.recorded/examples/valid-mr-second-dose.json",
         ))
         .expect("example");
-        v["vaccination"]["dose_number"] = "161803398872".into();
+        v["vaccination"]["date"] = 161_803_398_872_u64.into();
         let e = event(v.to_string().into_bytes());
         let serde_message =
             serde_json::from_slice::<Recorded>(&e.data).map(|_| ()).expect_err("bad").to_string();
