@@ -45,7 +45,10 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
 
     let nats = NatsServer::start();
     let registry = Registry::start(registry_config(&nats)).await;
-    let adapter = Adapter::start(adapter_config(&nats)).await;
+    let mut adapter_settings = adapter_config(&nats);
+    // The decoding limit at its floor (max_payload_bytes + 64 KiB), for the broken stream below.
+    adapter_settings.max_request_bytes = 1;
+    let adapter = Adapter::start(adapter_settings).await;
     FLOW.prepare(&registry.endpoint(), r#"{"type":"object","required":["n"]}"#).await;
     let mut deliveries = FLOW.open(&registry.endpoint(), 4).await;
     let flows = flows_client::FlowsClient::connect(registry.endpoint()).await.expect("connect registry");
@@ -285,6 +288,24 @@ async fn every_hop_of_one_event_joins_the_clients_trace_with_correct_parents() {
     assert_eq!(unknown_call.kind, "SPAN_KIND_SERVER", "{unknown_call:?}");
     assert_eq!(unknown_call.attribute("rpc.grpc.status_code"), Some("12"), "{unknown_call:?}");
     assert_eq!(unknown_call.status_code, "STATUS_CODE_ERROR", "UNIMPLEMENTED is a server error");
+
+    // A stream that fails after it started ends with its status in the trailers: the caller's
+    // second message is over the decoding limit. The event before it is acked, then the call
+    // ends OUT_OF_RANGE, and its SERVER span says so (before, it said OK: the head's).
+    let over = Event { data: vec![b'x'; 700 * 1024], ..publish_untraced(b"{}") };
+    let stream = tokio_stream::iter(vec![publish_untraced(br#"{"n":7}"#), over]);
+    let mut acks = publisher.publish_stream(stream).await.expect("the stream starts").into_inner();
+    let first = acks.message().await.expect("the first event's ack").expect("an ack");
+    assert!(first.error.is_none(), "{first:?}");
+    let broken = acks.message().await.expect_err("the call ends with the transport's refusal");
+    assert_eq!(broken.code(), tonic::Code::OutOfRange, "{broken:?}");
+    let stream_call = wait::until("the broken stream's SERVER span", Duration::from_secs(20), || {
+        let spans = receiver.spans();
+        async move { spans.into_iter().find(|s| s.name == "kakehashi.v1.Publisher/PublishStream") }
+    })
+    .await;
+    assert_eq!(stream_call.attribute("rpc.grpc.status_code"), Some("11"), "{stream_call:?}");
+    assert_eq!(stream_call.status_code, "STATUS_CODE_UNSET", "a caller's error is no server error");
     drop(telemetry);
 }
 

@@ -362,12 +362,20 @@ impl Publisher for PublisherService {
             // of unconfirmed publishes is full (back-pressure on the client).
             let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
             let mut inbound_open = true;
+            // Why the caller's stream broke (a message over the decoding limit, a transport
+            // error): the call ends with it once the acks before it are sent, so the caller
+            // learns why its later events got none.
+            let mut broken: Option<Status> = None;
             while inbound_open || !pending.is_empty() {
                 tokio::select! {
                     next = inbound.next(), if inbound_open && pending.len() < this.window => {
                         match next {
                             Some(Ok(event)) => pending.push_back(this.accept(&metadata, &extensions, event).await),
-                            _ => inbound_open = false,
+                            Some(Err(status)) => {
+                                broken = Some(status);
+                                inbound_open = false;
+                            }
+                            None => inbound_open = false,
                         }
                     }
                     Some(ack) = pending.next(), if !pending.is_empty() => {
@@ -376,6 +384,9 @@ impl Publisher for PublisherService {
                         }
                     }
                 }
+            }
+            if let Some(status) = broken {
+                let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))

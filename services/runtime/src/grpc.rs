@@ -7,7 +7,7 @@ use crate::metrics::{CounterVec, Registry};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tonic::codegen::{http, Service};
+use tonic::codegen::{http, Body, Bytes, Service};
 use tonic::server::NamedService;
 use tonic_reflection::server::{v1, v1alpha, Builder, Error};
 
@@ -94,7 +94,7 @@ impl GrpcMetrics {
         Self {
             requests: registry.counter(
                 "kakehashi_grpc_requests_total",
-                "gRPC calls by method (/package.Service/Method) and the status code of the response head.",
+                "gRPC calls by method (/package.Service/Method) and their final status code (a stream's from its trailers; CANCELLED when the caller left before it ended).",
                 &["method", "code"],
             ),
         }
@@ -106,10 +106,12 @@ impl GrpcMetrics {
     }
 }
 
-/// A gRPC service whose calls are counted by method and status code, the code also recorded on
-/// the call's [`server_span`]. The code is read from the response head: every unary call and every call refused before its stream starts; a stream
-/// that fails later counts as it started (`OK`). An unknown method counts as `unknown`, so
-/// callers cannot add series.
+/// A gRPC service whose calls are counted by method and final status code, the code also
+/// recorded on the call's [`server_span`]. The code is the response head's when it carries one (a
+/// call refused before it started), else the trailers' once the response body ends (a unary
+/// call's, or a stream's however long it ran); a call whose caller left before that counts as
+/// `CANCELLED`. The span stays open until then, so it covers the whole call. An unknown method
+/// counts as `unknown`, so callers cannot add series.
 #[derive(Clone, Debug)]
 pub struct Counted<S> {
     inner: S,
@@ -120,9 +122,9 @@ impl<S: NamedService> NamedService for Counted<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B, R> Service<http::Request<B>> for Counted<S>
+impl<S, B> Service<http::Request<B>> for Counted<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -138,29 +140,100 @@ where
         let requests = self.requests.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
-            let response = response.await;
-            let code = match &response {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from),
-                Err(_) => tonic::Code::Internal,
-            };
-            let method = if code == tonic::Code::Unimplemented { "unknown" } else { method.as_str() };
-            requests.with(&[method, code_name(code)]).inc();
-            record_status(&tracing::Span::current(), code);
-            response
+            let call = Call { span: tracing::Span::current(), requests, method };
+            match response.await {
+                Ok(r) => match grpc_status(r.headers()) {
+                    Some(code) => {
+                        call.end(code);
+                        Ok(r)
+                    }
+                    None => Ok(r.map(|body| tonic::body::Body::new(Ending { body, call: Some(call) }))),
+                },
+                Err(e) => {
+                    call.end(tonic::Code::Internal);
+                    Err(e)
+                }
+            }
         })
     }
 }
 
-/// Records `code` on the call's [`server_span`] (tonic polls this future inside it) as the
+/// The `grpc-status` in a response head or trailers.
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(tonic::Code::from(code))
+}
+
+/// One call, until its final status is known.
+struct Call {
+    span: tracing::Span,
+    requests: CounterVec,
+    method: String,
+}
+
+impl Call {
+    /// Counts the call with its final `code` and records it on its span.
+    fn end(self, code: tonic::Code) {
+        let method = if code == tonic::Code::Unimplemented { "unknown" } else { self.method.as_str() };
+        self.requests.with(&[method, code_name(code)]).inc();
+        record_status(&self.span, code);
+    }
+}
+
+/// A response body whose trailers end its call ([`Counted`]).
+struct Ending {
+    body: tonic::body::Body,
+    /// None once ended.
+    call: Option<Call>,
+}
+
+impl Body for Ending {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let code = match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                frame.trailers_ref().map(|t| grpc_status(t).unwrap_or(tonic::Code::Unknown))
+            }
+            Poll::Ready(Some(Err(status))) => Some(status.code()),
+            // Ended without trailers, which gRPC always sends.
+            Poll::Ready(None) => Some(tonic::Code::Unknown),
+            Poll::Pending => None,
+        };
+        if let Some(code) = code {
+            if let Some(call) = self.call.take() {
+                call.end(code);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        // The caller left (or the connection broke) before the call's end was sent.
+        if let Some(call) = self.call.take() {
+            call.end(tonic::Code::Cancelled);
+        }
+    }
+}
+
+/// Records `code` on the call's [`server_span`] (tonic polls the call's future inside it) as the
 /// gRPC conventions ask: `rpc.grpc.status_code`, and status ERROR for the codes they count as
-/// server errors. Only the response head is observable here, as for the metric: a stream that
-/// fails after it started has its status in the trailers, sent after the span (which covers the
-/// call up to its response head) has closed, so it is recorded as it started (`OK`).
+/// server errors.
 fn record_status(span: &tracing::Span, code: tonic::Code) {
     // Another span current here (a call outside `trace_fn`) is not the call's and is left alone.
     if span.metadata().is_none_or(|m| m.name() != SERVER_SPAN) {
@@ -205,6 +278,72 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+
+    /// A service answering every call with `head` (its `grpc-status`, if any) and a body of one
+    /// message then trailers with `trailer` (none: the body ends without trailers).
+    #[derive(Clone)]
+    struct Answers {
+        head: Option<&'static str>,
+        trailer: Option<&'static str>,
+    }
+
+    impl Service<http::Request<()>> for Answers {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let mut frames = vec![Ok::<_, tonic::Status>(hyper::body::Frame::data(Bytes::from_static(b"m")))];
+            if let Some(code) = self.trailer {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+                frames.push(Ok(hyper::body::Frame::trailers(trailers)));
+            }
+            let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+            let mut response = http::Response::new(tonic::body::Body::new(body));
+            if let Some(code) = self.head {
+                response.headers_mut().insert("grpc-status", http::HeaderValue::from_static(code));
+            }
+            std::future::ready(Ok(response))
+        }
+    }
+
+    /// Calls `answers` through [`Counted`], reading the body to its end unless `leave` (then
+    /// dropping it unread), and returns the codes the call was counted with, and how often.
+    async fn counted(answers: Answers, leave: bool) -> Vec<(String, u64)> {
+        let registry = Registry::new();
+        let metrics = GrpcMetrics::new(&registry);
+        let mut service = metrics.wrap(answers);
+        let request = http::Request::builder().uri("/p.S/M").body(()).expect("request");
+        let response = service.call(request).await.expect("answered");
+        if leave {
+            drop(response);
+        } else {
+            let _ = response.into_body().collect().await;
+        }
+        ["OK", "INTERNAL", "OUT_OF_RANGE", "CANCELLED", "UNKNOWN"]
+            .into_iter()
+            .map(|code| (code.to_string(), metrics.requests.with(&["/p.S/M", code]).get()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_call_is_counted_with_its_final_status_from_the_head_or_the_trailers() {
+        let once = |code: &str| vec![(code.to_string(), 1)];
+        assert_eq!(counted(Answers { head: Some("11"), trailer: None }, false).await, once("OUT_OF_RANGE"));
+        assert_eq!(counted(Answers { head: None, trailer: Some("0") }, false).await, once("OK"));
+        // A stream that fails after it started: its status comes in the trailers.
+        assert_eq!(counted(Answers { head: None, trailer: Some("13") }, false).await, once("INTERNAL"));
+        assert_eq!(counted(Answers { head: None, trailer: None }, false).await, once("UNKNOWN"));
+        // The caller left before the end.
+        assert_eq!(counted(Answers { head: None, trailer: Some("0") }, true).await, once("CANCELLED"));
+    }
 
     #[test]
     fn the_decoding_limit_is_the_bound_unless_a_configured_limit_needs_more() {
