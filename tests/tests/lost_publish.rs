@@ -152,3 +152,94 @@ async fn without_fast_batches_on_kh_events_a_repeated_record_still_arrives_whole
     );
     registry.stop().await;
 }
+
+/// What a dead holder took, handed out again by the consumer reset the next holder makes when
+/// nothing newer arrives, comes as first deliveries (a reset restarts delivery counts). The dead
+/// holder may have published those events, and a fast batch would take a copy a stream leader
+/// only staged for stored (docs/delivery.md), so they go one by one: all stored, in order, none
+/// in a fast batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_dead_holder_took_comes_back_by_a_reset_and_goes_one_by_one() {
+    let nats = NatsServer::start();
+    let js = bus::jetstream(&nats).await;
+    let mut config = registry_config(&nats);
+    // Only the reset, not the ack wait, brings the taken messages back within the test.
+    config.validator.ack_wait_secs = 120;
+    config.validator.failover_ms = 500;
+    // A validator creates the partition consumers, then stops before anything waits.
+    let registry = Registry::start(config.clone()).await;
+    FLOW.prepare(&registry.endpoint(), bus::counter_schema()).await;
+    let mut ingress = js.get_stream(bus::INGRESS).await.expect("KH_INGRESS");
+    let consumers = kakehashi_tests::wait::until("the partition consumers", Duration::from_secs(20), || {
+        let ingress = ingress.clone();
+        async move {
+            let names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(ingress.consumer_names())
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            (!names.is_empty()).then_some(names)
+        }
+    })
+    .await;
+    registry.stop().await;
+    let mut events = bus::events(SOURCE, TYPE, EVENTS);
+    for e in &mut events {
+        e.subject = "record-1".into();
+        bus::publish_ingress(&js, e).await;
+    }
+    // The dead holder: takes the record's events in the validators' group and never acks them.
+    let mut partition = None;
+    for name in consumers {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            ingress.get_consumer(&name).await.expect("partition consumer");
+        if consumer.info().await.expect("consumer info").num_pending == EVENTS as u64 {
+            partition = Some((name, consumer));
+        }
+    }
+    let (name, consumer) = partition.expect("the partition holding the record");
+    // A pull stream, as pinned-client consumers need; once the stopped validator's pin lapsed.
+    let mut taken = consumer
+        .stream()
+        .group(kakehashi_registry::validator::GROUP)
+        .max_messages_per_batch(EVENTS)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .expect("pull as the holder");
+    let mut took = 0;
+    while took < EVENTS {
+        match tokio::time::timeout(Duration::from_secs(20), futures::StreamExt::next(&mut taken)).await {
+            Ok(Some(Ok(_))) => took += 1,
+            // Refused while another client is still pinned: pulled again.
+            Ok(Some(Err(_))) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    drop(taken);
+    assert_eq!(took, EVENTS, "the holder took the record's events");
+
+    // The next holder, through a relay that notes its publishes (and loses none).
+    let port: u16 = nats.url().rsplit(':').next().and_then(|p| p.parse().ok()).expect("NATS port");
+    let link = LossyLink::start(port, "kh.ev.", 0).await;
+    config.nats_url = link.url();
+    let registry = Registry::start(config).await;
+    let expected: Vec<u64> = (0..EVENTS as u64).collect();
+    assert_eq!(stored_numbers(&js).await, expected, "KH_EVENTS holds the record's events out of order");
+    let info = ingress.consumer_info(&name).await.expect("consumer info");
+    let recorded: u64 = info
+        .config
+        .metadata
+        .get("kakehashi_suspect_until")
+        .and_then(|v| v.parse().ok())
+        .expect("the reset recorded the sequence delivered before it");
+    let last = ingress.info().await.expect("KH_INGRESS info").state.last_sequence;
+    assert!(recorded >= last, "recorded {recorded}, the taken events reach {last}");
+    let publishes = link.publishes();
+    assert_eq!(publishes.len(), EVENTS, "each event published once: {publishes:?}");
+    assert!(
+        publishes.iter().all(|p| !p.reply.ends_with(".$FI")),
+        "events a dead holder took went in a fast batch: {publishes:?}"
+    );
+    registry.stop().await;
+}

@@ -140,7 +140,7 @@ where
         let requests = self.requests.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
-            let call = Call { span: tracing::Span::current(), requests, method };
+            let call = Call { span: tracing::Span::current(), requests, method, ended: false };
             match response.await {
                 Ok(r) => match grpc_status(r.headers()) {
                     Some(code) => {
@@ -164,19 +164,34 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
     Some(tonic::Code::from(code))
 }
 
-/// One call, until its final status is known.
+/// One call, until its final status is known; dropped before, it ends `CANCELLED` (the caller
+/// left, or the connection broke, before the answer or its end was sent).
 struct Call {
     span: tracing::Span,
     requests: CounterVec,
     method: String,
+    ended: bool,
 }
 
 impl Call {
     /// Counts the call with its final `code` and records it on its span.
-    fn end(self, code: tonic::Code) {
+    fn end(mut self, code: tonic::Code) {
+        self.finish(code);
+    }
+
+    fn finish(&mut self, code: tonic::Code) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
         let method = if code == tonic::Code::Unimplemented { "unknown" } else { self.method.as_str() };
         self.requests.with(&[method, code_name(code)]).inc();
         record_status(&self.span, code);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.finish(tonic::Code::Cancelled);
     }
 }
 
@@ -224,9 +239,11 @@ impl Body for Ending {
 
 impl Drop for Ending {
     fn drop(&mut self) {
-        // The caller left (or the connection broke) before the call's end was sent.
-        if let Some(call) = self.call.take() {
-            call.end(tonic::Code::Cancelled);
+        // A body over before it was read (never polled: no trailers) is no cancelled call.
+        if self.body.is_end_stream() {
+            if let Some(call) = self.call.take() {
+                call.end(tonic::Code::Unknown);
+            }
         }
     }
 }

@@ -54,6 +54,12 @@ const UNPARTITIONED_CONSUMER: &str = "validator";
 /// window ends or the leader changes (docs/operations.md).
 const ID_IN_PROCESS_ALERT: Duration = Duration::from_secs(30);
 
+/// The partition consumer's metadata key under which an instance that resets the consumer
+/// records the highest stream sequence delivered before: a reset restarts delivery counts, so
+/// messages up to it may come again as first deliveries although a dead holder may have
+/// published their outcomes (see `process_batch` on fast batches).
+const SUSPECT_UNTIL: &str = "kakehashi_suspect_until";
+
 /// Durable name prefix of the partition consumers (`validator-0`, `validator-1`, …).
 pub const CONSUMER_PREFIX: &str = "validator-";
 /// The consumers' priority group, in which one instance at a time is pinned.
@@ -340,6 +346,9 @@ struct Tenure {
     /// Consumer (delivery) sequence of the last message handled in this tenure when it was a
     /// first delivery to this instance: see [`Tenure::follows_directly`].
     first_delivery: Option<u64>,
+    /// Stream sequences up to this one may have been published by an earlier holder although
+    /// delivered for the first time (the consumer was reset: [`SUSPECT_UNTIL`]).
+    suspect_until: u64,
 }
 
 impl Tenure {
@@ -393,7 +402,8 @@ impl Pinned<'_> {
             .map_err(|e| ValidatorError::Consumer(e.to_string()))?;
         let mut chunks = messages.ready_chunks(settings.batch);
         let mut confirmations = publish::Confirmations::new(self.js.client());
-        let mut tenure = Tenure { pin: None, last: 0, started: false, first_delivery: None };
+        let mut tenure =
+            Tenure { pin: None, last: 0, started: false, first_delivery: None, suspect_until: 0 };
         let idle_every = settings.failover.max(Duration::from_millis(500));
         let mut idle = tokio::time::interval(idle_every);
         let mut stalled = Stalled::default();
@@ -428,8 +438,13 @@ impl Pinned<'_> {
                     .consumer_info(&partition.consumer)
                     .await
                     .map_err(|e| ValidatorError::Consumer(format!("consumer info: {e}")))?;
-                tenure =
-                    Tenure { pin, last: info.ack_floor.stream_sequence, started: true, first_delivery: None };
+                tenure = Tenure {
+                    pin,
+                    last: info.ack_floor.stream_sequence,
+                    started: true,
+                    first_delivery: None,
+                    suspect_until: suspect_until(&info.config.metadata),
+                };
                 settings.metrics.validator_takeovers.with(&[]).inc();
                 tracing::info!(actor = %settings.actor, partition = partition.index, ack_floor = tenure.last, "validator pinned: validating from the ack floor");
             }
@@ -465,7 +480,9 @@ impl Pinned<'_> {
                 }
                 tenure.last = seq;
                 tenure.first_delivery = (count == 1 && delivery > 0).then_some(delivery);
-                work.push(Ingress::delivered(m, &d));
+                let mut ingress = Ingress::delivered(m, &d);
+                ingress.first_delivery &= seq > tenure.suspect_until;
+                work.push(ingress);
             }
             tracing::debug!(actor = %settings.actor, partition = partition.index, pin = ?tenure.pin, last = tenure.last, ?received, ?acked_only, ?gaps, "validator chunk");
             let limit = self.dead_letter_limit;
@@ -529,6 +546,17 @@ impl Stalled {
         let stuck = !received && info.num_ack_pending > 0 && self.floor == Some(floor);
         self.floor = Some(floor);
         if stuck {
+            // Recorded first: whoever validates what the reset hands out again must not take a
+            // message a dead holder may have published for a fresh one. Not recorded, no reset
+            // (NATS redelivers after the ack wait instead, counted as a redelivery).
+            let mut config = info.config.clone();
+            let delivered = info.delivered.stream_sequence.max(suspect_until(&config.metadata));
+            config.metadata.insert(SUSPECT_UNTIL.to_string(), delivered.to_string());
+            if let Err(e) = stream.update_consumer(config).await {
+                tracing::warn!(error = %e, "validator consumer not reset: its delivered sequence could not be recorded");
+                self.floor = None;
+                return;
+            }
             match stream.reset_consumer(&partition.consumer, None).await {
                 Ok(r) => {
                     tracing::info!(actor = %settings.actor, partition = partition.index, ack_floor = floor, reset_to = r.reset_seq, "validator consumer stalled on unacked messages; reset to its ack floor")
@@ -538,6 +566,11 @@ impl Stalled {
             self.floor = None;
         }
     }
+}
+
+/// The [`SUSPECT_UNTIL`] sequence recorded in a consumer's `metadata` (0 when none).
+fn suspect_until(metadata: &std::collections::HashMap<String, String>) -> u64 {
+    metadata.get(SUSPECT_UNTIL).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Reads every message of the partition still in `KH_INGRESS` from `from` up to (not including) `until`: what a
@@ -1079,7 +1112,7 @@ mod tests {
 
     #[test]
     fn only_a_first_delivery_straight_after_a_first_delivery_skips_the_gap_read() {
-        let mut t = Tenure { pin: None, last: 10, started: true, first_delivery: None };
+        let mut t = Tenure { pin: None, last: 10, started: true, first_delivery: None, suspect_until: 0 };
         // The tenure's first message: no earlier first delivery to follow.
         assert!(!t.follows_directly(5, 1));
         t.first_delivery = Some(5);
@@ -1109,6 +1142,15 @@ mod tests {
             Mode::Batched,
             "no record repeats: pipelined"
         );
+    }
+
+    #[test]
+    fn a_reset_consumers_recorded_sequence_is_read_back_and_nothing_else_counts() {
+        use super::{suspect_until, SUSPECT_UNTIL};
+        let meta = |v: &str| std::collections::HashMap::from([(SUSPECT_UNTIL.to_string(), v.to_string())]);
+        assert_eq!(suspect_until(&meta("4711")), 4711);
+        assert_eq!(suspect_until(&meta("not a number")), 0);
+        assert_eq!(suspect_until(&std::collections::HashMap::new()), 0);
     }
 
     #[test]
