@@ -287,8 +287,9 @@ struct Ingress {
     seq: u64,
     published: Option<time::OffsetDateTime>,
     delivered: Option<jetstream::Message>,
-    /// Delivered for the first time: no earlier attempt can have published its outcome, so it
-    /// may go in a fast batch (see [`process_batch`]).
+    /// Delivered for the first time, and not as one a consumer reset handed out again
+    /// ([`SUSPECT_UNTIL`]): no earlier attempt can have published its outcome, so it may go in
+    /// a fast batch (see [`process_batch`]).
     first_delivery: bool,
 }
 
