@@ -12,7 +12,6 @@ use tokio::net::{TcpListener, TcpStream};
 /// The relay; stops with the test's runtime.
 pub struct LossyLink {
     port: u16,
-    lost: Arc<AtomicUsize>,
     lost_line: Arc<std::sync::Mutex<Option<String>>>,
     seen: Arc<std::sync::Mutex<Vec<Publish>>>,
 }
@@ -41,18 +40,17 @@ impl LossyLink {
     pub async fn start(upstream: u16, prefix: &str, nth: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let port = listener.local_addr().expect("relay addr").port();
-        let lost = Arc::new(AtomicUsize::new(0));
         let lost_line = Arc::new(std::sync::Mutex::new(None));
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let target = Arc::new(Target { prefix: prefix.to_string(), nth, seen: AtomicUsize::new(0) });
-        let noted = Noted { lost: lost.clone(), lost_line: lost_line.clone(), seen: seen.clone() };
+        let noted = Noted { lost_line: lost_line.clone(), seen: seen.clone() };
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
                 tokio::spawn(relay(client, server, target.clone(), noted.clone()));
             }
         });
-        Self { port, lost, lost_line, seen }
+        Self { port, lost_line, seen }
     }
 
     /// `nats://` URL of the relay.
@@ -62,7 +60,7 @@ impl LossyLink {
 
     /// How many publishes it has lost (0 or 1).
     pub fn lost(&self) -> usize {
-        self.lost.load(Ordering::SeqCst)
+        self.seen.lock().map(|s| s.iter().filter(|p| p.lost).count()).unwrap_or_default()
     }
 
     /// The protocol line of the publish it lost (`HPUB <subject> <reply> …`), once it has
@@ -80,7 +78,6 @@ impl LossyLink {
 /// What the relay notes, shared by its connections.
 #[derive(Clone)]
 struct Noted {
-    lost: Arc<AtomicUsize>,
     lost_line: Arc<std::sync::Mutex<Option<String>>>,
     seen: Arc<std::sync::Mutex<Vec<Publish>>>,
 }
@@ -153,7 +150,6 @@ async fn relay(client: TcpStream, server: TcpStream, target: Arc<Target>, noted:
                 }
             }
             if matches {
-                noted.lost.fetch_add(1, Ordering::SeqCst);
                 if let Ok(mut l) = noted.lost_line.lock() {
                     *l = Some(String::from_utf8_lossy(line).into_owned());
                 }
